@@ -1,0 +1,26 @@
+//! Climatik's API: the custom resources, the annotation and label names that
+//! tie workloads to policies, and the parser for human-written power values.
+//!
+//! Every other crate depends on this one, so it stays free of runtime
+//! concerns (no clients, no I/O beyond CRD rendering).
+
+pub mod crd;
+pub mod names;
+pub mod nodefrequencies;
+pub mod policy;
+pub mod power;
+
+pub use nodefrequencies::{
+    CpuFrequency, CpuFrequencyStatus, DeviceState, GpuFrequency, GpuFrequencyStatus,
+    NodeFrequencies, NodeFrequenciesSpec, NodeFrequenciesStatus,
+};
+pub use policy::{
+    CustomAlgorithm, DeviceKind, DevicePower, NodePower, PowerCappingPolicy,
+    PowerCappingPolicySpec, PowerCappingPolicyStatus,
+};
+pub use power::{MAX_POWER_WATTS, PowerParseError, parse_power};
+
+/// API group of every Climatik resource.
+pub const GROUP: &str = "climatik.io";
+/// The single served and stored version.
+pub const VERSION: &str = "v1alpha1";

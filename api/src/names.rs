@@ -1,0 +1,131 @@
+//! Annotation, label, finalizer and field-manager names shared by the
+//! webhook, the controllers and the node agent. Kept in one place so the
+//! parts cannot drift apart.
+
+/// Workload annotation that opts a Deployment, StatefulSet, Job or CronJob
+/// into capping: `"300"`, `"300W"`, `"1.5kW"`.
+pub const ANNOTATION_POWER_CAP: &str = "climatik.io/power-cap";
+/// Optional companion: capping threshold in percent of the cap (1–100).
+pub const ANNOTATION_CAPPING_THRESHOLD: &str = "climatik.io/capping-threshold";
+/// Optional companion: `"true"` observes and reports but never changes clocks.
+pub const ANNOTATION_DRY_RUN: &str = "climatik.io/dry-run";
+/// Written by the webhook on the pod template: the cap in watts, normalized.
+pub const ANNOTATION_POWER_CAP_WATTS: &str = "climatik.io/power-cap-watts";
+/// On a generated policy: the kind of the workload it was generated for.
+pub const ANNOTATION_WORKLOAD_KIND: &str = "climatik.io/workload-kind";
+/// On a generated policy: the name of the workload it was generated for.
+pub const ANNOTATION_WORKLOAD_NAME: &str = "climatik.io/workload-name";
+/// On a generated policy: the apiVersion of the workload it was generated for.
+pub const ANNOTATION_WORKLOAD_API_VERSION: &str = "climatik.io/workload-api-version";
+
+/// Pod label that a policy's selector matches; its value is the policy name.
+pub const LABEL_POLICY: &str = "climatik.io/policy";
+/// Marks a PowerCappingPolicy as generated from an annotation. Policies
+/// without it were written by a user and are never modified by the webhook.
+pub const LABEL_GENERATED: &str = "climatik.io/generated";
+/// Namespace or object label that makes the webhook skip the object.
+pub const LABEL_WEBHOOK_OPT_OUT: &str = "climatik.io/webhook";
+/// Value of [`LABEL_WEBHOOK_OPT_OUT`] that disables the webhook.
+pub const WEBHOOK_OPT_OUT_VALUE: &str = "disabled";
+
+/// Finalizer the recommender keeps on a policy until its frequency entries
+/// are removed from every NodeFrequencies.
+pub const FINALIZER_POLICY: &str = "climatik.io/node-frequencies";
+
+/// Field manager of the webhook's server-side applies.
+pub const MANAGER_WEBHOOK: &str = "climatik-webhook";
+/// Field manager of the power usage monitor's status writes.
+pub const MANAGER_CONTROLLER: &str = "climatik-powercapping-controller";
+/// Field manager of the node agent's status writes.
+pub const MANAGER_FREQTUNER: &str = "climatik-freqtuner";
+/// Prefix of the per-policy field managers of the recommender.
+pub const MANAGER_RECOMMENDER_PREFIX: &str = "climatik-recommender";
+
+/// Condition types on a PowerCappingPolicy.
+pub mod conditions {
+    /// The policy is observed and acted on.
+    pub const READY: &str = "Ready";
+    /// Power metrics for the matched devices could be read.
+    pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
+    /// Power is above the threshold and frequencies are being lowered.
+    pub const CAPPING: &str = "Capping";
+    /// The configured algorithm and parameters are valid.
+    pub const ALGORITHM_VALID: &str = "AlgorithmValid";
+}
+
+/// Longest label value Kubernetes accepts.
+const MAX_LABEL_VALUE: usize = 63;
+
+/// Name of the policy generated for a workload: `<kind>-<name>`, lower case.
+///
+/// The name doubles as a label value, so it is kept within 63 characters;
+/// longer names are cut and suffixed with a stable hash so two long names
+/// that share a prefix still differ.
+pub fn generated_policy_name(kind: &str, name: &str) -> String {
+    let full = format!("{}-{}", kind.to_ascii_lowercase(), name);
+    if full.len() <= MAX_LABEL_VALUE {
+        return full;
+    }
+    let hash = format!("{:08x}", fnv1a32(full.as_bytes()));
+    let keep = MAX_LABEL_VALUE - hash.len() - 1;
+    let mut prefix: String = full.chars().take(keep).collect();
+    // A label value must end with an alphanumeric character.
+    while prefix.ends_with(['-', '.', '_']) {
+        prefix.pop();
+    }
+    format!("{prefix}-{hash}")
+}
+
+/// Field manager the recommender uses for one policy's NodeFrequencies
+/// entries, so each policy owns exactly its own entries under server-side
+/// apply.
+pub fn recommender_manager(namespace: &str, policy: &str) -> String {
+    // Field manager names are limited to 128 characters.
+    let full = format!("{MANAGER_RECOMMENDER_PREFIX}/{namespace}/{policy}");
+    if full.len() <= 128 {
+        full
+    } else {
+        format!(
+            "{MANAGER_RECOMMENDER_PREFIX}/{:08x}",
+            fnv1a32(full.as_bytes())
+        )
+    }
+}
+
+/// The `policy` key of NodeFrequencies entries written for a policy.
+pub fn policy_key(namespace: &str, policy: &str) -> String {
+    format!("{namespace}/{policy}")
+}
+
+fn fnv1a32(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_names_are_kind_dash_name() {
+        assert_eq!(generated_policy_name("Deployment", "vllm"), "deployment-vllm");
+        assert_eq!(generated_policy_name("Job", "train"), "job-train");
+    }
+
+    #[test]
+    fn long_names_fit_a_label_value_and_stay_distinct() {
+        let a = generated_policy_name("StatefulSet", &"a".repeat(80));
+        let b = generated_policy_name("StatefulSet", &format!("{}b", "a".repeat(79)));
+        assert!(a.len() <= 63 && b.len() <= 63);
+        assert_ne!(a, b);
+        assert_eq!(a, generated_policy_name("StatefulSet", &"a".repeat(80)));
+    }
+
+    #[test]
+    fn cut_names_end_alphanumeric_before_hash() {
+        let name = format!("{}-{}", "x".repeat(41), "y".repeat(40));
+        let generated = generated_policy_name("Deployment", &name);
+        assert!(!generated.contains("--"), "{generated}");
+    }
+}

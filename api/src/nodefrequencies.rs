@@ -1,0 +1,173 @@
+//! NodeFrequencies: the frequency targets for one node, written by the
+//! recommender (one field manager per policy) and applied by the node agent.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Frequency targets for the devices of one node. Named after the node.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "climatik.io",
+    version = "v1alpha1",
+    kind = "NodeFrequencies",
+    plural = "nodefrequencies",
+    singular = "nodefrequencies",
+    shortname = "nf",
+    category = "climatik",
+    doc = "Frequency targets for the devices of one node, applied by the node agent.",
+    status = "NodeFrequenciesStatus",
+    printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.nodeName"}"#,
+    printcolumn = r#"{"name":"Updated","type":"date","jsonPath":".status.lastUpdated"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFrequenciesSpec {
+    /// The node these targets are for; equal to the object's name.
+    #[schemars(length(min = 1))]
+    pub node_name: String,
+
+    /// GPU clock targets. Several entries for one GPU (from different
+    /// policies) merge: the lowest target and the lowest budget win.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["gpuId", "policy"]))]
+    pub gpu_frequencies: Vec<GpuFrequency>,
+
+    /// CPU frequency ceilings. Entries for one CPU merge like GPU entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cpuId", "policy"]))]
+    pub cpu_frequencies: Vec<CpuFrequency>,
+}
+
+/// Entry key used when a person writes an entry by hand.
+pub const MANUAL_POLICY: &str = "manual";
+
+fn manual_policy() -> String {
+    MANUAL_POLICY.to_string()
+}
+
+/// Target for one GPU.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuFrequency {
+    /// GPU UUID as NVML and DCGM report it (`GPU-…`).
+    #[schemars(length(min = 1))]
+    pub gpu_id: String,
+    /// Locked SM clock in MHz; snapped to a supported clock by the agent.
+    #[schemars(range(min = 1))]
+    pub target_frequency: i32,
+    /// Optional watt budget the agent holds with its own ~1 Hz loop,
+    /// at or below `targetFrequency`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1.0))]
+    pub power_budget_watts: Option<f64>,
+    /// `namespace/name` of the policy that wants this entry, or `manual`.
+    #[serde(default = "manual_policy")]
+    pub policy: String,
+    /// When the agent restores defaults unless the entry was renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+}
+
+/// Ceiling for one CPU.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuFrequency {
+    /// Logical CPU number, as in `/sys/devices/system/cpu/cpuN`.
+    #[schemars(range(min = 0))]
+    pub cpu_id: i32,
+    /// Maximum frequency in MHz; clamped to the CPU's limits by the agent.
+    #[schemars(range(min = 1))]
+    pub target_frequency: i32,
+    /// `namespace/name` of the policy that wants this entry, or `manual`.
+    #[serde(default = "manual_policy")]
+    pub policy: String,
+    /// When the agent restores defaults unless the entry was renewed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+}
+
+/// What the node agent did.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFrequenciesStatus {
+    /// Per-GPU result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["gpuId"]))]
+    pub gpu_frequencies: Vec<GpuFrequencyStatus>,
+    /// Per-CPU result.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cpuId"]))]
+    pub cpu_frequencies: Vec<CpuFrequencyStatus>,
+    /// Backend in use: `nvml`, `cpufreq`, `sim`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When the agent last wrote this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<Time>,
+    /// Agent conditions, e.g. Ready.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Outcome for one device.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum DeviceState {
+    /// The target is in force (possibly clamped; see the message).
+    Applied,
+    /// Not yet applied.
+    Pending,
+    /// The device refused the setting; see the message.
+    Failed,
+    /// The device or node cannot do this (no such GPU, no cpufreq).
+    Unsupported,
+}
+
+/// Result for one GPU.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuFrequencyStatus {
+    /// GPU UUID.
+    pub gpu_id: String,
+    /// SM clock now in force, in MHz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_frequency: Option<i32>,
+    /// The merged target after clamping, in MHz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_frequency: Option<i32>,
+    /// The merged power budget, in watts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_budget_watts: Option<f64>,
+    /// Last power reading, in watts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_watts: Option<f64>,
+    /// Outcome.
+    pub state: DeviceState,
+    /// Human-readable detail, e.g. `clamped 250 -> 300 MHz`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// Result for one CPU.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CpuFrequencyStatus {
+    /// Logical CPU number.
+    pub cpu_id: i32,
+    /// `scaling_max_freq` now in force, in MHz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_frequency: Option<i32>,
+    /// The merged target after clamping, in MHz.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_frequency: Option<i32>,
+    /// Outcome.
+    pub state: DeviceState,
+    /// Human-readable detail.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}

@@ -1,0 +1,181 @@
+//! PowerCappingPolicy: a watt budget for the pods a selector matches.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Keeps the measured power of the selected pods' devices under a budget.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "climatik.io",
+    version = "v1alpha1",
+    kind = "PowerCappingPolicy",
+    plural = "powercappingpolicies",
+    singular = "powercappingpolicy",
+    shortname = "pcp",
+    category = "climatik",
+    namespaced,
+    doc = "A watt budget for the GPUs and CPUs of the pods a selector matches.",
+    status = "PowerCappingPolicyStatus",
+    printcolumn = r#"{"name":"Cap","type":"integer","description":"Power cap in watts","jsonPath":".spec.powerCapLimit"}"#,
+    printcolumn = r#"{"name":"Power","type":"number","description":"Measured power in watts","jsonPath":".status.currentPower"}"#,
+    printcolumn = r#"{"name":"Capping","type":"boolean","description":"Power is above the threshold","jsonPath":".status.cappingActionRequired"}"#,
+    printcolumn = r#"{"name":"DryRun","type":"boolean","priority":1,"jsonPath":".spec.dryRun"}"#,
+    printcolumn = r#"{"name":"Pods","type":"integer","priority":1,"jsonPath":".status.matchedPodCount"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PowerCappingPolicySpec {
+    /// Power budget in watts for all selected devices together.
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub power_cap_limit: i64,
+
+    /// Pods in the policy's namespace whose devices count against the budget.
+    pub selector: LabelSelector,
+
+    /// Percent of the cap above which capping starts (1–100).
+    #[serde(default = "default_capping_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub capping_threshold: i32,
+
+    /// Algorithms that turn observed power into frequencies; the first one
+    /// is used. Empty means the default feedback controller.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_algorithms: Vec<CustomAlgorithm>,
+
+    /// Observe and report, but never change any frequency.
+    #[serde(default)]
+    pub dry_run: bool,
+
+    /// Which devices the policy measures and acts on.
+    #[serde(default = "default_devices")]
+    #[schemars(length(min = 1))]
+    pub devices: Vec<DeviceKind>,
+}
+
+/// Default capping threshold: start acting at 90 % of the cap, leaving room
+/// for the few seconds of Prometheus staleness.
+pub const DEFAULT_CAPPING_THRESHOLD: i32 = 90;
+
+fn default_capping_threshold() -> i32 {
+    DEFAULT_CAPPING_THRESHOLD
+}
+
+fn default_devices() -> Vec<DeviceKind> {
+    vec![DeviceKind::Gpu]
+}
+
+/// A named algorithm with string parameters, as in the original design.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomAlgorithm {
+    /// Algorithm name, e.g. `feedback`, `dynamic-frequency-scaler`,
+    /// `budget-allocator`.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Algorithm parameters; each algorithm documents its own keys.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// A kind of device a policy can measure and tune.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum DeviceKind {
+    /// GPUs, through SM clock locking.
+    #[serde(rename = "GPU")]
+    Gpu,
+    /// CPUs, through cpufreq's `scaling_max_freq`.
+    #[serde(rename = "CPU")]
+    Cpu,
+}
+
+/// What the power usage monitor observed.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PowerCappingPolicyStatus {
+    /// Power is above `cappingThreshold` percent of the cap.
+    #[serde(default)]
+    pub capping_action_required: bool,
+
+    /// Measured power of all selected devices, in watts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_power: Option<f64>,
+
+    /// Measured GPU power, in watts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_power: Option<f64>,
+
+    /// Measured CPU power (Kepler, package zone), in watts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_power: Option<f64>,
+
+    /// The cap in force when the status was written, in watts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_cap_limit: Option<i64>,
+
+    /// Power per node and device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<NodePower>,
+
+    /// Names of the pods the selector matched (capped at 100 entries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matched_pods: Vec<String>,
+
+    /// Number of pods the selector matched.
+    #[serde(default)]
+    pub matched_pod_count: i32,
+
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// When the status was last written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<Time>,
+
+    /// Ready, MetricsAvailable, Capping, AlgorithmValid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Power observed on one node.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePower {
+    /// Node name.
+    pub node_name: String,
+    /// Power of the selected devices on this node, in watts.
+    pub power_watts: f64,
+    /// Per-device readings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<DevicePower>,
+}
+
+/// Power observed on one device.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DevicePower {
+    /// GPU UUID, or `cpu` for the node's CPU packages.
+    pub device_id: String,
+    /// Power in watts.
+    pub power_watts: f64,
+    /// SM clock (GPU) in MHz, when reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_mhz: Option<f64>,
+}
+
+impl PowerCappingPolicy {
+    /// The first configured algorithm, if any.
+    pub fn algorithm(&self) -> Option<&CustomAlgorithm> {
+        self.spec.custom_algorithms.first()
+    }
+
+    /// Whether the policy acts on devices of this kind.
+    pub fn acts_on(&self, kind: DeviceKind) -> bool {
+        self.spec.devices.contains(&kind)
+    }
+}

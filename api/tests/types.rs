@@ -1,0 +1,63 @@
+//! The types read what users write and keep the original field names.
+
+use climatik_api::{DeviceKind, DeviceState, NodeFrequencies, PowerCappingPolicy};
+
+#[test]
+fn a_minimal_policy_gets_the_defaults() {
+    let policy: PowerCappingPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "climatik.io/v1alpha1",
+        "kind": "PowerCappingPolicy",
+        "metadata": {"name": "llm", "namespace": "default"},
+        "spec": {"powerCapLimit": 300, "selector": {"matchLabels": {"app": "vllm"}}}
+    }))
+    .expect("policy parses");
+    assert_eq!(policy.spec.power_cap_limit, 300);
+    assert_eq!(policy.spec.capping_threshold, 90);
+    assert!(!policy.spec.dry_run);
+    assert!(policy.acts_on(DeviceKind::Gpu));
+    assert!(!policy.acts_on(DeviceKind::Cpu));
+    assert!(policy.algorithm().is_none());
+}
+
+#[test]
+fn the_original_fields_keep_their_names() {
+    let policy: PowerCappingPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "climatik.io/v1alpha1",
+        "kind": "PowerCappingPolicy",
+        "metadata": {"name": "llm", "namespace": "default"},
+        "spec": {
+            "powerCapLimit": 500,
+            "selector": {"matchLabels": {"app": "vllm"}},
+            "cappingThreshold": 80,
+            "customAlgorithms": [{"name": "dynamic-frequency-scaler",
+                                  "parameters": {"scaling-factor": "0.8", "min-frequency": "800"}}]
+        },
+        "status": {"cappingActionRequired": true, "lastUpdated": "2026-11-28T10:00:00Z"}
+    }))
+    .expect("policy parses");
+    let algorithm = policy.algorithm().expect("algorithm");
+    assert_eq!(algorithm.parameters["scaling-factor"], "0.8");
+    let status = policy.status.expect("status");
+    assert!(status.capping_action_required);
+    assert!(status.last_updated.is_some());
+
+    let nf: NodeFrequencies = serde_json::from_value(serde_json::json!({
+        "apiVersion": "climatik.io/v1alpha1",
+        "kind": "NodeFrequencies",
+        "metadata": {"name": "gpu-node-0"},
+        "spec": {
+            "nodeName": "gpu-node-0",
+            "gpuFrequencies": [{"gpuId": "GPU-1", "targetFrequency": 1200}],
+            "cpuFrequencies": [{"cpuId": 0, "targetFrequency": 2000}]
+        },
+        "status": {"gpuFrequencies": [{"gpuId": "GPU-1", "currentFrequency": 1200,
+                                       "targetFrequency": 1200, "state": "Applied"}]}
+    }))
+    .expect("node frequencies parse");
+    assert_eq!(nf.spec.gpu_frequencies[0].policy, "manual");
+    assert_eq!(nf.spec.cpu_frequencies[0].target_frequency, 2000);
+    assert_eq!(
+        nf.status.expect("status").gpu_frequencies[0].state,
+        DeviceState::Applied
+    );
+}

@@ -1,0 +1,4 @@
+#!/usr/bin/env bash
+set -euo pipefail
+echo "make bench: not built yet (issue: make demo and make bench)" >&2
+exit 1

@@ -1,0 +1,31 @@
+//! Test support for integration tests against the local control plane.
+//!
+//! The control plane is real (etcd, kube-apiserver, kube-controller-manager,
+//! kube-scheduler built from source by `tests/cluster/build.sh`), with fake
+//! GPU nodes kept Ready by the `nodekeeper`, and a real Prometheus. Tests
+//! share one cluster and isolate themselves with throwaway namespaces:
+//!
+//! ```no_run
+//! # async fn example() -> anyhow::Result<()> {
+//! let cluster = climatik_test_support::cluster().await?;
+//! let ns = cluster.namespace("my-test").await?;
+//! cluster.kubectl(["-n", ns.name(), "get", "pods"]).await?;
+//! ns.cleanup().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Components under test run as local processes with kubeconfigs minted for
+//! their ServiceAccounts ([`TestCluster::service_account_kubeconfig`]), so
+//! the chart's RBAC is exercised rather than bypassed with admin rights.
+
+mod cluster;
+mod crds;
+mod env;
+mod namespace;
+mod prometheus;
+mod service_account;
+
+pub use cluster::{TestCluster, cluster, repo_root};
+pub use namespace::TestNamespace;
+pub use prometheus::Sample;
