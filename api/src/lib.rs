@@ -11,7 +11,7 @@ pub mod policy;
 pub mod power;
 
 pub use nodefrequencies::{
-    CpuFrequency, CpuFrequencyStatus, DeviceState, GpuFrequency, GpuFrequencyStatus,
+    CpuFrequency, CpuFrequencyStatus, DeviceState, GpuFrequency, GpuFrequencyStatus, GpuInventory,
     NodeFrequencies, NodeFrequenciesSpec, NodeFrequenciesStatus,
 };
 pub use policy::{

@@ -109,7 +109,10 @@ mod tests {
 
     #[test]
     fn short_names_are_kind_dash_name() {
-        assert_eq!(generated_policy_name("Deployment", "vllm"), "deployment-vllm");
+        assert_eq!(
+            generated_policy_name("Deployment", "vllm"),
+            "deployment-vllm"
+        );
         assert_eq!(generated_policy_name("Job", "train"), "job-train");
     }
 

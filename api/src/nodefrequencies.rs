@@ -100,6 +100,11 @@ pub struct NodeFrequenciesStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cpuId"]))]
     pub cpu_frequencies: Vec<CpuFrequencyStatus>,
+    /// The node's GPUs as the agent found them, so the recommender can plan
+    /// within real clock ranges before it ever writes a target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["gpuId"]))]
+    pub gpus: Vec<GpuInventory>,
     /// Backend in use: `nvml`, `cpufreq`, `sim`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
@@ -113,6 +118,30 @@ pub struct NodeFrequenciesStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// One GPU of the node and the clocks it supports.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuInventory {
+    /// GPU UUID.
+    pub gpu_id: String,
+    /// Index on the node (`nvidia0` is 0).
+    #[serde(default)]
+    pub index: i32,
+    /// Product name, e.g. `NVIDIA H100 80GB HBM3`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model: String,
+    /// Lowest supported SM clock, in MHz.
+    pub min_frequency: i32,
+    /// Highest supported SM clock, in MHz (the default when unlocked).
+    pub max_frequency: i32,
+    /// Every supported SM clock, in MHz, ascending (may be omitted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub supported_frequencies: Vec<i32>,
+    /// Power limit the GPU enforces by itself, in watts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_limit_watts: Option<f64>,
 }
 
 /// Outcome for one device.

@@ -7,7 +7,10 @@ use std::path::Path;
 use serde_json::Value;
 
 fn chart_crd_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../charts/climatik/crds"))
+    Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../charts/climatik/crds"
+    ))
 }
 
 #[test]
@@ -68,7 +71,10 @@ fn check_list_map_keys(
     at: &str,
     out: &mut Vec<String>,
 ) {
-    let Some(keys) = list.get("x-kubernetes-list-map-keys").and_then(Value::as_array) else {
+    let Some(keys) = list
+        .get("x-kubernetes-list-map-keys")
+        .and_then(Value::as_array)
+    else {
         return;
     };
     let required: Vec<&str> = items
@@ -81,7 +87,9 @@ fn check_list_map_keys(
             .pointer(&format!("/properties/{key}/default"))
             .is_some();
         if !required.contains(&key) && !defaulted {
-            out.push(format!("{at}: list-map key {key} is neither required nor defaulted"));
+            out.push(format!(
+                "{at}: list-map key {key} is neither required nor defaulted"
+            ));
         }
     }
 }
@@ -100,7 +108,11 @@ fn schemas_are_structural() {
             structural_violations(&json, file, &mut violations);
             assert!(violations.is_empty(), "{violations:#?}");
             assert!(
-                version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
+                version
+                    .subresources
+                    .as_ref()
+                    .and_then(|s| s.status.as_ref())
+                    .is_some(),
                 "{file}: status subresource missing"
             );
         }
@@ -132,16 +144,31 @@ fn schema_carries_the_validation_bounds() {
     let spec = schema
         .pointer("/openAPIV3Schema/properties/spec/properties")
         .expect("spec properties");
-    assert_eq!(spec.pointer("/powerCapLimit/minimum"), Some(&serde_json::json!(1.0)));
-    assert_eq!(spec.pointer("/cappingThreshold/minimum"), Some(&serde_json::json!(1.0)));
-    assert_eq!(spec.pointer("/cappingThreshold/maximum"), Some(&serde_json::json!(100.0)));
-    assert_eq!(spec.pointer("/cappingThreshold/default"), Some(&serde_json::json!(90)));
+    assert_eq!(
+        spec.pointer("/powerCapLimit/minimum"),
+        Some(&serde_json::json!(1.0))
+    );
+    assert_eq!(
+        spec.pointer("/cappingThreshold/minimum"),
+        Some(&serde_json::json!(1.0))
+    );
+    assert_eq!(
+        spec.pointer("/cappingThreshold/maximum"),
+        Some(&serde_json::json!(100.0))
+    );
+    assert_eq!(
+        spec.pointer("/cappingThreshold/default"),
+        Some(&serde_json::json!(90))
+    );
 
     let nf = &climatik_api::crd::all()[1].1;
     let schema = serde_json::to_value(&nf.spec.versions[0].schema).expect("serializes");
     let gpu = schema
         .pointer("/openAPIV3Schema/properties/spec/properties/gpuFrequencies/items/properties")
         .expect("gpu entry properties");
-    assert_eq!(gpu.pointer("/targetFrequency/minimum"), Some(&serde_json::json!(1.0)));
+    assert_eq!(
+        gpu.pointer("/targetFrequency/minimum"),
+        Some(&serde_json::json!(1.0))
+    );
     assert_eq!(nf.spec.scope, "Cluster");
 }
