@@ -107,7 +107,7 @@ fn is_plain_decimal(number: &str) -> bool {
 
 /// Formats watts the way users write them: `300W`, `1.5kW`.
 pub fn format_power(watts: u64) -> String {
-    if watts >= 1000 && watts % 100 == 0 {
+    if watts >= 1000 && watts.is_multiple_of(100) {
         let kw = watts as f64 / 1000.0;
         format!("{kw}kW")
     } else {

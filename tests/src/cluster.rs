@@ -61,21 +61,25 @@ pub async fn cluster() -> anyhow::Result<TestCluster> {
 async fn run_up_script() -> anyhow::Result<()> {
     let script = repo_root().join("tests/cluster/up.sh");
     // Progress goes to stderr, which the test harness does not capture, so
-    // a slow first start is visibly busy rather than hung.
-    let output = Command::new(&script)
+    // a slow first start is visibly busy rather than hung. (spawn, not
+    // output(): tokio's output() would pipe stderr regardless.)
+    let child = Command::new(&script)
         .env("CLIMATIK_CLUSTER_DIR", state_dir())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .output()
-        .await
+        .spawn()
         .with_context(|| format!("running {}", script.display()))?;
+    let output = child
+        .wait_with_output()
+        .await
+        .with_context(|| format!("waiting for {}", script.display()))?;
     if !output.status.success() {
         bail!(
-            "{} failed ({}): {}",
+            "{} failed ({}); its messages are on stderr above, component logs in {}",
             script.display(),
             output.status,
-            String::from_utf8_lossy(&output.stdout)
+            state_dir().join("logs").display()
         );
     }
     Ok(())
@@ -185,7 +189,9 @@ async fn run(mut cmd: Command, stdin: &str) -> anyhow::Result<String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = cmd.spawn().with_context(|| format!("starting {described}"))?;
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {described}"))?;
     if let Some(mut input) = child.stdin.take() {
         input
             .write_all(stdin.as_bytes())

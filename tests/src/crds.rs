@@ -20,7 +20,8 @@ impl TestCluster {
     /// until each is Established (served), returning their names. Applying
     /// is idempotent, so every test that needs the CRDs may call this.
     pub async fn install_crds(&self) -> anyhow::Result<Vec<String>> {
-        self.install_crds_from(&repo_root().join("charts/climatik/crds")).await
+        self.install_crds_from(&repo_root().join("charts/climatik/crds"))
+            .await
     }
 
     /// Like [`TestCluster::install_crds`], from another directory.
@@ -61,8 +62,13 @@ fn read_crds(dir: &Path) -> anyhow::Result<Vec<CustomResourceDefinition>> {
     };
     let mut files = Vec::new();
     for entry in entries {
-        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
-        if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
+        let path = entry
+            .with_context(|| format!("reading {}", dir.display()))?
+            .path();
+        if matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml")
+        ) {
             files.push(path);
         }
     }
@@ -78,9 +84,15 @@ fn read_crds(dir: &Path) -> anyhow::Result<Vec<CustomResourceDefinition>> {
             if value.is_null() {
                 continue; // an empty document, e.g. after a trailing `---`
             }
-            let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or_default();
+            let kind = value
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or_default();
             if kind != "CustomResourceDefinition" {
-                bail!("{} holds a {kind:?}, not a CustomResourceDefinition", file.display());
+                bail!(
+                    "{} holds a {kind:?}, not a CustomResourceDefinition",
+                    file.display()
+                );
             }
             let crd: CustomResourceDefinition = serde_yaml::from_value(value)
                 .with_context(|| format!("parsing a CRD in {}", file.display()))?;

@@ -106,13 +106,22 @@ impl Drop for TestNamespace {
         let result = std::process::Command::new(&self.kubectl)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
-            .args(["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"])
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
         if !matches!(result, Ok(s) if s.success()) {
-            eprintln!("warning: could not delete namespace {}: {result:?}", self.name);
+            eprintln!(
+                "warning: could not delete namespace {}: {result:?}",
+                self.name
+            );
         }
     }
 }

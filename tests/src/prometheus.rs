@@ -20,7 +20,8 @@ impl TestCluster {
     /// Makes Prometheus scrape `http://<addr>/metrics` every second, with
     /// `labels` attached to every series (unless the target's own metrics
     /// carry the same labels: the job honours them). Replaces a target of
-    /// the same name. Prometheus picks it up within about a second.
+    /// the same name. Prometheus scrapes it within 5–7 s (its discovery
+    /// manager passes changes on at most every 5 s).
     pub fn register_prometheus_target(
         &self,
         name: &str,
@@ -51,7 +52,9 @@ impl TestCluster {
 
     fn target_file(&self, name: &str) -> anyhow::Result<PathBuf> {
         let ok = !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             && !name.starts_with('.');
         if !ok {
             bail!("target name {name:?} must be [A-Za-z0-9_.-]+ and not start with '.'");
@@ -87,23 +90,31 @@ impl TestCluster {
         }
         let data = response.data.context("Prometheus answered without data")?;
         if data.result_type != "vector" {
-            bail!("query {query:?} gave a {}, not an instant vector", data.result_type);
+            bail!(
+                "query {query:?} gave a {}, not an instant vector",
+                data.result_type
+            );
         }
         let series: Vec<VectorSample> =
             serde_json::from_value(data.result).context("decoding an instant vector")?;
         series
             .into_iter()
             .map(|s| {
-                let value = s.value.1.parse::<f64>().with_context(|| {
-                    format!("sample value {:?} is not a number", s.value.1)
-                })?;
-                Ok(Sample { labels: s.metric, value })
+                let value = s
+                    .value
+                    .1
+                    .parse::<f64>()
+                    .with_context(|| format!("sample value {:?} is not a number", s.value.1))?;
+                Ok(Sample {
+                    labels: s.metric,
+                    value,
+                })
             })
             .collect()
     }
 
     /// Polls `query` until it returns at least one sample, or fails after
-    /// `timeout` (scrapes and file discovery take a second or two).
+    /// `timeout` (a new target's first scrape comes 5–7 s after registering).
     pub async fn wait_for_prometheus(
         &self,
         query: &str,
@@ -120,7 +131,9 @@ impl TestCluster {
             if tokio::time::Instant::now() >= deadline {
                 return match last {
                     Ok(_) => bail!("{query:?} returned nothing within {timeout:?}"),
-                    Err(e) => Err(e).context(format!("{query:?} did not succeed within {timeout:?}")),
+                    Err(e) => {
+                        Err(e).context(format!("{query:?} did not succeed within {timeout:?}"))
+                    }
                 };
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -7,8 +7,8 @@ use anyhow::Context;
 use k8s_openapi::{
     ByteString,
     api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    core::v1::ServiceAccount,
+        authentication::v1::{TokenRequest, TokenRequestSpec},
+        core::v1::ServiceAccount,
     },
 };
 use kube::{Api, api::PostParams};

@@ -1,0 +1,147 @@
+# Shared settings and helpers of the local control plane scripts (up.sh,
+# down.sh, prometheus-*.sh). Sourced, not run.
+# shellcheck shell=bash disable=SC2034  # the variables are for the sourcing scripts
+
+_lib_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR
+source "$_lib_dir/versions.sh"
+
+REPO_ROOT="$(cd "$_lib_dir/../.." && pwd)"
+STATE="${CLIMATIK_CLUSTER_DIR:-$REPO_ROOT/target/cluster}"
+mkdir -p "$STATE"
+STATE="$(cd "$STATE" && pwd)"
+
+# Ports: all on 127.0.0.1 and away from the defaults, so a developer's own
+# cluster or Prometheus does not collide. Overridable (CLIMATIK_*_PORT), so a
+# second cluster (tests/cluster/test-updown.sh) can run beside the first.
+# The ports a cluster was started with are saved in $STATE/ports and used
+# when the environment does not say otherwise.
+_saved_port() {
+  [[ -f $STATE/ports ]] && sed -n "s/^$1=\([0-9]*\)$/\1/p" "$STATE/ports"
+  return 0
+}
+_port() { # VAR DEFAULT
+  local env="CLIMATIK_$1" v
+  v=${!env:-$(_saved_port "$1")}
+  printf -v "$1" '%s' "${v:-$2}"
+}
+_port ETCD_PORT 22379
+_port ETCD_PEER_PORT 22380
+_port APISERVER_PORT 26443
+_port KCM_PORT 26257
+_port SCHEDULER_PORT 26259
+_port PROMETHEUS_PORT 29090
+
+PKI="$STATE/pki"
+LOGS="$STATE/logs"
+PIDS="$STATE/pids"
+KUBECONFIG_ADMIN="$STATE/kubeconfig"
+PROM_DIR="$STATE/prometheus"
+APISERVER_URL="https://127.0.0.1:$APISERVER_PORT"
+PROMETHEUS_URL="http://127.0.0.1:$PROMETHEUS_PORT"
+
+log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+save_ports() {
+  cat >"$STATE/ports" <<EOF
+ETCD_PORT=$ETCD_PORT
+ETCD_PEER_PORT=$ETCD_PEER_PORT
+APISERVER_PORT=$APISERVER_PORT
+KCM_PORT=$KCM_PORT
+SCHEDULER_PORT=$SCHEDULER_PORT
+PROMETHEUS_PORT=$PROMETHEUS_PORT
+EOF
+}
+
+# pid_of NAME -> the pid of our running NAME, or nothing. A pid file whose
+# process is gone, or was reused by another program, counts as not running.
+pid_of() {
+  local f="$PIDS/$1.pid" pid exe
+  [[ -f $f ]] || return 0
+  pid=$(<"$f")
+  [[ $pid =~ ^[0-9]+$ ]] || return 0
+  exe=$(readlink "/proc/$pid/exe" 2>/dev/null) || return 0
+  # A binary replaced on disk while running reads "<path> (deleted)".
+  exe=${exe% (deleted)}
+  [[ $exe == *"/$1" ]] || return 0
+  # A zombie has exited: it is not running.
+  [[ $(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) != Z ]] || return 0
+  echo "$pid"
+}
+
+running() { [[ -n $(pid_of "$1") ]]; }
+
+# start NAME BINARY ARGS... -> starts BINARY detached, logging to
+# $LOGS/NAME.log. setsid takes it out of the caller's process group (a test
+# harness's Ctrl-C must not take the cluster down) and fd 9, the flock, is
+# closed so a daemon never holds the lock.
+start() {
+  local name=$1
+  shift
+  mkdir -p "$LOGS" "$PIDS"
+  log "starting $name"
+  setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
+  echo $! >"$PIDS/$name.pid"
+}
+
+# stop NAME [TIMEOUT] -> SIGTERM, then SIGKILL after TIMEOUT seconds.
+stop() {
+  local name=$1 timeout=${2:-15} pid i
+  pid=$(pid_of "$name")
+  if [[ -n $pid ]]; then
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < timeout * 10; i++)); do
+      running "$name" || break
+      sleep 0.1
+    done
+    if running "$name"; then
+      log "$name did not stop in ${timeout}s; killing"
+      kill -KILL "$pid" 2>/dev/null || true
+      for ((i = 0; i < 50; i++)); do
+        running "$name" || break
+        sleep 0.1
+      done
+    fi
+  fi
+  rm -f "$PIDS/$name.pid"
+}
+
+# port_free PORT -> true when nothing listens on 127.0.0.1:PORT.
+port_free() {
+  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# wait_for DESCRIPTION TIMEOUT LOGNAME COMMAND... -> retries COMMAND until it
+# succeeds; on timeout prints the tail of LOGNAME's log and fails.
+wait_for() {
+  local what=$1 timeout=$2 logname=$3 t0=$SECONDS
+  shift 3
+  log "waiting for $what"
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS - t0 >= timeout)); then
+      log "timed out after ${timeout}s waiting for $what"
+      if [[ -n $logname && -f $LOGS/$logname.log ]]; then
+        log "last lines of $LOGS/$logname.log:"
+        tail -n 30 "$LOGS/$logname.log" >&2
+      fi
+      return 1
+    fi
+    if [[ -n $logname ]] && ! running "$logname"; then
+      log "$logname exited while waiting for $what; last lines of its log:"
+      tail -n 30 "$LOGS/$logname.log" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+  log "$what: ok ($((SECONDS - t0))s)"
+}
+
+# Checks with the admin client certificate, so they need no kubectl.
+api_get() {
+  curl -sf --max-time 5 --cacert "$PKI/ca.crt" --cert "$PKI/admin.crt" --key "$PKI/admin.key" \
+    "$APISERVER_URL$1"
+}
+api_ready() { [[ $(api_get /readyz) == ok ]]; }
+prometheus_ready() { curl -sf --max-time 2 "$PROMETHEUS_URL/-/ready" >/dev/null; }

@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Starts the local control plane (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler, the fake GPU nodes' nodekeeper)
+# and Prometheus, all on 127.0.0.1. Idempotent: a healthy cluster is left
+# as it is, a partly running one is completed. Concurrent callers (parallel
+# test binaries) are serialised with flock.
+#
+#   tests/cluster/up.sh
+#   PROMETHEUS=0 tests/cluster/up.sh        # without Prometheus
+#   CLIMATIK_CLUSTER_DIR=... CLIMATIK_APISERVER_PORT=... up.sh   # a second cluster
+#
+# Afterwards: source "$CLIMATIK_CLUSTER_DIR/env" (default target/cluster/env).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source-path=SCRIPTDIR
+source "$here/lib.sh"
+
+NODES=${CLIMATIK_NODES:-3}
+GPUS_PER_NODE=${CLIMATIK_GPUS_PER_NODE:-4}
+PROMETHEUS=${PROMETHEUS:-1}
+
+exec 9>"$STATE/.lock"
+flock 9
+
+t_start=$SECONDS
+
+healthy() {
+  local c
+  for c in etcd kube-apiserver kube-controller-manager kube-scheduler nodekeeper; do
+    running "$c" || return 1
+  done
+  [[ $PROMETHEUS == 0 ]] || { running prometheus && prometheus_ready; } || return 1
+  api_ready
+}
+
+print_usage() {
+  echo "cluster is up: $APISERVER_URL (state in $STATE)"
+  echo "export KUBECONFIG=$KUBECONFIG_ADMIN"
+  echo "# or: source $STATE/env"
+}
+
+if [[ -f $KUBECONFIG_ADMIN && -f $STATE/env ]] && healthy; then
+  print_usage
+  exit 0
+fi
+
+# --- binaries -----------------------------------------------------------------
+for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl nodekeeper; do
+  if [[ ! -x $(bin "$b") ]]; then
+    log "$b is not built yet; running build.sh"
+    "$here/build.sh" >&2
+    break
+  fi
+done
+if [[ $PROMETHEUS != 0 ]] && ! command -v prometheus >/dev/null 2>&1; then
+  die "prometheus is not on PATH: run tests/cluster/build.sh (it installs Debian's package) or set PROMETHEUS=0"
+fi
+
+# A port held by something that is not ours would make a component fail in
+# a confusing way later; say so now.
+check_port() { # NAME PORT
+  if ! running "$1" && ! port_free "$2"; then
+    die "port $2 (for $1) is in use by another program; set CLIMATIK_*_PORT to move it (see tests/cluster/README.md)"
+  fi
+}
+check_port etcd "$ETCD_PORT"
+check_port etcd "$ETCD_PEER_PORT"
+check_port kube-apiserver "$APISERVER_PORT"
+check_port kube-controller-manager "$KCM_PORT"
+check_port kube-scheduler "$SCHEDULER_PORT"
+[[ $PROMETHEUS == 0 ]] || check_port prometheus "$PROMETHEUS_PORT"
+save_ports
+
+# --- certificates ---------------------------------------------------------------
+"$here/pki.sh" "$PKI"
+
+# kubeconfig FILE USER CERT_BASENAME -> a self-contained kubeconfig with the
+# certificates inlined, so it can be copied anywhere.
+write_kubeconfig() {
+  local file=$1 user=$2 base=$3
+  umask 077
+  cat >"$file.tmp" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: climatik-local
+  cluster:
+    server: $APISERVER_URL
+    certificate-authority-data: $(base64 -w0 <"$PKI/ca.crt")
+users:
+- name: $user
+  user:
+    client-certificate-data: $(base64 -w0 <"$PKI/$base.crt")
+    client-key-data: $(base64 -w0 <"$PKI/$base.key")
+contexts:
+- name: climatik-local
+  context:
+    cluster: climatik-local
+    user: $user
+    namespace: default
+current-context: climatik-local
+EOF
+  mv "$file.tmp" "$file"
+}
+write_kubeconfig "$KUBECONFIG_ADMIN" admin admin
+write_kubeconfig "$STATE/controller-manager.kubeconfig" system:kube-controller-manager controller-manager
+write_kubeconfig "$STATE/scheduler.kubeconfig" system:kube-scheduler scheduler
+
+# --- etcd -----------------------------------------------------------------------
+if ! running etcd; then
+  mkdir -p "$STATE/etcd"
+  chmod 700 "$STATE/etcd"
+  # Plain HTTP on loopback: only the API server talks to it. No fsync: the
+  # data is throwaway and the disk is shared with builds.
+  start etcd "$(bin etcd)" \
+    --name climatik \
+    --data-dir "$STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+    --initial-cluster "climatik=http://127.0.0.1:$ETCD_PEER_PORT" \
+    --unsafe-no-fsync \
+    --log-level warn
+fi
+wait_for "etcd" 60 etcd curl -sf --max-time 2 "http://127.0.0.1:$ETCD_PORT/health"
+
+# --- kube-apiserver -------------------------------------------------------------
+if ! running kube-apiserver; then
+  mkdir -p "$STATE/apiserver"
+  start kube-apiserver "$(bin kube-apiserver)" \
+    --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
+    --bind-address 127.0.0.1 \
+    --advertise-address 127.0.0.1 \
+    --secure-port "$APISERVER_PORT" \
+    --cert-dir "$STATE/apiserver" \
+    --tls-cert-file "$PKI/apiserver.crt" \
+    --tls-private-key-file "$PKI/apiserver.key" \
+    --client-ca-file "$PKI/ca.crt" \
+    --authorization-mode Node,RBAC \
+    --enable-admission-plugins NamespaceLifecycle,LimitRanger,ServiceAccount,DefaultStorageClass,DefaultTolerationSeconds,ResourceQuota,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,ValidatingAdmissionPolicy,NodeRestriction,PodSecurity,Priority,TaintNodesByCondition,RuntimeClass,StorageObjectInUseProtection,PersistentVolumeClaimResize,CertificateApproval,CertificateSigning,CertificateSubjectRestriction \
+    --service-account-issuer https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file "$PKI/sa.pub" \
+    --service-account-signing-key-file "$PKI/sa.key" \
+    --service-cluster-ip-range 10.96.0.0/16 \
+    --allow-privileged \
+    --requestheader-client-ca-file "$PKI/front-proxy-ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User \
+    --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --proxy-client-cert-file "$PKI/front-proxy-client.crt" \
+    --proxy-client-key-file "$PKI/front-proxy-client.key" \
+    --endpoint-reconciler-type none \
+    --profiling=false \
+    --v 1
+  # --endpoint-reconciler-type none: the "kubernetes" Service's endpoint
+  # would be 127.0.0.1, which Endpoints validation rejects (and logs) forever.
+fi
+wait_for "kube-apiserver /readyz" 120 kube-apiserver api_ready
+
+# --- controller-manager and scheduler ----------------------------------------------
+if ! running kube-controller-manager; then
+  mkdir -p "$STATE/controller-manager"
+  # Leader election off: one instance, and a restart need not wait for the
+  # old lease to expire.
+  start kube-controller-manager "$(bin kube-controller-manager)" \
+    --kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authentication-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --authorization-kubeconfig "$STATE/controller-manager.kubeconfig" \
+    --bind-address 127.0.0.1 \
+    --secure-port "$KCM_PORT" \
+    --cert-dir "$STATE/controller-manager" \
+    --controllers '*' \
+    --use-service-account-credentials \
+    --service-account-private-key-file "$PKI/sa.key" \
+    --root-ca-file "$PKI/ca.crt" \
+    --cluster-signing-cert-file "$PKI/ca.crt" \
+    --cluster-signing-key-file "$PKI/ca.key" \
+    --cluster-name climatik \
+    --leader-elect=false \
+    --profiling=false \
+    --v 1
+fi
+if ! running kube-scheduler; then
+  mkdir -p "$STATE/scheduler"
+  start kube-scheduler "$(bin kube-scheduler)" \
+    --kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authentication-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --authorization-kubeconfig "$STATE/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 \
+    --secure-port "$SCHEDULER_PORT" \
+    --cert-dir "$STATE/scheduler" \
+    --leader-elect=false \
+    --profiling=false \
+    --v 1
+fi
+if ! running nodekeeper; then
+  start nodekeeper "$(bin nodekeeper)" \
+    --kubeconfig "$KUBECONFIG_ADMIN" \
+    --nodes "$NODES" \
+    --gpus-per-node "$GPUS_PER_NODE" \
+    --prefix gpu-node-
+fi
+
+# --- Prometheus ---------------------------------------------------------------------
+if [[ $PROMETHEUS != 0 ]]; then
+  CLIMATIK_CLUSTER_DIR=$STATE "$here/prometheus-up.sh" --locked >&2
+fi
+
+# --- environment file -------------------------------------------------------------
+cat >"$STATE/env.tmp" <<EOF
+# Written by tests/cluster/up.sh; source it to use the local cluster.
+export CLIMATIK_CLUSTER_DIR='$STATE'
+export KUBECONFIG='$KUBECONFIG_ADMIN'
+export APISERVER_URL='$APISERVER_URL'
+export CLUSTER_CA_FILE='$PKI/ca.crt'
+export PROMETHEUS_URL='$PROMETHEUS_URL'
+export PROMETHEUS_SD_DIR='$PROM_DIR/targets'
+export KUBECTL='$(bin kubectl)'
+export HELM='$(bin helm)'
+EOF
+mv "$STATE/env.tmp" "$STATE/env"
+
+# --- wait until usable ------------------------------------------------------------
+kubectl_() { "$(bin kubectl)" --kubeconfig "$KUBECONFIG_ADMIN" "$@"; }
+wait_for "controller-manager /healthz" 60 kube-controller-manager \
+  curl -skf --max-time 2 "https://127.0.0.1:$KCM_PORT/healthz"
+wait_for "scheduler /healthz" 60 kube-scheduler \
+  curl -skf --max-time 2 "https://127.0.0.1:$SCHEDULER_PORT/healthz"
+wait_for "default ServiceAccount" 90 kube-controller-manager \
+  api_get /api/v1/namespaces/default/serviceaccounts/default
+nodes_ready() {
+  local out
+  # One line per fake node: its Ready status and its taints (the
+  # not-ready taint TaintNodesByCondition puts on a new node is lifted by
+  # the node lifecycle controller once the node is Ready).
+  out=$(kubectl_ get nodes -l climatik.io/fake-node=true \
+    -o jsonpath='{range .items[*]}{.metadata.name} {.status.conditions[?(@.type=="Ready")].status} {.spec.taints}{"\n"}{end}') || return 1
+  [[ $(grep -c ' True $' <<<"$out") -ge $NODES ]]
+}
+wait_for "$NODES Ready, untainted GPU nodes" 120 nodekeeper nodes_ready
+
+log "up in $((SECONDS - t_start))s"
+print_usage

@@ -1,0 +1,206 @@
+//! `make demo`: starts the whole loop on the local control plane with
+//! simulated GPU nodes, applies annotated workloads, changes a cap mid-run,
+//! adds a second workload on a shared node, and shows it all live; writes
+//! samples, a summary and a plot under `target/demo/`.
+
+use std::{io::IsTerminal, path::PathBuf, time::Duration};
+
+use anyhow::Context;
+use clap::Parser;
+use climatik_demo::{
+    plot,
+    samples::Recording,
+    scenario::Sampler,
+    stack::{Stack, StackConfig},
+    view,
+};
+use climatik_test_support::repo_root;
+
+#[derive(Parser, Debug)]
+#[command(about = "Run the Climatik loop on simulated GPU nodes")]
+struct Args {
+    /// Simulated GPU nodes to use (the local cluster's gpu-node-N).
+    #[arg(long, env = "DEMO_NODES", default_value_t = 3)]
+    nodes: usize,
+    /// Length of the run.
+    #[arg(long, env = "DEMO_SECONDS", default_value_t = 240)]
+    seconds: u64,
+    /// Controller and recommender period, seconds.
+    #[arg(long, env = "DEMO_INTERVAL", default_value_t = 5)]
+    interval: u64,
+    /// Output directory (samples, summary, plot, logs).
+    #[arg(long, default_value = "target/demo")]
+    out: PathBuf,
+    /// Directory with the component binaries; defaults to this binary's.
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Leave everything running at the end.
+    #[arg(long, env = "KEEP")]
+    keep: bool,
+}
+
+const NAMESPACE: &str = "demo-inference";
+const SERVING: &str = "vllm";
+const TRAINING: &str = "trainer";
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let root = repo_root();
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        root.join(&args.out)
+    };
+    let bin_dir = match &args.bin_dir {
+        Some(dir) => dir.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("binary has no directory")?
+            .to_path_buf(),
+    };
+
+    eprintln!("demo: bringing up the local control plane and Prometheus");
+    let cluster = climatik_test_support::cluster().await?;
+    let config = StackConfig {
+        nodes: (0..args.nodes).map(|i| format!("gpu-node-{i}")).collect(),
+        bin_dir,
+        work_dir: out.clone(),
+        interval: Duration::from_secs(args.interval),
+        entry_ttl: Duration::from_secs(args.interval * 6),
+        scope: "demo".into(),
+    };
+    eprintln!("demo: starting agents, webhook, controller and recommender");
+    let mut stack = Stack::start(&cluster, config).await?;
+    let result = run(&cluster, &mut stack, &args, &out).await;
+    if args.keep {
+        eprintln!(
+            "demo: KEEP set; everything is still running. export KUBECONFIG={}",
+            cluster.kubeconfig().display()
+        );
+        // Keep the processes alive until interrupted.
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    let _ = cluster
+        .kubectl([
+            "delete",
+            "namespace",
+            NAMESPACE,
+            "--ignore-not-found",
+            "--wait=false",
+        ])
+        .await;
+    stack.stop().await;
+    result
+}
+
+async fn run(
+    cluster: &climatik_test_support::TestCluster,
+    stack: &mut Stack,
+    args: &Args,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    stack.namespace(NAMESPACE).await?;
+    let manifests = repo_root().join("manifests/demo");
+    cluster
+        .kubectl([
+            "apply",
+            "-n",
+            NAMESPACE,
+            "-f",
+            manifests.join("vllm-sim.yaml").to_str().context("path")?,
+        ])
+        .await
+        .context("applying the serving workload")?;
+
+    let sampler = Sampler::new(
+        cluster.client.clone(),
+        stack.freqtuners.clone(),
+        vec![NAMESPACE.to_string()],
+    )?;
+    let ansi = std::io::stdout().is_terminal();
+    let mut recording = Recording::default();
+    let total = args.seconds as f64;
+    let cap_change_at = total * 0.4;
+    let second_workload_at = total * 0.6;
+    let mut cap_changed = false;
+    let mut second_started = false;
+    let mut notes = vec![format!(
+        "{NAMESPACE}/{SERVING} annotated climatik.io/power-cap=1200W"
+    )];
+    let mut ticker = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        ticker.tick().await;
+        stack.check_alive()?;
+        let t = sampler.elapsed();
+        if t >= total {
+            break;
+        }
+        if !cap_changed && t >= cap_change_at {
+            cluster
+                .kubectl([
+                    "annotate",
+                    "--overwrite",
+                    "-n",
+                    NAMESPACE,
+                    &format!("deployment/{SERVING}"),
+                    "climatik.io/power-cap=900W",
+                ])
+                .await
+                .context("changing the cap")?;
+            recording.events.push((t, "cap 1200W -> 900W".into()));
+            notes.push(format!(
+                "t={t:.0}s: cap lowered to 900W with kubectl annotate --overwrite"
+            ));
+            cap_changed = true;
+        }
+        if !second_started && t >= second_workload_at {
+            let node = serving_node(cluster).await?;
+            let manifest = std::fs::read_to_string(manifests.join("trainer-sim.yaml"))?;
+            let pinned = manifest.replace("NODE_NAME_PLACEHOLDER", &node);
+            cluster
+                .kubectl_with_stdin(["apply", "-n", NAMESPACE, "-f", "-"], &pinned)
+                .await
+                .context("applying the training workload")?;
+            recording.events.push((t, format!("trainer joins {node}")));
+            notes.push(format!(
+                "t={t:.0}s: {TRAINING} (600W) started on {node}, sharing it with {SERVING}"
+            ));
+            second_started = true;
+        }
+        match sampler.sample().await {
+            Ok((policies, gpus)) => {
+                print!("{}", view::frame(t, &policies, &gpus, &notes, ansi));
+                recording.policies.extend(policies);
+                recording.gpus.extend(gpus);
+            }
+            Err(err) => eprintln!("demo: sample failed: {err:#}"),
+        }
+    }
+
+    recording.write(out)?;
+    let png = out.join("power.png");
+    plot::draw(&recording, &png)?;
+    println!("\n{}", recording.summary_table());
+    println!(
+        "samples: {}  plot: {}",
+        out.join("samples.json").display(),
+        png.display()
+    );
+    Ok(())
+}
+
+/// The node of the first serving pod, so the trainer shares it.
+async fn serving_node(cluster: &climatik_test_support::TestCluster) -> anyhow::Result<String> {
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(cluster.client.clone(), NAMESPACE);
+    let list = pods
+        .list(&kube::api::ListParams::default().labels(&format!("app={SERVING}")))
+        .await?;
+    list.items
+        .iter()
+        .filter_map(|p| p.spec.as_ref().and_then(|s| s.node_name.clone()))
+        .next()
+        .context("no serving pod has been scheduled yet")
+}

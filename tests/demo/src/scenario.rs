@@ -1,0 +1,132 @@
+//! Sampling the running loop and driving the demo's timeline.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use climatik_api::{PowerCappingPolicy, names};
+use k8s_openapi::api::core::v1::Pod;
+use kube::{Api, api::ListParams};
+
+use crate::samples::{GpuPoint, PolicyPoint, parse_dcgm};
+
+/// Reads, once a second, what the exporters and the API server say.
+pub struct Sampler {
+    http: reqwest::Client,
+    client: kube::Client,
+    /// `node -> metrics address` of each simulated agent.
+    freqtuners: BTreeMap<String, String>,
+    namespaces: Vec<String>,
+    start: Instant,
+}
+
+impl Sampler {
+    pub fn new(
+        client: kube::Client,
+        freqtuners: BTreeMap<String, String>,
+        namespaces: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .context("building an HTTP client")?;
+        Ok(Sampler {
+            http,
+            client,
+            freqtuners,
+            namespaces,
+            start: Instant::now(),
+        })
+    }
+
+    /// Seconds since the sampler started.
+    pub fn elapsed(&self) -> f64 {
+        self.start.elapsed().as_secs_f64()
+    }
+
+    /// One sample of every policy and every GPU.
+    pub async fn sample(&self) -> anyhow::Result<(Vec<PolicyPoint>, Vec<GpuPoint>)> {
+        let t = self.elapsed();
+        let mut policy_of_pod: BTreeMap<(String, String), String> = BTreeMap::new();
+        let mut policies = Vec::new();
+        for namespace in &self.namespaces {
+            let pods = Api::<Pod>::namespaced(self.client.clone(), namespace)
+                .list(&ListParams::default().labels(names::LABEL_POLICY))
+                .await
+                .with_context(|| format!("listing pods in {namespace}"))?;
+            for pod in pods {
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                if let Some(policy) = pod
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(names::LABEL_POLICY))
+                {
+                    policy_of_pod.insert(
+                        (namespace.clone(), name),
+                        names::policy_key(namespace, policy),
+                    );
+                }
+            }
+            let listed = Api::<PowerCappingPolicy>::namespaced(self.client.clone(), namespace)
+                .list(&ListParams::default())
+                .await
+                .with_context(|| format!("listing policies in {namespace}"))?;
+            for policy in listed {
+                let status = policy.status.clone().unwrap_or_default();
+                policies.push(PolicyPoint {
+                    t,
+                    policy: names::policy_key(
+                        namespace,
+                        policy.metadata.name.as_deref().unwrap_or_default(),
+                    ),
+                    cap_watts: policy.spec.power_cap_limit as f64,
+                    power_watts: 0.0,
+                    reported_watts: status.current_power,
+                    capping: status.capping_action_required,
+                });
+            }
+        }
+
+        let mut gpus = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (node, addr) in &self.freqtuners {
+            let text = match self.http.get(format!("http://{addr}/metrics")).send().await {
+                Ok(response) => response.text().await.unwrap_or_default(),
+                Err(_) => continue,
+            };
+            for reading in parse_dcgm(node, &text) {
+                if !seen.insert(reading.uuid.clone()) {
+                    continue;
+                }
+                let policy = match (&reading.namespace, &reading.pod) {
+                    (Some(ns), Some(pod)) => policy_of_pod.get(&(ns.clone(), pod.clone())).cloned(),
+                    _ => None,
+                };
+                if let Some(policy) = &policy
+                    && let Some(point) = policies.iter_mut().find(|p| &p.policy == policy)
+                {
+                    point.power_watts += reading.power_watts;
+                }
+                gpus.push(GpuPoint {
+                    t,
+                    node: reading.node,
+                    uuid: reading.uuid,
+                    policy,
+                    power_watts: reading.power_watts,
+                    clock_mhz: reading.clock_mhz,
+                });
+            }
+        }
+        Ok((policies, gpus))
+    }
+}
+
+/// The clock each GPU reports, by UUID.
+pub fn clocks(gpus: &[GpuPoint]) -> BTreeMap<String, f64> {
+    gpus.iter()
+        .filter_map(|g| g.clock_mhz.map(|c| (g.uuid.clone(), c)))
+        .collect()
+}

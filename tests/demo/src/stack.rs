@@ -1,0 +1,478 @@
+//! Starting every component as a local process against the local control
+//! plane: one `freqtuner --gpu-backend sim` per node, the webhook (reached by
+//! URL with a dev CA), the powercapping-controller and the recommender.
+//! Each runs with a token of the ServiceAccount the Helm chart gives it, so
+//! the chart's RBAC is what the demo exercises.
+
+use std::{
+    collections::BTreeMap,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use climatik_test_support::TestCluster;
+use tokio::process::{Child, Command};
+
+/// Namespace the chart installs into, and where our ServiceAccounts live.
+pub const SYSTEM_NAMESPACE: &str = "climatik-project";
+
+/// Label that selects the namespaces this stack's webhook serves.
+pub const WEBHOOK_SCOPE_LABEL: &str = "climatik.io/demo-stack";
+
+/// What to start.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// Nodes that get a simulated freqtuner.
+    pub nodes: Vec<String>,
+    /// Where the component binaries are.
+    pub bin_dir: PathBuf,
+    /// Logs, certificates, kubeconfigs.
+    pub work_dir: PathBuf,
+    /// Controller and recommender period.
+    pub interval: Duration,
+    /// How long NodeFrequencies entries live unless renewed.
+    pub entry_ttl: Duration,
+    /// Value of [`WEBHOOK_SCOPE_LABEL`] on the namespaces this webhook serves.
+    pub scope: String,
+}
+
+/// A running component.
+struct Component {
+    name: String,
+    child: Child,
+}
+
+/// Every running component; stop it with [`Stack::stop`].
+pub struct Stack {
+    components: Vec<Component>,
+    prometheus_targets: Vec<String>,
+    webhook_configuration: String,
+    /// `node name -> freqtuner metrics address`.
+    pub freqtuners: BTreeMap<String, String>,
+    cluster: TestCluster,
+    config: StackConfig,
+}
+
+/// The ServiceAccount of each component, from the rendered chart.
+#[derive(Debug, Default, Clone)]
+pub struct ChartAccounts {
+    pub webhook: String,
+    pub controller: String,
+    pub recommender: String,
+    pub freqtuner: String,
+}
+
+/// Picks an unused loopback port.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding an ephemeral port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// Installs the chart's ServiceAccounts and RBAC (nothing that would need a
+/// kubelet) and returns which account belongs to which component.
+pub async fn install_chart_rbac(cluster: &TestCluster) -> anyhow::Result<ChartAccounts> {
+    let chart = climatik_test_support::repo_root().join("charts/climatik");
+    let rendered = cluster
+        .helm([
+            "template",
+            "climatik",
+            chart.to_str().context("chart path is not UTF-8")?,
+            "--namespace",
+            SYSTEM_NAMESPACE,
+        ])
+        .await
+        .context("rendering the chart")?;
+    let mut keep = Vec::new();
+    let mut accounts = ChartAccounts::default();
+    for document in serde_yaml::Deserializer::from_str(&rendered) {
+        let value = serde_yaml::Value::deserialize(document)?;
+        let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
+        if !matches!(
+            kind,
+            "ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding"
+        ) {
+            continue;
+        }
+        if kind == "ServiceAccount" {
+            let name = value
+                .get("metadata")
+                .and_then(|m| m.get("name"))
+                .and_then(|n| n.as_str())
+                .unwrap_or_default()
+                .to_string();
+            let slot = if name.contains("webhook") {
+                &mut accounts.webhook
+            } else if name.contains("recommender") {
+                &mut accounts.recommender
+            } else if name.contains("freqtuner") {
+                &mut accounts.freqtuner
+            } else if name.contains("controller") {
+                &mut accounts.controller
+            } else {
+                continue;
+            };
+            *slot = name;
+        }
+        keep.push(serde_yaml::to_string(&value)?);
+    }
+    for (component, account) in [
+        ("webhook", &accounts.webhook),
+        ("controller", &accounts.controller),
+        ("recommender", &accounts.recommender),
+        ("freqtuner", &accounts.freqtuner),
+    ] {
+        if account.is_empty() {
+            bail!("the chart renders no ServiceAccount for the {component}");
+        }
+    }
+    ensure_namespace(cluster, SYSTEM_NAMESPACE).await?;
+    cluster
+        .kubectl_with_stdin(["apply", "-f", "-"], &keep.join("---\n"))
+        .await
+        .context("applying the chart's RBAC")?;
+    Ok(accounts)
+}
+
+use serde::Deserialize;
+
+async fn ensure_namespace(cluster: &TestCluster, name: &str) -> anyhow::Result<()> {
+    let manifest = format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {name}\n");
+    cluster
+        .kubectl_with_stdin(["apply", "-f", "-"], &manifest)
+        .await
+        .with_context(|| format!("creating namespace {name}"))?;
+    Ok(())
+}
+
+impl Stack {
+    /// Starts every component and waits until each answers `/healthz`.
+    pub async fn start(cluster: &TestCluster, config: StackConfig) -> anyhow::Result<Stack> {
+        std::fs::create_dir_all(config.work_dir.join("logs"))?;
+        cluster
+            .install_crds()
+            .await
+            .context("installing the CRDs")?;
+        let accounts = install_chart_rbac(cluster).await?;
+        let mut stack = Stack {
+            components: Vec::new(),
+            prometheus_targets: Vec::new(),
+            webhook_configuration: format!("climatik-{}", config.scope),
+            freqtuners: BTreeMap::new(),
+            cluster: cluster.clone(),
+            config: config.clone(),
+        };
+        // From here on a failure must still stop what was started.
+        if let Err(err) = stack.start_all(&accounts).await {
+            stack.stop().await;
+            return Err(err);
+        }
+        Ok(stack)
+    }
+
+    async fn start_all(&mut self, accounts: &ChartAccounts) -> anyhow::Result<()> {
+        let cluster = self.cluster.clone();
+        let freqtuner_kubeconfig = cluster
+            .service_account_kubeconfig(SYSTEM_NAMESPACE, &accounts.freqtuner)
+            .await?;
+        for node in self.config.nodes.clone() {
+            let port = free_port()?;
+            let addr = format!("127.0.0.1:{port}");
+            let state_dir = self.config.work_dir.join("state").join(&node);
+            std::fs::create_dir_all(&state_dir)?;
+            self.spawn(
+                &format!("freqtuner-{node}"),
+                "freqtuner",
+                &freqtuner_kubeconfig,
+                &[
+                    "--node-name",
+                    &node,
+                    "--gpu-backend",
+                    "sim",
+                    "--cpu-backend",
+                    "none",
+                    "--metrics-listen",
+                    &addr,
+                    "--state-dir",
+                    path_str(&state_dir)?,
+                ],
+            )?;
+            let target = format!("{}-freqtuner-{node}", self.config.scope);
+            cluster.register_prometheus_target(&target, &addr, &[])?;
+            self.prometheus_targets.push(target);
+            self.freqtuners.insert(node.clone(), addr.clone());
+            wait_healthy(&addr, false).await?;
+        }
+
+        let tls_dir = self.config.work_dir.join("tls");
+        self.run_to_completion(
+            "climatik-certs",
+            &[
+                "dev-ca",
+                "--out-dir",
+                path_str(&tls_dir)?,
+                "--dns-name",
+                "localhost",
+                "--ip-address",
+                "127.0.0.1",
+            ],
+        )
+        .await?;
+        let webhook_port = free_port()?;
+        let webhook_addr = format!("127.0.0.1:{webhook_port}");
+        let webhook_kubeconfig = cluster
+            .service_account_kubeconfig(SYSTEM_NAMESPACE, &accounts.webhook)
+            .await?;
+        self.spawn(
+            "webhook",
+            "climatik-webhook",
+            &webhook_kubeconfig,
+            &[
+                "--listen",
+                &webhook_addr,
+                "--tls-cert-file",
+                path_str(&tls_dir.join("tls.crt"))?,
+                "--tls-key-file",
+                path_str(&tls_dir.join("tls.key"))?,
+            ],
+        )?;
+        wait_healthy(&webhook_addr, true).await?;
+        self.register_webhook(&webhook_addr, &tls_dir.join("ca.crt"))
+            .await?;
+
+        let prometheus_url = cluster.prometheus_url().to_string();
+        let interval = format!("{}s", self.config.interval.as_secs().max(1));
+        let controller_addr = format!("127.0.0.1:{}", free_port()?);
+        let controller_kubeconfig = cluster
+            .service_account_kubeconfig(SYSTEM_NAMESPACE, &accounts.controller)
+            .await?;
+        self.spawn(
+            "powercapping-controller",
+            "powercapping-controller",
+            &controller_kubeconfig,
+            &[
+                "--prometheus-url",
+                &prometheus_url,
+                "--interval",
+                &interval,
+                "--metrics-listen",
+                &controller_addr,
+                "--lease-namespace",
+                SYSTEM_NAMESPACE,
+                "--lease-name",
+                &format!("{}-controller", self.config.scope),
+            ],
+        )?;
+        wait_healthy(&controller_addr, false).await?;
+
+        let recommender_addr = format!("127.0.0.1:{}", free_port()?);
+        let recommender_kubeconfig = cluster
+            .service_account_kubeconfig(SYSTEM_NAMESPACE, &accounts.recommender)
+            .await?;
+        let ttl = format!("{}s", self.config.entry_ttl.as_secs().max(1));
+        self.spawn(
+            "freqtuning-recommender",
+            "freqtuning-recommender",
+            &recommender_kubeconfig,
+            &[
+                "--interval",
+                &interval,
+                "--entry-ttl",
+                &ttl,
+                "--metrics-listen",
+                &recommender_addr,
+                "--lease-namespace",
+                SYSTEM_NAMESPACE,
+                "--lease-name",
+                &format!("{}-recommender", self.config.scope),
+            ],
+        )?;
+        wait_healthy(&recommender_addr, false).await?;
+        Ok(())
+    }
+
+    fn spawn(
+        &mut self,
+        name: &str,
+        binary: &str,
+        kubeconfig: &Path,
+        args: &[&str],
+    ) -> anyhow::Result<()> {
+        let log_path = self
+            .config
+            .work_dir
+            .join("logs")
+            .join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let program = self.config.bin_dir.join(binary);
+        let child = Command::new(&program)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        self.components.push(Component {
+            name: name.to_string(),
+            child,
+        });
+        Ok(())
+    }
+
+    async fn run_to_completion(&self, binary: &str, args: &[&str]) -> anyhow::Result<()> {
+        let program = self.config.bin_dir.join(binary);
+        let output = Command::new(&program)
+            .args(args)
+            .output()
+            .await
+            .with_context(|| format!("running {}", program.display()))?;
+        if !output.status.success() {
+            bail!(
+                "{} failed: {}",
+                program.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// A MutatingWebhookConfiguration by URL, scoped to the namespaces
+    /// labelled for this stack, with the same rules as the chart's.
+    async fn register_webhook(&self, addr: &str, ca_file: &Path) -> anyhow::Result<()> {
+        let ca =
+            std::fs::read(ca_file).with_context(|| format!("reading {}", ca_file.display()))?;
+        let configuration = serde_json::json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "MutatingWebhookConfiguration",
+            "metadata": {"name": self.webhook_configuration},
+            "webhooks": [{
+                "name": "workloads.climatik.io",
+                "clientConfig": {
+                    "url": format!("https://{addr}/mutate"),
+                    "caBundle": k8s_openapi::ByteString(ca),
+                },
+                "rules": [
+                    {"apiGroups": ["apps"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                     "resources": ["deployments", "statefulsets"]},
+                    {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE", "UPDATE"],
+                     "resources": ["jobs", "cronjobs"]}
+                ],
+                "namespaceSelector": {"matchLabels": {WEBHOOK_SCOPE_LABEL: self.config.scope}},
+                "failurePolicy": "Fail",
+                "sideEffects": "NoneOnDryRun",
+                "timeoutSeconds": 5,
+                "admissionReviewVersions": ["v1"]
+            }]
+        });
+        self.cluster
+            .kubectl_with_stdin(["apply", "-f", "-"], &configuration.to_string())
+            .await
+            .context("registering the webhook")?;
+        Ok(())
+    }
+
+    /// Creates a namespace the webhook serves.
+    pub async fn namespace(&self, name: &str) -> anyhow::Result<()> {
+        let manifest = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "labels": {WEBHOOK_SCOPE_LABEL: self.config.scope}}
+        });
+        self.cluster
+            .kubectl_with_stdin(["apply", "-f", "-"], &manifest.to_string())
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        Ok(())
+    }
+
+    /// Whether every component is still running; names the first that died.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        for component in &mut self.components {
+            if let Some(status) = component.child.try_wait()? {
+                bail!(
+                    "{} exited ({status}); see {}",
+                    component.name,
+                    self.config
+                        .work_dir
+                        .join("logs")
+                        .join(format!("{}.log", component.name))
+                        .display()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every component with SIGTERM (so agents restore clocks), then
+    /// SIGKILL after a grace period; removes the webhook and scrape targets.
+    pub async fn stop(mut self) {
+        let _ = self
+            .cluster
+            .kubectl([
+                "delete",
+                "mutatingwebhookconfiguration",
+                &self.webhook_configuration,
+                "--ignore-not-found",
+            ])
+            .await;
+        // Controllers first, so nothing re-applies targets while agents restore.
+        for component in self.components.iter_mut().rev() {
+            terminate(&mut component.child).await;
+        }
+        for target in &self.prometheus_targets {
+            let _ = self.cluster.remove_prometheus_target(target);
+        }
+        self.components.clear();
+    }
+}
+
+async fn terminate(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_ok()
+        {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+fn path_str(path: &Path) -> anyhow::Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// Polls `/healthz` until it answers 200 (30 s at most).
+async fn wait_healthy(addr: &str, tls: bool) -> anyhow::Result<()> {
+    let scheme = if tls { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}/healthz");
+    let client = reqwest_client(tls)?;
+    for _ in 0..150 {
+        if let Ok(response) = client.get(&url).send().await
+            && response.status().is_success()
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("{url} did not become healthy within 30 s")
+}
+
+fn reqwest_client(_tls: bool) -> anyhow::Result<reqwest::Client> {
+    // The webhook's dev certificate is checked by the API server, which is
+    // what matters; here only liveness is probed.
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(2))
+        .build()
+        .context("building an HTTP client")
+}
