@@ -1,1 +1,24 @@
-//! Filled by its own issue.
+//! Climatik's brain: the power usage monitor (`powercapping-controller`)
+//! reads each PowerCappingPolicy's power from Prometheus and writes it to
+//! the policy's status; the action recommender (`freqtuning-recommender`)
+//! turns that status into per-node frequency targets (NodeFrequencies).
+//!
+//! Both run in-process through [`monitor::run`] and [`recommender::run`]
+//! (the binaries are thin wrappers), so tests drive the real reconcilers.
+
+pub mod algorithm;
+pub mod conditions;
+mod error;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod monitor;
+pub mod observe;
+pub mod ownership;
+pub mod plant;
+pub mod prom;
+pub mod recommender;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::{Error, Result};

@@ -1,1 +1,194 @@
-//! Filled by its own issue.
+//! Climatik's node agent (`freqtuner`): applies the NodeFrequencies of its
+//! node through NVML, cpufreq or a simulated backend, holds per-GPU power
+//! budgets with a local fast loop, reports per-device status, and restores
+//! defaults whenever a target goes away (see `README.md`).
+
+pub mod actuator;
+pub mod agent;
+pub mod config;
+pub mod cpu;
+pub mod error;
+pub mod fake_sysfs;
+pub mod fastloop;
+pub mod gpu;
+pub mod http;
+pub mod merge;
+pub mod metrics;
+pub mod sim;
+pub mod state;
+pub mod text_format;
+
+use std::{sync::Arc, time::Instant};
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::Node;
+
+use crate::{
+    actuator::Actuator,
+    agent::{Agent, AgentConfig, Heartbeat},
+    config::{Cli, CpuBackendKind, GpuBackendKind},
+    cpu::{CpuBackend, cpufreq::Cpufreq, sim::SimCpus},
+    gpu::{GpuBackend, nvml::open_real, sim::SimGpus},
+    metrics::Metrics,
+    sim::{Scenario, SharedWorld, SimConfig, SimWorld, model::GpuModel, pods},
+    state::StateFile,
+};
+
+/// Runs the agent until SIGTERM or SIGINT, then restores defaults.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let node = cli.node_name.clone();
+    let metrics = Arc::new(Metrics::default());
+    let heartbeat = Arc::new(Heartbeat::default());
+
+    let world = match cli.backends.gpu_backend {
+        GpuBackendKind::Sim => Some(sim_world(&cli, &client).await?),
+        _ => None,
+    };
+    let gpu: Option<Box<dyn GpuBackend>> = match (cli.backends.gpu_backend, &world) {
+        (GpuBackendKind::Sim, Some(world)) => Some(Box::new(SimGpus::new(world.clone())?)),
+        (GpuBackendKind::Nvml, _) => {
+            match open_real(StateFile::for_backend(&cli.agent.state_dir, "nvml", &node)) {
+                Ok(backend) => Some(Box::new(backend)),
+                Err(e) => {
+                    // Keep capping CPUs; GPU entries report Unsupported.
+                    tracing::error!(error = %e, "NVML unavailable: running without a GPU backend");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let cpu: Option<Box<dyn CpuBackend>> = match cli.backends.cpu_backend {
+        CpuBackendKind::Cpufreq => Some(Box::new(Cpufreq::new(
+            &cli.backends.sysfs_root,
+            StateFile::for_backend(&cli.agent.state_dir, "cpufreq", &node),
+        )?)),
+        CpuBackendKind::Sim => Some(Box::new(SimCpus::new(cli.sim.sim_cpus))),
+        CpuBackendKind::None => None,
+    };
+    if let Some(gpu) = &gpu {
+        tracing::info!(backend = gpu.name(), gpus = gpu.devices().len(), "GPU backend ready");
+    }
+
+    let (addr, server) = http::bind(
+        cli.server.metrics_listen,
+        http::AppState {
+            metrics: metrics.clone(),
+            world: world.clone(),
+            heartbeat: heartbeat.clone(),
+            max_silence: cli.agent.fast_loop_interval * 10 + std::time::Duration::from_secs(20),
+        },
+    )
+    .await
+    .with_context(|| format!("listening on {}", cli.server.metrics_listen))?;
+    tracing::info!(%addr, "serving metrics");
+    let server = tokio::spawn(server);
+    let watcher = world.clone().map(|world| {
+        tokio::spawn(pods::watch_pods(client.clone(), node.clone(), world))
+    });
+
+    let actuator = Actuator::new(gpu, cpu, cli.backends.gpu_power_limit, metrics.clone());
+    let agent = Agent::new(
+        client,
+        AgentConfig {
+            node,
+            fast_loop_interval: cli.agent.fast_loop_interval,
+            status_interval: cli.agent.status_interval,
+        },
+        actuator,
+        metrics,
+        heartbeat,
+    );
+    let result = agent.run(shutdown_signal()).await;
+    server.abort();
+    if let Some(w) = watcher {
+        w.abort();
+    }
+    result.map_err(Into::into)
+}
+
+async fn sim_world(cli: &Cli, client: &kube::Client) -> anyhow::Result<SharedWorld> {
+    let gpus = match cli.sim.sim_gpus {
+        Some(n) => n,
+        None => node_gpu_capacity(client, &cli.node_name).await,
+    };
+    let scenario = match &cli.sim.sim_scenario {
+        Some(path) => Scenario::read(path)?,
+        None => Scenario::default(),
+    };
+    let default_load = cli
+        .sim
+        .sim_default_load
+        .parse()
+        .context("--sim-default-load")?;
+    let model = GpuModel {
+        name: cli.sim.sim_gpu_model.clone(),
+        min_mhz: cli.sim.sim_min_clock,
+        max_mhz: cli.sim.sim_max_clock,
+        step_mhz: cli.sim.sim_clock_step,
+        tdp_watts: cli.sim.sim_tdp_watts,
+        idle_watts: cli.sim.sim_idle_watts,
+        max_tokens_per_second: cli.sim.sim_max_tokens_per_second,
+        ..GpuModel::h100()?
+    };
+    let world = SimWorld::new(
+        SimConfig {
+            node: cli.node_name.clone(),
+            gpus,
+            model,
+            driver_version: cli.sim.sim_driver_version.clone(),
+            scenario,
+            default_load,
+        },
+        Instant::now(),
+    )?;
+    Ok(world.shared())
+}
+
+/// The node's `nvidia.com/gpu` capacity, or 0 (with a warning).
+async fn node_gpu_capacity(client: &kube::Client, node: &str) -> u32 {
+    let nodes = kube::Api::<Node>::all(client.clone());
+    let capacity = match nodes.get_opt(node).await {
+        Ok(Some(n)) => n
+            .status
+            .and_then(|s| s.capacity)
+            .and_then(|c| c.get(pods::GPU_RESOURCE).and_then(|q| q.0.parse().ok())),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the Node's GPU capacity");
+            None
+        }
+    };
+    capacity.unwrap_or_else(|| {
+        tracing::warn!(node, "no nvidia.com/gpu capacity on the Node and no --sim-gpus: simulating no GPUs");
+        0
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = term => tracing::info!("SIGTERM received"),
+        r = tokio::signal::ctrl_c() => {
+            if r.is_ok() {
+                tracing::info!("SIGINT received");
+            } else {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}

@@ -23,8 +23,8 @@ pub fn frame(
     let _ = writeln!(out, "Climatik demo   t = {t:>5.0} s");
     let _ = writeln!(
         out,
-        "{:<34} {:>8} {:>8} {:>9} {:>7}  {}",
-        "policy", "cap W", "power W", "status W", "% cap", "capping"
+        "{:<34} {:>8} {:>8} {:>9} {:>7}  capping",
+        "policy", "cap W", "power W", "status W", "% cap"
     );
     for p in policies {
         let reported = p
