@@ -82,6 +82,8 @@ pub async fn install_chart_rbac(cluster: &TestCluster) -> anyhow::Result<ChartAc
             chart.to_str().context("chart path is not UTF-8")?,
             "--namespace",
             SYSTEM_NAMESPACE,
+            "--kube-version",
+            "1.34",
         ])
         .await
         .context("rendering the chart")?;
