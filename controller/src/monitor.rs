@@ -1,0 +1,597 @@
+//! The power usage monitor (`powercapping-controller`): for each policy,
+//! selector -> pods -> nodes and GPUs -> Prometheus -> `status`.
+
+use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+
+use climatik_api::{
+    DeviceKind, PowerCappingPolicy, PowerCappingPolicyStatus,
+    names::{MANAGER_CONTROLLER, conditions},
+};
+use futures::StreamExt;
+use k8s_openapi::{
+    api::core::v1::Pod,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+    core::Selector,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        watcher,
+    },
+};
+use serde_json::json;
+
+use crate::{
+    Error, Result,
+    conditions::{Decided, render, transitions},
+    lease::{self, Leadership, LeaseConfig},
+    metrics::{Metrics, PolicyLabels},
+    observe::{self, GpuReading, PodOnNode},
+    prom::Prometheus,
+    shutdown::Shutdown,
+};
+
+/// Most pod names listed in `status.matchedPods`.
+const MAX_LISTED_PODS: usize = 100;
+
+#[derive(Debug, Clone)]
+pub struct MonitorConfig {
+    pub prometheus_url: String,
+    pub prometheus_timeout: Duration,
+    /// Read CPU power from Kepler.
+    pub kepler: bool,
+    /// How often each policy is measured.
+    pub interval: Duration,
+    /// Leader election; `None` runs as the only replica.
+    pub lease: Option<LeaseConfig>,
+    /// Only policies in this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Names this replica in events.
+    pub identity: String,
+}
+
+struct Context {
+    client: kube::Client,
+    prometheus: Prometheus,
+    config: MonitorConfig,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    leadership: Leadership,
+}
+
+/// Runs the monitor until `shutdown` resolves.
+pub async fn run(
+    client: kube::Client,
+    config: MonitorConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let shutdown = Shutdown::new(shutdown);
+    let prometheus = Prometheus::new(&config.prometheus_url, config.prometheus_timeout)?;
+    let (leadership, election) = match &config.lease {
+        Some(lease) => {
+            let (l, task) = lease::spawn(
+                client.clone(),
+                lease.clone(),
+                metrics.clone(),
+                shutdown.wait(),
+            );
+            (l, Some(task))
+        }
+        None => {
+            metrics.set_leader(true);
+            (Leadership::always(), None)
+        }
+    };
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER_CONTROLLER.to_string(),
+            instance: Some(config.identity.clone()),
+        },
+    );
+    let context = Arc::new(Context {
+        client: client.clone(),
+        prometheus,
+        config,
+        recorder,
+        metrics,
+        leadership,
+    });
+    let policies = policies_api(client, context.config.namespace.as_deref());
+    Controller::new(policies, watcher::Config::default().any_semantic())
+        .graceful_shutdown_on(shutdown.wait())
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconciliation did not complete");
+            }
+        })
+        .await;
+    if let Some(task) = election {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+/// Policies in one namespace, or in all.
+pub(crate) fn policies_api(
+    client: kube::Client,
+    namespace: Option<&str>,
+) -> Api<PowerCappingPolicy> {
+    match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    }
+}
+
+fn error_policy(policy: Arc<PowerCappingPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(policy = %policy.name_any(), namespace = ?policy.namespace(), %error, "reconcile failed");
+    ctx.metrics.failed(error);
+    Action::requeue(Duration::from_secs(5).min(ctx.config.interval))
+}
+
+async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    let requeue = Action::requeue(ctx.config.interval);
+    if !ctx.leadership.is_leader() || policy.meta().deletion_timestamp.is_some() {
+        return Ok(requeue);
+    }
+    let started = std::time::Instant::now();
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    if let Err(error) = crate::ownership::adopt(&ctx.client, &policy).await {
+        // Ownership is housekeeping: measure anyway, try again next period.
+        tracing::warn!(policy = %policy.name_any(), %error, "could not set the ownerReference");
+    }
+
+    let pods = matched_pods(&ctx.client, &namespace, &policy).await?;
+    let measurement = if pods.is_empty() {
+        Measurement::NoPods
+    } else {
+        measure(&ctx, &namespace, &policy, &pods).await
+    };
+    let now = Time(Timestamp::now());
+    let previous = policy.status.clone().unwrap_or_default();
+    let (status, decided) = build_status(&policy, &pods, &measurement, ctx.config.kepler, &now);
+
+    let api = Api::<PowerCappingPolicy>::namespaced(ctx.client.clone(), &namespace);
+    let patch = json!({
+        "apiVersion": PowerCappingPolicy::api_version(&()),
+        "kind": PowerCappingPolicy::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &policy.name_any(),
+        &PatchParams::apply(MANAGER_CONTROLLER).force(),
+        &Patch::Apply(patch),
+    )
+    .await?;
+
+    publish_transitions(&ctx, &policy, &previous.conditions, &decided).await;
+    if let Some(watts) = status.current_power {
+        ctx.metrics
+            .policy_power
+            .get_or_create(&PolicyLabels {
+                namespace: namespace.clone(),
+                policy: policy.name_any(),
+            })
+            .set(watts);
+    }
+    ctx.metrics.reconciled(started.elapsed().as_secs_f64());
+    Ok(requeue)
+}
+
+/// Pods the selector matches that are not finished or being deleted.
+async fn matched_pods(
+    client: &kube::Client,
+    namespace: &str,
+    policy: &PowerCappingPolicy,
+) -> Result<Vec<PodOnNode>> {
+    let selector = Selector::try_from(policy.spec.selector.clone())
+        .map_err(|e| Error::Selector(e.to_string()))?;
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels_from(&selector))
+        .await?;
+    let mut matched: Vec<PodOnNode> = pods
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| {
+            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+            !matches!(phase, Some("Succeeded" | "Failed"))
+        })
+        .map(|p| PodOnNode {
+            node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
+            name: p.name_any(),
+        })
+        .collect();
+    matched.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(matched)
+}
+
+/// What Prometheus said about a policy's pods.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Measurement {
+    NoPods,
+    /// Prometheus could not be asked.
+    Failed(String),
+    /// Prometheus answered, but not about these pods.
+    NoData(String),
+    Measured {
+        gpus: Vec<GpuReading>,
+        cpu: BTreeMap<String, f64>,
+    },
+}
+
+async fn measure(
+    ctx: &Context,
+    namespace: &str,
+    policy: &PowerCappingPolicy,
+    pods: &[PodOnNode],
+) -> Measurement {
+    let wants_gpu = policy.acts_on(DeviceKind::Gpu);
+    let wants_cpu = policy.acts_on(DeviceKind::Cpu) && ctx.config.kepler;
+    let mut gpus = Vec::new();
+    if wants_gpu {
+        let power = ctx
+            .prometheus
+            .instant(&observe::dcgm_query(observe::GPU_POWER, namespace))
+            .await;
+        let clock = ctx
+            .prometheus
+            .instant(&observe::dcgm_query(observe::GPU_CLOCK, namespace))
+            .await;
+        match (power, clock) {
+            (Ok(power), Ok(clock)) => gpus = observe::gpus(namespace, pods, &power, &clock),
+            (Err(e), _) | (_, Err(e)) => return Measurement::Failed(e.to_string()),
+        }
+    }
+    let mut cpu = BTreeMap::new();
+    if wants_cpu {
+        match ctx
+            .prometheus
+            .instant(&observe::kepler_query(namespace))
+            .await
+        {
+            Ok(samples) => cpu = observe::cpu(pods, &samples),
+            Err(e) => return Measurement::Failed(e.to_string()),
+        }
+    }
+    if gpus.is_empty() && cpu.is_empty() {
+        let mut what = Vec::new();
+        if wants_gpu {
+            what.push(format!("{} series", observe::GPU_POWER));
+        }
+        if wants_cpu {
+            what.push(format!("{} series", observe::KEPLER_CPU));
+        }
+        if policy.acts_on(DeviceKind::Cpu) && !ctx.config.kepler && !wants_gpu {
+            return Measurement::NoData(
+                "CPU power needs Kepler; the controller runs without --kepler".into(),
+            );
+        }
+        return Measurement::NoData(format!(
+            "no {} for the {} matched pod(s)",
+            what.join(" or "),
+            pods.len()
+        ));
+    }
+    Measurement::Measured { gpus, cpu }
+}
+
+/// The status to write and the conditions it carries, decided from a
+/// measurement. Pure, so the rules are unit-tested.
+pub(crate) fn build_status(
+    policy: &PowerCappingPolicy,
+    pods: &[PodOnNode],
+    measurement: &Measurement,
+    kepler: bool,
+    now: &Time,
+) -> (PowerCappingPolicyStatus, Vec<Decided>) {
+    let previous = policy.status.clone().unwrap_or_default();
+    let cap = policy.spec.power_cap_limit as f64;
+    let threshold = cap * f64::from(policy.spec.capping_threshold) / 100.0;
+    let mut status = PowerCappingPolicyStatus {
+        power_cap_limit: Some(policy.spec.power_cap_limit),
+        matched_pods: pods
+            .iter()
+            .take(MAX_LISTED_PODS)
+            .map(|p| p.name.clone())
+            .collect(),
+        matched_pod_count: i32::try_from(pods.len()).unwrap_or(i32::MAX),
+        observed_generation: policy.meta().generation,
+        last_updated: Some(now.clone()),
+        ..Default::default()
+    };
+    let decided = match measurement {
+        Measurement::NoPods => {
+            status.current_power = Some(0.0);
+            let message = format!(
+                "the selector matches no running pods in namespace {}",
+                policy.namespace().unwrap_or_default()
+            );
+            vec![
+                Decided::new(conditions::READY, false, "NoMatchingPods", message.clone()),
+                Decided::new(
+                    conditions::METRICS_AVAILABLE,
+                    false,
+                    "NoMatchingPods",
+                    message.clone(),
+                ),
+                Decided::new(conditions::CAPPING, false, "NoMatchingPods", message),
+            ]
+        }
+        Measurement::Failed(error) => {
+            // Hold the last readings: the recommender holds its targets
+            // until they expire, and people still see the last known power.
+            status.current_power = previous.current_power;
+            status.gpu_power = previous.gpu_power;
+            status.cpu_power = previous.cpu_power;
+            status.nodes = previous.nodes.clone();
+            status.capping_action_required = previous.capping_action_required;
+            let capping = previous
+                .conditions
+                .iter()
+                .find(|c| c.type_ == conditions::CAPPING)
+                .map(|c| (c.status == "True", c.reason.clone(), c.message.clone()))
+                .unwrap_or((false, "MetricsUnavailable".into(), String::new()));
+            vec![
+                Decided::new(
+                    conditions::READY,
+                    false,
+                    "MetricsUnavailable",
+                    format!("Prometheus: {error}"),
+                ),
+                Decided::new(
+                    conditions::METRICS_AVAILABLE,
+                    false,
+                    "PrometheusUnavailable",
+                    error.clone(),
+                ),
+                Decided::new(conditions::CAPPING, capping.0, &capping.1, capping.2),
+            ]
+        }
+        Measurement::NoData(why) => vec![
+            Decided::new(conditions::READY, false, "MetricsUnavailable", why.clone()),
+            Decided::new(conditions::METRICS_AVAILABLE, false, "NoData", why.clone()),
+            Decided::new(conditions::CAPPING, false, "NoData", why.clone()),
+        ],
+        Measurement::Measured { gpus, cpu } => {
+            let gpu_power: f64 = gpus.iter().map(|g| g.power_watts).sum();
+            let cpu_power: f64 = cpu.values().sum();
+            let mut total = 0.0;
+            if policy.acts_on(DeviceKind::Gpu) {
+                status.gpu_power = Some(round(gpu_power));
+                total += gpu_power;
+            }
+            if policy.acts_on(DeviceKind::Cpu) && kepler {
+                status.cpu_power = Some(round(cpu_power));
+                total += cpu_power;
+            }
+            status.current_power = Some(round(total));
+            status.nodes = observe::node_powers(gpus, cpu);
+            for node in &mut status.nodes {
+                node.power_watts = round(node.power_watts);
+            }
+            status.capping_action_required = total > threshold;
+            let nodes = status.nodes.len();
+            let capping = if status.capping_action_required {
+                Decided::new(
+                    conditions::CAPPING,
+                    true,
+                    "AboveThreshold",
+                    format!(
+                        "{:.1} W is above {}% of the {} W cap",
+                        total, policy.spec.capping_threshold, policy.spec.power_cap_limit
+                    ),
+                )
+            } else {
+                Decided::new(
+                    conditions::CAPPING,
+                    false,
+                    "BelowThreshold",
+                    format!(
+                        "{:.1} W is within {}% of the {} W cap",
+                        total, policy.spec.capping_threshold, policy.spec.power_cap_limit
+                    ),
+                )
+            };
+            vec![
+                Decided::new(
+                    conditions::READY,
+                    true,
+                    "Observed",
+                    format!("measuring {} pod(s) on {nodes} node(s)", pods.len()),
+                ),
+                Decided::new(
+                    conditions::METRICS_AVAILABLE,
+                    true,
+                    "MetricsFound",
+                    format!("{} GPU(s), CPU power on {} node(s)", gpus.len(), cpu.len()),
+                ),
+                capping,
+            ]
+        }
+    };
+    status.conditions = decided
+        .iter()
+        .map(|d| render(&previous.conditions, d, policy.meta().generation, now))
+        .collect();
+    (status, decided)
+}
+
+fn round(watts: f64) -> f64 {
+    (watts * 100.0).round() / 100.0
+}
+
+/// One event per condition that changes status.
+async fn publish_transitions(
+    ctx: &Context,
+    policy: &PowerCappingPolicy,
+    previous: &[Condition],
+    decided: &[Decided],
+) {
+    for d in decided.iter().filter(|d| transitions(previous, d)) {
+        let (type_, reason) = match (d.type_, d.status) {
+            (conditions::CAPPING, true) => (EventType::Normal, "CappingStarted"),
+            (conditions::CAPPING, false)
+                if previous.iter().any(|c| c.type_ == conditions::CAPPING) =>
+            {
+                (EventType::Normal, "CappingStopped")
+            }
+            (conditions::METRICS_AVAILABLE, false) => (EventType::Warning, "MetricsUnavailable"),
+            (conditions::METRICS_AVAILABLE, true) => (EventType::Normal, "MetricsAvailable"),
+            (conditions::READY, false) if d.reason == "NoMatchingPods" => {
+                (EventType::Warning, "NoMatchingPods")
+            }
+            _ => continue,
+        };
+        let event = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(d.message.chars().take(1000).collect()),
+            action: "Measure".to_string(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+            tracing::warn!(%error, policy = %policy.name_any(), "could not publish an event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use climatik_api::PowerCappingPolicySpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    fn policy(devices: Vec<DeviceKind>) -> PowerCappingPolicy {
+        let mut p = PowerCappingPolicy::new(
+            "p",
+            PowerCappingPolicySpec {
+                power_cap_limit: 300,
+                selector: LabelSelector::default(),
+                capping_threshold: 90,
+                custom_algorithms: vec![],
+                dry_run: false,
+                devices,
+            },
+        );
+        p.metadata.namespace = Some("ns".into());
+        p.metadata.generation = Some(3);
+        p
+    }
+
+    fn gpu(node: &str, uuid: &str, watts: f64) -> GpuReading {
+        GpuReading {
+            node: node.into(),
+            uuid: uuid.into(),
+            power_watts: watts,
+            clock_mhz: Some(1380.0),
+        }
+    }
+
+    fn pods() -> Vec<PodOnNode> {
+        vec![PodOnNode {
+            name: "a".into(),
+            node: Some("n1".into()),
+        }]
+    }
+
+    fn time(s: i64) -> Time {
+        Time(Timestamp::from_second(s).unwrap_or(Timestamp::UNIX_EPOCH))
+    }
+
+    fn condition<'a>(status: &'a PowerCappingPolicyStatus, type_: &str) -> &'a Condition {
+        match status.conditions.iter().find(|c| c.type_ == type_) {
+            Some(c) => c,
+            None => panic!("no {type_} condition in {status:?}"),
+        }
+    }
+
+    #[test]
+    fn measured_power_above_threshold_requires_capping() {
+        let measured = Measurement::Measured {
+            gpus: vec![gpu("n1", "GPU-1", 200.0), gpu("n1", "GPU-2", 90.0)],
+            cpu: BTreeMap::from([("n1".to_string(), 40.0)]),
+        };
+        // GPU only: 290 W > 270 W (90 % of 300); CPU not counted.
+        let (status, _) = build_status(
+            &policy(vec![DeviceKind::Gpu]),
+            &pods(),
+            &measured,
+            true,
+            &time(10),
+        );
+        assert_eq!(status.current_power, Some(290.0));
+        assert_eq!(status.gpu_power, Some(290.0));
+        assert_eq!(status.cpu_power, None);
+        assert!(status.capping_action_required);
+        assert_eq!(status.observed_generation, Some(3));
+        assert_eq!(status.matched_pod_count, 1);
+        assert_eq!(condition(&status, "Capping").status, "True");
+        assert_eq!(condition(&status, "Ready").status, "True");
+        // GPU and CPU: 330 W.
+        let (status, _) = build_status(
+            &policy(vec![DeviceKind::Gpu, DeviceKind::Cpu]),
+            &pods(),
+            &measured,
+            true,
+            &time(10),
+        );
+        assert_eq!(status.current_power, Some(330.0));
+        assert_eq!(status.cpu_power, Some(40.0));
+    }
+
+    #[test]
+    fn prometheus_failure_keeps_last_readings_and_transition_times() {
+        let mut p = policy(vec![DeviceKind::Gpu]);
+        let measured = Measurement::Measured {
+            gpus: vec![gpu("n1", "GPU-1", 280.0)],
+            cpu: BTreeMap::new(),
+        };
+        let (first, _) = build_status(&p, &pods(), &measured, false, &time(10));
+        p.status = Some(first.clone());
+        let (held, _) = build_status(
+            &p,
+            &pods(),
+            &Measurement::Failed("connection refused".into()),
+            false,
+            &time(20),
+        );
+        assert_eq!(held.current_power, Some(280.0));
+        assert_eq!(held.nodes, first.nodes);
+        assert!(held.capping_action_required);
+        let metrics = condition(&held, "MetricsAvailable");
+        assert_eq!(
+            (metrics.status.as_str(), metrics.reason.as_str()),
+            ("False", "PrometheusUnavailable")
+        );
+        assert_eq!(metrics.last_transition_time, time(20));
+        // Capping did not change, so its transition time is the first one.
+        assert_eq!(condition(&held, "Capping").last_transition_time, time(10));
+        assert_eq!(condition(&held, "Capping").status, "True");
+    }
+
+    #[test]
+    fn no_pods_says_so() {
+        let (status, _) = build_status(
+            &policy(vec![DeviceKind::Gpu]),
+            &[],
+            &Measurement::NoPods,
+            false,
+            &time(1),
+        );
+        let ready = condition(&status, "Ready");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "NoMatchingPods")
+        );
+        assert!(!status.capping_action_required);
+        assert_eq!(status.matched_pod_count, 0);
+    }
+}

@@ -1,0 +1,661 @@
+//! The action recommender (`freqtuning-recommender`): policy status ->
+//! algorithm -> NodeFrequencies entries.
+//!
+//! Entries are written by server-side apply with one field manager per
+//! policy, keyed `(gpuId, policy)` / `(cpuId, policy)`, so policies sharing a
+//! node each own exactly their entries and the node agent merges them (the
+//! most restrictive wins). Applying an empty list under a policy's manager
+//! removes its entries. Every entry carries an `expiresAt` renewed each
+//! period: if the recommender stops, the node returns to defaults.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use climatik_api::{
+    CpuFrequency, CustomAlgorithm, DeviceKind, GpuFrequency, NodeFrequencies, PowerCappingPolicy,
+    names::{
+        FINALIZER_POLICY, MANAGER_RECOMMENDER_PREFIX, conditions, policy_key, recommender_manager,
+    },
+};
+use futures::StreamExt;
+use k8s_openapi::{
+    api::core::v1::Node,
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::{SignedDuration, Timestamp},
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder, Reporter},
+        finalizer::{Event as FinalizerEvent, finalizer},
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use serde_json::json;
+
+use crate::{
+    Error, Result,
+    algorithm::{self, Algorithm, AlgorithmError, Clocks, Device, Observation, Target},
+    conditions::{Decided, is_true, render},
+    lease::{self, Leadership, LeaseConfig},
+    metrics::Metrics,
+    monitor::policies_api,
+    observe::CPU_DEVICE,
+    shutdown::Shutdown,
+};
+
+/// Field manager of the recommender's status writes (AlgorithmValid).
+pub const MANAGER_STATUS: &str = MANAGER_RECOMMENDER_PREFIX;
+
+/// Clock range assumed for a GPU the node agent has not reported yet; the
+/// agent clamps targets to what the GPU supports.
+const FALLBACK_GPU_CLOCKS: (i32, i32, i32) = (210, 2100, 15);
+/// CPU ceiling range (MHz) the algorithms plan in; the agent clamps to the
+/// CPU's `cpuinfo_min_freq`/`cpuinfo_max_freq`.
+const CPU_CLOCKS: (i32, i32, i32) = (800, 3500, 100);
+
+#[derive(Debug, Clone)]
+pub struct RecommenderConfig {
+    /// How often targets are recomputed and renewed.
+    pub interval: Duration,
+    /// Lifetime of an entry unless renewed.
+    pub entry_ttl: Duration,
+    pub lease: Option<LeaseConfig>,
+    /// Only policies in this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    pub identity: String,
+}
+
+struct Context {
+    client: kube::Client,
+    config: RecommenderConfig,
+    metrics: Arc<Metrics>,
+    leadership: Leadership,
+    recorder: Recorder,
+    node_frequencies: Store<NodeFrequencies>,
+    policies: Mutex<HashMap<String, PolicyState>>,
+}
+
+/// What the recommender remembers about a policy between periods.
+struct PolicyState {
+    spec: Option<CustomAlgorithm>,
+    algorithm: Box<dyn Algorithm>,
+    /// `status.lastUpdated` of the observation last planned on: each
+    /// observation is fed to the algorithm once.
+    planned_on: Option<Time>,
+    targets: Vec<Target>,
+}
+
+/// Runs the recommender until `shutdown` resolves.
+pub async fn run(
+    client: kube::Client,
+    config: RecommenderConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let shutdown = Shutdown::new(shutdown);
+    let (leadership, election) = match &config.lease {
+        Some(lease) => {
+            let (l, task) = lease::spawn(
+                client.clone(),
+                lease.clone(),
+                metrics.clone(),
+                shutdown.wait(),
+            );
+            (l, Some(task))
+        }
+        None => {
+            metrics.set_leader(true);
+            (Leadership::always(), None)
+        }
+    };
+
+    let (store, writer) = reflector::store::<NodeFrequencies>();
+    let nf_watch = reflector::reflector(
+        writer,
+        watcher(
+            Api::<NodeFrequencies>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .for_each(|_| async {});
+    let stop = shutdown.wait();
+    let reflector_task = tokio::spawn(async move {
+        tokio::select! {
+            _ = nf_watch => {}
+            _ = stop => {}
+        }
+    });
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: MANAGER_RECOMMENDER_PREFIX.to_string(),
+            instance: Some(config.identity.clone()),
+        },
+    );
+    let context = Arc::new(Context {
+        client: client.clone(),
+        config,
+        metrics,
+        leadership,
+        recorder,
+        node_frequencies: store.clone(),
+        policies: Mutex::new(HashMap::new()),
+    });
+    // Plans need the node agents' inventory; removal needs every entry.
+    tokio::select! {
+        _ = store.wait_until_ready() => {}
+        _ = shutdown.wait() => {}
+    }
+
+    Controller::new(
+        policies_api(client, context.config.namespace.as_deref()),
+        watcher::Config::default().any_semantic(),
+    )
+    .graceful_shutdown_on(shutdown.wait())
+    .run(reconcile, error_policy, context)
+    .for_each(|result| async move {
+        if let Err(error) = result {
+            tracing::debug!(%error, "reconciliation did not complete");
+        }
+    })
+    .await;
+    reflector_task.abort();
+    if let Some(task) = election {
+        let _ = task.await;
+    }
+    Ok(())
+}
+
+fn error_policy(policy: Arc<PowerCappingPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(policy = %policy.name_any(), namespace = ?policy.namespace(), %error, "reconcile failed");
+    ctx.metrics.failed(error);
+    Action::requeue(Duration::from_secs(2).min(ctx.config.interval))
+}
+
+async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result<Action> {
+    if !ctx.leadership.is_leader() {
+        return Ok(Action::requeue(ctx.config.interval));
+    }
+    let started = std::time::Instant::now();
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let api = Api::<PowerCappingPolicy>::namespaced(ctx.client.clone(), &namespace);
+    let action = finalizer(&api, FINALIZER_POLICY, policy, |event| async {
+        match event {
+            FinalizerEvent::Apply(p) => apply(&ctx, &p).await,
+            FinalizerEvent::Cleanup(p) => cleanup(&ctx, &p).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    ctx.metrics.reconciled(started.elapsed().as_secs_f64());
+    Ok(action)
+}
+
+/// What to do with a policy's entries this period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Decision {
+    /// Write (or renew) targets.
+    Act,
+    /// Leave entries as they are; they expire unless renewed later.
+    Hold(&'static str),
+    /// Remove the policy's entries.
+    Remove(&'static str),
+}
+
+/// Decides from spec and status alone, so the rules are unit-tested.
+pub(crate) fn decide(policy: &PowerCappingPolicy) -> Decision {
+    if policy.spec.dry_run {
+        return Decision::Remove("dry run");
+    }
+    let Some(status) = policy.status.as_ref() else {
+        return Decision::Hold("not measured yet");
+    };
+    if status.last_updated.is_none() {
+        return Decision::Hold("not measured yet");
+    }
+    let no_pods = status.conditions.iter().any(|c| {
+        c.type_ == conditions::READY && c.status == "False" && c.reason == "NoMatchingPods"
+    });
+    if no_pods {
+        return Decision::Remove("no matching pods");
+    }
+    if is_true(&status.conditions, conditions::METRICS_AVAILABLE) != Some(true) {
+        return Decision::Hold("metrics unavailable");
+    }
+    Decision::Act
+}
+
+async fn apply(ctx: &Context, policy: &PowerCappingPolicy) -> Result<Action> {
+    let requeue = Action::requeue(ctx.config.interval);
+    let uid = policy.uid().unwrap_or_else(|| policy.name_any());
+    let spec = policy.algorithm().cloned();
+
+    // Build (or keep) the algorithm; a bad spec changes no frequencies.
+    let built = {
+        let mut states = ctx.policies.lock().unwrap_or_else(|e| e.into_inner());
+        match states.get(&uid) {
+            Some(state) if state.spec == spec => Ok(()),
+            _ => algorithm::from_spec(spec.as_ref()).map(|algorithm| {
+                states.insert(
+                    uid.clone(),
+                    PolicyState {
+                        spec: spec.clone(),
+                        algorithm,
+                        planned_on: None,
+                        targets: Vec::new(),
+                    },
+                );
+            }),
+        }
+    };
+    if let Err(error) = built {
+        ctx.policies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&uid);
+        set_algorithm_condition(ctx, policy, Err(&error)).await?;
+        return Ok(requeue);
+    }
+    set_algorithm_condition(ctx, policy, Ok(())).await?;
+
+    let decision = decide(policy);
+    match decision {
+        Decision::Remove(why) => {
+            remove_entries(ctx, policy, &BTreeSet::new(), why).await?;
+            if let Some(state) = ctx
+                .policies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_mut(&uid)
+            {
+                state.planned_on = None;
+                state.targets.clear();
+            }
+            return Ok(requeue);
+        }
+        Decision::Hold(why) => {
+            tracing::debug!(policy = %policy.name_any(), why, "holding targets");
+            return Ok(requeue);
+        }
+        Decision::Act => {}
+    }
+
+    let observation = observe(ctx, policy);
+    let last_updated = policy.status.as_ref().and_then(|s| s.last_updated.clone());
+    let targets = {
+        let mut states = ctx.policies.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(state) = states.get_mut(&uid) else {
+            return Ok(requeue);
+        };
+        if state.planned_on != last_updated || state.targets.is_empty() {
+            state.targets = state.algorithm.plan(&observation);
+            state.planned_on = last_updated;
+        }
+        state.targets.clone()
+    };
+    write_targets(ctx, policy, &targets).await?;
+    Ok(requeue)
+}
+
+async fn cleanup(ctx: &Context, policy: &PowerCappingPolicy) -> Result<Action> {
+    remove_entries(ctx, policy, &BTreeSet::new(), "policy deleted").await?;
+    let uid = policy.uid().unwrap_or_else(|| policy.name_any());
+    ctx.policies
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&uid);
+    Ok(Action::await_change())
+}
+
+/// The algorithm's view of a policy: its devices from the status, clock
+/// ranges from the node agents' inventory.
+fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
+    let mut devices = Vec::new();
+    let nodes = policy
+        .status
+        .as_ref()
+        .map(|s| s.nodes.as_slice())
+        .unwrap_or_default();
+    for node in nodes {
+        let inventory = ctx
+            .node_frequencies
+            .get(&ObjectRef::new(&node.node_name))
+            .and_then(|nf| nf.status.clone())
+            .map(|s| s.gpus)
+            .unwrap_or_default();
+        for device in &node.devices {
+            let (kind, clocks) = if device.device_id == CPU_DEVICE {
+                (
+                    DeviceKind::Cpu,
+                    Clocks::range(CPU_CLOCKS.0, CPU_CLOCKS.1, CPU_CLOCKS.2),
+                )
+            } else {
+                let reported = inventory.iter().find(|g| g.gpu_id == device.device_id);
+                let clocks = reported.and_then(|g| {
+                    Clocks::from_supported(g.supported_frequencies.clone()).or_else(|| {
+                        Clocks::range(g.min_frequency, g.max_frequency, FALLBACK_GPU_CLOCKS.2)
+                    })
+                });
+                (
+                    DeviceKind::Gpu,
+                    clocks.or_else(|| {
+                        Clocks::range(
+                            FALLBACK_GPU_CLOCKS.0,
+                            FALLBACK_GPU_CLOCKS.1,
+                            FALLBACK_GPU_CLOCKS.2,
+                        )
+                    }),
+                )
+            };
+            let Some(clocks) = clocks else { continue };
+            if !policy.acts_on(kind) {
+                continue;
+            }
+            devices.push(Device {
+                id: device.device_id.clone(),
+                node: node.node_name.clone(),
+                kind,
+                power_watts: device.power_watts,
+                clock_mhz: device.frequency_mhz,
+                clocks,
+            });
+        }
+    }
+    Observation {
+        cap_watts: policy.spec.power_cap_limit as f64,
+        threshold_percent: f64::from(policy.spec.capping_threshold),
+        devices,
+    }
+}
+
+/// Applies the targets node by node and removes the policy's entries from
+/// nodes that no longer host it.
+async fn write_targets(
+    ctx: &Context,
+    policy: &PowerCappingPolicy,
+    targets: &[Target],
+) -> Result<()> {
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let key = policy_key(&namespace, &policy.name_any());
+    let expires_at = Time(
+        Timestamp::now()
+            + SignedDuration::try_from(ctx.config.entry_ttl)
+                .unwrap_or(SignedDuration::from_secs(120)),
+    );
+    let mut by_node: BTreeMap<&str, (Vec<GpuFrequency>, Vec<CpuFrequency>)> = BTreeMap::new();
+    for target in targets {
+        let entries = by_node.entry(target.node.as_str()).or_default();
+        match target.kind {
+            DeviceKind::Gpu => entries.0.push(GpuFrequency {
+                gpu_id: target.id.clone(),
+                target_frequency: target.frequency_mhz,
+                power_budget_watts: target.power_budget_watts,
+                policy: key.clone(),
+                expires_at: Some(expires_at.clone()),
+            }),
+            DeviceKind::Cpu => {
+                for cpu_id in 0..node_cpus(ctx, &target.node).await {
+                    entries.1.push(CpuFrequency {
+                        cpu_id,
+                        target_frequency: target.frequency_mhz,
+                        policy: key.clone(),
+                        expires_at: Some(expires_at.clone()),
+                    });
+                }
+            }
+        }
+    }
+    for (node, (gpus, cpus)) in &by_node {
+        apply_entries(ctx, policy, node, gpus, cpus).await?;
+    }
+    let keep: BTreeSet<String> = by_node.keys().map(|n| n.to_string()).collect();
+    remove_entries(ctx, policy, &keep, "node no longer hosts the workload").await
+}
+
+/// Logical CPUs of a node (its `cpu` capacity); 0 if it cannot be read.
+async fn node_cpus(ctx: &Context, node: &str) -> i32 {
+    match Api::<Node>::all(ctx.client.clone()).get(node).await {
+        Ok(n) => n
+            .status
+            .and_then(|s| s.capacity)
+            .and_then(|c| c.get("cpu").map(|q| q.0.clone()))
+            .and_then(|q| parse_cpus(&q))
+            .unwrap_or(0),
+        Err(error) => {
+            tracing::warn!(%error, node, "cannot read the node's CPU count; no CPU targets for it");
+            0
+        }
+    }
+}
+
+/// `"32"` or `"32000m"` -> 32 (whole CPUs).
+pub(crate) fn parse_cpus(quantity: &str) -> Option<i32> {
+    let q = quantity.trim();
+    let cpus = match q.strip_suffix('m') {
+        Some(milli) => milli.parse::<i64>().ok()? / 1000,
+        None => q.parse::<i64>().ok()?,
+    };
+    i32::try_from(cpus.clamp(0, 4096)).ok()
+}
+
+/// Server-side applies this policy's entries for one node.
+async fn apply_entries(
+    ctx: &Context,
+    policy: &PowerCappingPolicy,
+    node: &str,
+    gpus: &[GpuFrequency],
+    cpus: &[CpuFrequency],
+) -> Result<()> {
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let manager = recommender_manager(&namespace, &policy.name_any());
+    let body = json!({
+        "apiVersion": NodeFrequencies::api_version(&()),
+        "kind": NodeFrequencies::kind(&()),
+        "metadata": { "name": node },
+        "spec": {
+            "nodeName": node,
+            "gpuFrequencies": gpus,
+            "cpuFrequencies": cpus,
+        },
+    });
+    Api::<NodeFrequencies>::all(ctx.client.clone())
+        .patch(
+            node,
+            &PatchParams::apply(&manager).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    ctx.metrics
+        .node_frequency_applies
+        .get_or_create(&ctx.metrics.labels())
+        .inc();
+    Ok(())
+}
+
+/// Removes the policy's entries from every node not in `keep`.
+async fn remove_entries(
+    ctx: &Context,
+    policy: &PowerCappingPolicy,
+    keep: &BTreeSet<String>,
+    why: &str,
+) -> Result<()> {
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let key = policy_key(&namespace, &policy.name_any());
+    let stale: Vec<String> = ctx
+        .node_frequencies
+        .state()
+        .iter()
+        .filter(|nf| {
+            nf.spec.gpu_frequencies.iter().any(|e| e.policy == key)
+                || nf.spec.cpu_frequencies.iter().any(|e| e.policy == key)
+        })
+        .map(|nf| nf.name_any())
+        .filter(|name| !keep.contains(name))
+        .collect();
+    for node in &stale {
+        match apply_entries(ctx, policy, node, &[], &[]).await {
+            Ok(()) => tracing::info!(policy = %key, node, why, "removed frequency entries"),
+            // Gone already: nothing left to remove.
+            Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Writes AlgorithmValid (only when it changes) and an event on failure.
+async fn set_algorithm_condition(
+    ctx: &Context,
+    policy: &PowerCappingPolicy,
+    result: Result<(), &AlgorithmError>,
+) -> Result<()> {
+    let name = policy
+        .algorithm()
+        .map_or(algorithm::FEEDBACK, |a| a.name.as_str())
+        .to_string();
+    let decided = match result {
+        Ok(()) => Decided::new(
+            conditions::ALGORITHM_VALID,
+            true,
+            "Valid",
+            format!("algorithm {name}"),
+        ),
+        Err(e) => Decided::new(
+            conditions::ALGORITHM_VALID,
+            false,
+            e.reason(),
+            e.to_string(),
+        ),
+    };
+    let previous = policy
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let current = previous
+        .iter()
+        .find(|c| c.type_ == conditions::ALGORITHM_VALID);
+    let same = current.is_some_and(|c| {
+        c.status == if decided.status { "True" } else { "False" }
+            && c.reason == decided.reason
+            && c.message == decided.message
+            && c.observed_generation == policy.meta().generation
+    });
+    if same {
+        return Ok(());
+    }
+    let condition = render(
+        &previous,
+        &decided,
+        policy.meta().generation,
+        &Time(Timestamp::now()),
+    );
+    let body = json!({
+        "apiVersion": PowerCappingPolicy::api_version(&()),
+        "kind": PowerCappingPolicy::kind(&()),
+        "status": { "conditions": [condition] },
+    });
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    Api::<PowerCappingPolicy>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(
+            &policy.name_any(),
+            &PatchParams::apply(MANAGER_STATUS).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    if !decided.status {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InvalidAlgorithm".to_string(),
+            note: Some(decided.message.chars().take(1000).collect()),
+            action: "Recommend".to_string(),
+            secondary: None,
+        };
+        if let Err(error) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+            tracing::warn!(%error, "could not publish an event");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use climatik_api::{PowerCappingPolicySpec, PowerCappingPolicyStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+
+    fn policy(dry_run: bool, conditions: &[(&str, &str, &str)]) -> PowerCappingPolicy {
+        let mut p = PowerCappingPolicy::new(
+            "p",
+            PowerCappingPolicySpec {
+                power_cap_limit: 300,
+                selector: LabelSelector::default(),
+                capping_threshold: 90,
+                custom_algorithms: vec![],
+                dry_run,
+                devices: vec![DeviceKind::Gpu],
+            },
+        );
+        p.status = Some(PowerCappingPolicyStatus {
+            last_updated: Some(Time(Timestamp::UNIX_EPOCH)),
+            conditions: conditions
+                .iter()
+                .map(|(t, s, r)| Condition {
+                    type_: t.to_string(),
+                    status: s.to_string(),
+                    reason: r.to_string(),
+                    message: String::new(),
+                    observed_generation: None,
+                    last_transition_time: Time(Timestamp::UNIX_EPOCH),
+                })
+                .collect(),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn decisions() {
+        let ok = [
+            ("Ready", "True", "Observed"),
+            ("MetricsAvailable", "True", "MetricsFound"),
+        ];
+        assert_eq!(decide(&policy(false, &ok)), Decision::Act);
+        assert!(matches!(decide(&policy(true, &ok)), Decision::Remove(_)));
+        let no_pods = [
+            ("Ready", "False", "NoMatchingPods"),
+            ("MetricsAvailable", "False", "NoMatchingPods"),
+        ];
+        assert!(matches!(
+            decide(&policy(false, &no_pods)),
+            Decision::Remove(_)
+        ));
+        let down = [
+            ("Ready", "False", "MetricsUnavailable"),
+            ("MetricsAvailable", "False", "PrometheusUnavailable"),
+        ];
+        assert!(matches!(decide(&policy(false, &down)), Decision::Hold(_)));
+        let mut fresh = policy(false, &ok);
+        fresh.status = None;
+        assert!(matches!(decide(&fresh), Decision::Hold(_)));
+    }
+
+    #[test]
+    fn cpu_counts() {
+        assert_eq!(parse_cpus("32"), Some(32));
+        assert_eq!(parse_cpus("32000m"), Some(32));
+        assert_eq!(parse_cpus("1500m"), Some(1));
+        assert_eq!(parse_cpus("lots"), None);
+    }
+}

@@ -1,0 +1,281 @@
+//! Shared pieces of the integration tests: a DCGM-format metrics endpoint
+//! whose values the test controls, exclusive Node objects, pods bound to
+//! them, policies, and polling.
+
+#![allow(dead_code)]
+
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use axum::{Router, routing::get};
+use climatik_api::{NodeFrequencies, PowerCappingPolicy};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api,
+    api::{DeleteParams, PostParams},
+};
+use serde_json::json;
+
+/// One DCGM series: (UUID, pod label name, pod, namespace label name,
+/// namespace, hostname, power W, clock MHz).
+#[derive(Clone, Debug)]
+pub struct Gpu {
+    pub uuid: String,
+    pub pod_label: &'static str,
+    pub pod: String,
+    pub namespace_label: &'static str,
+    pub namespace: String,
+    pub hostname: String,
+    pub watts: f64,
+    pub clock: f64,
+}
+
+/// A tiny dcgm-exporter: serves `/metrics` from a list the test edits.
+#[derive(Clone)]
+pub struct DcgmServer {
+    pub addr: String,
+    gpus: Arc<Mutex<Vec<Gpu>>>,
+}
+
+impl DcgmServer {
+    pub async fn start() -> anyhow::Result<Self> {
+        let gpus: Arc<Mutex<Vec<Gpu>>> = Arc::default();
+        let shared = gpus.clone();
+        let app = Router::new().route(
+            "/metrics",
+            get(move || {
+                let gpus = shared.clone();
+                async move { render(&gpus.lock().map(|g| g.clone()).unwrap_or_default()) }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, gpus })
+    }
+
+    pub fn set(&self, gpus: Vec<Gpu>) {
+        if let Ok(mut g) = self.gpus.lock() {
+            *g = gpus;
+        }
+    }
+}
+
+fn render(gpus: &[Gpu]) -> String {
+    let mut text = String::new();
+    for (metric, help) in [
+        ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W)."),
+        ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)."),
+    ] {
+        text.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n"));
+        for (i, g) in gpus.iter().enumerate() {
+            let value = if metric.ends_with("USAGE") {
+                g.watts
+            } else {
+                g.clock
+            };
+            text.push_str(&format!(
+                "{metric}{{gpu=\"{i}\",UUID=\"{}\",pci_bus_id=\"00000000:0{i}:00.0\",device=\"nvidia{i}\",modelName=\"Tesla V100\",Hostname=\"{}\",{}=\"{}\",{}=\"{}\",container=\"main\"}} {value}\n",
+                g.uuid, g.hostname, g.pod_label, g.pod, g.namespace_label, g.namespace
+            ));
+        }
+    }
+    text
+}
+
+/// Creates a Node object (no kubelet behind it) with `cpus` CPUs.
+pub async fn create_node(client: &kube::Client, name: &str, cpus: u32) -> anyhow::Result<()> {
+    let node: Node = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": name, "labels": { "climatik.io/test": "true" } },
+        "spec": { "taints": [{ "key": "climatik.io/test-node", "effect": "NoSchedule" }] },
+        "status": { "capacity": { "cpu": cpus.to_string(), "memory": "64Gi", "pods": "110" } },
+    }))?;
+    let nodes = Api::<Node>::all(client.clone());
+    let _ = nodes.delete(name, &DeleteParams::default()).await;
+    wait_for("old node gone", Duration::from_secs(20), || async {
+        Ok(nodes.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await?;
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .with_context(|| format!("creating node {name}"))?;
+    // Capacity is status: creating a Node keeps what the kubelet would send.
+    Ok(())
+}
+
+/// Deletes Nodes and their NodeFrequencies.
+pub async fn delete_nodes(client: &kube::Client, names: &[String]) {
+    let nodes = Api::<Node>::all(client.clone());
+    let nfs = Api::<NodeFrequencies>::all(client.clone());
+    for name in names {
+        let _ = nodes.delete(name, &DeleteParams::default()).await;
+        let _ = nfs.delete(name, &DeleteParams::default()).await;
+    }
+}
+
+/// A pod bound directly to `node` (the scheduler is not involved).
+pub async fn create_pod(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    node: &str,
+    app: &str,
+) -> anyhow::Result<()> {
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": { "name": name, "labels": { "app": app } },
+        "spec": {
+            "nodeName": node,
+            "automountServiceAccountToken": false,
+            "tolerations": [{ "operator": "Exists" }],
+            "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10" }],
+        },
+    }))?;
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    // The namespace's default ServiceAccount may not exist yet.
+    wait_for("pod created", Duration::from_secs(30), || async {
+        match pods.create(&PostParams::default(), &pod).await {
+            Ok(_) => Ok(Some(())),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Some(())),
+            Err(kube::Error::Api(s)) if s.message.contains("serviceaccount") => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    })
+    .await
+}
+
+/// Deletes a pod at once (no kubelet would ever confirm a graceful delete).
+pub async fn delete_pod(client: &kube::Client, ns: &str, name: &str) -> anyhow::Result<()> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    pods.delete(name, &DeleteParams::default().grace_period(0))
+        .await?;
+    Ok(())
+}
+
+pub fn policy(
+    name: &str,
+    app: &str,
+    cap: i64,
+    extra: serde_json::Value,
+) -> anyhow::Result<PowerCappingPolicy> {
+    let mut spec = json!({
+        "powerCapLimit": cap,
+        "selector": { "matchLabels": { "app": app } },
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
+    Ok(serde_json::from_value(json!({
+        "apiVersion": "climatik.io/v1alpha1",
+        "kind": "PowerCappingPolicy",
+        "metadata": { "name": name },
+        "spec": spec,
+    }))?)
+}
+
+/// Polls `check` every 250 ms until it yields a value.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            match last_error {
+                Some(e) => return Err(e.context(format!("waiting for {what}"))),
+                None => bail!("timed out after {timeout:?} waiting for {what}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The condition of a policy, as (status, reason).
+pub fn condition(policy: &PowerCappingPolicy, type_: &str) -> Option<(String, String)> {
+    policy
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// The GPU entries of a node's NodeFrequencies: (gpuId, policy, target).
+pub async fn gpu_entries(
+    client: &kube::Client,
+    node: &str,
+) -> anyhow::Result<Vec<(String, String, i32)>> {
+    let nf = Api::<NodeFrequencies>::all(client.clone())
+        .get_opt(node)
+        .await?;
+    let mut entries: Vec<_> = nf
+        .map(|nf| {
+            nf.spec
+                .gpu_frequencies
+                .into_iter()
+                .map(|e| (e.gpu_id, e.policy, e.target_frequency))
+                .collect()
+        })
+        .unwrap_or_default();
+    entries.sort();
+    Ok(entries)
+}
+
+/// Drops the recommender's finalizer from every policy left in `ns`, so the
+/// namespace can be deleted after the recommender stopped.
+pub async fn release_finalizers(client: &kube::Client, ns: &str) {
+    use kube::{
+        ResourceExt,
+        api::{ListParams, Patch, PatchParams},
+    };
+    let policies = Api::<PowerCappingPolicy>::namespaced(client.clone(), ns);
+    let items = policies
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for p in items {
+        let _ = policies
+            .patch(
+                &p.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
+            )
+            .await;
+    }
+}
+
+/// Deletes every pod in `ns` at once: no kubelet confirms graceful
+/// deletion on the test's own nodes, which would hold up the namespace.
+pub async fn delete_all_pods(client: &kube::Client, ns: &str) {
+    use kube::{ResourceExt, api::ListParams};
+    let pods = Api::<Pod>::namespaced(client.clone(), ns);
+    let items = pods
+        .list(&ListParams::default())
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for pod in items {
+        let _ = pods
+            .delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+            .await;
+    }
+}

@@ -1,0 +1,518 @@
+//! The monitor and the recommender against the real API server and a real
+//! Prometheus scraping a DCGM-format endpoint this test controls, running
+//! with ServiceAccount kubeconfigs that carry exactly the RBAC of
+//! docs/components.md.
+
+mod common;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use climatik_api::{
+    NodeFrequencies, PowerCappingPolicy,
+    names::{FINALIZER_POLICY, MANAGER_CONTROLLER},
+};
+use climatik_controller::{
+    lease::LeaseConfig,
+    metrics::Metrics,
+    monitor::{self, MonitorConfig},
+    recommender::{self, RecommenderConfig},
+};
+use common::*;
+use k8s_openapi::api::{
+    core::v1::ServiceAccount,
+    events::v1::Event,
+    rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding},
+};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The chart's RBAC for one component, from docs/components.md.
+fn cluster_rules(component: &str) -> serde_json::Value {
+    let policies = json!({ "apiGroups": ["climatik.io"], "resources": ["powercappingpolicies"],
+        "verbs": ["get", "list", "watch", "patch", "update"] });
+    let events = json!({ "apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] });
+    match component {
+        "monitor" => json!([
+            policies,
+            { "apiGroups": ["climatik.io"], "resources": ["powercappingpolicies/status"], "verbs": ["get", "patch", "update"] },
+            { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["get"] },
+            { "apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["get"] },
+            events,
+        ]),
+        _ => json!([
+            policies,
+            { "apiGroups": ["climatik.io"], "resources": ["powercappingpolicies/status"], "verbs": ["get", "patch"] },
+            { "apiGroups": ["climatik.io"], "resources": ["nodefrequencies"],
+              "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"] },
+            events,
+        ]),
+    }
+}
+
+/// ServiceAccount + ClusterRole(Binding) + lease Role in `ns`; returns a
+/// client with that identity.
+async fn service_account_client(
+    cluster: &climatik_test_support::TestCluster,
+    ns: &str,
+    component: &str,
+) -> anyhow::Result<kube::Client> {
+    let client = &cluster.client;
+    let sa = component.to_string();
+    let role_name = format!("{ns}-{component}");
+    Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({ "metadata": { "name": sa } }))?,
+        )
+        .await?;
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": { "name": role_name, "labels": { "climatik.io/test": "true" } },
+        "rules": cluster_rules(component),
+    }))?;
+    Api::<ClusterRole>::all(client.clone())
+        .create(&PostParams::default(), &role)
+        .await?;
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": role_name, "labels": { "climatik.io/test": "true" } },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name },
+        "subjects": [{ "kind": "ServiceAccount", "name": sa, "namespace": ns }],
+    }))?;
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await?;
+    let lease_role: Role = serde_json::from_value(json!({
+        "metadata": { "name": format!("{component}-leases") },
+        "rules": [{ "apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                    "verbs": ["get", "create", "update", "patch"] }],
+    }))?;
+    Api::<Role>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &lease_role)
+        .await?;
+    let lease_binding: RoleBinding = serde_json::from_value(json!({
+        "metadata": { "name": format!("{component}-leases") },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": format!("{component}-leases") },
+        "subjects": [{ "kind": "ServiceAccount", "name": sa, "namespace": ns }],
+    }))?;
+    Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &lease_binding)
+        .await?;
+    let kubeconfig = cluster.service_account_kubeconfig(ns, &sa).await?;
+    cluster.client_for(&kubeconfig).await
+}
+
+async fn delete_cluster_rbac(client: &kube::Client, ns: &str) {
+    for component in ["monitor", "recommender"] {
+        let name = format!("{ns}-{component}");
+        let _ = Api::<ClusterRoleBinding>::all(client.clone())
+            .delete(&name, &DeleteParams::default())
+            .await;
+        let _ = Api::<ClusterRole>::all(client.clone())
+            .delete(&name, &DeleteParams::default())
+            .await;
+    }
+}
+
+fn gpu(uuid: &str, pod_label: &'static str, pod: &str, ns: &str, node: &str, watts: f64) -> Gpu {
+    Gpu {
+        uuid: uuid.into(),
+        pod_label,
+        pod: pod.into(),
+        namespace_label: if pod_label == "pod" {
+            "namespace"
+        } else {
+            "exported_namespace"
+        },
+        namespace: ns.into(),
+        hostname: node.into(),
+        watts,
+        clock: 1380.0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn policies_drive_node_frequencies_with_chart_rbac() -> anyhow::Result<()> {
+    let cluster = climatik_test_support::cluster().await?;
+    cluster.install_crds().await?;
+    let ns = cluster.namespace("ctrl-loop").await?;
+    let ns_name = ns.name().to_string();
+    let client = cluster.client.clone();
+    let nodes: Vec<String> = (0..3).map(|i| format!("{ns_name}-node-{i}")).collect();
+    for node in &nodes {
+        create_node(&client, node, 8).await?;
+    }
+    let result = run_loop_test(&cluster, &ns_name, &nodes).await;
+    delete_all_pods(&client, &ns_name).await;
+    delete_nodes(&client, &nodes).await;
+    delete_cluster_rbac(&client, &ns_name).await;
+    release_finalizers(&client, &ns_name).await;
+    cluster.remove_prometheus_target(&ns_name)?;
+    if result.is_ok() {
+        ns.cleanup().await?;
+    }
+    result
+}
+
+async fn run_loop_test(
+    cluster: &climatik_test_support::TestCluster,
+    ns: &str,
+    nodes: &[String],
+) -> anyhow::Result<()> {
+    let admin = cluster.client.clone();
+    let dcgm = DcgmServer::start().await?;
+    // Pods a0 on node 0, a1 and a2 on node 1 (a2 time-slices a1's GPU), none on node 2.
+    for (pod, node) in [("a0", &nodes[0]), ("a1", &nodes[1]), ("a2", &nodes[1])] {
+        create_pod(&admin, ns, pod, node, "a").await?;
+    }
+    let mut series = vec![
+        gpu("GPU-A0", "pod", "a0", ns, &nodes[0], 200.0),
+        gpu("GPU-A1", "exported_pod", "a1", ns, &nodes[1], 150.0),
+        gpu("GPU-A1", "pod", "a2", ns, &nodes[1], 150.0),
+    ];
+    dcgm.set(series.clone());
+    cluster.register_prometheus_target(ns, &dcgm.addr, &[])?;
+
+    // The components run as their ServiceAccounts, with leader election.
+    let monitor_client = service_account_client(cluster, ns, "monitor").await?;
+    let recommender_client = service_account_client(cluster, ns, "recommender").await?;
+    let (stop_monitor, monitor_stopped) = oneshot::channel::<()>();
+    let (stop_recommender, recommender_stopped) = oneshot::channel::<()>();
+    let lease = |name: &str| LeaseConfig {
+        namespace: ns.to_string(),
+        name: name.to_string(),
+        identity: format!("test-{name}"),
+        duration: Duration::from_secs(6),
+    };
+    let monitor_task = tokio::spawn(monitor::run(
+        monitor_client,
+        MonitorConfig {
+            prometheus_url: cluster.prometheus_url().to_string(),
+            prometheus_timeout: Duration::from_secs(3),
+            kepler: false,
+            interval: Duration::from_secs(1),
+            lease: Some(lease("monitor")),
+            namespace: Some(ns.to_string()),
+            identity: "test-monitor".into(),
+        },
+        Metrics::new("powercapping-controller"),
+        async move {
+            let _ = monitor_stopped.await;
+        },
+    ));
+    let recommender_task = tokio::spawn(recommender::run(
+        recommender_client,
+        RecommenderConfig {
+            interval: Duration::from_secs(1),
+            entry_ttl: Duration::from_secs(60),
+            lease: Some(lease("recommender")),
+            namespace: Some(ns.to_string()),
+            identity: "test-recommender".into(),
+        },
+        Metrics::new("freqtuning-recommender"),
+        async move {
+            let _ = recommender_stopped.await;
+        },
+    ));
+
+    let policies = Api::<PowerCappingPolicy>::namespaced(admin.clone(), ns);
+    policies
+        .create(&PostParams::default(), &policy("a", "a", 300, json!({}))?)
+        .await?;
+
+    // Status: 350 W (the shared GPU counted once) over a 300 W cap.
+    let status = wait_for("policy a measured", TIMEOUT, || async {
+        let p = policies.get("a").await?;
+        Ok(p.status
+            .clone()
+            .filter(|s| s.current_power == Some(350.0) && condition(&p, "AlgorithmValid").is_some())
+            .map(|s| (p, s)))
+    })
+    .await?;
+    let (a, status) = status;
+    assert!(status.capping_action_required);
+    assert_eq!(status.gpu_power, Some(350.0));
+    assert_eq!(status.power_cap_limit, Some(300));
+    assert_eq!(status.matched_pod_count, 3);
+    assert_eq!(status.matched_pods, vec!["a0", "a1", "a2"]);
+    assert_eq!(status.observed_generation, a.metadata.generation);
+    assert_eq!(status.nodes.len(), 2);
+    for (type_, expected) in [
+        ("Ready", "True"),
+        ("MetricsAvailable", "True"),
+        ("Capping", "True"),
+        ("AlgorithmValid", "True"),
+    ] {
+        assert_eq!(
+            condition(&a, type_).map(|c| c.0),
+            Some(expected.to_string()),
+            "{type_}"
+        );
+    }
+    assert!(a.finalizers().iter().any(|f| f == FINALIZER_POLICY));
+    let fields = a.metadata.managed_fields.clone().unwrap_or_default();
+    assert!(
+        fields
+            .iter()
+            .any(|m| m.manager.as_deref() == Some(MANAGER_CONTROLLER))
+    );
+
+    // NodeFrequencies for exactly the nodes hosting the pods, lowered below max.
+    let key = format!("{ns}/a");
+    let entries = wait_for("entries of policy a", TIMEOUT, || async {
+        let e0 = gpu_entries(&admin, &nodes[0]).await?;
+        let e1 = gpu_entries(&admin, &nodes[1]).await?;
+        Ok((!e0.is_empty() && !e1.is_empty()).then_some((e0, e1)))
+    })
+    .await?;
+    assert_eq!(entries.0.len(), 1);
+    assert_eq!(
+        (entries.0[0].0.as_str(), entries.0[0].1.as_str()),
+        ("GPU-A0", key.as_str())
+    );
+    assert_eq!(
+        (entries.1[0].0.as_str(), entries.1[0].1.as_str()),
+        ("GPU-A1", key.as_str())
+    );
+    assert!(
+        entries.0[0].2 < 2100 && entries.1[0].2 < 2100,
+        "{entries:?}"
+    );
+    assert!(gpu_entries(&admin, &nodes[2]).await?.is_empty());
+    let nf = Api::<NodeFrequencies>::all(admin.clone())
+        .get(&nodes[0])
+        .await?;
+    assert!(nf.spec.gpu_frequencies[0].expires_at.is_some());
+
+    // An event tells people capping started.
+    let events = Api::<Event>::namespaced(admin.clone(), ns);
+    wait_for("CappingStarted event", TIMEOUT, || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("CappingStarted"))
+            .then_some(()))
+    })
+    .await?;
+
+    // Policy b shares GPU-A1 through its pod b1: both entries on node 1.
+    create_pod(&admin, ns, "b1", &nodes[1], "b").await?;
+    series.push(gpu("GPU-A1", "pod", "b1", ns, &nodes[1], 150.0));
+    dcgm.set(series.clone());
+    policies
+        .create(&PostParams::default(), &policy("b", "b", 100, json!({}))?)
+        .await?;
+    let key_b = format!("{ns}/b");
+    let merged = wait_for("both policies on node 1", TIMEOUT, || async {
+        let e1 = gpu_entries(&admin, &nodes[1]).await?;
+        Ok((e1.len() == 2).then_some(e1))
+    })
+    .await?;
+    assert_eq!(
+        merged
+            .iter()
+            .map(|e| (e.0.as_str(), e.1.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("GPU-A1", key.as_str()), ("GPU-A1", key_b.as_str())]
+    );
+
+    // Deleting b removes exactly its entries (finalizer), a's stay.
+    policies.delete("b", &DeleteParams::default()).await?;
+    wait_for("policy b gone with its entries", TIMEOUT, || async {
+        let e1 = gpu_entries(&admin, &nodes[1]).await?;
+        let gone = policies.get_opt("b").await?.is_none();
+        Ok((gone && e1.iter().all(|e| e.1 == key) && e1.len() == 1).then_some(()))
+    })
+    .await?;
+
+    // The pods of a go away: NoMatchingPods, and the nodes return to defaults.
+    for pod in ["a0", "a1", "a2", "b1"] {
+        delete_pod(&admin, ns, pod).await?;
+    }
+    wait_for("policy a reports no pods", TIMEOUT, || async {
+        let p = policies.get("a").await?;
+        Ok(
+            (condition(&p, "Ready") == Some(("False".into(), "NoMatchingPods".into())))
+                .then_some(()),
+        )
+    })
+    .await?;
+    wait_for("entries of a removed", TIMEOUT, || async {
+        let e0 = gpu_entries(&admin, &nodes[0]).await?;
+        let e1 = gpu_entries(&admin, &nodes[1]).await?;
+        Ok((e0.is_empty() && e1.is_empty()).then_some(()))
+    })
+    .await?;
+
+    // Leader election ran through the Leases.
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(admin.clone(), ns);
+    let lease = leases.get("recommender").await?;
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some("test-recommender")
+    );
+
+    // Delete a while the recommender runs, so its finalizer is removed.
+    policies.delete("a", &DeleteParams::default()).await?;
+    wait_for("policy a deleted", TIMEOUT, || async {
+        Ok(policies.get_opt("a").await?.is_none().then_some(()))
+    })
+    .await?;
+
+    let _ = stop_monitor.send(());
+    let _ = stop_recommender.send(());
+    monitor_task.await?.context("monitor")?;
+    recommender_task.await?.context("recommender")?;
+    // Stepping down released the Lease.
+    let released = leases.get("recommender").await?;
+    assert_eq!(released.spec.and_then(|s| s.holder_identity), None);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invalid_algorithm_changes_no_frequencies_and_generated_policies_get_owners()
+-> anyhow::Result<()> {
+    let cluster = climatik_test_support::cluster().await?;
+    cluster.install_crds().await?;
+    let ns = cluster.namespace("ctrl-algo").await?;
+    let ns_name = ns.name().to_string();
+    let admin = cluster.client.clone();
+    let node = format!("{ns_name}-node-0");
+    create_node(&admin, &node, 4).await?;
+    let result = async {
+        let dcgm = DcgmServer::start().await?;
+        create_pod(&admin, &ns_name, "x0", &node, "x").await?;
+        dcgm.set(vec![gpu("GPU-X0", "pod", "x0", &ns_name, &node, 250.0)]);
+        cluster.register_prometheus_target(&ns_name, &dcgm.addr, &[])?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (stop_r, stopped_r) = oneshot::channel::<()>();
+        let monitor_task = tokio::spawn(monitor::run(
+            admin.clone(),
+            MonitorConfig {
+                prometheus_url: cluster.prometheus_url().to_string(),
+                prometheus_timeout: Duration::from_secs(3),
+                kepler: false,
+                interval: Duration::from_secs(1),
+                lease: None,
+                namespace: Some(ns_name.clone()),
+                identity: "test".into(),
+            },
+            Metrics::new("powercapping-controller"),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let recommender_task = tokio::spawn(recommender::run(
+            admin.clone(),
+            RecommenderConfig {
+                interval: Duration::from_secs(1),
+                entry_ttl: Duration::from_secs(60),
+                lease: None,
+                namespace: Some(ns_name.clone()),
+                identity: "test".into(),
+            },
+            Metrics::new("freqtuning-recommender"),
+            async move {
+                let _ = stopped_r.await;
+            },
+        ));
+        let policies = Api::<PowerCappingPolicy>::namespaced(admin.clone(), &ns_name);
+        policies
+            .create(
+                &PostParams::default(),
+                &policy("x", "x", 100, json!({ "customAlgorithms": [{ "name": "pid-magic" }] }))?,
+            )
+            .await?;
+        let p = wait_for("AlgorithmValid=False", TIMEOUT, || async {
+            let p = policies.get("x").await?;
+            let measured = p.status.as_ref().is_some_and(|s| s.current_power == Some(250.0));
+            Ok((measured && condition(&p, "AlgorithmValid").is_some()).then_some(p))
+        })
+        .await?;
+        assert_eq!(
+            condition(&p, "AlgorithmValid"),
+            Some(("False".to_string(), "UnknownAlgorithm".to_string()))
+        );
+        // Measured and over the cap, yet no frequencies were written.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(gpu_entries(&admin, &node).await?.is_empty());
+
+        // Fixing the algorithm (a bad parameter first) makes it act.
+        let fix = |params: serde_json::Value| {
+            json!({ "spec": { "customAlgorithms": [{ "name": "budget-allocator", "parameters": params }] } })
+        };
+        policies.patch("x", &PatchParams::default(), &Patch::Merge(fix(json!({ "target": "140" })))).await?;
+        wait_for("InvalidParameter", TIMEOUT, || async {
+            let p = policies.get("x").await?;
+            Ok((condition(&p, "AlgorithmValid").map(|c| c.1).as_deref() == Some("InvalidParameter")).then_some(()))
+        })
+        .await?;
+        policies.patch("x", &PatchParams::default(), &Patch::Merge(fix(json!({ "target": "95" })))).await?;
+        let budget = wait_for("a power budget", TIMEOUT, || async {
+            let nf = Api::<NodeFrequencies>::all(admin.clone()).get_opt(&node).await?;
+            Ok(nf.and_then(|nf| nf.spec.gpu_frequencies.first().and_then(|e| e.power_budget_watts)))
+        })
+        .await?;
+        assert!(budget <= 95.0 && budget > 50.0, "{budget}");
+
+        // A generated policy gets an ownerReference once its workload exists.
+        let mut generated = policy("deployment-web", "web", 500, json!({}))?;
+        generated.metadata.labels = Some([("climatik.io/generated".to_string(), "true".to_string())].into());
+        generated.metadata.annotations = Some(
+            [
+                ("climatik.io/workload-kind", "Deployment"),
+                ("climatik.io/workload-name", "web"),
+                ("climatik.io/workload-api-version", "apps/v1"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        );
+        policies.create(&PostParams::default(), &generated).await?;
+        let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
+            "metadata": { "name": "web" },
+            "spec": {
+                "replicas": 0,
+                "selector": { "matchLabels": { "app": "web" } },
+                "template": {
+                    "metadata": { "labels": { "app": "web" } },
+                    "spec": { "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10" }] },
+                },
+            },
+        }))?;
+        let created = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), &ns_name)
+            .create(&PostParams::default(), &deployment)
+            .await?;
+        wait_for("ownerReference", TIMEOUT, || async {
+            let p = policies.get("deployment-web").await?;
+            Ok(p.owner_references()
+                .iter()
+                .any(|o| o.kind == "Deployment" && o.name == "web" && Some(&o.uid) == created.metadata.uid.as_ref())
+                .then_some(()))
+        })
+        .await?;
+
+        let _ = stop.send(());
+        let _ = stop_r.send(());
+        monitor_task.await??;
+        recommender_task.await??;
+        anyhow::Ok(())
+    }
+    .await;
+    delete_all_pods(&admin, &ns_name).await;
+    delete_nodes(&admin, std::slice::from_ref(&node)).await;
+    cluster.remove_prometheus_target(&ns_name)?;
+    // The recommender is gone: release the finalizers so the namespace can go.
+    release_finalizers(&admin, &ns_name).await;
+    if result.is_ok() {
+        ns.cleanup().await?;
+    }
+    result
+}
