@@ -52,6 +52,7 @@ fn cluster_rules(component: &str) -> serde_json::Value {
             { "apiGroups": ["climatik.io"], "resources": ["powercappingpolicies/status"], "verbs": ["get", "patch"] },
             { "apiGroups": ["climatik.io"], "resources": ["nodefrequencies"],
               "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"] },
+            { "apiGroups": [""], "resources": ["nodes"], "verbs": ["get"] },
             events,
         ]),
     }
