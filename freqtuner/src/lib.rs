@@ -70,7 +70,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         CpuBackendKind::None => None,
     };
     if let Some(gpu) = &gpu {
-        tracing::info!(backend = gpu.name(), gpus = gpu.devices().len(), "GPU backend ready");
+        tracing::info!(
+            backend = gpu.name(),
+            gpus = gpu.devices().len(),
+            "GPU backend ready"
+        );
     }
 
     let (addr, server) = http::bind(
@@ -86,9 +90,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     .with_context(|| format!("listening on {}", cli.server.metrics_listen))?;
     tracing::info!(%addr, "serving metrics");
     let server = tokio::spawn(server);
-    let watcher = world.clone().map(|world| {
-        tokio::spawn(pods::watch_pods(client.clone(), node.clone(), world))
-    });
+    let watcher = world
+        .clone()
+        .map(|world| tokio::spawn(pods::watch_pods(client.clone(), node.clone(), world)));
 
     let actuator = Actuator::new(gpu, cpu, cli.backends.gpu_power_limit, metrics.clone());
     let agent = Agent::new(
@@ -163,7 +167,10 @@ async fn node_gpu_capacity(client: &kube::Client, node: &str) -> u32 {
         }
     };
     capacity.unwrap_or_else(|| {
-        tracing::warn!(node, "no nvidia.com/gpu capacity on the Node and no --sim-gpus: simulating no GPUs");
+        tracing::warn!(
+            node,
+            "no nvidia.com/gpu capacity on the Node and no --sim-gpus: simulating no GPUs"
+        );
         0
     })
 }
