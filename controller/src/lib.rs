@@ -7,6 +7,7 @@
 //! (the binaries are thin wrappers), so tests drive the real reconcilers.
 
 pub mod algorithm;
+pub mod bench;
 pub mod cli;
 pub mod conditions;
 mod error;

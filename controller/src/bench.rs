@@ -1,0 +1,600 @@
+//! Closed-loop benchmark: our algorithms against the alternatives an
+//! operator has, on the same simulated plant, second by second.
+//!
+//! The plant is [`crate::plant`] (calibrated on the public vLLM SM-clock
+//! sweep). The loop is modelled as it runs in a cluster: every control
+//! period the recommender sees power as Prometheus reports it (a few seconds
+//! stale), its targets take effect a couple of seconds later, and a GPU with
+//! a `powerBudgetWatts` is held under it by the node agent's 1 Hz loop,
+//! which reacts to the previous second's load. Prometheus outages freeze the
+//! observations (targets are held), and a recommender restart loses the
+//! algorithm's state and one period.
+//!
+//! Every scenario is a pure function of its seed, so runs are reproducible.
+
+use climatik_api::{CustomAlgorithm, DeviceKind};
+use serde::Serialize;
+
+use crate::{
+    algorithm::{self, Algorithm, Clocks, Device, Observation},
+    plant::{self, GpuPlant},
+};
+
+/// Seconds between recommender decisions.
+pub const PERIOD_S: usize = 15;
+/// Age of the power the recommender sees (scrape + exporter interval).
+pub const STALENESS_S: usize = 5;
+/// Delay from a decision to clocks in force (API write, watch, NVML call).
+pub const ACTUATION_S: usize = 2;
+/// The original prototype's clock when above the threshold.
+pub const THRESHOLD_LOW_CLOCK_MHZ: i32 = 840;
+
+/// One policy of a scenario: its GPUs and cap over time.
+#[derive(Debug, Clone)]
+pub struct PolicyLoad {
+    pub name: &'static str,
+    /// Per GPU, per second: utilisation 0..=1.
+    pub loads: Vec<Vec<f64>>,
+    /// Per second: the cap in watts.
+    pub cap: Vec<f64>,
+}
+
+/// A reproducible situation to control.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    pub name: &'static str,
+    pub seconds: usize,
+    pub policies: Vec<PolicyLoad>,
+    /// Seconds during which Prometheus answers nothing.
+    pub outage: Option<(usize, usize)>,
+    /// Second at which the recommender restarts.
+    pub restart_at: Option<usize>,
+    /// Whether GPU loads differ markedly within a policy.
+    pub uneven: bool,
+}
+
+/// How clocks are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Strategy {
+    Uncapped,
+    /// Per-GPU power limit = budget / GPUs, enforced by the GPU itself.
+    EqualSplitPowerLimit,
+    /// The best single clock that keeps the whole run under the cap.
+    StaticClockOracle,
+    /// Drop to a fixed low clock above the threshold, as the prototype did.
+    ThresholdOnly,
+    /// One of our recommender algorithms.
+    Ours(&'static str),
+}
+
+impl Strategy {
+    pub fn label(&self) -> String {
+        match self {
+            Strategy::Uncapped => "uncapped".into(),
+            Strategy::EqualSplitPowerLimit => "equal-split power limit".into(),
+            Strategy::StaticClockOracle => "static clock (oracle)".into(),
+            Strategy::ThresholdOnly => "threshold-only (prototype)".into(),
+            Strategy::Ours(name) => format!("climatik {name}"),
+        }
+    }
+}
+
+/// What one run achieved, over all its policies.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunResult {
+    pub scenario: String,
+    pub strategy: String,
+    /// Seconds from the start until power stays under the cap for 30 s
+    /// (worst policy); `None` if it never does.
+    pub settle_seconds: Option<f64>,
+    /// The same in control periods.
+    pub settle_periods: Option<f64>,
+    /// Largest excess over the cap after settling, percent of the cap.
+    pub max_overshoot_percent: f64,
+    /// Share of 1 s samples over the cap after settling, percent.
+    pub samples_over_cap_percent: f64,
+    /// Mean power as percent of the cap.
+    pub mean_power_percent_of_cap: f64,
+    /// Tokens served relative to the uncapped run, percent.
+    pub throughput_percent_of_uncapped: f64,
+    /// Energy over the run, kJ.
+    pub energy_kj: f64,
+}
+
+/// The benchmark's scenarios, built from `seed`.
+pub fn scenarios(seed: u64) -> Vec<Scenario> {
+    let mut rng = Rng(seed.max(1));
+    let minutes = |m: usize| m * 60;
+    let gpus = 8;
+    let uneven_levels = |i: usize| if i % 2 == 0 { 1.0 } else { 0.35 };
+
+    let step_len = minutes(10);
+    let step = Scenario {
+        name: "step load",
+        seconds: step_len,
+        policies: vec![PolicyLoad {
+            name: "serving",
+            loads: (0..gpus)
+                .map(|i| {
+                    (0..step_len)
+                        .map(|t| if t < 120 { 0.3 } else { uneven_levels(i) })
+                        .collect()
+                })
+                .collect(),
+            cap: vec![1100.0; step_len],
+        }],
+        outage: None,
+        restart_at: None,
+        uneven: true,
+    };
+
+    let bursty_len = minutes(15);
+    let bursty = Scenario {
+        name: "bursty inference",
+        seconds: bursty_len,
+        policies: vec![PolicyLoad {
+            name: "serving",
+            loads: (0..gpus).map(|_| bursty_trace(&mut rng, bursty_len)).collect(),
+            cap: vec![1000.0; bursty_len],
+        }],
+        outage: None,
+        restart_at: None,
+        uneven: true,
+    };
+
+    let diurnal_len = minutes(20);
+    let diurnal = Scenario {
+        name: "diurnal ramp",
+        seconds: diurnal_len,
+        policies: vec![PolicyLoad {
+            name: "serving",
+            loads: (0..gpus)
+                .map(|i| {
+                    let phase = i as f64 * 0.2;
+                    (0..diurnal_len)
+                        .map(|t| {
+                            let x = std::f64::consts::PI * t as f64 / diurnal_len as f64 + phase;
+                            (0.15 + 0.85 * x.sin().powi(2)).clamp(0.0, 1.0)
+                        })
+                        .collect()
+                })
+                .collect(),
+            cap: vec![1200.0; diurnal_len],
+        }],
+        outage: None,
+        restart_at: None,
+        uneven: false,
+    };
+
+    let shared_len = minutes(10);
+    let shared = Scenario {
+        name: "two policies, shared nodes",
+        seconds: shared_len,
+        policies: vec![
+            PolicyLoad {
+                name: "training",
+                loads: (0..4).map(|_| vec![0.95; shared_len]).collect(),
+                cap: vec![650.0; shared_len],
+            },
+            PolicyLoad {
+                name: "serving",
+                loads: (0..4).map(|_| bursty_trace(&mut rng, shared_len)).collect(),
+                cap: vec![500.0; shared_len],
+            },
+        ],
+        outage: None,
+        restart_at: None,
+        uneven: true,
+    };
+
+    let lowered_len = minutes(10);
+    let lowered = Scenario {
+        name: "cap lowered mid-run",
+        seconds: lowered_len,
+        policies: vec![PolicyLoad {
+            name: "serving",
+            loads: (0..gpus).map(|i| vec![uneven_levels(i) * 0.9; lowered_len]).collect(),
+            cap: (0..lowered_len)
+                .map(|t| if t < 300 { 1300.0 } else { 900.0 })
+                .collect(),
+        }],
+        outage: None,
+        restart_at: None,
+        uneven: true,
+    };
+
+    let outage_len = minutes(10);
+    let outage = Scenario {
+        name: "Prometheus outage 30 s",
+        seconds: outage_len,
+        policies: vec![PolicyLoad {
+            name: "serving",
+            loads: (0..gpus)
+                .map(|i| {
+                    (0..outage_len)
+                        .map(|t| if t < 240 { 0.5 } else { uneven_levels(i) })
+                        .collect()
+                })
+                .collect(),
+            cap: vec![1100.0; outage_len],
+        }],
+        outage: Some((230, 260)),
+        restart_at: None,
+        uneven: true,
+    };
+
+    let restart_len = minutes(10);
+    let restart = Scenario {
+        name: "recommender restart",
+        seconds: restart_len,
+        policies: vec![PolicyLoad {
+            name: "serving",
+            loads: (0..gpus).map(|_| bursty_trace(&mut rng, restart_len)).collect(),
+            cap: vec![1000.0; restart_len],
+        }],
+        outage: None,
+        restart_at: Some(300),
+        uneven: true,
+    };
+
+    vec![step, bursty, diurnal, shared, lowered, outage, restart]
+}
+
+/// Mostly light load with bursts, as an inference server sees: a seeded
+/// version of the reference trace's shape.
+fn bursty_trace(rng: &mut Rng, seconds: usize) -> Vec<f64> {
+    let base = 0.15 + 0.25 * rng.next_f64();
+    let mut out = Vec::with_capacity(seconds);
+    let mut level = base;
+    let mut left = 0usize;
+    for _ in 0..seconds {
+        if left == 0 {
+            if rng.next_f64() < 0.5 {
+                level = 0.6 + 0.4 * rng.next_f64();
+                left = 10 + (rng.next_f64() * 50.0) as usize;
+            } else {
+                level = base;
+                left = 10 + (rng.next_f64() * 30.0) as usize;
+            }
+        }
+        left -= 1;
+        out.push(level);
+    }
+    out
+}
+
+/// xorshift64*: small, seedable, good enough for load traces.
+struct Rng(u64);
+
+impl Rng {
+    fn next_f64(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// Per-second trace of one policy under one strategy.
+struct Trace {
+    power: Vec<f64>,
+    tokens: Vec<f64>,
+}
+
+fn supported() -> Clocks {
+    match Clocks::from_supported(plant::supported_clocks()) {
+        Some(c) => c,
+        None => unreachable!("the plant has clocks"),
+    }
+}
+
+/// Runs `strategy` on `scenario`.
+pub fn run(scenario: &Scenario, strategy: Strategy) -> RunResult {
+    let traces: Vec<Trace> = scenario
+        .policies
+        .iter()
+        .map(|policy| match strategy {
+            Strategy::Uncapped => run_fixed(policy, |_| plant::MAX_CLOCK_MHZ),
+            Strategy::StaticClockOracle => {
+                let clock = oracle_clock(policy);
+                run_fixed(policy, |_| clock)
+            }
+            Strategy::EqualSplitPowerLimit => run_equal_split(policy),
+            Strategy::ThresholdOnly | Strategy::Ours(_) => run_loop(scenario, policy, strategy),
+        })
+        .collect();
+    let uncapped: Vec<Trace> = scenario
+        .policies
+        .iter()
+        .map(|p| run_fixed(p, |_| plant::MAX_CLOCK_MHZ))
+        .collect();
+    summarise(scenario, strategy, &traces, &uncapped)
+}
+
+fn run_fixed(policy: &PolicyLoad, clock_at: impl Fn(usize) -> i32) -> Trace {
+    let seconds = policy.cap.len();
+    let mut trace = Trace {
+        power: vec![0.0; seconds],
+        tokens: vec![0.0; seconds],
+    };
+    for t in 0..seconds {
+        let clock = f64::from(clock_at(t));
+        for loads in &policy.loads {
+            let gpu = GpuPlant::with_load(loads[t]);
+            trace.power[t] += gpu.power(clock);
+            trace.tokens[t] += gpu.throughput(clock);
+        }
+    }
+    trace
+}
+
+/// The highest single clock whose power stays under the cap at every second.
+fn oracle_clock(policy: &PolicyLoad) -> i32 {
+    let clocks = supported();
+    clocks
+        .as_slice()
+        .iter()
+        .rev()
+        .copied()
+        .find(|clock| {
+            (0..policy.cap.len()).all(|t| {
+                let power: f64 = policy
+                    .loads
+                    .iter()
+                    .map(|l| GpuPlant::with_load(l[t]).power(f64::from(*clock)))
+                    .sum();
+                power <= policy.cap[t]
+            })
+        })
+        .unwrap_or_else(|| clocks.min())
+}
+
+fn run_equal_split(policy: &PolicyLoad) -> Trace {
+    let seconds = policy.cap.len();
+    let clocks = supported();
+    let n = policy.loads.len().max(1) as f64;
+    let mut trace = Trace {
+        power: vec![0.0; seconds],
+        tokens: vec![0.0; seconds],
+    };
+    for t in 0..seconds {
+        let limit = policy.cap[t] / n;
+        for loads in &policy.loads {
+            // The GPU's own power limiter reacts within milliseconds.
+            let gpu = GpuPlant::with_load(loads[t]);
+            let clock = f64::from(gpu.clock_for_budget(clocks.as_slice(), limit));
+            trace.power[t] += gpu.power(clock);
+            trace.tokens[t] += gpu.throughput(clock);
+        }
+    }
+    trace
+}
+
+fn build(strategy: Strategy) -> Option<Box<dyn Algorithm>> {
+    match strategy {
+        Strategy::Ours(name) => algorithm::from_spec(Some(&CustomAlgorithm {
+            name: name.to_string(),
+            parameters: Default::default(),
+        }))
+        .ok(),
+        _ => None,
+    }
+}
+
+fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Trace {
+    let seconds = policy.cap.len();
+    let clocks = supported();
+    let n = policy.loads.len();
+    let mut algorithm = build(strategy);
+    // Commanded per GPU: (clock ceiling, optional budget), and when it lands.
+    let mut commanded: Vec<(i32, Option<f64>)> = vec![(clocks.max(), None); n];
+    let mut pending: Option<(usize, Vec<(i32, Option<f64>)>)> = None;
+    let mut applied_clock: Vec<i32> = vec![clocks.max(); n];
+    let mut trace = Trace {
+        power: vec![0.0; seconds],
+        tokens: vec![0.0; seconds],
+    };
+    let mut per_gpu_power: Vec<Vec<f64>> = vec![vec![0.0; seconds]; n];
+
+    for t in 0..seconds {
+        if let Some((at, targets)) = &pending
+            && *at == t
+        {
+            commanded = targets.clone();
+            pending = None;
+        }
+        if scenario.restart_at == Some(t) {
+            // A new process: fresh algorithm state, no decision this period.
+            algorithm = build(strategy);
+        }
+        for (i, loads) in policy.loads.iter().enumerate() {
+            let gpu = GpuPlant::with_load(loads[t]);
+            let (ceiling, budget) = commanded[i];
+            let clock = match budget {
+                // The agent's 1 Hz loop sees the previous second's load.
+                Some(budget) => {
+                    let seen = GpuPlant::with_load(loads[t.saturating_sub(1)]);
+                    let fits = seen.clock_for_budget(clocks.as_slice(), budget);
+                    fits.min(ceiling)
+                }
+                None => ceiling,
+            };
+            applied_clock[i] = clock;
+            let power = gpu.power(f64::from(clock));
+            per_gpu_power[i][t] = power;
+            trace.power[t] += power;
+            trace.tokens[t] += gpu.throughput(f64::from(clock));
+        }
+
+        let decide = t > 0 && t % PERIOD_S == 0;
+        let in_outage = scenario.outage.is_some_and(|(a, b)| t >= a && t < b);
+        let restarting = scenario
+            .restart_at
+            .is_some_and(|r| t >= r && t < r + PERIOD_S);
+        if !decide || in_outage || restarting {
+            continue;
+        }
+        let seen_at = t.saturating_sub(STALENESS_S);
+        let cap = policy.cap[t];
+        let targets: Vec<(i32, Option<f64>)> = match strategy {
+            Strategy::ThresholdOnly => {
+                let power = trace.power[seen_at];
+                let clock = if power > cap * 0.9 {
+                    THRESHOLD_LOW_CLOCK_MHZ
+                } else {
+                    clocks.max()
+                };
+                vec![(clock, None); n]
+            }
+            _ => {
+                let Some(algorithm) = algorithm.as_mut() else {
+                    continue;
+                };
+                let observation = Observation {
+                    cap_watts: cap,
+                    threshold_percent: 90.0,
+                    devices: (0..n)
+                        .map(|i| Device {
+                            id: format!("GPU-{i}"),
+                            node: format!("node-{}", i / 4),
+                            kind: DeviceKind::Gpu,
+                            power_watts: per_gpu_power[i][seen_at],
+                            clock_mhz: Some(f64::from(applied_clock[i])),
+                            clocks: clocks.clone(),
+                        })
+                        .collect(),
+                };
+                let planned = algorithm.plan(&observation);
+                let mut targets = commanded.clone();
+                for target in planned {
+                    if let Some(i) = target
+                        .id
+                        .strip_prefix("GPU-")
+                        .and_then(|i| i.parse::<usize>().ok())
+                        .filter(|i| *i < n)
+                    {
+                        targets[i] = (target.frequency_mhz, target.power_budget_watts);
+                    }
+                }
+                targets
+            }
+        };
+        pending = Some((t + ACTUATION_S, targets));
+    }
+    trace
+}
+
+fn summarise(
+    scenario: &Scenario,
+    strategy: Strategy,
+    traces: &[Trace],
+    uncapped: &[Trace],
+) -> RunResult {
+    let mut settle: Option<f64> = Some(0.0);
+    let mut overshoot = 0.0_f64;
+    let mut over = 0usize;
+    let mut counted = 0usize;
+    let mut mean_percent = 0.0;
+    let mut tokens = 0.0;
+    let mut tokens_uncapped = 0.0;
+    let mut energy = 0.0;
+    for ((trace, base), policy) in traces.iter().zip(uncapped).zip(&scenario.policies) {
+        let settled = settle_second(&trace.power, &policy.cap, 30);
+        settle = match (settle, settled) {
+            (Some(a), Some(b)) => Some(a.max(b as f64)),
+            _ => None,
+        };
+        let from = settled.unwrap_or(0);
+        for t in from..trace.power.len() {
+            let cap = policy.cap[t];
+            counted += 1;
+            if trace.power[t] > cap {
+                over += 1;
+                overshoot = overshoot.max(100.0 * (trace.power[t] - cap) / cap);
+            }
+        }
+        mean_percent += trace
+            .power
+            .iter()
+            .zip(&policy.cap)
+            .map(|(p, c)| 100.0 * p / c)
+            .sum::<f64>()
+            / trace.power.len() as f64;
+        tokens += trace.tokens.iter().sum::<f64>();
+        tokens_uncapped += base.tokens.iter().sum::<f64>();
+        energy += trace.power.iter().sum::<f64>() / 1000.0;
+    }
+    RunResult {
+        scenario: scenario.name.to_string(),
+        strategy: strategy.label(),
+        settle_seconds: settle,
+        settle_periods: settle.map(|s| s / PERIOD_S as f64),
+        max_overshoot_percent: overshoot,
+        samples_over_cap_percent: 100.0 * over as f64 / counted.max(1) as f64,
+        mean_power_percent_of_cap: mean_percent / scenario.policies.len().max(1) as f64,
+        throughput_percent_of_uncapped: 100.0 * tokens / tokens_uncapped.max(f64::EPSILON),
+        energy_kj: energy,
+    }
+}
+
+/// First second from which power stays at or under the cap for `hold` s.
+fn settle_second(power: &[f64], cap: &[f64], hold: usize) -> Option<usize> {
+    let mut start = None;
+    for t in 0..power.len() {
+        if power[t] <= cap[t] {
+            let s = *start.get_or_insert(t);
+            if t + 1 - s >= hold {
+                return Some(s);
+            }
+        } else {
+            start = None;
+        }
+    }
+    None
+}
+
+/// Every strategy the benchmark compares.
+pub fn strategies() -> Vec<Strategy> {
+    vec![
+        Strategy::Uncapped,
+        Strategy::EqualSplitPowerLimit,
+        Strategy::StaticClockOracle,
+        Strategy::ThresholdOnly,
+        Strategy::Ours(algorithm::FEEDBACK),
+        Strategy::Ours(algorithm::BUDGET_ALLOCATOR),
+        Strategy::Ours(algorithm::DYNAMIC_FREQUENCY_SCALER),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scenarios_are_reproducible_from_the_seed() {
+        let a = scenarios(7);
+        let b = scenarios(7);
+        let c = scenarios(8);
+        assert_eq!(a[1].policies[0].loads, b[1].policies[0].loads);
+        assert_ne!(a[1].policies[0].loads, c[1].policies[0].loads);
+    }
+
+    #[test]
+    fn uncapped_is_the_throughput_reference_and_the_oracle_stays_under() {
+        let scenario = &scenarios(1)[0];
+        let uncapped = run(scenario, Strategy::Uncapped);
+        assert!((uncapped.throughput_percent_of_uncapped - 100.0).abs() < 1e-9);
+        let oracle = run(scenario, Strategy::StaticClockOracle);
+        assert_eq!(oracle.samples_over_cap_percent, 0.0);
+        assert_eq!(oracle.settle_seconds, Some(0.0));
+        assert!(oracle.throughput_percent_of_uncapped < 100.0);
+    }
+
+    #[test]
+    fn settle_needs_the_full_hold() {
+        let cap = vec![10.0; 6];
+        assert_eq!(settle_second(&[20.0, 5.0, 5.0, 5.0, 5.0, 5.0], &cap, 3), Some(1));
+        assert_eq!(settle_second(&[5.0, 20.0, 5.0, 5.0, 20.0, 5.0], &cap, 3), None);
+    }
+}

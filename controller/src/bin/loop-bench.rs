@@ -1,0 +1,66 @@
+//! `make bench` (loop part): every scenario under every strategy on the
+//! simulated plant; writes `target/bench/loop.json` and `loop.md`.
+
+use std::{fmt::Write as _, path::PathBuf};
+
+use clap::Parser;
+use climatik_controller::bench::{self, RunResult};
+
+#[derive(Parser, Debug)]
+#[command(about = "Closed-loop power-capping benchmark on the simulated plant")]
+struct Args {
+    /// Seed of the load traces.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Output directory.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mut results: Vec<RunResult> = Vec::new();
+    for scenario in bench::scenarios(args.seed) {
+        for strategy in bench::strategies() {
+            results.push(bench::run(&scenario, strategy));
+        }
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let json = serde_json::json!({
+        "seed": args.seed,
+        "control_period_s": bench::PERIOD_S,
+        "staleness_s": bench::STALENESS_S,
+        "actuation_delay_s": bench::ACTUATION_S,
+        "results": results,
+    });
+    std::fs::write(args.out.join("loop.json"), serde_json::to_vec_pretty(&json)?)?;
+    let table = markdown(&results);
+    std::fs::write(args.out.join("loop.md"), &table)?;
+    print!("{table}");
+    Ok(())
+}
+
+fn markdown(results: &[RunResult]) -> String {
+    let mut out = String::from(
+        "| scenario | strategy | settle (periods) | max overshoot | samples over cap | mean power / cap | throughput vs uncapped | energy (kJ) |\n|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        let settle = r
+            .settle_periods
+            .map(|p| format!("{p:.1}"))
+            .unwrap_or_else(|| "never".into());
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1}% | {:.1}% | {:.0}% | {:.1}% | {:.0} |",
+            r.scenario,
+            r.strategy,
+            settle,
+            r.max_overshoot_percent,
+            r.samples_over_cap_percent,
+            r.mean_power_percent_of_cap,
+            r.throughput_percent_of_uncapped,
+            r.energy_kj
+        );
+    }
+    out
+}

@@ -1,0 +1,205 @@
+//! Command-line flags (each also read from the environment), grouped by
+//! concern. The names and defaults are the contract in
+//! `docs/components.md`.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, ValueEnum};
+
+/// Climatik node agent: applies the NodeFrequencies of its node.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "freqtuner", version)]
+pub struct Cli {
+    /// The node this agent runs on; its NodeFrequencies has this name.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+
+    #[clap(flatten)]
+    pub backends: BackendArgs,
+
+    #[clap(flatten)]
+    pub agent: AgentArgs,
+
+    #[clap(flatten)]
+    pub server: ServerArgs,
+
+    #[clap(flatten)]
+    pub sim: SimArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GpuBackendKind {
+    Nvml,
+    Sim,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CpuBackendKind {
+    Cpufreq,
+    Sim,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Which hardware the agent drives.
+#[derive(Debug, Clone, Args)]
+pub struct BackendArgs {
+    /// GPU backend.
+    #[arg(long, env = "GPU_BACKEND", value_enum, default_value = "nvml")]
+    pub gpu_backend: GpuBackendKind,
+
+    /// CPU backend.
+    #[arg(long, env = "CPU_BACKEND", value_enum, default_value = "cpufreq")]
+    pub cpu_backend: CpuBackendKind,
+
+    /// Root of sysfs for the cpufreq backend.
+    #[arg(long, env = "SYSFS_ROOT", default_value = "/sys")]
+    pub sysfs_root: PathBuf,
+
+    /// Also set each budgeted GPU's own power limit to its budget (clamped
+    /// to what the GPU accepts), besides the clock loop.
+    #[arg(long, env = "GPU_POWER_LIMIT", default_value_t = false)]
+    pub gpu_power_limit: bool,
+}
+
+/// The control loop and its restore state.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Period of the fast loop (power budgets, expiry checks).
+    #[arg(long, env = "FAST_LOOP_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub fast_loop_interval: Duration,
+
+    /// Where the values to restore after a crash are kept (node-local).
+    #[arg(long, env = "STATE_DIR", default_value = "/var/lib/climatik")]
+    pub state_dir: PathBuf,
+
+    /// Rewrite the status at least this often, so readings stay fresh.
+    #[arg(long, env = "STATUS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub status_interval: Duration,
+}
+
+/// `/healthz`, `/metrics` and logging.
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Address of the HTTP server (`/healthz`, `/metrics`).
+    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9400")]
+    pub metrics_listen: SocketAddr,
+
+    /// Log format on stderr.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+}
+
+/// The simulated node (`--gpu-backend sim` / `--cpu-backend sim`).
+#[derive(Debug, Clone, Args)]
+pub struct SimArgs {
+    /// Number of simulated GPUs; default: the node's `nvidia.com/gpu`
+    /// capacity.
+    #[arg(long, env = "SIM_GPUS")]
+    pub sim_gpus: Option<u32>,
+
+    /// Product name of the simulated GPUs.
+    #[arg(long, env = "SIM_GPU_MODEL", default_value = "NVIDIA H100 80GB HBM3")]
+    pub sim_gpu_model: String,
+
+    /// Highest SM clock, MHz.
+    #[arg(long, env = "SIM_MAX_CLOCK", default_value_t = 1980)]
+    pub sim_max_clock: u32,
+
+    /// Lowest SM clock, MHz.
+    #[arg(long, env = "SIM_MIN_CLOCK", default_value_t = 345)]
+    pub sim_min_clock: u32,
+
+    /// Step between supported SM clocks, MHz.
+    #[arg(long, env = "SIM_CLOCK_STEP", default_value_t = 15)]
+    pub sim_clock_step: u32,
+
+    /// Power at full load and maximum clock, W.
+    #[arg(long, env = "SIM_TDP_WATTS", default_value_t = 700.0)]
+    pub sim_tdp_watts: f64,
+
+    /// Idle power, W.
+    #[arg(long, env = "SIM_IDLE_WATTS", default_value_t = 70.0)]
+    pub sim_idle_watts: f64,
+
+    /// Throughput at full load and maximum clock, tokens/s.
+    #[arg(long, env = "SIM_MAX_TOKENS_PER_SECOND", default_value_t = 40_000.0)]
+    pub sim_max_tokens_per_second: f64,
+
+    /// Load of pods holding GPUs without a `climatik.io/sim-load` annotation.
+    #[arg(long, env = "SIM_DEFAULT_LOAD", default_value = "1.0")]
+    pub sim_default_load: String,
+
+    /// Scenario file (YAML) with loads by pod and by GPU index.
+    #[arg(long, env = "SIM_SCENARIO")]
+    pub sim_scenario: Option<PathBuf>,
+
+    /// Number of simulated CPUs (`--cpu-backend sim`).
+    #[arg(long, env = "SIM_CPUS", default_value_t = 8)]
+    pub sim_cpus: u32,
+
+    /// Driver version reported in the DCGM series.
+    #[arg(long, env = "SIM_DRIVER_VERSION", default_value = "550.54.15")]
+    pub sim_driver_version: String,
+}
+
+/// `500ms`, `1s`, `1.5s`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        return Err(format!(
+            "{text:?}: expected a duration such as 500ms, 1s or 2m"
+        ));
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a duration such as 500ms, 1s or 2m"))?;
+    if !(0.0..1e9).contains(&value) {
+        return Err(format!("{text:?}: out of range"));
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn flags_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_follow_the_component_contract() {
+        let cli = Cli::try_parse_from(["freqtuner", "--node-name", "n1"]).expect("parse");
+        assert_eq!(cli.backends.gpu_backend, GpuBackendKind::Nvml);
+        assert_eq!(cli.backends.cpu_backend, CpuBackendKind::Cpufreq);
+        assert_eq!(cli.backends.sysfs_root, PathBuf::from("/sys"));
+        assert_eq!(cli.server.metrics_listen.port(), 9400);
+        assert_eq!(cli.agent.fast_loop_interval, Duration::from_secs(1));
+        assert_eq!(cli.agent.state_dir, PathBuf::from("/var/lib/climatik"));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2h").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

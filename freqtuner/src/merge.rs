@@ -1,0 +1,240 @@
+//! Merging the entries of a NodeFrequencies into one target per device:
+//! entries from different policies for the same device combine so the most
+//! restrictive wins (lowest `targetFrequency`, lowest `powerBudgetWatts`);
+//! entries whose `expiresAt` has passed are ignored.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use climatik_api::NodeFrequenciesSpec;
+use k8s_openapi::jiff::Timestamp;
+
+/// The merged wish for one device.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Want {
+    /// Lowest target among live entries, in MHz.
+    pub target_mhz: u32,
+    /// Lowest valid budget among live entries, in watts.
+    pub budget_watts: Option<f64>,
+    /// The policies whose entries are live, sorted.
+    pub policies: Vec<String>,
+    /// Entries that were skipped, and why.
+    pub notes: Vec<String>,
+}
+
+/// Merged targets for a node.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Desired {
+    pub gpus: BTreeMap<String, Want>,
+    pub cpus: BTreeMap<u32, Want>,
+    /// Devices named only by expired or invalid entries (their defaults are
+    /// restored).
+    pub inactive_gpus: BTreeSet<String>,
+    pub inactive_cpus: BTreeSet<u32>,
+    /// Entries that name no device this agent could ever act on.
+    pub invalid: Vec<String>,
+}
+
+fn expired(
+    expires_at: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    now: Timestamp,
+) -> bool {
+    expires_at.is_some_and(|t| t.0 <= now)
+}
+
+fn add(
+    wants: &mut BTreeMap<String, Want>,
+    key: String,
+    target: i32,
+    budget: Option<f64>,
+    policy: &str,
+) {
+    let Ok(target) = u32::try_from(target) else {
+        // Unreachable through the CRD's schema (minimum 1); kept safe anyway.
+        return;
+    };
+    if target == 0 {
+        return;
+    }
+    let budget_ok = budget.filter(|b| b.is_finite() && *b > 0.0);
+    let want = wants.entry(key).or_insert_with(|| Want {
+        target_mhz: target,
+        budget_watts: None,
+        policies: Vec::new(),
+        notes: Vec::new(),
+    });
+    want.target_mhz = want.target_mhz.min(target);
+    if let Some(b) = budget_ok {
+        want.budget_watts = Some(want.budget_watts.map_or(b, |w| w.min(b)));
+    } else if let Some(b) = budget {
+        want.notes
+            .push(format!("ignored power budget {b} W of {policy}"));
+    }
+    want.policies.push(policy.to_string());
+    want.policies.sort();
+    want.policies.dedup();
+}
+
+/// Merges the live entries of `spec` at `now`.
+pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp) -> Desired {
+    let mut desired = Desired::default();
+    let mut named_gpus = BTreeSet::new();
+    for entry in &spec.gpu_frequencies {
+        named_gpus.insert(entry.gpu_id.clone());
+        if entry.target_frequency <= 0 {
+            desired.invalid.push(format!(
+                "GPU {} ({}): target {} MHz is not positive",
+                entry.gpu_id, entry.policy, entry.target_frequency
+            ));
+            continue;
+        }
+        if expired(entry.expires_at.as_ref(), now) {
+            continue;
+        }
+        add(
+            &mut desired.gpus,
+            entry.gpu_id.clone(),
+            entry.target_frequency,
+            entry.power_budget_watts,
+            &entry.policy,
+        );
+    }
+    desired.inactive_gpus = named_gpus
+        .into_iter()
+        .filter(|g| !desired.gpus.contains_key(g))
+        .collect();
+
+    let mut cpus: BTreeMap<String, Want> = BTreeMap::new();
+    let mut named_cpus = BTreeSet::new();
+    for entry in &spec.cpu_frequencies {
+        let Ok(cpu) = u32::try_from(entry.cpu_id) else {
+            desired.invalid.push(format!(
+                "CPU {} ({}): not a CPU number",
+                entry.cpu_id, entry.policy
+            ));
+            continue;
+        };
+        named_cpus.insert(cpu);
+        if entry.target_frequency <= 0 {
+            desired.invalid.push(format!(
+                "CPU {cpu} ({}): target {} MHz is not positive",
+                entry.policy, entry.target_frequency
+            ));
+            continue;
+        }
+        if expired(entry.expires_at.as_ref(), now) {
+            continue;
+        }
+        add(
+            &mut cpus,
+            cpu.to_string(),
+            entry.target_frequency,
+            None,
+            &entry.policy,
+        );
+    }
+    desired.cpus = cpus
+        .into_iter()
+        .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
+        .collect();
+    desired.inactive_cpus = named_cpus
+        .into_iter()
+        .filter(|c| !desired.cpus.contains_key(c))
+        .collect();
+    desired
+}
+
+#[cfg(test)]
+mod tests {
+    use climatik_api::{CpuFrequency, GpuFrequency};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+
+    fn gpu(
+        id: &str,
+        target: i32,
+        budget: Option<f64>,
+        policy: &str,
+        expires: Option<i64>,
+    ) -> GpuFrequency {
+        GpuFrequency {
+            gpu_id: id.into(),
+            target_frequency: target,
+            power_budget_watts: budget,
+            policy: policy.into(),
+            expires_at: expires.map(|s| Time(Timestamp::from_second(s).expect("ts"))),
+        }
+    }
+
+    fn cpu(id: i32, target: i32, policy: &str, expires: Option<i64>) -> CpuFrequency {
+        CpuFrequency {
+            cpu_id: id,
+            target_frequency: target,
+            policy: policy.into(),
+            expires_at: expires.map(|s| Time(Timestamp::from_second(s).expect("ts"))),
+        }
+    }
+
+    fn now() -> Timestamp {
+        Timestamp::from_second(1_000).expect("ts")
+    }
+
+    #[test]
+    fn lowest_target_and_lowest_budget_win() {
+        let spec = NodeFrequenciesSpec {
+            node_name: "n".into(),
+            gpu_frequencies: vec![
+                gpu("GPU-a", 1500, Some(400.0), "ns/p1", None),
+                gpu("GPU-a", 1200, None, "ns/p2", Some(2_000)),
+                gpu("GPU-a", 1800, Some(300.0), "manual", None),
+                gpu("GPU-b", 900, None, "ns/p1", None),
+            ],
+            cpu_frequencies: vec![cpu(0, 2000, "ns/p1", None), cpu(0, 1800, "ns/p2", None)],
+        };
+        let d = merge(&spec, now());
+        let a = &d.gpus["GPU-a"];
+        assert_eq!(a.target_mhz, 1200);
+        assert_eq!(a.budget_watts, Some(300.0));
+        assert_eq!(a.policies, vec!["manual", "ns/p1", "ns/p2"]);
+        assert_eq!(d.gpus["GPU-b"].target_mhz, 900);
+        assert_eq!(d.cpus[&0].target_mhz, 1800);
+        assert!(d.inactive_gpus.is_empty() && d.inactive_cpus.is_empty());
+    }
+
+    #[test]
+    fn expired_entries_are_ignored() {
+        let spec = NodeFrequenciesSpec {
+            node_name: "n".into(),
+            gpu_frequencies: vec![
+                gpu("GPU-a", 600, Some(100.0), "ns/old", Some(999)),
+                gpu("GPU-a", 1500, None, "ns/live", Some(1_001)),
+                gpu("GPU-b", 900, None, "ns/old", Some(1_000)),
+            ],
+            cpu_frequencies: vec![cpu(3, 1000, "ns/old", Some(10))],
+        };
+        let d = merge(&spec, now());
+        assert_eq!(d.gpus["GPU-a"].target_mhz, 1500);
+        assert_eq!(d.gpus["GPU-a"].budget_watts, None);
+        assert!(!d.gpus.contains_key("GPU-b"));
+        assert_eq!(d.inactive_gpus, ["GPU-b".to_string()].into());
+        assert!(d.cpus.is_empty());
+        assert_eq!(d.inactive_cpus, [3].into());
+    }
+
+    #[test]
+    fn nonsense_entries_are_reported_not_applied() {
+        let spec = NodeFrequenciesSpec {
+            node_name: "n".into(),
+            gpu_frequencies: vec![
+                gpu("GPU-a", 0, None, "x", None),
+                gpu("GPU-b", 1000, Some(f64::NAN), "x", None),
+            ],
+            cpu_frequencies: vec![cpu(-1, 1000, "x", None)],
+        };
+        let d = merge(&spec, now());
+        assert_eq!(d.invalid.len(), 2);
+        assert!(!d.gpus.contains_key("GPU-a"));
+        assert_eq!(d.gpus["GPU-b"].budget_watts, None);
+        assert_eq!(d.gpus["GPU-b"].notes.len(), 1);
+    }
+}

@@ -1,0 +1,158 @@
+//! The agent's own metrics: targets in force, actuation errors, restores
+//! and status writes.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GpuLabels {
+    pub gpu: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CpuLabels {
+    pub cpu: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `gpu` or `cpu`.
+    pub device: String,
+    /// [`crate::error::Error::metric_label`].
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+/// Every metric the agent exports (besides the simulated DCGM series).
+pub struct Metrics {
+    registry: Registry,
+    pub gpu_locked_mhz: Family<GpuLabels, Gauge>,
+    pub gpu_budget_watts: Family<GpuLabels, Gauge<f64, AtomicU64>>,
+    pub cpu_max_mhz: Family<CpuLabels, Gauge>,
+    pub actuation_errors: Family<ErrorLabels, Counter>,
+    pub restores: Counter,
+    pub reconciles: Counter,
+    pub status_writes: Family<ResultLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("climatik_freqtuner");
+        let gpu_locked_mhz = Family::<GpuLabels, Gauge>::default();
+        registry.register(
+            "gpu_locked_clock_mhz",
+            "SM clock the agent has locked, by GPU UUID (absent when unlocked)",
+            gpu_locked_mhz.clone(),
+        );
+        let gpu_budget_watts = Family::<GpuLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "gpu_power_budget_watts",
+            "Power budget the fast loop holds, by GPU UUID",
+            gpu_budget_watts.clone(),
+        );
+        let cpu_max_mhz = Family::<CpuLabels, Gauge>::default();
+        registry.register(
+            "cpu_max_frequency_mhz",
+            "CPU frequency ceiling the agent has set (absent when restored)",
+            cpu_max_mhz.clone(),
+        );
+        let actuation_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "actuation_errors",
+            "Failed attempts to set or restore a device",
+            actuation_errors.clone(),
+        );
+        let restores = Counter::default();
+        registry.register(
+            "restores",
+            "Devices put back to their defaults",
+            restores.clone(),
+        );
+        let reconciles = Counter::default();
+        registry.register(
+            "reconciles",
+            "Passes comparing targets with what is in force",
+            reconciles.clone(),
+        );
+        let status_writes = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "status_writes",
+            "NodeFrequencies status writes, by result",
+            status_writes.clone(),
+        );
+        Self {
+            registry,
+            gpu_locked_mhz,
+            gpu_budget_watts,
+            cpu_max_mhz,
+            actuation_errors,
+            restores,
+            reconciles,
+            status_writes,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn error(&self, device: &str, error: &crate::error::Error) {
+        self.actuation_errors
+            .get_or_create(&ErrorLabels {
+                device: device.to_string(),
+                error: error.metric_label().to_string(),
+            })
+            .inc();
+    }
+
+    /// The registry in the Prometheus text format, without OpenMetrics'
+    /// closing `# EOF`, so more series can follow.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text_format::parse;
+
+    #[test]
+    fn encodes_valid_text() {
+        let m = Metrics::default();
+        m.gpu_locked_mhz
+            .get_or_create(&GpuLabels {
+                gpu: "GPU-a".into(),
+            })
+            .set(990);
+        m.error("cpu", &crate::error::Error::ReadOnly("x".into()));
+        let parsed = parse(&m.encode()).expect("valid");
+        assert_eq!(
+            parsed.find(
+                "climatik_freqtuner_gpu_locked_clock_mhz",
+                &[("gpu", "GPU-a")]
+            )[0]
+            .value,
+            990.0
+        );
+        assert_eq!(
+            parsed.find(
+                "climatik_freqtuner_actuation_errors_total",
+                &[("device", "cpu"), ("error", "read_only")]
+            )[0]
+            .value,
+            1.0
+        );
+    }
+}

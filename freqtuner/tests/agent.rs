@@ -1,0 +1,690 @@
+//! The `freqtuner` binary against the real local API server: a simulated
+//! GPU node with a fake cpufreq sysfs tree, running with the permissions the
+//! component contract grants it. Each test owns a Node object no other test
+//! uses, so NodeFrequencies (named after nodes) never collide.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use climatik_api::{DeviceState, NodeFrequencies};
+use climatik_freqtuner::{
+    fake_sysfs::{FakeCpu, FakeDriver, FakeSysfs},
+    text_format,
+};
+use climatik_test_support::{TestCluster, TestNamespace, cluster};
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Pod, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    process::{Child, Command},
+};
+
+const TEST_MANAGER: &str = "freqtuner-test";
+/// intel_pstate's cpuinfo_max_freq in the fake tree: the default ceiling.
+const DEFAULT_KHZ: u64 = 4_800_000;
+
+/// Polls `check` every 300 ms until it yields `Some`, or fails after
+/// `timeout`.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// A node of our own, a namespace with the agent's ServiceAccount bound to
+/// the contract's ClusterRole, a fake sysfs and a state directory.
+struct Fixture {
+    cluster: TestCluster,
+    ns: Option<TestNamespace>,
+    node: String,
+    kubeconfig: PathBuf,
+    sysfs: FakeSysfs,
+    _sysfs_dir: tempfile::TempDir,
+    state_dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new(prefix: &str) -> anyhow::Result<Self> {
+        let cluster = cluster().await?;
+        cluster.install_crds().await?;
+        let ns = cluster.namespace(prefix).await?;
+        let node = format!("{}-node", ns.name());
+        let client = cluster.client.clone();
+
+        let node_obj: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": node, "labels": {"climatik.io/test": "true"}},
+        }))?;
+        let created = Api::<Node>::all(client.clone())
+            .create(&PostParams::default(), &node_obj)
+            .await
+            .with_context(|| format!("creating Node {node}"))?;
+        let node_uid = created.metadata.uid.context("Node without uid")?;
+
+        // The freqtuner's permissions, exactly as docs/components.md lists them.
+        let role: ClusterRole = serde_json::from_value(serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "climatik-freqtuner-test"},
+            "rules": [
+                {"apiGroups": ["climatik.io"], "resources": ["nodefrequencies"],
+                 "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+                {"apiGroups": ["climatik.io"], "resources": ["nodefrequencies/status"],
+                 "verbs": ["get", "patch", "update"]},
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+            ],
+        }))?;
+        Api::<ClusterRole>::all(client.clone())
+            .patch(
+                "climatik-freqtuner-test",
+                &PatchParams::apply(TEST_MANAGER).force(),
+                &Patch::Apply(&role),
+            )
+            .await?;
+        let sa: ServiceAccount = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "freqtuner"},
+        }))?;
+        Api::<ServiceAccount>::namespaced(client.clone(), ns.name())
+            .create(&PostParams::default(), &sa)
+            .await?;
+        // Owned by our Node, so deleting the Node removes the binding too.
+        let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": node, "ownerReferences": [
+                {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node_uid}]},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "climatik-freqtuner-test"},
+            "subjects": [{"kind": "ServiceAccount", "name": "freqtuner", "namespace": ns.name()}],
+        }))?;
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .create(&PostParams::default(), &binding)
+            .await?;
+        let kubeconfig = cluster
+            .service_account_kubeconfig(ns.name(), "freqtuner")
+            .await?;
+
+        let sysfs_dir = tempfile::tempdir()?;
+        let sysfs = FakeSysfs::create(
+            sysfs_dir.path(),
+            &FakeDriver::IntelPstate,
+            &FakeCpu::uniform(4),
+        )?;
+        Ok(Self {
+            cluster,
+            ns: Some(ns),
+            node,
+            kubeconfig,
+            sysfs,
+            _sysfs_dir: sysfs_dir,
+            state_dir: tempfile::tempdir()?,
+        })
+    }
+
+    fn nf_api(&self) -> Api<NodeFrequencies> {
+        Api::all(self.cluster.client.clone())
+    }
+
+    async fn nf(&self) -> anyhow::Result<Option<NodeFrequencies>> {
+        Ok(self.nf_api().get_opt(&self.node).await?)
+    }
+
+    /// `kubectl apply --server-side` of a NodeFrequencies with these entries.
+    async fn apply(&self, gpus: &str, cpus: &str) -> anyhow::Result<()> {
+        let yaml = format!(
+            "apiVersion: climatik.io/v1alpha1\nkind: NodeFrequencies\nmetadata:\n  name: {node}\nspec:\n  nodeName: {node}\n  gpuFrequencies: [{gpus}]\n  cpuFrequencies: [{cpus}]\n",
+            node = self.node
+        );
+        self.cluster
+            .kubectl_with_stdin(
+                [
+                    "apply",
+                    "--server-side",
+                    "--field-manager",
+                    TEST_MANAGER,
+                    "-f",
+                    "-",
+                ],
+                &yaml,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until the agent created the node's NodeFrequencies and listed
+    /// its GPUs; returns their UUIDs.
+    async fn gpu_uuids(&self) -> anyhow::Result<Vec<String>> {
+        eventually(
+            "NodeFrequencies created with status.gpus",
+            Duration::from_secs(30),
+            || async {
+                let Some(nf) = self.nf().await? else {
+                    return Ok(None);
+                };
+                let gpus = nf.status.map(|s| s.gpus).unwrap_or_default();
+                Ok((gpus.len() == 2).then(|| gpus.into_iter().map(|g| g.gpu_id).collect()))
+            },
+        )
+        .await
+    }
+
+    async fn wait_khz(&self, cpu: u32, khz: u64, what: &str) -> anyhow::Result<()> {
+        eventually(what, Duration::from_secs(20), || async {
+            Ok((self.sysfs.scaling_max_khz(cpu)? == khz).then_some(()))
+        })
+        .await
+    }
+
+    async fn spawn(&self) -> anyhow::Result<AgentProcess> {
+        AgentProcess::spawn(self).await
+    }
+
+    async fn cleanup(mut self) -> anyhow::Result<()> {
+        Api::<Node>::all(self.cluster.client.clone())
+            .delete(&self.node, &DeleteParams::background())
+            .await?;
+        if let Some(ns) = self.ns.take() {
+            ns.cleanup().await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Fixture {
+    /// A failed test still removes its Node (and with it, by ownership, the
+    /// NodeFrequencies and the ClusterRoleBinding).
+    fn drop(&mut self) {
+        if self.ns.is_none() {
+            return;
+        }
+        let _ = std::process::Command::new(self.cluster.kubectl_path())
+            .arg("--kubeconfig")
+            .arg(self.cluster.kubeconfig())
+            .args([
+                "delete",
+                "node",
+                &self.node,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// A running `freqtuner` child process.
+struct AgentProcess {
+    child: Child,
+    addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+}
+
+impl AgentProcess {
+    async fn spawn(fx: &Fixture) -> anyhow::Result<Self> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_freqtuner"))
+            .args([
+                "--node-name",
+                &fx.node,
+                "--gpu-backend",
+                "sim",
+                "--cpu-backend",
+                "cpufreq",
+            ])
+            .arg("--sysfs-root")
+            .arg(fx.sysfs.root())
+            .arg("--state-dir")
+            .arg(fx.state_dir.path())
+            .args([
+                "--metrics-listen",
+                "127.0.0.1:0",
+                "--sim-gpus",
+                "2",
+                "--fast-loop-interval",
+                "500ms",
+                "--status-interval",
+                "5s",
+            ])
+            .env("KUBECONFIG", &fx.kubeconfig)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting freqtuner")?;
+        let stderr = child.stderr.take().context("no stderr pipe")?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        // Drains stderr for the whole run, so the child never blocks on it.
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line)
+                    && json["message"] == "serving metrics"
+                    && let Some(addr) = json["addr"].as_str().and_then(|a| a.parse().ok())
+                {
+                    let _ = addr_tx.send(addr);
+                }
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let mut addr = None;
+        for _ in 0..300 {
+            if let Ok(a) = addr_rx.try_recv() {
+                addr = Some(a);
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!(
+                    "freqtuner exited early ({status}): {}",
+                    logs.lock().map(|l| l.join("\n")).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let addr = addr.context("freqtuner did not report its metrics address within 30s")?;
+        Ok(Self { child, addr, logs })
+    }
+
+    fn logs(&self) -> String {
+        self.logs.lock().map(|l| l.join("\n")).unwrap_or_default()
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .context("malformed HTTP response")?;
+        let code = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .context("no status code")?;
+        Ok((code, body.to_string()))
+    }
+
+    async fn metrics(&self) -> anyhow::Result<text_format::Exposition> {
+        let (code, body) = self.get("/metrics").await?;
+        if code != 200 {
+            bail!("/metrics answered {code}");
+        }
+        text_format::parse(&body).map_err(|e| anyhow::anyhow!("/metrics is not valid: {e}"))
+    }
+
+    /// `DCGM_FI_DEV_SM_CLOCK` of simulated GPU `gpu`.
+    async fn sm_clock(&self, gpu: &str) -> anyhow::Result<f64> {
+        let m = self.metrics().await?;
+        let s = m.find("DCGM_FI_DEV_SM_CLOCK", &[("gpu", gpu)]);
+        Ok(s.first().context("no DCGM_FI_DEV_SM_CLOCK")?.value)
+    }
+
+    async fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let pid = self.child.id().context("already exited")?;
+        let status = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .await?;
+        if !status.success() {
+            bail!("kill {signal} {pid} failed");
+        }
+        Ok(())
+    }
+
+    async fn wait_exit(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(
+            tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+                .await
+                .context("freqtuner did not exit within 15s")??,
+        )
+    }
+}
+
+fn gpu_status<'a>(
+    nf: &'a NodeFrequencies,
+    uuid: &str,
+) -> Option<&'a climatik_api::GpuFrequencyStatus> {
+    nf.status
+        .as_ref()?
+        .gpu_frequencies
+        .iter()
+        .find(|g| g.gpu_id == uuid)
+}
+
+fn cpu_status(nf: &NodeFrequencies, cpu: i32) -> Option<&climatik_api::CpuFrequencyStatus> {
+    nf.status
+        .as_ref()?
+        .cpu_frequencies
+        .iter()
+        .find(|c| c.cpu_id == cpu)
+}
+
+#[tokio::test]
+async fn applies_a_kubectl_applied_target_reports_it_and_restores_on_delete() -> anyhow::Result<()>
+{
+    let fx = Fixture::new("ft-apply").await?;
+    let mut agent = fx.spawn().await?;
+    let uuids = fx.gpu_uuids().await.with_context(|| agent.logs())?;
+
+    // The agent created the object for its node, owned by the Node.
+    let nf = fx.nf().await?.context("NodeFrequencies")?;
+    let owner = nf.metadata.owner_references.unwrap_or_default();
+    assert_eq!(
+        owner.first().map(|o| (o.kind.as_str(), o.name.as_str())),
+        Some(("Node", fx.node.as_str()))
+    );
+    let status = nf.status.context("status")?;
+    assert_eq!(status.gpus[0].min_frequency, 345);
+    assert_eq!(status.gpus[0].max_frequency, 1980);
+    assert!(uuids[0].starts_with("GPU-"));
+
+    // A busy pod on GPU 0: the simulated GPU runs at full clock and TDP.
+    let pods = Api::<Pod>::namespaced(
+        fx.cluster.client.clone(),
+        fx.ns.as_ref().map_or("", |n| n.name()),
+    );
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "vllm", "annotations": {"climatik.io/sim-load": "1.0"}},
+        "spec": {"nodeName": fx.node, "containers": [{"name": "vllm", "image": "vllm/vllm-openai:latest",
+                 "resources": {"limits": {"nvidia.com/gpu": "1"}}}]},
+    }))?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let full = eventually(
+        "the pod's load on GPU 0",
+        Duration::from_secs(20),
+        || async {
+            let m = agent.metrics().await?;
+            let power = m.find(
+                "DCGM_FI_DEV_POWER_USAGE",
+                &[("gpu", "0"), ("pod", "vllm"), ("container", "vllm")],
+            );
+            Ok(power.first().filter(|s| s.value > 600.0).map(|s| s.value))
+        },
+    )
+    .await?;
+    let m = agent.metrics().await?;
+    let sample = &m.find("DCGM_FI_DEV_POWER_USAGE", &[("gpu", "0")])[0];
+    for label in [
+        "UUID",
+        "pci_bus_id",
+        "device",
+        "modelName",
+        "Hostname",
+        "DCGM_FI_DRIVER_VERSION",
+        "namespace",
+    ] {
+        assert!(
+            sample.labels.contains_key(label),
+            "missing {label}: {sample:?}"
+        );
+    }
+    assert_eq!(sample.labels["UUID"], uuids[0]);
+    assert_eq!(sample.labels["Hostname"], fx.node);
+    assert_eq!(agent.sm_clock("0").await?, 1980.0);
+
+    fx.apply(
+        &format!(
+            "{{gpuId: {}, targetFrequency: 1000, policy: manual}}",
+            uuids[0]
+        ),
+        "{cpuId: 1, targetFrequency: 2000, policy: manual}",
+    )
+    .await?;
+    let nf = eventually(
+        "status Applied for GPU 0 and CPU 1",
+        Duration::from_secs(20),
+        || async {
+            let Some(nf) = fx.nf().await? else {
+                return Ok(None);
+            };
+            let gpu_ok =
+                gpu_status(&nf, &uuids[0]).is_some_and(|g| g.state == DeviceState::Applied);
+            let cpu_ok = cpu_status(&nf, 1).is_some_and(|c| c.state == DeviceState::Applied);
+            let current =
+                nf.status.as_ref().and_then(|s| s.observed_generation) == nf.metadata.generation;
+            Ok((gpu_ok && cpu_ok && current).then_some(nf))
+        },
+    )
+    .await
+    .with_context(|| agent.logs())?;
+    let gpu = gpu_status(&nf, &uuids[0]).context("gpu status")?;
+    assert_eq!(gpu.target_frequency, Some(990));
+    assert_eq!(gpu.current_frequency, Some(990));
+    assert!(gpu.message.contains("snapped 1000 -> 990 MHz"), "{gpu:?}");
+    let cpu = cpu_status(&nf, 1).context("cpu status")?;
+    assert_eq!(
+        (cpu.current_frequency, cpu.target_frequency),
+        (Some(2000), Some(2000))
+    );
+    let status = nf.status.as_ref().context("status")?;
+    assert!(status.last_updated.is_some());
+    assert_eq!(status.backend.as_deref(), Some("sim,cpufreq"));
+    // The status is the agent's (server-side apply, its own field manager).
+    let managers: Vec<String> = nf
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f.subresource.as_deref() == Some("status"))
+        .filter_map(|f| f.manager)
+        .collect();
+    assert_eq!(managers, vec!["climatik-freqtuner".to_string()]);
+
+    assert_eq!(fx.sysfs.scaling_max_khz(1)?, 2_000_000);
+    assert_eq!(
+        fx.sysfs.scaling_max_khz(0)?,
+        DEFAULT_KHZ,
+        "an unnamed CPU was touched"
+    );
+    assert_eq!(fx.sysfs.governor(1)?, "powersave");
+    assert_eq!(agent.sm_clock("0").await?, 990.0);
+    let capped = agent
+        .metrics()
+        .await?
+        .find("DCGM_FI_DEV_POWER_USAGE", &[("gpu", "0")])[0]
+        .value;
+    assert!(
+        capped < full * 0.75,
+        "power {capped} W at 990 MHz vs {full} W at 1980 MHz"
+    );
+    assert_eq!(
+        agent.sm_clock("1").await?,
+        345.0,
+        "an unnamed GPU was touched"
+    );
+    let own = agent.metrics().await?;
+    assert_eq!(
+        own.find(
+            "climatik_freqtuner_gpu_locked_clock_mhz",
+            &[("gpu", &uuids[0])]
+        )[0]
+        .value,
+        990.0
+    );
+    assert_eq!(agent.get("/healthz").await?.0, 200);
+
+    // Deleting the object restores defaults; the agent then recreates it.
+    fx.cluster
+        .kubectl(["delete", "nodefrequencies", &fx.node])
+        .await?;
+    fx.wait_khz(1, DEFAULT_KHZ, "CPU 1 restored after delete")
+        .await?;
+    eventually(
+        "GPU 0 unlocked after delete",
+        Duration::from_secs(20),
+        || async { Ok((agent.sm_clock("0").await? == 1980.0).then_some(())) },
+    )
+    .await?;
+    eventually(
+        "NodeFrequencies recreated",
+        Duration::from_secs(20),
+        || async {
+            Ok(fx
+                .nf()
+                .await?
+                .filter(|nf| nf.spec.gpu_frequencies.is_empty())
+                .map(|_| ()))
+        },
+    )
+    .await?;
+
+    agent.signal("-TERM").await?;
+    assert!(agent.wait_exit().await?.success(), "{}", agent.logs());
+    pods.delete(
+        "vllm",
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        },
+    )
+    .await?;
+    fx.cleanup().await
+}
+
+#[tokio::test]
+async fn an_expired_entry_is_restored_without_any_api_change() -> anyhow::Result<()> {
+    let fx = Fixture::new("ft-expiry").await?;
+    let agent = fx.spawn().await?;
+    let uuids = fx.gpu_uuids().await.with_context(|| agent.logs())?;
+
+    let expires = Timestamp::now() + Duration::from_secs(8);
+    fx.apply(
+        &format!(
+            "{{gpuId: {}, targetFrequency: 1200, policy: ns/p, expiresAt: \"{expires}\"}}",
+            uuids[1]
+        ),
+        &format!("{{cpuId: 2, targetFrequency: 1500, policy: ns/p, expiresAt: \"{expires}\"}}"),
+    )
+    .await?;
+    fx.wait_khz(2, 1_500_000, "CPU 2 capped")
+        .await
+        .with_context(|| agent.logs())?;
+    assert_eq!(agent.sm_clock("1").await?, 1200.0);
+
+    fx.wait_khz(2, DEFAULT_KHZ, "CPU 2 restored after expiry")
+        .await?;
+    assert!(
+        Timestamp::now() >= expires,
+        "restored before the entry expired"
+    );
+    assert_eq!(agent.sm_clock("1").await?, 345.0);
+    let nf = eventually(
+        "status says the entry expired",
+        Duration::from_secs(20),
+        || async {
+            let Some(nf) = fx.nf().await? else {
+                return Ok(None);
+            };
+            Ok(cpu_status(&nf, 2)
+                .is_some_and(|c| c.message.contains("no live entry"))
+                .then_some(nf))
+        },
+    )
+    .await?;
+    let gpu = gpu_status(&nf, &uuids[1]).context("gpu status")?;
+    assert_eq!(gpu.target_frequency, None);
+    assert!(gpu.message.contains("defaults restored"), "{gpu:?}");
+    fx.cleanup().await
+}
+
+#[tokio::test]
+async fn a_restarted_agent_restores_what_a_killed_one_left() -> anyhow::Result<()> {
+    let fx = Fixture::new("ft-kill").await?;
+    let mut first = fx.spawn().await?;
+    fx.gpu_uuids().await.with_context(|| first.logs())?;
+    fx.apply(
+        "",
+        "{cpuId: 0, targetFrequency: 1200, policy: manual}, {cpuId: 3, targetFrequency: 800, policy: manual}",
+    )
+    .await?;
+    fx.wait_khz(0, 1_200_000, "CPU 0 capped")
+        .await
+        .with_context(|| first.logs())?;
+    fx.wait_khz(3, 800_000, "CPU 3 capped").await?;
+
+    // SIGKILL: no chance to restore.
+    first.signal("-KILL").await?;
+    first.wait_exit().await?;
+    assert_eq!(fx.sysfs.scaling_max_khz(0)?, 1_200_000);
+    assert_eq!(fx.sysfs.scaling_max_khz(3)?, 800_000);
+
+    // The entries go away while no agent runs; only the state file
+    // remembers what to put back.
+    fx.apply("", "").await?;
+    let second = fx.spawn().await?;
+    fx.wait_khz(0, DEFAULT_KHZ, "CPU 0 restored at start-up")
+        .await
+        .with_context(|| second.logs())?;
+    fx.wait_khz(3, DEFAULT_KHZ, "CPU 3 restored at start-up")
+        .await?;
+    assert!(
+        second
+            .logs()
+            .contains("restored a CPU a previous agent left capped")
+    );
+    drop(second);
+    fx.cleanup().await
+}
+
+#[tokio::test]
+async fn sigterm_restores_defaults_and_exits_cleanly() -> anyhow::Result<()> {
+    let fx = Fixture::new("ft-term").await?;
+    let mut agent = fx.spawn().await?;
+    let uuids = fx.gpu_uuids().await.with_context(|| agent.logs())?;
+    fx.apply(
+        &format!(
+            "{{gpuId: {}, targetFrequency: 700, policy: manual}}",
+            uuids[0]
+        ),
+        "{cpuId: 2, targetFrequency: 1000, policy: manual}",
+    )
+    .await?;
+    fx.wait_khz(2, 1_000_000, "CPU 2 capped")
+        .await
+        .with_context(|| agent.logs())?;
+    agent.signal("-TERM").await?;
+    let status = agent.wait_exit().await?;
+    assert!(status.success(), "{status}: {}", agent.logs());
+    assert_eq!(fx.sysfs.scaling_max_khz(2)?, DEFAULT_KHZ);
+    assert!(agent.logs().contains("restoring defaults"));
+    // Nothing is left for a successor to restore.
+    let state = std::fs::read_to_string(state_file(fx.state_dir.path(), &fx.node))?;
+    assert_eq!(state.trim(), "{}");
+    fx.cleanup().await
+}
+
+fn state_file(dir: &Path, node: &str) -> PathBuf {
+    dir.join(format!("cpufreq-{node}.json"))
+}
