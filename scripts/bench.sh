@@ -1,4 +1,25 @@
 #!/usr/bin/env bash
+# `make bench`: every benchmark, JSON (and Markdown tables) under target/bench/.
+#   loop.json / loop.md   closed-loop scenarios x strategies on the simulated plant
+#   webhook.json          admission latency in-process and through the API server
+#   freqtuner.json        node agent memory (RSS) in steady state
 set -euo pipefail
-echo "make bench: not built yet (issue: make demo and make bench)" >&2
-exit 1
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/climatik/target}"
+mkdir -p target/bench
+
+echo "bench: building (release)"
+cargo build --release --bins -p climatik-controller -p climatik-webhook -p climatik-freqtuner
+
+echo "bench: closed loop (scenarios x strategies)"
+"$CARGO_TARGET_DIR/release/loop-bench" --seed "${BENCH_SEED:-42}" --out target/bench
+
+tests/cluster/up.sh
+echo "bench: webhook latency"
+"$CARGO_TARGET_DIR/release/webhook-bench"
+
+echo "bench: freqtuner memory"
+freqtuner/bench-rss.sh
+
+echo "bench: results in target/bench/"
+ls -1 target/bench

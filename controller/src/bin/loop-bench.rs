@@ -33,7 +33,10 @@ fn main() -> anyhow::Result<()> {
         "actuation_delay_s": bench::ACTUATION_S,
         "results": results,
     });
-    std::fs::write(args.out.join("loop.json"), serde_json::to_vec_pretty(&json)?)?;
+    std::fs::write(
+        args.out.join("loop.json"),
+        serde_json::to_vec_pretty(&json)?,
+    )?;
     let table = markdown(&results);
     std::fs::write(args.out.join("loop.md"), &table)?;
     print!("{table}");
@@ -42,13 +45,10 @@ fn main() -> anyhow::Result<()> {
 
 fn markdown(results: &[RunResult]) -> String {
     let mut out = String::from(
-        "| scenario | strategy | settle (periods) | max overshoot | samples over cap | mean power / cap | throughput vs uncapped | energy (kJ) |\n|---|---|---|---|---|---|---|---|\n",
+        "| scenario | strategy | time to cap (periods) | max overshoot | samples over cap | mean power / cap | throughput vs uncapped | energy (kJ) |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
-        let settle = r
-            .settle_periods
-            .map(|p| format!("{p:.1}"))
-            .unwrap_or_else(|| "never".into());
+        let settle = format!("{:.1}", r.time_to_cap_periods);
         let _ = writeln!(
             out,
             "| {} | {} | {} | {:.1}% | {:.1}% | {:.0}% | {:.1}% | {:.0} |",
