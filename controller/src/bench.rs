@@ -115,7 +115,7 @@ pub fn scenarios(seed: u64) -> Vec<Scenario> {
     let mut rng = Rng(seed.max(1));
     let minutes = |m: usize| m * 60;
     let gpus = 8;
-    let uneven_levels = |i: usize| if i % 2 == 0 { 1.0 } else { 0.35 };
+    let uneven_levels = |i: usize| if i.is_multiple_of(2) { 1.0 } else { 0.35 };
 
     let step_len = minutes(10);
     let step = Scenario {
@@ -291,6 +291,9 @@ impl Rng {
     }
 }
 
+/// What a GPU was told: a clock ceiling and an optional power budget.
+type Command = (i32, Option<f64>);
+
 /// Per-second trace of one policy under one strategy.
 struct Trace {
     power: Vec<f64>,
@@ -407,8 +410,8 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
     let n = policy.loads.len();
     let mut algorithm = build(strategy);
     // Commanded per GPU: (clock ceiling, optional budget), and when it lands.
-    let mut commanded: Vec<(i32, Option<f64>)> = vec![(clocks.max(), None); n];
-    let mut pending: Option<(usize, Vec<(i32, Option<f64>)>)> = None;
+    let mut commanded: Vec<Command> = vec![(clocks.max(), None); n];
+    let mut pending: Option<(usize, Vec<Command>)> = None;
     let mut applied_clock: Vec<i32> = vec![clocks.max(); n];
     let mut trace = Trace {
         power: vec![0.0; seconds],
@@ -459,7 +462,7 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
         }
         let seen_at = t.saturating_sub(STALENESS_S);
         let cap = policy.cap[t];
-        let targets: Vec<(i32, Option<f64>)> = match strategy {
+        let targets: Vec<Command> = match strategy {
             Strategy::ThresholdOnly => {
                 let power = trace.power[seen_at];
                 let clock = if power > cap * 0.9 {
