@@ -1,0 +1,473 @@
+//! The admission decision as a pure function: request in, decision out.
+//! No I/O here; [`crate::effects`] carries out the policy writes.
+
+use climatik_api::names::{
+    ANNOTATION_POWER_CAP, ANNOTATION_POWER_CAP_WATTS, LABEL_POLICY, LABEL_WEBHOOK_OPT_OUT,
+    WEBHOOK_OPT_OUT_VALUE, generated_policy_name,
+};
+use json_patch::PatchOperation;
+use kube::core::{
+    DynamicObject,
+    admission::{AdmissionRequest, Operation},
+};
+
+use crate::{
+    patch::{MetaMap, template_metadata_ops},
+    policy::{DesiredPolicy, PolicyRef, WorkloadRef},
+    settings,
+    workload::WorkloadKind,
+};
+
+/// What to do with the generated policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PolicyAction {
+    None,
+    Apply(DesiredPolicy),
+    Delete(PolicyRef),
+}
+
+/// Why a request was denied, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    InvalidAnnotation,
+    MalformedObject,
+    UnnamedWorkload,
+}
+
+impl DenyReason {
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            DenyReason::InvalidAnnotation => "invalid_annotation",
+            DenyReason::MalformedObject => "malformed_object",
+            DenyReason::UnnamedWorkload => "unnamed_workload",
+        }
+    }
+}
+
+/// The outcome of [`mutate`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Allow {
+        /// JSON patch for the object; empty when nothing changes.
+        patch: Vec<PatchOperation>,
+        policy: PolicyAction,
+        warnings: Vec<String>,
+    },
+    Deny {
+        reason: DenyReason,
+        message: String,
+    },
+}
+
+impl Decision {
+    fn unchanged() -> Self {
+        Decision::Allow {
+            patch: Vec::new(),
+            policy: PolicyAction::None,
+            warnings: Vec::new(),
+        }
+    }
+
+    fn deny(reason: DenyReason, message: impl Into<String>) -> Self {
+        Decision::Deny {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Decides how to admit a workload: validate the cap annotations, label the
+/// pod template for the generated policy (or unlabel it once the annotation
+/// is gone), and say which policy to apply or delete.
+pub fn mutate(req: &AdmissionRequest<DynamicObject>) -> Decision {
+    if !matches!(req.operation, Operation::Create | Operation::Update) || req.sub_resource.is_some()
+    {
+        return Decision::unchanged();
+    }
+    let Some(kind) = WorkloadKind::from_gvk(&req.kind) else {
+        return Decision::unchanged();
+    };
+    let Some(object) = req.object.as_ref() else {
+        return Decision::deny(
+            DenyReason::MalformedObject,
+            format!("the {} admission request carries no object", req.kind.kind),
+        );
+    };
+    let meta = &object.metadata;
+    let opted_out = meta
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(LABEL_WEBHOOK_OPT_OUT))
+        .is_some_and(|v| v == WEBHOOK_OPT_OUT_VALUE);
+    // Being deleted: writing a policy now would outlive the workload.
+    if opted_out || meta.deletion_timestamp.is_some() {
+        return Decision::unchanged();
+    }
+    let annotations = meta.annotations.clone().unwrap_or_default();
+    let settings = match settings::from_annotations(&annotations) {
+        Ok(settings) => settings,
+        Err(errors) => {
+            return Decision::deny(DenyReason::InvalidAnnotation, errors.join("; "));
+        }
+    };
+    let name = meta
+        .name
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| req.name.clone());
+    if name.is_empty() {
+        if settings.is_some() {
+            return Decision::deny(
+                DenyReason::UnnamedWorkload,
+                format!(
+                    "annotation {ANNOTATION_POWER_CAP} needs a workload with a fixed metadata.name \
+                     (generateName is not supported): the generated PowerCappingPolicy is named after it"
+                ),
+            );
+        }
+        return Decision::unchanged();
+    }
+    let namespace = meta
+        .namespace
+        .clone()
+        .or_else(|| req.namespace.clone())
+        .unwrap_or_default();
+    let policy_name = generated_policy_name(kind.kind(), &name);
+    let template_ptr = kind.template_pointer();
+    let template = object.data.pointer(&template_ptr.to_string());
+    let current_label = template
+        .and_then(|t| t.pointer("/metadata/labels"))
+        .and_then(|l| l.get(LABEL_POLICY))
+        .and_then(|v| v.as_str());
+    let workload = WorkloadRef {
+        kind,
+        namespace: namespace.clone(),
+        name,
+        uid: meta.uid.clone().filter(|u| !u.is_empty()),
+    };
+
+    let mut warnings = Vec::new();
+    let (set, unset, policy): (Vec<_>, Vec<_>, PolicyAction) = match settings {
+        Some(settings) => {
+            if let Some(other) = current_label.filter(|l| *l != policy_name) {
+                warnings.push(format!(
+                    "pod template label {LABEL_POLICY}={other} is replaced by {policy_name}, \
+                     the policy generated from {ANNOTATION_POWER_CAP}"
+                ));
+            }
+            let watts = settings.watts.to_string();
+            let set = vec![
+                (MetaMap::Labels, LABEL_POLICY, policy_name.clone()),
+                (MetaMap::Annotations, ANNOTATION_POWER_CAP_WATTS, watts),
+            ];
+            let desired = DesiredPolicy {
+                name: policy_name.clone(),
+                settings,
+                workload,
+            };
+            (set, Vec::new(), PolicyAction::Apply(desired))
+        }
+        None => {
+            let ours = current_label == Some(policy_name.as_str());
+            let had_annotation = req
+                .old_object
+                .as_ref()
+                .and_then(|o| o.metadata.annotations.as_ref())
+                .is_some_and(|a| a.contains_key(ANNOTATION_POWER_CAP));
+            if !ours && !had_annotation {
+                return Decision::unchanged();
+            }
+            let unset = if ours {
+                vec![
+                    (MetaMap::Labels, LABEL_POLICY),
+                    (MetaMap::Annotations, ANNOTATION_POWER_CAP_WATTS),
+                ]
+            } else {
+                Vec::new()
+            };
+            let policy = PolicyAction::Delete(PolicyRef {
+                namespace,
+                name: policy_name.clone(),
+            });
+            (Vec::new(), unset, policy)
+        }
+    };
+
+    let Some(template) = template else {
+        return Decision::deny(
+            DenyReason::MalformedObject,
+            format!("the {} has no pod template at {template_ptr}", kind.kind()),
+        );
+    };
+    let set_refs: Vec<(MetaMap, &str, &str)> =
+        set.iter().map(|(m, k, v)| (*m, *k, v.as_str())).collect();
+    let mut patch = match template_metadata_ops(&template_ptr, template, &set_refs, &unset) {
+        Ok(ops) => ops,
+        Err(e) => {
+            return Decision::deny(
+                DenyReason::MalformedObject,
+                format!("the {} does not parse: {e}", kind.kind()),
+            );
+        }
+    };
+    if !patch.is_empty() && !kind.template_mutable(&req.operation) {
+        patch.clear();
+        warnings.push(match policy {
+            PolicyAction::Apply(_) => format!(
+                "a Job's pod template cannot change after creation, so its pods do not carry \
+                 {LABEL_POLICY}={policy_name} and the policy matches none of them; \
+                 recreate the Job to cap it"
+            ),
+            _ => format!(
+                "a Job's pod template cannot change after creation, so its pods keep \
+                 {LABEL_POLICY}={policy_name}; the policy is deleted and nothing caps them"
+            ),
+        });
+    }
+    Decision::Allow {
+        patch,
+        policy,
+        warnings,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::settings::CapSettings;
+
+    fn request(
+        operation: &str,
+        object: Value,
+        old: Option<Value>,
+    ) -> AdmissionRequest<DynamicObject> {
+        let kind = object["kind"].as_str().unwrap_or("Deployment").to_string();
+        let (group, resource) = match kind.as_str() {
+            "Job" => ("batch", "jobs"),
+            "CronJob" => ("batch", "cronjobs"),
+            "StatefulSet" => ("apps", "statefulsets"),
+            _ => ("apps", "deployments"),
+        };
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "3b0c2f7e-0000-4000-8000-000000000001",
+                "kind": { "group": group, "version": "v1", "kind": kind },
+                "resource": { "group": group, "version": "v1", "resource": resource },
+                "name": object["metadata"]["name"].as_str().unwrap_or(""),
+                "namespace": "team-a",
+                "operation": operation,
+                "userInfo": { "username": "alice" },
+                "object": object,
+                "oldObject": old,
+                "dryRun": false
+            }
+        });
+        let review: kube::core::admission::AdmissionReview<DynamicObject> =
+            serde_json::from_value(review).unwrap_or_else(|e| panic!("fixture: {e}"));
+        review.try_into().unwrap_or_else(|e| panic!("fixture: {e}"))
+    }
+
+    fn deployment(annotations: Value, template_meta: Value) -> Value {
+        json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": { "name": "vllm", "namespace": "team-a", "annotations": annotations },
+            "spec": {
+                "selector": { "matchLabels": { "app": "vllm" } },
+                "template": { "metadata": template_meta, "spec": { "containers": [] } }
+            }
+        })
+    }
+
+    fn apply_patch(object: &Value, patch: &[PatchOperation]) -> Value {
+        let mut doc = object.clone();
+        assert!(json_patch::patch(&mut doc, patch).is_ok());
+        doc
+    }
+
+    #[test]
+    fn annotated_deployment_is_labelled_and_gets_a_policy() {
+        let object = deployment(
+            json!({ ANNOTATION_POWER_CAP: "1.5kW" }),
+            json!({ "labels": { "app": "vllm" } }),
+        );
+        let Decision::Allow {
+            patch,
+            policy,
+            warnings,
+        } = mutate(&request("CREATE", object.clone(), None))
+        else {
+            panic!("denied");
+        };
+        assert!(warnings.is_empty());
+        let patched = apply_patch(&object, &patch);
+        let meta = &patched["spec"]["template"]["metadata"];
+        assert_eq!(meta["labels"][LABEL_POLICY], "deployment-vllm");
+        assert_eq!(meta["labels"]["app"], "vllm");
+        assert_eq!(meta["annotations"][ANNOTATION_POWER_CAP_WATTS], "1500");
+        let PolicyAction::Apply(desired) = policy else {
+            panic!("no policy");
+        };
+        assert_eq!(desired.name, "deployment-vllm");
+        assert_eq!(desired.workload.namespace, "team-a");
+        assert_eq!(desired.workload.uid, None);
+        assert_eq!(
+            desired.settings,
+            CapSettings {
+                watts: 1500,
+                threshold: 90,
+                dry_run: false
+            }
+        );
+
+        // Re-admitting the patched object: same policy, no patch.
+        let again = mutate(&request("UPDATE", patched.clone(), Some(patched)));
+        let Decision::Allow { patch, policy, .. } = again else {
+            panic!("denied");
+        };
+        assert!(patch.is_empty(), "{patch:?}");
+        assert!(matches!(policy, PolicyAction::Apply(d) if d.name == "deployment-vllm"));
+    }
+
+    #[test]
+    fn bad_annotation_is_denied_naming_it() {
+        let object = deployment(json!({ ANNOTATION_POWER_CAP: "lots" }), json!({}));
+        let Decision::Deny { reason, message } = mutate(&request("CREATE", object, None)) else {
+            panic!("allowed");
+        };
+        assert_eq!(reason, DenyReason::InvalidAnnotation);
+        assert!(message.contains(ANNOTATION_POWER_CAP) && message.contains("\"lots\""));
+        assert!(message.contains("1.5kW"), "{message}");
+    }
+
+    #[test]
+    fn removing_the_annotation_unlabels_and_deletes_the_policy() {
+        let old = deployment(
+            json!({ ANNOTATION_POWER_CAP: "300" }),
+            json!({ "labels": { "app": "vllm", LABEL_POLICY: "deployment-vllm" },
+                    "annotations": { ANNOTATION_POWER_CAP_WATTS: "300" } }),
+        );
+        let new = deployment(
+            json!({}),
+            json!({ "labels": { "app": "vllm", LABEL_POLICY: "deployment-vllm" },
+                    "annotations": { ANNOTATION_POWER_CAP_WATTS: "300" } }),
+        );
+        let Decision::Allow { patch, policy, .. } =
+            mutate(&request("UPDATE", new.clone(), Some(old)))
+        else {
+            panic!("denied");
+        };
+        let patched = apply_patch(&new, &patch);
+        assert_eq!(
+            patched["spec"]["template"]["metadata"]["labels"],
+            json!({ "app": "vllm" })
+        );
+        assert_eq!(
+            patched["spec"]["template"]["metadata"]["annotations"],
+            json!({})
+        );
+        assert_eq!(
+            policy,
+            PolicyAction::Delete(PolicyRef {
+                namespace: "team-a".into(),
+                name: "deployment-vllm".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_hand_set_label_for_another_policy_is_left_alone() {
+        let object = deployment(
+            json!({}),
+            json!({ "labels": { LABEL_POLICY: "my-policy" } }),
+        );
+        assert_eq!(
+            mutate(&request("UPDATE", object.clone(), Some(object))),
+            Decision::unchanged()
+        );
+    }
+
+    #[test]
+    fn cronjob_template_is_nested_and_update_carries_the_owner() {
+        let mut object = json!({
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": { "name": "nightly", "uid": "u-9", "annotations": { ANNOTATION_POWER_CAP: "500W" } },
+            "spec": { "schedule": "* * * * *", "jobTemplate": { "spec": { "template": { "spec": {} } } } }
+        });
+        let Decision::Allow { patch, policy, .. } =
+            mutate(&request("UPDATE", object.clone(), Some(object.clone())))
+        else {
+            panic!("denied");
+        };
+        object = apply_patch(&object, &patch);
+        assert_eq!(
+            object["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"][LABEL_POLICY],
+            "cronjob-nightly"
+        );
+        let PolicyAction::Apply(desired) = policy else {
+            panic!("no policy")
+        };
+        assert_eq!(desired.workload.uid.as_deref(), Some("u-9"));
+    }
+
+    #[test]
+    fn job_update_does_not_touch_the_immutable_template() {
+        let object = json!({
+            "apiVersion": "batch/v1", "kind": "Job",
+            "metadata": { "name": "train", "annotations": { ANNOTATION_POWER_CAP: "300" } },
+            "spec": { "template": { "metadata": { "labels": { "a": "b" } }, "spec": {} } }
+        });
+        let Decision::Allow {
+            patch,
+            policy,
+            warnings,
+        } = mutate(&request("UPDATE", object.clone(), Some(object.clone())))
+        else {
+            panic!("denied");
+        };
+        assert!(patch.is_empty());
+        assert_eq!(warnings.len(), 1);
+        assert!(matches!(policy, PolicyAction::Apply(_)));
+        let Decision::Allow { patch, .. } = mutate(&request("CREATE", object, None)) else {
+            panic!("denied");
+        };
+        assert_eq!(patch.len(), 2);
+    }
+
+    #[test]
+    fn opted_out_unannotated_and_deleting_objects_are_untouched() {
+        let mut object = deployment(json!({ ANNOTATION_POWER_CAP: "300" }), json!({}));
+        object["metadata"]["labels"] = json!({ LABEL_WEBHOOK_OPT_OUT: WEBHOOK_OPT_OUT_VALUE });
+        assert_eq!(
+            mutate(&request("CREATE", object, None)),
+            Decision::unchanged()
+        );
+        let plain = deployment(json!({}), json!({}));
+        assert_eq!(
+            mutate(&request("CREATE", plain, None)),
+            Decision::unchanged()
+        );
+        let mut deleting = deployment(json!({ ANNOTATION_POWER_CAP: "300" }), json!({}));
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+        assert_eq!(
+            mutate(&request("UPDATE", deleting, None)),
+            Decision::unchanged()
+        );
+    }
+
+    #[test]
+    fn generate_name_cannot_name_a_policy() {
+        let mut object = deployment(json!({ ANNOTATION_POWER_CAP: "300" }), json!({}));
+        object["metadata"] =
+            json!({ "generateName": "vllm-", "annotations": { ANNOTATION_POWER_CAP: "300" } });
+        let Decision::Deny { reason, .. } = mutate(&request("CREATE", object, None)) else {
+            panic!("allowed");
+        };
+        assert_eq!(reason, DenyReason::UnnamedWorkload);
+    }
+}

@@ -1,0 +1,163 @@
+//! The annotations a user writes on a workload, validated.
+
+use std::collections::BTreeMap;
+
+use climatik_api::{
+    names::{ANNOTATION_CAPPING_THRESHOLD, ANNOTATION_DRY_RUN, ANNOTATION_POWER_CAP},
+    parse_power,
+    policy::DEFAULT_CAPPING_THRESHOLD,
+};
+
+/// What the annotations ask for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CapSettings {
+    /// The cap in whole watts.
+    pub watts: u64,
+    /// Percent of the cap at which capping starts.
+    pub threshold: i32,
+    /// Observe only.
+    pub dry_run: bool,
+}
+
+/// Accepted forms of the threshold annotation, quoted in errors.
+pub const THRESHOLD_FORMS: &str = "a whole percentage from 1 to 100, e.g. \"90\" or \"90%\"";
+/// Accepted forms of the dry-run annotation, quoted in errors.
+pub const DRY_RUN_FORMS: &str = "\"true\" or \"false\"";
+
+/// Reads the settings from a workload's annotations: `Ok(None)` when the
+/// workload has not opted in, `Err` with one message per bad annotation.
+pub fn from_annotations(
+    annotations: &BTreeMap<String, String>,
+) -> Result<Option<CapSettings>, Vec<String>> {
+    let Some(cap) = annotations.get(ANNOTATION_POWER_CAP) else {
+        return Ok(None);
+    };
+    let mut errors = Vec::new();
+    let watts = parse_power(cap)
+        .map_err(|e| errors.push(format!("annotation {ANNOTATION_POWER_CAP}: {e}")))
+        .ok();
+    let threshold = match annotations.get(ANNOTATION_CAPPING_THRESHOLD) {
+        None => Some(DEFAULT_CAPPING_THRESHOLD),
+        Some(value) => parse_threshold(value)
+            .ok_or_else(|| {
+                errors.push(format!(
+                    "annotation {ANNOTATION_CAPPING_THRESHOLD}: invalid value {value:?}; accepted: {THRESHOLD_FORMS}"
+                ))
+            })
+            .ok(),
+    };
+    let dry_run = match annotations.get(ANNOTATION_DRY_RUN) {
+        None => Some(false),
+        Some(value) => parse_bool(value)
+            .ok_or_else(|| {
+                errors.push(format!(
+                    "annotation {ANNOTATION_DRY_RUN}: invalid value {value:?}; accepted: {DRY_RUN_FORMS}"
+                ))
+            })
+            .ok(),
+    };
+    match (watts, threshold, dry_run) {
+        (Some(watts), Some(threshold), Some(dry_run)) if errors.is_empty() => {
+            Ok(Some(CapSettings {
+                watts,
+                threshold,
+                dry_run,
+            }))
+        }
+        _ => Err(errors),
+    }
+}
+
+fn parse_threshold(value: &str) -> Option<i32> {
+    let digits = value.trim();
+    let digits = digits.strip_suffix('%').unwrap_or(digits).trim_end();
+    if digits.is_empty() || digits.len() > 3 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|p| (1..=100).contains(p))
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn annotations(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn no_cap_annotation_means_not_opted_in() {
+        assert_eq!(from_annotations(&annotations(&[("other", "x")])), Ok(None));
+        // Companions alone do nothing.
+        assert_eq!(
+            from_annotations(&annotations(&[(ANNOTATION_DRY_RUN, "maybe")])),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn defaults_apply_when_companions_are_absent() {
+        assert_eq!(
+            from_annotations(&annotations(&[(ANNOTATION_POWER_CAP, "1.5kW")])),
+            Ok(Some(CapSettings {
+                watts: 1500,
+                threshold: DEFAULT_CAPPING_THRESHOLD,
+                dry_run: false
+            }))
+        );
+    }
+
+    #[test]
+    fn companions_are_parsed() {
+        assert_eq!(
+            from_annotations(&annotations(&[
+                (ANNOTATION_POWER_CAP, "300W"),
+                (ANNOTATION_CAPPING_THRESHOLD, "80%"),
+                (ANNOTATION_DRY_RUN, "True"),
+            ])),
+            Ok(Some(CapSettings {
+                watts: 300,
+                threshold: 80,
+                dry_run: true
+            }))
+        );
+    }
+
+    #[test]
+    fn every_bad_annotation_is_named_with_its_value_and_the_accepted_forms() {
+        let errors = from_annotations(&annotations(&[
+            (ANNOTATION_POWER_CAP, "300 watts"),
+            (ANNOTATION_CAPPING_THRESHOLD, "0"),
+            (ANNOTATION_DRY_RUN, "yes"),
+        ]))
+        .err()
+        .unwrap_or_default();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains(ANNOTATION_POWER_CAP) && errors[0].contains("\"300 watts\""));
+        assert!(errors[0].contains("1.5kW"));
+        assert!(errors[1].contains(ANNOTATION_CAPPING_THRESHOLD) && errors[1].contains("\"0\""));
+        assert!(errors[1].contains(THRESHOLD_FORMS));
+        assert!(errors[2].contains(ANNOTATION_DRY_RUN) && errors[2].contains("\"yes\""));
+    }
+
+    #[test]
+    fn thresholds_outside_one_to_hundred_are_rejected() {
+        for bad in ["", "101", "-5", "50.5", "1e2", "%", "0100"] {
+            assert_eq!(parse_threshold(bad), None, "{bad}");
+        }
+        for (good, value) in [("1", 1), ("100", 100), (" 75 % ", 75), ("075", 75)] {
+            assert_eq!(parse_threshold(good), Some(value), "{good}");
+        }
+    }
+}
