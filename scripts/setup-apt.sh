@@ -2,7 +2,7 @@
 # Installs the Debian packages the tests and the demo need, once per machine.
 set -euo pipefail
 
-packages=(prometheus openssl iproute2 curl)
+packages=(prometheus openssl iproute2 curl fonts-dejavu-core)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
