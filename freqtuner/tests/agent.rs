@@ -38,24 +38,7 @@ const TEST_MANAGER: &str = "freqtuner-test";
 /// intel_pstate's cpuinfo_max_freq in the fake tree: the default ceiling.
 const DEFAULT_KHZ: u64 = 4_800_000;
 
-/// Polls `check` every 300 ms until it yields `Some`, or fails after
-/// `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await? {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
+use climatik_test_support::eventually;
 
 /// A node of our own, a namespace with the agent's ServiceAccount bound to
 /// the contract's ClusterRole, a fake sysfs and a state directory.

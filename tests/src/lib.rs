@@ -25,7 +25,9 @@ mod env;
 mod namespace;
 mod prometheus;
 mod service_account;
+mod wait;
 
 pub use cluster::{TestCluster, cluster, repo_root};
 pub use namespace::TestNamespace;
 pub use prometheus::Sample;
+pub use wait::eventually;

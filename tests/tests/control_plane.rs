@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use climatik_test_support::cluster;
 use k8s_openapi::api::{
     apps::v1::ReplicaSet,
@@ -19,24 +19,7 @@ use tokio::{
     net::TcpListener,
 };
 
-/// Polls `check` every 500 ms until it yields `Some`, or fails after
-/// `timeout` with `what`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await? {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
+use climatik_test_support::eventually;
 
 #[tokio::test]
 async fn deployment_pods_are_scheduled_onto_gpu_nodes() -> anyhow::Result<()> {

@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, net::IpAddr, sync::Arc, time::Duration};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use climatik_api::{
     PowerCappingPolicy,
     names::{LABEL_GENERATED, LABEL_POLICY},
@@ -36,23 +36,7 @@ use kube::{
 use rand::{Rng, distr::Alphanumeric};
 use rustls::pki_types::{CertificateDer, pem::PemObject};
 
-/// Polls `check` every 300 ms until it yields `Some`, or fails after `timeout`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await? {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
+use climatik_test_support::eventually;
 
 /// A webhook running in-process on 127.0.0.1, registered with the API
 /// server for one namespace.
