@@ -50,6 +50,8 @@ pub struct Stack {
     components: Vec<Component>,
     prometheus_targets: Vec<String>,
     webhook_configuration: String,
+    /// The chart RBAC this stack applied, removed again on stop.
+    rbac_manifest: String,
     /// `node name -> freqtuner metrics address`.
     pub freqtuners: BTreeMap<String, String>,
     cluster: TestCluster,
@@ -73,12 +75,18 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// Installs the chart's ServiceAccounts and RBAC (nothing that would need a
 /// kubelet) and returns which account belongs to which component.
-pub async fn install_chart_rbac(cluster: &TestCluster) -> anyhow::Result<ChartAccounts> {
+/// Objects are named after `release`, so stacks never collide with a real
+/// `helm install` of the chart. Returns the accounts and the applied YAML
+/// (to delete it again).
+pub async fn install_chart_rbac(
+    cluster: &TestCluster,
+    release: &str,
+) -> anyhow::Result<(ChartAccounts, String)> {
     let chart = climatik_test_support::repo_root().join("charts/climatik");
     let rendered = cluster
         .helm([
             "template",
-            "climatik",
+            release,
             chart.to_str().context("chart path is not UTF-8")?,
             "--namespace",
             SYSTEM_NAMESPACE,
@@ -131,11 +139,12 @@ pub async fn install_chart_rbac(cluster: &TestCluster) -> anyhow::Result<ChartAc
         }
     }
     ensure_namespace(cluster, SYSTEM_NAMESPACE).await?;
+    let manifest = keep.join("---\n");
     cluster
-        .kubectl_with_stdin(["apply", "-f", "-"], &keep.join("---\n"))
+        .kubectl_with_stdin(["apply", "-f", "-"], &manifest)
         .await
         .context("applying the chart's RBAC")?;
-    Ok(accounts)
+    Ok((accounts, manifest))
 }
 
 use serde::Deserialize;
@@ -157,11 +166,13 @@ impl Stack {
             .install_crds()
             .await
             .context("installing the CRDs")?;
-        let accounts = install_chart_rbac(cluster).await?;
+        let (accounts, rbac_manifest) =
+            install_chart_rbac(cluster, &format!("climatik-{}", config.scope)).await?;
         let mut stack = Stack {
             components: Vec::new(),
             prometheus_targets: Vec::new(),
             webhook_configuration: format!("climatik-{}", config.scope),
+            rbac_manifest,
             freqtuners: BTreeMap::new(),
             cluster: cluster.clone(),
             config: config.clone(),
@@ -430,6 +441,13 @@ impl Stack {
             let _ = self.cluster.remove_prometheus_target(target);
         }
         self.components.clear();
+        let _ = self
+            .cluster
+            .kubectl_with_stdin(
+                ["delete", "--ignore-not-found", "-f", "-"],
+                &self.rbac_manifest,
+            )
+            .await;
     }
 }
 
