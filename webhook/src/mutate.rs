@@ -5,11 +5,12 @@ use climatik_api::names::{
     ANNOTATION_POWER_CAP, ANNOTATION_POWER_CAP_WATTS, LABEL_POLICY, LABEL_WEBHOOK_OPT_OUT,
     WEBHOOK_OPT_OUT_VALUE, generated_policy_name,
 };
-use json_patch::PatchOperation;
+use json_patch::{AddOperation, PatchOperation, RemoveOperation, jsonptr::PointerBuf};
 use kube::core::{
     DynamicObject,
     admission::{AdmissionRequest, Operation},
 };
+use serde_json::Value;
 
 use crate::{
     patch::{MetaMap, template_metadata_ops},
@@ -155,11 +156,7 @@ pub fn mutate(req: &AdmissionRequest<DynamicObject>) -> Decision {
                      the policy generated from {ANNOTATION_POWER_CAP}"
                 ));
             }
-            let watts = settings.watts.to_string();
-            let set = vec![
-                (MetaMap::Labels, LABEL_POLICY, policy_name.clone()),
-                (MetaMap::Annotations, ANNOTATION_POWER_CAP_WATTS, watts),
-            ];
+            let set = vec![(MetaMap::Labels, LABEL_POLICY, policy_name.clone())];
             let desired = DesiredPolicy {
                 name: policy_name.clone(),
                 settings,
@@ -178,6 +175,7 @@ pub fn mutate(req: &AdmissionRequest<DynamicObject>) -> Decision {
                 return Decision::unchanged();
             }
             let unset = if ours {
+                // Earlier versions recorded the cap on the template too.
                 vec![
                     (MetaMap::Labels, LABEL_POLICY),
                     (MetaMap::Annotations, ANNOTATION_POWER_CAP_WATTS),
@@ -210,6 +208,35 @@ pub fn mutate(req: &AdmissionRequest<DynamicObject>) -> Decision {
             );
         }
     };
+    // The normalized cap is recorded on the workload itself, not on its pod
+    // template: a cap change must not roll the workload's pods.
+    let recorded = annotations
+        .get(ANNOTATION_POWER_CAP_WATTS)
+        .map(String::as_str);
+    let watts_ptr = || {
+        let mut ptr = PointerBuf::from_tokens(["metadata", "annotations"]);
+        ptr.push_back(ANNOTATION_POWER_CAP_WATTS);
+        ptr
+    };
+    let workload_ops: Vec<PatchOperation> = match &policy {
+        PolicyAction::Apply(desired) => {
+            let watts = desired.settings.watts.to_string();
+            // Annotations exist: they hold the cap annotation itself.
+            (recorded != Some(watts.as_str()))
+                .then(|| {
+                    PatchOperation::Add(AddOperation {
+                        path: watts_ptr(),
+                        value: Value::String(watts),
+                    })
+                })
+                .into_iter()
+                .collect()
+        }
+        _ => recorded
+            .map(|_| PatchOperation::Remove(RemoveOperation { path: watts_ptr() }))
+            .into_iter()
+            .collect(),
+    };
     if !patch.is_empty() && !kind.template_mutable(&req.operation) {
         patch.clear();
         warnings.push(match policy {
@@ -224,6 +251,7 @@ pub fn mutate(req: &AdmissionRequest<DynamicObject>) -> Decision {
             ),
         });
     }
+    patch.extend(workload_ops);
     Decision::Allow {
         patch,
         policy,
@@ -308,7 +336,14 @@ mod tests {
         let meta = &patched["spec"]["template"]["metadata"];
         assert_eq!(meta["labels"][LABEL_POLICY], "deployment-vllm");
         assert_eq!(meta["labels"]["app"], "vllm");
-        assert_eq!(meta["annotations"][ANNOTATION_POWER_CAP_WATTS], "1500");
+        assert_eq!(
+            patched["metadata"]["annotations"][ANNOTATION_POWER_CAP_WATTS],
+            "1500"
+        );
+        assert!(
+            meta.get("annotations").is_none(),
+            "template untouched: {meta}"
+        );
         let PolicyAction::Apply(desired) = policy else {
             panic!("no policy");
         };
@@ -430,7 +465,13 @@ mod tests {
         else {
             panic!("denied");
         };
-        assert!(patch.is_empty());
+        // Only the Job's own metadata (the recorded cap), never its template.
+        let patched = apply_patch(&object, &patch);
+        assert_eq!(patched["spec"], object["spec"]);
+        assert_eq!(
+            patched["metadata"]["annotations"][ANNOTATION_POWER_CAP_WATTS],
+            "300"
+        );
         assert_eq!(warnings.len(), 1);
         assert!(matches!(policy, PolicyAction::Apply(_)));
         let Decision::Allow { patch, .. } = mutate(&request("CREATE", object, None)) else {

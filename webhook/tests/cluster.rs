@@ -436,10 +436,16 @@ async fn deployment_annotation_lifecycle() -> anyhow::Result<()> {
         selector.get(LABEL_POLICY).map(String::as_str),
         Some("deployment-vllm")
     );
-    let pods = h.wait_labelled_pods("deployment-vllm").await?;
-    let pod_annotations = pods[0].metadata.annotations.clone().unwrap_or_default();
+    h.wait_labelled_pods("deployment-vllm").await?;
+    // The normalized cap is recorded on the workload, not its pods.
+    let recorded = deployments
+        .get("vllm")
+        .await?
+        .metadata
+        .annotations
+        .unwrap_or_default();
     assert_eq!(
-        pod_annotations
+        recorded
             .get("climatik.io/power-cap-watts")
             .map(String::as_str),
         Some("1500")

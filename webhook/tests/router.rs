@@ -97,7 +97,12 @@ async fn dry_run_deployment_is_patched_with_label_and_watts() -> TestResult {
     let meta = &patched["spec"]["template"]["metadata"];
     assert_eq!(meta["labels"]["climatik.io/policy"], "deployment-vllm");
     assert_eq!(meta["labels"]["app"], "vllm");
-    assert_eq!(meta["annotations"]["climatik.io/power-cap-watts"], "300");
+    // The cap is recorded on the workload, so changing it rolls no pods.
+    assert_eq!(
+        patched["metadata"]["annotations"]["climatik.io/power-cap-watts"],
+        "300"
+    );
+    assert!(meta.get("annotations").is_none(), "{meta}");
 
     // Idempotent: the same review yields the same patch.
     let again = review(app(), &body).await?;
@@ -113,7 +118,10 @@ async fn cronjob_template_is_nested() -> TestResult {
     let patched = apply_patch(&body["request"]["object"], &patch_of(&response)?)?;
     let meta = &patched["spec"]["jobTemplate"]["spec"]["template"]["metadata"];
     assert_eq!(meta["labels"]["climatik.io/policy"], "cronjob-nightly");
-    assert_eq!(meta["annotations"]["climatik.io/power-cap-watts"], "1200");
+    assert_eq!(
+        patched["metadata"]["annotations"]["climatik.io/power-cap-watts"],
+        "1200"
+    );
     Ok(())
 }
 

@@ -45,6 +45,8 @@ struct DeviceState {
     last: (f64, f64),
     /// Estimated dP/df, W/MHz.
     slope: f64,
+    /// The clock ceiling last commanded.
+    commanded: Option<i32>,
 }
 
 impl Feedback {
@@ -64,11 +66,15 @@ impl Feedback {
         })
     }
 
-    /// The clock the device runs at now, by observation or by assumption.
-    fn clock_now(device: &Device) -> f64 {
-        device
-            .clock_mhz
-            .filter(|c| c.is_finite() && *c > 0.0)
+    /// The ceiling the device runs under now: what was last commanded, or
+    /// the maximum for a device not yet tuned. The observed SM clock is not
+    /// used as the ceiling: an idle GPU reports its idle clock, and taking
+    /// that for the operating point would lock it there.
+    fn ceiling(&self, device: &Device) -> f64 {
+        self.devices
+            .get(&device.key())
+            .and_then(|s| s.commanded)
+            .map(f64::from)
             .unwrap_or_else(|| f64::from(device.clocks.max()))
     }
 
@@ -86,6 +92,7 @@ impl Feedback {
             .or_insert_with(|| DeviceState {
                 last: (clock, device.power_watts),
                 slope: prior,
+                commanded: None,
             });
         let (last_clock, last_power) = state.last;
         if (clock - last_clock).abs() >= device.clocks.step() * 0.5 {
@@ -108,7 +115,11 @@ impl Algorithm for Feedback {
     fn plan(&mut self, observation: &Observation) -> Vec<Target> {
         let cap = observation.cap_watts;
         let power = observation.total_power();
-        let clocks: Vec<f64> = observation.devices.iter().map(Self::clock_now).collect();
+        let clocks: Vec<f64> = observation
+            .devices
+            .iter()
+            .map(|d| self.ceiling(d))
+            .collect();
         let slopes: Vec<f64> = observation
             .devices
             .iter()
@@ -133,7 +144,7 @@ impl Algorithm for Feedback {
         };
         let new_clocks = distribute(observation, &clocks, &slopes, watts);
 
-        observation
+        let targets: Vec<Target> = observation
             .devices
             .iter()
             .zip(new_clocks)
@@ -144,7 +155,13 @@ impl Algorithm for Feedback {
                 frequency_mhz: d.clocks.floor(clock),
                 power_budget_watts: None,
             })
-            .collect()
+            .collect();
+        for (device, target) in observation.devices.iter().zip(&targets) {
+            if let Some(state) = self.devices.get_mut(&device.key()) {
+                state.commanded = Some(target.frequency_mhz);
+            }
+        }
+        targets
     }
 }
 

@@ -165,7 +165,7 @@ async fn run(
                 .context("applying the training workload")?;
             recording.events.push((t, format!("trainer joins {node}")));
             notes.push(format!(
-                "t={t:.0}s: {TRAINING} (600W) started on {node}, sharing it with {SERVING}"
+                "t={t:.0}s: {TRAINING} (900W) started on {node}, sharing it with {SERVING}"
             ));
             second_started = true;
         }
