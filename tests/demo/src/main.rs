@@ -101,6 +101,7 @@ async fn run(
     args: &Args,
     out: &std::path::Path,
 ) -> anyhow::Result<()> {
+    wait_namespace_gone(cluster).await?;
     stack.namespace(NAMESPACE).await?;
     let manifests = repo_root().join("manifests/demo");
     cluster
@@ -189,6 +190,24 @@ async fn run(
         png.display()
     );
     Ok(())
+}
+
+/// A previous run's namespace may still be terminating; wait it out.
+async fn wait_namespace_gone(cluster: &climatik_test_support::TestCluster) -> anyhow::Result<()> {
+    let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+        kube::Api::all(cluster.client.clone());
+    climatik_test_support::eventually(
+        "the previous demo namespace to be deleted",
+        Duration::from_secs(120),
+        || async {
+            let terminating = namespaces
+                .get_opt(NAMESPACE)
+                .await?
+                .is_some_and(|ns| ns.metadata.deletion_timestamp.is_some());
+            Ok((!terminating).then_some(()))
+        },
+    )
+    .await
 }
 
 /// The node of the first serving pod, so the trainer shares it.
