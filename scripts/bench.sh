@@ -3,6 +3,7 @@
 #   loop.json / loop.md   closed-loop scenarios x strategies on the simulated plant
 #   webhook.json          admission latency in-process and through the API server
 #   freqtuner.json        node agent memory (RSS) in steady state
+#   scale.json            controllers at 1000 policies over 500 nodes: reconcile latency, API writes/s, RSS
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/climatik/target}"
@@ -20,6 +21,9 @@ echo "bench: webhook latency"
 
 echo "bench: freqtuner memory"
 freqtuner/bench-rss.sh
+
+echo "bench: control-plane scale (1000 policies, 500 nodes; separate cluster)"
+scripts/bench-scale.sh >/dev/null
 
 echo "bench: results in target/bench/"
 ls -1 target/bench

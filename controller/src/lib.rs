@@ -24,3 +24,14 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use error::{Error, Result};
+
+/// Reconcile scheduling shared by both controllers. Bounded concurrency
+/// keeps a cold start with thousands of policies from flooding the API
+/// server and Prometheus at once (the scale benchmark saw 504s without it);
+/// the debounce folds the burst of watch events that our own status writes
+/// cause into one reconcile.
+pub fn controller_config() -> kube::runtime::controller::Config {
+    kube::runtime::controller::Config::default()
+        .concurrency(16)
+        .debounce(std::time::Duration::from_secs(1))
+}

@@ -162,6 +162,7 @@ pub async fn run(
         policies_api(client, context.config.namespace.as_deref()),
         watcher::Config::default().any_semantic(),
     )
+    .with_config(crate::controller_config())
     .graceful_shutdown_on(shutdown.wait())
     .run(reconcile, error_policy, context)
     .for_each(|result| async move {
