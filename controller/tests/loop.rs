@@ -392,38 +392,7 @@ async fn invalid_algorithm_changes_no_frequencies_and_generated_policies_get_own
         create_pod(&admin, &ns_name, "x0", &node, "x").await?;
         dcgm.set(vec![gpu("GPU-X0", "pod", "x0", &ns_name, &node, 250.0)]);
         cluster.register_prometheus_target(&ns_name, &dcgm.addr, &[])?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (stop_r, stopped_r) = oneshot::channel::<()>();
-        let monitor_task = tokio::spawn(monitor::run(
-            admin.clone(),
-            MonitorConfig {
-                prometheus_url: cluster.prometheus_url().to_string(),
-                prometheus_timeout: Duration::from_secs(3),
-                kepler: false,
-                interval: Duration::from_secs(1),
-                lease: None,
-                namespace: Some(ns_name.clone()),
-                identity: "test".into(),
-            },
-            Metrics::new("powercapping-controller"),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        let recommender_task = tokio::spawn(recommender::run(
-            admin.clone(),
-            RecommenderConfig {
-                interval: Duration::from_secs(1),
-                entry_ttl: Duration::from_secs(60),
-                lease: None,
-                namespace: Some(ns_name.clone()),
-                identity: "test".into(),
-            },
-            Metrics::new("freqtuning-recommender"),
-            async move {
-                let _ = stopped_r.await;
-            },
-        ));
+        let running = InProcessLoop::start(&admin, cluster.prometheus_url(), Duration::from_secs(3), Duration::from_secs(60), &ns_name);
         let policies = Api::<PowerCappingPolicy>::namespaced(admin.clone(), &ns_name);
         policies
             .create(
@@ -500,10 +469,7 @@ async fn invalid_algorithm_changes_no_frequencies_and_generated_policies_get_own
         })
         .await?;
 
-        let _ = stop.send(());
-        let _ = stop_r.send(());
-        monitor_task.await??;
-        recommender_task.await??;
+        running.stop().await?;
         anyhow::Ok(())
     }
     .await;

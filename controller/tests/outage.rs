@@ -9,15 +9,10 @@ use std::{process::Stdio, time::Duration};
 
 use anyhow::Context;
 use climatik_api::{NodeFrequencies, PowerCappingPolicy};
-use climatik_controller::{
-    metrics::Metrics,
-    monitor::{self, MonitorConfig},
-    recommender::{self, RecommenderConfig},
-};
 use common::*;
 use kube::{Api, api::PostParams};
 use serde_json::json;
-use tokio::{process::Command, sync::oneshot};
+use tokio::process::Command;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -83,38 +78,13 @@ async fn prometheus_outage_holds_targets_and_reports_it() -> anyhow::Result<()> 
         }]);
         let (mut prometheus, url) = private_prometheus(dir.path(), &dcgm.addr).await?;
 
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (stop_r, stopped_r) = oneshot::channel::<()>();
-        let monitor_task = tokio::spawn(monitor::run(
-            admin.clone(),
-            MonitorConfig {
-                prometheus_url: url,
-                prometheus_timeout: Duration::from_secs(2),
-                kepler: false,
-                interval: Duration::from_secs(1),
-                lease: None,
-                namespace: Some(ns_name.clone()),
-                identity: "test".into(),
-            },
-            Metrics::new("powercapping-controller"),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        let recommender_task = tokio::spawn(recommender::run(
-            admin.clone(),
-            RecommenderConfig {
-                interval: Duration::from_secs(1),
-                entry_ttl: Duration::from_secs(300),
-                lease: None,
-                namespace: Some(ns_name.clone()),
-                identity: "test".into(),
-            },
-            Metrics::new("freqtuning-recommender"),
-            async move {
-                let _ = stopped_r.await;
-            },
-        ));
+        let running = InProcessLoop::start(
+            &admin,
+            &url,
+            Duration::from_secs(2),
+            Duration::from_secs(300),
+            &ns_name,
+        );
         let policies = Api::<PowerCappingPolicy>::namespaced(admin.clone(), &ns_name);
         policies
             .create(&PostParams::default(), &policy("o", "o", 150, json!({}))?)
@@ -167,15 +137,12 @@ async fn prometheus_outage_holds_targets_and_reports_it() -> anyhow::Result<()> 
         let after = nfs.get(&node).await?.spec.gpu_frequencies;
         assert_eq!(before, after);
         // Both loops are still running.
-        assert!(!monitor_task.is_finished() && !recommender_task.is_finished());
+        assert!(running.is_running());
         let p = policies.get("o").await?;
         let later = p.status.and_then(|s| s.last_updated);
         assert!(later > status.last_updated, "the monitor keeps reporting");
 
-        let _ = stop.send(());
-        let _ = stop_r.send(());
-        monitor_task.await??;
-        recommender_task.await??;
+        running.stop().await?;
         anyhow::Ok(())
     }
     .await;

@@ -279,3 +279,80 @@ pub async fn delete_all_pods(client: &kube::Client, ns: &str) {
             .await;
     }
 }
+
+/// The monitor and the recommender running in-process as admin, watching
+/// one namespace, with 1 s periods.
+pub struct InProcessLoop {
+    stop_monitor: tokio::sync::oneshot::Sender<()>,
+    stop_recommender: tokio::sync::oneshot::Sender<()>,
+    monitor: tokio::task::JoinHandle<climatik_controller::Result<()>>,
+    recommender: tokio::task::JoinHandle<climatik_controller::Result<()>>,
+}
+
+impl InProcessLoop {
+    pub fn start(
+        admin: &kube::Client,
+        prometheus_url: &str,
+        prometheus_timeout: Duration,
+        entry_ttl: Duration,
+        namespace: &str,
+    ) -> Self {
+        use climatik_controller::{
+            metrics::Metrics,
+            monitor::{self, MonitorConfig},
+            recommender::{self, RecommenderConfig},
+        };
+        let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
+        let (stop_recommender, recommender_stopped) = tokio::sync::oneshot::channel::<()>();
+        let monitor = tokio::spawn(monitor::run(
+            admin.clone(),
+            MonitorConfig {
+                prometheus_url: prometheus_url.to_string(),
+                prometheus_timeout,
+                kepler: false,
+                interval: Duration::from_secs(1),
+                lease: None,
+                namespace: Some(namespace.to_string()),
+                identity: "test".into(),
+            },
+            Metrics::new("powercapping-controller"),
+            async move {
+                let _ = monitor_stopped.await;
+            },
+        ));
+        let recommender = tokio::spawn(recommender::run(
+            admin.clone(),
+            RecommenderConfig {
+                interval: Duration::from_secs(1),
+                entry_ttl,
+                lease: None,
+                namespace: Some(namespace.to_string()),
+                identity: "test".into(),
+            },
+            Metrics::new("freqtuning-recommender"),
+            async move {
+                let _ = recommender_stopped.await;
+            },
+        ));
+        Self {
+            stop_monitor,
+            stop_recommender,
+            monitor,
+            recommender,
+        }
+    }
+
+    /// Both are still running (neither crashed).
+    pub fn is_running(&self) -> bool {
+        !self.monitor.is_finished() && !self.recommender.is_finished()
+    }
+
+    /// Stops both and surfaces any error they ended with.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop_monitor.send(());
+        let _ = self.stop_recommender.send(());
+        self.monitor.await??;
+        self.recommender.await??;
+        Ok(())
+    }
+}
