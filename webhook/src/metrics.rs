@@ -119,6 +119,19 @@ impl Metrics {
             .inc();
     }
 
+    /// A request that was not a readable AdmissionReview: counted as an
+    /// error with `label` and as an `invalid` request.
+    pub fn invalid_request(&self, label: &'static str) {
+        self.error(label);
+        self.requests
+            .get_or_create(&RequestLabels {
+                kind: "other",
+                operation: "unknown",
+                result: "invalid",
+            })
+            .inc();
+    }
+
     pub fn policy_write(&self, action: &'static str) {
         self.policy_writes
             .get_or_create(&ActionLabels { action })

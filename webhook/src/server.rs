@@ -128,15 +128,7 @@ async fn mutate_handler(State(state): State<AppState>, body: Body) -> Response {
         Ok(review) => Json(review).into_response(),
         Err(err) => {
             warn!(error = %err, "unreadable admission request");
-            metrics.error(err.metric_label());
-            metrics
-                .requests
-                .get_or_create(&RequestLabels {
-                    kind: "other",
-                    operation: "unknown",
-                    result: "invalid",
-                })
-                .inc();
+            metrics.invalid_request(err.metric_label());
             err.into_response()
         }
     };
@@ -179,15 +171,7 @@ async fn admit(state: &AppState, body: Body) -> Result<AdmissionReview<DynamicOb
         )));
     }
     let invalid = |uid: Option<&str>, reason: String| {
-        metrics.error("invalid_review");
-        metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                kind: "other",
-                operation: "unknown",
-                result: "invalid",
-            })
-            .inc();
+        metrics.invalid_request("invalid_review");
         warn!(uid = uid.unwrap_or(""), %reason, "invalid AdmissionReview");
         let mut response = AdmissionResponse::invalid(reason);
         response.uid = uid.unwrap_or_default().to_string();

@@ -362,11 +362,16 @@ impl Drop for Harness {
     }
 }
 
-fn deployment(name: &str, cap: Option<&str>) -> serde_json::Value {
-    let annotations = match cap {
+/// The workload annotations for an optional cap.
+fn cap_annotations(cap: Option<&str>) -> serde_json::Value {
+    match cap {
         Some(cap) => serde_json::json!({ "climatik.io/power-cap": cap }),
         None => serde_json::json!({}),
-    };
+    }
+}
+
+fn deployment(name: &str, cap: Option<&str>) -> serde_json::Value {
+    let annotations = cap_annotations(cap);
     serde_json::json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -383,10 +388,7 @@ fn deployment(name: &str, cap: Option<&str>) -> serde_json::Value {
 }
 
 fn job(name: &str, cap: Option<&str>) -> serde_json::Value {
-    let annotations = match cap {
-        Some(cap) => serde_json::json!({ "climatik.io/power-cap": cap }),
-        None => serde_json::json!({}),
-    };
+    let annotations = cap_annotations(cap);
     serde_json::json!({
         "apiVersion": "batch/v1",
         "kind": "Job",
