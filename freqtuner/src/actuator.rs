@@ -98,6 +98,11 @@ impl Actuator {
         }
     }
 
+    /// The GPU backend, for direct reads (the `nvml-probe` check).
+    pub fn gpu_backend(&mut self) -> Option<&mut (dyn GpuBackend + 'static)> {
+        self.gpu.as_deref_mut()
+    }
+
     /// `sim`, `nvml,cpufreq`, …: the backends in use.
     pub fn backend_name(&self) -> String {
         let names: Vec<&str> = [

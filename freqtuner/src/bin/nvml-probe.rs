@@ -1,124 +1,417 @@
-//! `nvml-probe`: checks the NVML backend on a real GPU machine. Enumerates
-//! the GPUs, reads clocks, power and energy, locks each GPU to a mid-range
-//! supported clock, reads the clock back, and resets it; prints what
-//! happened, permission errors included. Needs root for the lock/reset.
+//! `nvml-probe`: checks the NVML backend on a real GPU machine, through the
+//! same `Actuator` the agent uses (no API server needed).
 //!
 //! ```sh
-//! cargo run -p climatik-freqtuner --bin nvml-probe            # read-only
-//! sudo target/debug/nvml-probe --lock                          # also lock/reset
+//! nvml-probe info                      # enumerate; read clocks, power, energy
+//! sudo nvml-probe lock                 # lock each GPU to a mid clock, read back, reset
+//! sudo nvml-probe sweep --out s.jsonl  # hold a series of clocks, sample power
+//! sudo nvml-probe budget --watts 450,300 --out b.jsonl   # the ~1 Hz budget loop
+//! sudo nvml-probe crash --state-dir D  # lock, then abort without resetting
+//! sudo nvml-probe restore --state-dir D  # what the agent does at start-up
 //! ```
+//!
+//! Every subcommand that changes a GPU puts it back before it returns
+//! (except `crash`, on purpose), and exits non-zero when a write failed.
 
-use std::{process::ExitCode, sync::Arc, time::Duration};
+use std::{
+    fs::File,
+    io::{BufWriter, Write},
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use clap::{Parser, Subcommand};
+use climatik_api::{GpuFrequency, NodeFrequenciesSpec};
 use climatik_freqtuner::{
-    gpu::{
-        GpuBackend,
-        nvml::{NvmlBackend, RealDevice},
-        snap_clock,
-    },
+    actuator::{Actuator, Report},
+    error::Error,
+    gpu::{GpuBackend, GpuInfo, nvml::open_real},
+    metrics::Metrics,
     state::StateFile,
 };
-use nvml_wrapper::Nvml;
+use k8s_openapi::jiff::Timestamp;
+
+#[derive(Debug, Parser)]
+#[command(name = "nvml-probe", about = "Check the NVML backend on a GPU node")]
+struct Cli {
+    /// Where the restore state is kept (default: a fresh temporary folder).
+    #[arg(long, global = true)]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Enumerate the GPUs and read clocks, power and energy (read-only).
+    Info,
+    /// Lock each GPU to a mid-range clock, read it back, reset.
+    Lock,
+    /// Hold each of `steps` clocks across the supported range for `hold`
+    /// seconds and sample clock and power every `sample_ms`.
+    Sweep {
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        #[arg(long, default_value_t = 4.0)]
+        hold: f64,
+        #[arg(long, default_value_t = 200)]
+        sample_ms: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Run the agent's power-budget loop: one phase per budget (W), each
+    /// `phase` seconds, stepping once per `interval_ms`.
+    Budget {
+        #[arg(long, value_delimiter = ',', required = true)]
+        watts: Vec<f64>,
+        #[arg(long, default_value_t = 25.0)]
+        phase: f64,
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        #[arg(long, default_value_t = 200)]
+        sample_ms: u64,
+        /// Also set the GPU's own power limit to the budget.
+        #[arg(long)]
+        power_limit_mode: bool,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Lock every GPU to a mid clock, then abort without resetting, as a
+    /// killed agent would.
+    Crash,
+    /// Restore what a killed predecessor left (the agent's start-up step).
+    Restore,
+}
 
 fn main() -> ExitCode {
-    let lock = std::env::args().any(|a| a == "--lock");
-    let nvml = match Nvml::init() {
-        Ok(nvml) => nvml,
-        Err(e) => {
-            println!("NVML init failed: {e} (no NVIDIA driver or libnvidia-ml.so.1 not loadable)");
-            return ExitCode::FAILURE;
-        }
-    };
-    match nvml.sys_driver_version() {
-        Ok(v) => println!("driver {v}"),
-        Err(e) => println!("driver version: {e}"),
-    }
-    let devices = match RealDevice::all(Arc::new(nvml)) {
-        Ok(d) => d,
-        Err(e) => {
-            println!("enumerating GPUs: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Restore state goes to a throwaway directory: the probe resets what it
-    // locks before it exits.
-    let state_dir = std::env::temp_dir().join(format!("nvml-probe-{}", std::process::id()));
-    let mut backend = match NvmlBackend::new(devices, StateFile::new(state_dir.join("nvml.json"))) {
+    let cli = Cli::parse();
+    let temporary = cli.state_dir.is_none();
+    let state_dir = cli
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("nvml-probe-{}", std::process::id())));
+    let backend = match open_real(StateFile::new(state_dir.join("nvml.json"))) {
         Ok(b) => b,
         Err(e) => {
-            println!("reading GPUs: {e}");
+            println!("opening NVML: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let infos = backend.devices().to_vec();
-    println!("{} GPU(s)", infos.len());
-    let mut failed = false;
-    for info in infos {
-        println!(
-            "GPU {} {} {} pci {}: {} supported SM clocks {:?}..{:?} MHz, power limits {:?}",
-            info.index,
-            info.uuid,
-            info.model,
-            info.pci_bus_id,
-            info.supported_mhz.len(),
-            info.min_mhz(),
-            info.max_mhz(),
-            info.power_limits
-        );
-        report("  SM clock (MHz)", backend.current_clock(&info.uuid));
-        report("  power (W)", backend.power_watts(&info.uuid));
-        report("  energy (mJ)", backend.energy_mj(&info.uuid));
-        if !lock {
-            continue;
-        }
-        let (Some(min), Some(max)) = (info.min_mhz(), info.max_mhz()) else {
-            println!("  no supported clocks: cannot lock");
-            continue;
-        };
-        let target = match snap_clock(i64::from((min + max) / 2), &info.supported_mhz) {
-            Ok(s) => s.mhz,
-            Err(e) => {
-                println!("  snapping: {e}");
-                continue;
-            }
-        };
-        match backend.set_locked_clock(&info.uuid, target) {
-            Ok(()) => {
-                println!("  locked to {target} MHz");
-                std::thread::sleep(Duration::from_millis(500));
-                report(
-                    "  SM clock after lock (MHz)",
-                    backend.current_clock(&info.uuid),
-                );
-            }
-            Err(e) => {
-                failed = true;
-                println!("  lock to {target} MHz failed: {e}");
-            }
-        }
-        match backend.reset(&info.uuid) {
-            Ok(()) => println!("  reset locked clocks"),
-            Err(e) => {
-                failed = true;
-                println!("  reset failed: {e}");
-            }
-        }
-        report(
-            "  SM clock after reset (MHz)",
-            backend.current_clock(&info.uuid),
-        );
+    let gpus = backend.devices().to_vec();
+    let mut probe = Probe {
+        actuator: Actuator::new(
+            Some(Box::new(backend)),
+            None,
+            matches!(
+                cli.command,
+                Some(Command::Budget {
+                    power_limit_mode: true,
+                    ..
+                })
+            ),
+            Arc::new(Metrics::default()),
+        ),
+        gpus,
+    };
+    let ok = match cli.command.unwrap_or(Command::Info) {
+        Command::Info => probe.info(),
+        Command::Lock => probe.lock(),
+        Command::Sweep {
+            steps,
+            hold,
+            sample_ms,
+            out,
+        } => probe.sweep(steps, hold, Duration::from_millis(sample_ms), &out),
+        Command::Budget {
+            watts,
+            phase,
+            interval_ms,
+            sample_ms,
+            out,
+            ..
+        } => probe.budget(
+            &watts,
+            phase,
+            Duration::from_millis(interval_ms),
+            Duration::from_millis(sample_ms),
+            &out,
+        ),
+        Command::Crash => probe.crash(),
+        Command::Restore => probe.restore(),
+    };
+    if temporary {
+        let _ = std::fs::remove_dir_all(&state_dir);
     }
-    let _ = std::fs::remove_dir_all(&state_dir);
-    if failed {
-        ExitCode::FAILURE
-    } else {
+    if ok {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
-fn report<T: std::fmt::Debug>(what: &str, result: Result<T, climatik_freqtuner::error::Error>) {
+struct Probe {
+    actuator: Actuator,
+    gpus: Vec<GpuInfo>,
+}
+
+/// A spec that gives every GPU the same entry.
+fn spec_for(gpus: &[GpuInfo], mhz: u32, budget: Option<f64>) -> NodeFrequenciesSpec {
+    NodeFrequenciesSpec {
+        node_name: "probe".to_string(),
+        gpu_frequencies: gpus
+            .iter()
+            .map(|g| GpuFrequency {
+                gpu_id: g.uuid.clone(),
+                target_frequency: i32::try_from(mhz).unwrap_or(i32::MAX),
+                power_budget_watts: budget,
+                policy: "probe/nvml".to_string(),
+                expires_at: None,
+            })
+            .collect(),
+        cpu_frequencies: Vec::new(),
+    }
+}
+
+fn print_report(report: &Report) -> bool {
+    for g in &report.gpus {
+        println!(
+            "  {} state {:?} target {:?} current {:?} budget {:?} power {:?}: {}",
+            g.gpu_id,
+            g.state,
+            g.target_frequency,
+            g.current_frequency,
+            g.power_budget_watts,
+            g.power_watts,
+            g.message
+        );
+    }
+    report.failures() == 0
+}
+
+fn show<T: std::fmt::Debug>(what: &str, result: Result<T, Error>) {
     match result {
         Ok(v) => println!("{what}: {v:?}"),
         Err(e) => println!("{what}: {e}"),
+    }
+}
+
+fn mid_clock(info: &GpuInfo) -> Option<u32> {
+    let (min, max) = (info.min_mhz()?, info.max_mhz()?);
+    let half = (min + max) / 2;
+    info.supported_mhz
+        .iter()
+        .copied()
+        .filter(|c| *c <= half)
+        .max()
+}
+
+impl Probe {
+    /// A read through the GPU backend the actuator owns.
+    fn read<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn GpuBackend) -> Result<T, Error>,
+    ) -> Result<T, Error> {
+        match self.actuator.gpu_backend() {
+            Some(backend) => f(backend),
+            None => Err(Error::Unsupported("no GPU backend".to_string())),
+        }
+    }
+
+    fn info(&mut self) -> bool {
+        println!("{} GPU(s)", self.gpus.len());
+        for info in self.gpus.clone() {
+            println!(
+                "GPU {} {} {} pci {}: {} supported SM clocks {:?}..{:?} MHz, power limits {:?}",
+                info.index,
+                info.uuid,
+                info.model,
+                info.pci_bus_id,
+                info.supported_mhz.len(),
+                info.min_mhz(),
+                info.max_mhz(),
+                info.power_limits
+            );
+            println!("  supported: {:?}", info.supported_mhz);
+            show(
+                "  SM clock (MHz)",
+                self.read(|b| b.current_clock(&info.uuid)),
+            );
+            show("  power (W)", self.read(|b| b.power_watts(&info.uuid)));
+            show("  energy (mJ)", self.read(|b| b.energy_mj(&info.uuid)));
+        }
+        !self.gpus.is_empty()
+    }
+
+    fn lock(&mut self) -> bool {
+        let Some(target) = self.gpus.first().and_then(mid_clock) else {
+            println!("no supported clocks: cannot lock");
+            return false;
+        };
+        println!("locking to {target} MHz");
+        let spec = spec_for(&self.gpus, target, None);
+        let locked = print_report(
+            &self
+                .actuator
+                .reconcile(Some(&spec), Timestamp::now(), false),
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        for info in self.gpus.clone() {
+            show(
+                "  SM clock after lock (MHz)",
+                self.read(|b| b.current_clock(&info.uuid)),
+            );
+        }
+        println!("restoring defaults");
+        let restored = self.actuator.restore_all() == 0;
+        for info in self.gpus.clone() {
+            show(
+                "  SM clock after reset (MHz)",
+                self.read(|b| b.current_clock(&info.uuid)),
+            );
+        }
+        locked && restored
+    }
+
+    /// One JSON line per GPU: time, phase, clock, power, energy.
+    fn sample(&mut self, out: &mut impl Write, start: Instant, phase: &serde_json::Value) {
+        for info in self.gpus.clone() {
+            let uuid = info.uuid.as_str();
+            let line = serde_json::json!({
+                "t": start.elapsed().as_secs_f64(),
+                "unix": std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or_default(),
+                "gpu": uuid,
+                "phase": phase,
+                "sm_mhz": self.read(|b| b.current_clock(uuid)).ok(),
+                "power_w": self.read(|b| b.power_watts(uuid)).ok(),
+                "energy_mj": self.read(|b| b.energy_mj(uuid)).ok(),
+            });
+            let _ = writeln!(out, "{line}");
+        }
+    }
+
+    fn sweep(&mut self, steps: usize, hold: f64, every: Duration, out: &PathBuf) -> bool {
+        let Some(info) = self.gpus.first().cloned() else {
+            return false;
+        };
+        let Ok(file) = File::create(out) else {
+            println!("cannot write {}", out.display());
+            return false;
+        };
+        let mut out = BufWriter::new(file);
+        let supported = &info.supported_mhz;
+        let steps = steps.clamp(2, supported.len().max(2));
+        let mut clocks: Vec<u32> = (0..steps)
+            .filter_map(|i| {
+                supported
+                    .get(i * (supported.len() - 1) / (steps - 1))
+                    .copied()
+            })
+            .collect();
+        clocks.dedup();
+        clocks.reverse();
+        let start = Instant::now();
+        let mut ok = true;
+        for mhz in clocks {
+            let spec = spec_for(&self.gpus, mhz, None);
+            let report = self
+                .actuator
+                .reconcile(Some(&spec), Timestamp::now(), false);
+            ok &= print_report(&report);
+            let phase = serde_json::json!({"locked_mhz": mhz});
+            let until = Instant::now() + Duration::from_secs_f64(hold);
+            while Instant::now() < until {
+                self.sample(&mut out, start, &phase);
+                std::thread::sleep(every);
+            }
+        }
+        ok &= self.actuator.restore_all() == 0;
+        let phase = serde_json::json!({"locked_mhz": null});
+        let until = Instant::now() + Duration::from_secs_f64(hold);
+        while Instant::now() < until {
+            self.sample(&mut out, start, &phase);
+            std::thread::sleep(every);
+        }
+        let _ = out.flush();
+        ok
+    }
+
+    fn budget(
+        &mut self,
+        budgets: &[f64],
+        phase_secs: f64,
+        interval: Duration,
+        every: Duration,
+        out: &PathBuf,
+    ) -> bool {
+        let Some(ceiling) = self.gpus.first().and_then(|g| g.max_mhz()) else {
+            return false;
+        };
+        let Ok(file) = File::create(out) else {
+            println!("cannot write {}", out.display());
+            return false;
+        };
+        let mut out = BufWriter::new(file);
+        let start = Instant::now();
+        let mut ok = true;
+        for &watts in budgets {
+            println!("budget {watts} W for {phase_secs} s");
+            let spec = spec_for(&self.gpus, ceiling, Some(watts));
+            let phase = serde_json::json!({"budget_w": watts});
+            let until = Instant::now() + Duration::from_secs_f64(phase_secs);
+            let mut next_step = Instant::now();
+            let mut last = Report::default();
+            while Instant::now() < until {
+                if Instant::now() >= next_step {
+                    last = self.actuator.reconcile(Some(&spec), Timestamp::now(), true);
+                    ok &= last.failures() == 0;
+                    next_step += interval;
+                }
+                self.sample(&mut out, start, &phase);
+                std::thread::sleep(every);
+            }
+            print_report(&last);
+        }
+        ok &= self.actuator.restore_all() == 0;
+        let phase = serde_json::json!({"budget_w": null});
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            self.sample(&mut out, start, &phase);
+            std::thread::sleep(every);
+        }
+        let _ = out.flush();
+        ok
+    }
+
+    fn crash(&mut self) -> bool {
+        let Some(target) = self.gpus.first().and_then(mid_clock) else {
+            return false;
+        };
+        let spec = spec_for(&self.gpus, target, None);
+        if !print_report(
+            &self
+                .actuator
+                .reconcile(Some(&spec), Timestamp::now(), false),
+        ) {
+            return false;
+        }
+        println!("locked to {target} MHz; aborting without a reset");
+        std::process::abort();
+    }
+
+    fn restore(&mut self) -> bool {
+        let restored = self.actuator.restore_leftovers();
+        println!("restored {restored} GPU(s) left by a killed predecessor");
+        for info in self.gpus.clone() {
+            show(
+                "  SM clock after restore (MHz)",
+                self.read(|b| b.current_clock(&info.uuid)),
+            );
+        }
+        restored > 0
     }
 }
