@@ -355,7 +355,8 @@ mod tests {
             CapSettings {
                 watts: 1500,
                 threshold: 90,
-                dry_run: false
+                dry_run: false,
+                algorithm: None,
             }
         );
 

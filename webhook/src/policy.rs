@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use climatik_api::{
-    PowerCappingPolicy, PowerCappingPolicySpec,
+    CustomAlgorithm, PowerCappingPolicy, PowerCappingPolicySpec,
     names::{
         ANNOTATION_WORKLOAD_API_VERSION, ANNOTATION_WORKLOAD_KIND, ANNOTATION_WORKLOAD_NAME,
         LABEL_GENERATED, LABEL_POLICY,
@@ -103,7 +103,15 @@ impl DesiredPolicy {
                 ..Default::default()
             },
             capping_threshold: self.settings.threshold,
-            custom_algorithms: Vec::new(),
+            custom_algorithms: self
+                .settings
+                .algorithm
+                .iter()
+                .map(|name| CustomAlgorithm {
+                    name: name.clone(),
+                    parameters: BTreeMap::new(),
+                })
+                .collect(),
             dry_run: self.settings.dry_run,
             devices: vec![DeviceKind::Gpu],
         }
@@ -117,6 +125,7 @@ impl DesiredPolicy {
             && existing.spec.selector == want.spec.selector
             && existing.spec.capping_threshold == want.spec.capping_threshold
             && existing.spec.dry_run == want.spec.dry_run
+            && existing.spec.custom_algorithms == want.spec.custom_algorithms
             && existing.spec.devices == want.spec.devices;
         let contains = |have: &Option<BTreeMap<String, String>>,
                         want: &Option<BTreeMap<String, String>>| {
@@ -173,6 +182,7 @@ mod tests {
                 watts: 300,
                 threshold: 90,
                 dry_run: false,
+                algorithm: None,
             },
             workload: WorkloadRef {
                 kind: WorkloadKind::Deployment,
@@ -234,5 +244,23 @@ mod tests {
         no_owner.metadata.owner_references = None;
         assert!(!want.is_satisfied_by(&no_owner));
         assert!(desired(None).is_satisfied_by(&no_owner));
+    }
+
+    #[test]
+    fn the_algorithm_annotation_names_the_policy_algorithm() {
+        assert!(desired(None).to_object().spec.custom_algorithms.is_empty());
+        let mut want = desired(None);
+        want.settings.algorithm = Some("budget-allocator".to_string());
+        let policy = want.to_object();
+        let names: Vec<&str> = policy
+            .spec
+            .custom_algorithms
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect();
+        assert_eq!(names, ["budget-allocator"]);
+        // Changing the algorithm is a change to apply.
+        assert!(!want.is_satisfied_by(&desired(None).to_object()));
+        assert!(want.is_satisfied_by(&policy));
     }
 }

@@ -3,7 +3,10 @@
 use std::collections::BTreeMap;
 
 use climatik_api::{
-    names::{ANNOTATION_CAPPING_THRESHOLD, ANNOTATION_DRY_RUN, ANNOTATION_POWER_CAP},
+    names::{
+        ALGORITHMS, ANNOTATION_ALGORITHM, ANNOTATION_CAPPING_THRESHOLD, ANNOTATION_DRY_RUN,
+        ANNOTATION_POWER_CAP,
+    },
     parse_power,
     policy::DEFAULT_CAPPING_THRESHOLD,
 };
@@ -17,6 +20,8 @@ pub struct CapSettings {
     pub threshold: i32,
     /// Observe only.
     pub dry_run: bool,
+    /// The algorithm asked for; `None` leaves the recommender's default.
+    pub algorithm: Option<String>,
 }
 
 /// Accepted forms of the threshold annotation, quoted in errors.
@@ -56,12 +61,26 @@ pub fn from_annotations(
             })
             .ok(),
     };
+    let algorithm = match annotations.get(ANNOTATION_ALGORITHM) {
+        None => None,
+        Some(value) => {
+            let name = value.trim();
+            if !ALGORITHMS.contains(&name) {
+                errors.push(format!(
+                    "annotation {ANNOTATION_ALGORITHM}: unknown algorithm {value:?}; accepted: {}",
+                    ALGORITHMS.join(", ")
+                ));
+            }
+            Some(name.to_string())
+        }
+    };
     match (watts, threshold, dry_run) {
         (Some(watts), Some(threshold), Some(dry_run)) if errors.is_empty() => {
             Ok(Some(CapSettings {
                 watts,
                 threshold,
                 dry_run,
+                algorithm,
             }))
         }
         _ => Err(errors),
@@ -113,7 +132,8 @@ mod tests {
             Ok(Some(CapSettings {
                 watts: 1500,
                 threshold: DEFAULT_CAPPING_THRESHOLD,
-                dry_run: false
+                dry_run: false,
+                algorithm: None,
             }))
         );
     }
@@ -129,7 +149,8 @@ mod tests {
             Ok(Some(CapSettings {
                 watts: 300,
                 threshold: 80,
-                dry_run: true
+                dry_run: true,
+                algorithm: None,
             }))
         );
     }
@@ -149,6 +170,26 @@ mod tests {
         assert!(errors[1].contains(ANNOTATION_CAPPING_THRESHOLD) && errors[1].contains("\"0\""));
         assert!(errors[1].contains(THRESHOLD_FORMS));
         assert!(errors[2].contains(ANNOTATION_DRY_RUN) && errors[2].contains("\"yes\""));
+    }
+
+    #[test]
+    fn the_algorithm_must_be_one_the_recommender_knows() {
+        let with = |value: &str| {
+            from_annotations(&annotations(&[
+                (ANNOTATION_POWER_CAP, "300W"),
+                (ANNOTATION_ALGORITHM, value),
+            ]))
+        };
+        for name in ALGORITHMS {
+            assert_eq!(
+                with(name).map(|s| s.and_then(|s| s.algorithm)),
+                Ok(Some(name.to_string()))
+            );
+        }
+        let errors = with("pid").err().unwrap_or_default();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains(ANNOTATION_ALGORITHM) && errors[0].contains("\"pid\""));
+        assert!(errors[0].contains("budget-allocator"));
     }
 
     #[test]

@@ -300,6 +300,12 @@ mod tests {
     }
 
     #[test]
+    fn the_webhook_accepts_exactly_these_names() {
+        let ours = [FEEDBACK, DYNAMIC_FREQUENCY_SCALER, BUDGET_ALLOCATOR];
+        assert_eq!(climatik_api::names::ALGORITHMS, ours);
+    }
+
+    #[test]
     fn selects_by_name() {
         for name in [FEEDBACK, DYNAMIC_FREQUENCY_SCALER, BUDGET_ALLOCATOR] {
             assert_eq!(

@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
         interval: Duration::from_secs(args.interval),
         entry_ttl: Duration::from_secs(args.interval * 6),
         scope: "demo".into(),
+        gpu_power_limit: true,
     };
     eprintln!("demo: starting agents, webhook, controller and recommender");
     let mut stack = Stack::start(&cluster, config).await?;

@@ -37,6 +37,9 @@ pub struct StackConfig {
     pub entry_ttl: Duration,
     /// Value of [`WEBHOOK_SCOPE_LABEL`] on the namespaces this webhook serves.
     pub scope: String,
+    /// Run the agents with `--gpu-power-limit`: budgeted GPUs also get
+    /// their own power limit set (how budget-allocator holds bursty load).
+    pub gpu_power_limit: bool,
 }
 
 /// A running component.
@@ -195,22 +198,26 @@ impl Stack {
             let addr = format!("127.0.0.1:{port}");
             let state_dir = self.config.work_dir.join("state").join(&node);
             std::fs::create_dir_all(&state_dir)?;
+            let mut args = vec![
+                "--node-name",
+                &node,
+                "--gpu-backend",
+                "sim",
+                "--cpu-backend",
+                "none",
+                "--metrics-listen",
+                &addr,
+                "--state-dir",
+                path_str(&state_dir)?,
+            ];
+            if self.config.gpu_power_limit {
+                args.push("--gpu-power-limit");
+            }
             self.spawn(
                 &format!("freqtuner-{node}"),
                 "freqtuner",
                 &freqtuner_kubeconfig,
-                &[
-                    "--node-name",
-                    &node,
-                    "--gpu-backend",
-                    "sim",
-                    "--cpu-backend",
-                    "none",
-                    "--metrics-listen",
-                    &addr,
-                    "--state-dir",
-                    path_str(&state_dir)?,
-                ],
+                &args,
             )?;
             let target = format!("{}-freqtuner-{node}", self.config.scope);
             cluster.register_prometheus_target(&target, &addr, &[])?;

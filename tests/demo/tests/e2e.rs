@@ -55,6 +55,7 @@ async fn power_converges_under_the_cap_and_clocks_restore_after_delete() -> anyh
         interval: Duration::from_secs(3),
         entry_ttl: Duration::from_secs(30),
         scope: "e2e".into(),
+        gpu_power_limit: false,
     };
     let mut stack = Stack::start(&cluster, config).await?;
     let result = scenario(&cluster, &mut stack).await;
