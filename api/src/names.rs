@@ -12,7 +12,12 @@ pub const ANNOTATION_DRY_RUN: &str = "climatik.io/dry-run";
 /// Optional companion: the generated policy's algorithm, one of [`ALGORITHMS`].
 pub const ANNOTATION_ALGORITHM: &str = "climatik.io/algorithm";
 /// The algorithms the recommender implements; the first is the default.
-pub const ALGORITHMS: [&str; 3] = ["feedback", "dynamic-frequency-scaler", "budget-allocator"];
+pub const ALGORITHMS: [&str; 4] = [
+    "feedback",
+    "dynamic-frequency-scaler",
+    "budget-allocator",
+    "feedback-budget",
+];
 /// Written by the webhook on the pod template: the cap in watts, normalized.
 pub const ANNOTATION_POWER_CAP_WATTS: &str = "climatik.io/power-cap-watts";
 /// On a generated policy: the kind of the workload it was generated for.

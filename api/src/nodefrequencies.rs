@@ -142,6 +142,11 @@ pub struct GpuInventory {
     /// Power limit the GPU enforces by itself, in watts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_limit_watts: Option<f64>,
+    /// Lowest power limit the GPU accepts, in watts. A budget below it can
+    /// only be held by the agent's slower clock loop, so budget-allocator
+    /// never hands out less.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_power_limit_watts: Option<f64>,
 }
 
 /// Outcome for one device.

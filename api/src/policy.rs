@@ -72,8 +72,8 @@ fn default_devices() -> Vec<DeviceKind> {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomAlgorithm {
-    /// Algorithm name, e.g. `feedback`, `dynamic-frequency-scaler`,
-    /// `budget-allocator`.
+    /// Algorithm name: `feedback`, `dynamic-frequency-scaler`,
+    /// `budget-allocator` or `feedback-budget`.
     #[schemars(length(min = 1))]
     pub name: String,
     /// Algorithm parameters; each algorithm documents its own keys.

@@ -1,14 +1,17 @@
 //! Closed-loop benchmark: our algorithms against the alternatives an
 //! operator has, on the same simulated plant, second by second.
 //!
-//! The plant is [`crate::plant`] (calibrated on the public vLLM SM-clock
-//! sweep). The loop is modelled as it runs in a cluster: every control
+//! The plant is [`crate::plant`], in one of its measured models: the public
+//! vLLM SM-clock sweep (V100-class, memory-bound) or this project's H200
+//! sweep (compute-bound); caps scale with the model's peak power. The loop is modelled as it runs in a cluster: every control
 //! period the recommender sees power as Prometheus reports it (a few seconds
 //! stale), its targets take effect a couple of seconds later, and a GPU with
 //! a `powerBudgetWatts` is held under it by the node agent's 1 Hz loop,
 //! which reacts to the previous second's load. Prometheus outages freeze the
 //! observations (targets are held), and a recommender restart loses the
-//! algorithm's state and one period.
+//! algorithm's state and one period. A cap change reaches the recommender
+//! at once (the monitor reconciles on the spec change and writes a fresh
+//! status), so it triggers a decision outside the period.
 //!
 //! Every scenario is a pure function of its seed, so runs are reproducible.
 
@@ -17,7 +20,7 @@ use serde::Serialize;
 
 use crate::{
     algorithm::{self, Algorithm, Clocks, Device, Observation},
-    plant::{self, GpuPlant},
+    plant::GpuModel,
 };
 
 /// Seconds between recommender decisions.
@@ -55,6 +58,8 @@ pub struct Scenario {
     pub restart_at: Option<usize>,
     /// Whether GPU loads differ markedly within a policy.
     pub uneven: bool,
+    /// The simulated GPU.
+    pub gpu: GpuModel,
 }
 
 /// How clocks are chosen.
@@ -92,6 +97,7 @@ impl Strategy {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
     pub scenario: String,
+    pub gpu: GpuModel,
     pub strategy: String,
     /// Time to get under the cap: the longest stretch of consecutive
     /// seconds over it (worst policy), in seconds.
@@ -110,9 +116,11 @@ pub struct RunResult {
     pub energy_kj: f64,
 }
 
-/// The benchmark's scenarios, built from `seed`.
-pub fn scenarios(seed: u64) -> Vec<Scenario> {
+/// The benchmark's scenarios on `gpu`, built from `seed`. Caps are written
+/// for 250 W parts and scaled by the model's peak power.
+pub fn scenarios(seed: u64, gpu: GpuModel) -> Vec<Scenario> {
     let mut rng = Rng(seed.max(1));
+    let scale = gpu.peak_watts() / 250.0;
     let minutes = |m: usize| m * 60;
     let gpus = 8;
     let uneven_levels = |i: usize| if i.is_multiple_of(2) { 1.0 } else { 0.35 };
@@ -130,11 +138,12 @@ pub fn scenarios(seed: u64) -> Vec<Scenario> {
                         .collect()
                 })
                 .collect(),
-            cap: vec![1100.0; step_len],
+            cap: vec![1100.0 * scale; step_len],
         }],
         outage: None,
         restart_at: None,
         uneven: true,
+        gpu,
     };
 
     let bursty_len = minutes(15);
@@ -146,11 +155,12 @@ pub fn scenarios(seed: u64) -> Vec<Scenario> {
             loads: (0..gpus)
                 .map(|_| bursty_trace(&mut rng, bursty_len))
                 .collect(),
-            cap: vec![1000.0; bursty_len],
+            cap: vec![1000.0 * scale; bursty_len],
         }],
         outage: None,
         restart_at: None,
         uneven: true,
+        gpu,
     };
 
     let diurnal_len = minutes(20);
@@ -170,11 +180,12 @@ pub fn scenarios(seed: u64) -> Vec<Scenario> {
                         .collect()
                 })
                 .collect(),
-            cap: vec![1200.0; diurnal_len],
+            cap: vec![1200.0 * scale; diurnal_len],
         }],
         outage: None,
         restart_at: None,
         uneven: false,
+        gpu,
     };
 
     let shared_len = minutes(10);
@@ -185,17 +196,18 @@ pub fn scenarios(seed: u64) -> Vec<Scenario> {
             PolicyLoad {
                 name: "training",
                 loads: (0..4).map(|_| vec![0.95; shared_len]).collect(),
-                cap: vec![650.0; shared_len],
+                cap: vec![650.0 * scale; shared_len],
             },
             PolicyLoad {
                 name: "serving",
                 loads: (0..4).map(|_| bursty_trace(&mut rng, shared_len)).collect(),
-                cap: vec![500.0; shared_len],
+                cap: vec![500.0 * scale; shared_len],
             },
         ],
         outage: None,
         restart_at: None,
         uneven: true,
+        gpu,
     };
 
     let lowered_len = minutes(10);
@@ -208,12 +220,13 @@ pub fn scenarios(seed: u64) -> Vec<Scenario> {
                 .map(|i| vec![uneven_levels(i) * 0.9; lowered_len])
                 .collect(),
             cap: (0..lowered_len)
-                .map(|t| if t < 300 { 1300.0 } else { 900.0 })
+                .map(|t| scale * if t < 300 { 1300.0 } else { 900.0 })
                 .collect(),
         }],
         outage: None,
         restart_at: None,
         uneven: true,
+        gpu,
     };
 
     let outage_len = minutes(10);
@@ -229,11 +242,12 @@ pub fn scenarios(seed: u64) -> Vec<Scenario> {
                         .collect()
                 })
                 .collect(),
-            cap: vec![1100.0; outage_len],
+            cap: vec![1100.0 * scale; outage_len],
         }],
         outage: Some((230, 260)),
         restart_at: None,
         uneven: true,
+        gpu,
     };
 
     let restart_len = minutes(10);
@@ -245,11 +259,12 @@ pub fn scenarios(seed: u64) -> Vec<Scenario> {
             loads: (0..gpus)
                 .map(|_| bursty_trace(&mut rng, restart_len))
                 .collect(),
-            cap: vec![1000.0; restart_len],
+            cap: vec![1000.0 * scale; restart_len],
         }],
         outage: None,
         restart_at: Some(300),
         uneven: true,
+        gpu,
     };
 
     vec![step, bursty, diurnal, shared, lowered, outage, restart]
@@ -300,8 +315,8 @@ struct Trace {
     tokens: Vec<f64>,
 }
 
-fn supported() -> Clocks {
-    match Clocks::from_supported(plant::supported_clocks()) {
+fn supported(gpu: GpuModel) -> Clocks {
+    match Clocks::from_supported(gpu.supported_clocks()) {
         Some(c) => c,
         None => unreachable!("the plant has clocks"),
     }
@@ -313,12 +328,12 @@ pub fn run(scenario: &Scenario, strategy: Strategy) -> RunResult {
         .policies
         .iter()
         .map(|policy| match strategy {
-            Strategy::Uncapped => run_fixed(policy, |_| plant::MAX_CLOCK_MHZ),
+            Strategy::Uncapped => run_fixed(scenario.gpu, policy, scenario.gpu.max_clock()),
             Strategy::StaticClockOracle => {
-                let clock = oracle_clock(policy);
-                run_fixed(policy, |_| clock)
+                let clock = oracle_clock(scenario.gpu, policy);
+                run_fixed(scenario.gpu, policy, clock)
             }
-            Strategy::EqualSplitPowerLimit => run_equal_split(policy),
+            Strategy::EqualSplitPowerLimit => run_equal_split(scenario.gpu, policy),
             Strategy::ThresholdOnly | Strategy::Ours(_) | Strategy::OursPowerLimit(_) => {
                 run_loop(scenario, policy, strategy)
             }
@@ -327,21 +342,21 @@ pub fn run(scenario: &Scenario, strategy: Strategy) -> RunResult {
     let uncapped: Vec<Trace> = scenario
         .policies
         .iter()
-        .map(|p| run_fixed(p, |_| plant::MAX_CLOCK_MHZ))
+        .map(|p| run_fixed(scenario.gpu, p, scenario.gpu.max_clock()))
         .collect();
     summarise(scenario, strategy, &traces, &uncapped)
 }
 
-fn run_fixed(policy: &PolicyLoad, clock_at: impl Fn(usize) -> i32) -> Trace {
+fn run_fixed(gpu: GpuModel, policy: &PolicyLoad, clock: i32) -> Trace {
     let seconds = policy.cap.len();
     let mut trace = Trace {
         power: vec![0.0; seconds],
         tokens: vec![0.0; seconds],
     };
+    let clock = f64::from(clock);
     for t in 0..seconds {
-        let clock = f64::from(clock_at(t));
         for loads in &policy.loads {
-            let gpu = GpuPlant::with_load(loads[t]);
+            let gpu = gpu.plant(loads[t]);
             trace.power[t] += gpu.power(clock);
             trace.tokens[t] += gpu.throughput(clock);
         }
@@ -350,8 +365,8 @@ fn run_fixed(policy: &PolicyLoad, clock_at: impl Fn(usize) -> i32) -> Trace {
 }
 
 /// The highest single clock whose power stays under the cap at every second.
-fn oracle_clock(policy: &PolicyLoad) -> i32 {
-    let clocks = supported();
+fn oracle_clock(gpu: GpuModel, policy: &PolicyLoad) -> i32 {
+    let clocks = supported(gpu);
     clocks
         .as_slice()
         .iter()
@@ -362,7 +377,7 @@ fn oracle_clock(policy: &PolicyLoad) -> i32 {
                 let power: f64 = policy
                     .loads
                     .iter()
-                    .map(|l| GpuPlant::with_load(l[t]).power(f64::from(*clock)))
+                    .map(|l| gpu.plant(l[t]).power(f64::from(*clock)))
                     .sum();
                 power <= policy.cap[t]
             })
@@ -370,9 +385,9 @@ fn oracle_clock(policy: &PolicyLoad) -> i32 {
         .unwrap_or_else(|| clocks.min())
 }
 
-fn run_equal_split(policy: &PolicyLoad) -> Trace {
+fn run_equal_split(model: GpuModel, policy: &PolicyLoad) -> Trace {
     let seconds = policy.cap.len();
-    let clocks = supported();
+    let clocks = supported(model);
     let n = policy.loads.len().max(1) as f64;
     let mut trace = Trace {
         power: vec![0.0; seconds],
@@ -382,7 +397,7 @@ fn run_equal_split(policy: &PolicyLoad) -> Trace {
         let limit = policy.cap[t] / n;
         for loads in &policy.loads {
             // The GPU's own power limiter reacts within milliseconds.
-            let gpu = GpuPlant::with_load(loads[t]);
+            let gpu = model.plant(loads[t]);
             let clock = f64::from(gpu.clock_for_budget(clocks.as_slice(), limit));
             trace.power[t] += gpu.power(clock);
             trace.tokens[t] += gpu.throughput(clock);
@@ -406,7 +421,7 @@ fn build(strategy: Strategy) -> Option<Box<dyn Algorithm>> {
 
 fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Trace {
     let seconds = policy.cap.len();
-    let clocks = supported();
+    let clocks = supported(scenario.gpu);
     let n = policy.loads.len();
     let mut algorithm = build(strategy);
     // Commanded per GPU: (clock ceiling, optional budget), and when it lands.
@@ -431,16 +446,19 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
             algorithm = build(strategy);
         }
         for (i, loads) in policy.loads.iter().enumerate() {
-            let gpu = GpuPlant::with_load(loads[t]);
+            let gpu = scenario.gpu.plant(loads[t]);
             let (ceiling, budget) = commanded[i];
             let clock = match budget {
-                // The agent's 1 Hz loop sees the previous second's load.
-                Some(budget) if matches!(strategy, Strategy::OursPowerLimit(_)) => {
-                    gpu.clock_for_budget(clocks.as_slice(), budget).min(ceiling)
-                }
                 Some(budget) => {
-                    let seen = GpuPlant::with_load(loads[t.saturating_sub(1)]);
-                    let fits = seen.clock_for_budget(clocks.as_slice(), budget);
+                    // The agent's 1 Hz clock loop sees the previous second's load.
+                    let seen = scenario.gpu.plant(loads[t.saturating_sub(1)]);
+                    let mut fits = seen.clock_for_budget(clocks.as_slice(), budget);
+                    if matches!(strategy, Strategy::OursPowerLimit(_)) {
+                        // The GPU's own limiter acts within milliseconds, but
+                        // accepts no limit below its minimum.
+                        let limit = budget.max(scenario.gpu.min_power_limit_watts());
+                        fits = fits.min(gpu.clock_for_budget(clocks.as_slice(), limit));
+                    }
                     fits.min(ceiling)
                 }
                 None => ceiling,
@@ -452,7 +470,8 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
             trace.tokens[t] += gpu.throughput(f64::from(clock));
         }
 
-        let decide = t > 0 && t % PERIOD_S == 0;
+        let cap_changed = t > 0 && policy.cap[t] != policy.cap[t - 1];
+        let decide = t > 0 && (t % PERIOD_S == 0 || cap_changed);
         let in_outage = scenario.outage.is_some_and(|(a, b)| t >= a && t < b);
         let restarting = scenario
             .restart_at
@@ -487,6 +506,7 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
                             power_watts: per_gpu_power[i][seen_at],
                             clock_mhz: Some(f64::from(applied_clock[i])),
                             clocks: clocks.clone(),
+                            min_power_limit_watts: Some(scenario.gpu.min_power_limit_watts()),
                         })
                         .collect(),
                 };
@@ -547,6 +567,7 @@ fn summarise(
     }
     RunResult {
         scenario: scenario.name.to_string(),
+        gpu: scenario.gpu,
         strategy: strategy.label(),
         time_to_cap_seconds: longest as f64,
         time_to_cap_periods: longest as f64 / PERIOD_S as f64,
@@ -580,6 +601,7 @@ pub fn strategies() -> Vec<Strategy> {
         Strategy::Ours(algorithm::BUDGET_ALLOCATOR),
         Strategy::Ours(algorithm::DYNAMIC_FREQUENCY_SCALER),
         Strategy::OursPowerLimit(algorithm::BUDGET_ALLOCATOR),
+        Strategy::OursPowerLimit(algorithm::FEEDBACK_BUDGET),
     ]
 }
 
@@ -589,16 +611,16 @@ mod tests {
 
     #[test]
     fn scenarios_are_reproducible_from_the_seed() {
-        let a = scenarios(7);
-        let b = scenarios(7);
-        let c = scenarios(8);
+        let a = scenarios(7, GpuModel::default());
+        let b = scenarios(7, GpuModel::default());
+        let c = scenarios(8, GpuModel::default());
         assert_eq!(a[1].policies[0].loads, b[1].policies[0].loads);
         assert_ne!(a[1].policies[0].loads, c[1].policies[0].loads);
     }
 
     #[test]
     fn uncapped_is_the_throughput_reference_and_the_oracle_stays_under() {
-        let scenario = &scenarios(1)[0];
+        let scenario = &scenarios(1, GpuModel::default())[0];
         let uncapped = run(scenario, Strategy::Uncapped);
         assert!((uncapped.throughput_percent_of_uncapped - 100.0).abs() < 1e-9);
         let oracle = run(scenario, Strategy::StaticClockOracle);
@@ -618,19 +640,41 @@ mod tests {
     }
 
     #[test]
-    fn power_limited_budgets_never_exceed_the_cap() {
-        for scenario in scenarios(3) {
-            let result = run(
-                &scenario,
-                Strategy::OursPowerLimit(algorithm::BUDGET_ALLOCATOR),
+    fn clocks_under_budgets_beat_the_equal_split_on_uneven_compute_bound_load() {
+        for scenario in scenarios(42, GpuModel::H200Compute)
+            .iter()
+            .filter(|s| s.uneven)
+        {
+            let ours = run(
+                scenario,
+                Strategy::OursPowerLimit(algorithm::FEEDBACK_BUDGET),
             );
-            // Until the first decision every GPU is uncapped, so only the
-            // first period may exceed.
+            let split = run(scenario, Strategy::EqualSplitPowerLimit);
             assert!(
-                result.time_to_cap_seconds <= (PERIOD_S + ACTUATION_S) as f64,
-                "{}: {result:?}",
+                ours.throughput_percent_of_uncapped >= split.throughput_percent_of_uncapped,
+                "{}: {ours:?} vs {split:?}",
                 scenario.name
             );
+            assert!(ours.samples_over_cap_percent < 1.0, "{ours:?}");
+        }
+    }
+
+    #[test]
+    fn power_limited_budgets_never_exceed_the_cap() {
+        for scenario in [GpuModel::V100Opt125m, GpuModel::H200Compute]
+            .into_iter()
+            .flat_map(|gpu| scenarios(3, gpu))
+        {
+            for name in [algorithm::BUDGET_ALLOCATOR, algorithm::FEEDBACK_BUDGET] {
+                let result = run(&scenario, Strategy::OursPowerLimit(name));
+                // Until the first decision every GPU is uncapped, so only the
+                // first period may exceed.
+                assert!(
+                    result.time_to_cap_seconds <= (PERIOD_S + ACTUATION_S) as f64,
+                    "{}: {result:?}",
+                    scenario.name
+                );
+            }
         }
     }
 }

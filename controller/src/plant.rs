@@ -8,6 +8,11 @@
 //! peak power. The shape is kept as measured, including its non-monotonic
 //! stretches (930 MHz draws more than 1005 MHz, 705 more than 855): a
 //! controller must cope with them rather than rely on a smooth curve.
+//!
+//! A second model, [`GpuModel::H200Compute`], follows the sweep measured on
+//! an NVIDIA H200 under bf16 matrix products (`docs/hardware/h200.md`):
+//! compute-bound work whose throughput follows the clock, on a part whose
+//! firmware already holds it at its 700 W limit above about 1470 MHz.
 
 /// One row of the sweep: locked clock (MHz), average power (W), p99 power
 /// (W), output throughput (tokens/s). Source: public vLLM SM-clock sweep
@@ -31,6 +36,90 @@ pub const SWEEP: [(f64, f64, f64, f64); 16] = [
     (1380.0, 67.73, 183.91, 5447.85),
 ];
 
+/// One row of the H200 sweep (`docs/hardware/h200-2026-11-28`, compute-bound
+/// load): locked clock (MHz), mean power (W), work (TFLOP/s). The last row
+/// is the unlocked GPU, where the 700 W limit holds it at about 1485 MHz;
+/// higher locks change nothing, so the model holds that row above it.
+pub const H200_SWEEP: [(f64, f64, f64); 8] = [
+    (345.0, 202.0, 163.0),
+    (525.0, 255.0, 239.0),
+    (705.0, 302.0, 304.0),
+    (885.0, 364.0, 384.0),
+    (1065.0, 441.0, 489.0),
+    (1245.0, 534.0, 571.0),
+    (1425.0, 647.0, 637.0),
+    (1485.0, 691.0, 661.0),
+];
+
+/// Which measured curve a simulated GPU follows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpuModel {
+    /// V100-class 250 W part serving opt-125m: memory-bound, throughput
+    /// barely depends on the clock (the public vLLM sweep).
+    #[default]
+    V100Opt125m,
+    /// NVIDIA H200 under bf16 matrix products: compute-bound, throughput
+    /// follows the clock (measured on this project's H200 check).
+    H200Compute,
+}
+
+impl GpuModel {
+    pub fn label(self) -> &'static str {
+        match self {
+            GpuModel::V100Opt125m => "V100-class, opt-125m (memory-bound)",
+            GpuModel::H200Compute => "H200, bf16 GEMM (compute-bound)",
+        }
+    }
+
+    /// A GPU of this model at full load.
+    pub fn plant(self, load: f64) -> GpuPlant {
+        match self {
+            GpuModel::V100Opt125m => GpuPlant::with_load(load),
+            GpuModel::H200Compute => GpuPlant {
+                idle_watts: 78.0,
+                peak_watts: 691.0,
+                load,
+                model: self,
+            },
+        }
+    }
+
+    /// Power of one fully loaded GPU at the maximum clock, in watts.
+    pub fn peak_watts(self) -> f64 {
+        self.plant(1.0).peak_watts
+    }
+
+    /// Lowest power limit the GPU accepts, in watts (a V100 accepts 100 W
+    /// of its 250 W; the H200 reported 200 W of 700 W).
+    pub fn min_power_limit_watts(self) -> f64 {
+        match self {
+            GpuModel::V100Opt125m => 100.0,
+            GpuModel::H200Compute => 200.0,
+        }
+    }
+
+    pub fn min_clock(self) -> i32 {
+        match self {
+            GpuModel::V100Opt125m => MIN_CLOCK_MHZ,
+            GpuModel::H200Compute => 345,
+        }
+    }
+
+    pub fn max_clock(self) -> i32 {
+        match self {
+            GpuModel::V100Opt125m => MAX_CLOCK_MHZ,
+            GpuModel::H200Compute => 1980,
+        }
+    }
+
+    /// The clocks the model's GPU can lock, ascending, 15 MHz apart (as the
+    /// H200 reports; the V100 sweep sampled every 75).
+    pub fn supported_clocks(self) -> Vec<i32> {
+        (self.min_clock()..=self.max_clock()).step_by(15).collect()
+    }
+}
+
 /// Lowest clock of the sweep, in MHz.
 pub const MIN_CLOCK_MHZ: i32 = 300;
 /// Highest clock of the sweep (the GPU's maximum), in MHz.
@@ -45,6 +134,8 @@ pub struct GpuPlant {
     pub peak_watts: f64,
     /// Share of the GPU the workload keeps busy, 0..=1.
     pub load: f64,
+    /// The measured curve the clock dependence follows.
+    pub model: GpuModel,
 }
 
 impl Default for GpuPlant {
@@ -54,6 +145,7 @@ impl Default for GpuPlant {
             idle_watts: 36.0,
             peak_watts: 250.0,
             load: 1.0,
+            model: GpuModel::V100Opt125m,
         }
     }
 }
@@ -67,19 +159,34 @@ impl GpuPlant {
         }
     }
 
-    /// Steady power at a locked clock, in watts.
+    /// Steady power at a locked clock, in watts: the idle floor plus the
+    /// loaded share of what a fully loaded GPU draws above it.
     pub fn power(&self, clock_mhz: f64) -> f64 {
-        self.idle_watts
-            + self.load.clamp(0.0, 1.0)
-                * (self.peak_watts - self.idle_watts)
-                * dynamic_shape(clock_mhz)
+        let full = match self.model {
+            GpuModel::V100Opt125m => {
+                self.idle_watts + (self.peak_watts - self.idle_watts) * dynamic_shape(clock_mhz)
+            }
+            GpuModel::H200Compute => {
+                let top = H200_SWEEP[H200_SWEEP.len() - 1].1;
+                self.peak_watts * interpolate(&H200_SWEEP, clock_mhz, |row| row.1) / top
+            }
+        };
+        self.idle_watts + self.load.clamp(0.0, 1.0) * (full - self.idle_watts).max(0.0)
     }
 
     /// Throughput at a locked clock relative to the maximum clock (0..=1),
     /// scaled by load (a half-loaded GPU serves half the tokens).
     pub fn throughput(&self, clock_mhz: f64) -> f64 {
-        let max = SWEEP[SWEEP.len() - 1].3;
-        self.load.clamp(0.0, 1.0) * interpolate(clock_mhz, |row| row.3) / max
+        let relative = match self.model {
+            GpuModel::V100Opt125m => {
+                interpolate(&SWEEP, clock_mhz, |row| row.3) / SWEEP[SWEEP.len() - 1].3
+            }
+            GpuModel::H200Compute => {
+                interpolate(&H200_SWEEP, clock_mhz, |row| row.2)
+                    / H200_SWEEP[H200_SWEEP.len() - 1].2
+            }
+        };
+        self.load.clamp(0.0, 1.0) * relative
     }
 
     /// The highest of `clocks` whose power stays within `budget_watts`, or
@@ -93,7 +200,7 @@ impl GpuPlant {
             .filter(|c| self.power(f64::from(*c)) <= budget_watts)
             .max()
             .or_else(|| clocks.iter().copied().min())
-            .unwrap_or(MIN_CLOCK_MHZ)
+            .unwrap_or(self.model.min_clock())
     }
 }
 
@@ -109,22 +216,42 @@ pub fn supported_clocks() -> Vec<i32> {
 pub fn dynamic_shape(clock_mhz: f64) -> f64 {
     let floor = SWEEP[0].1;
     let top = SWEEP[SWEEP.len() - 1].1;
-    ((interpolate(clock_mhz, |row| row.1) - floor) / (top - floor)).max(0.0)
+    ((interpolate(&SWEEP, clock_mhz, |row| row.1) - floor) / (top - floor)).max(0.0)
 }
 
-fn interpolate(clock_mhz: f64, column: impl Fn(&(f64, f64, f64, f64)) -> f64) -> f64 {
-    let first = &SWEEP[0];
-    let last = &SWEEP[SWEEP.len() - 1];
-    if clock_mhz <= first.0 {
+/// A table row whose first field is the clock in MHz.
+trait Row {
+    fn mhz(&self) -> f64;
+}
+
+impl Row for (f64, f64, f64, f64) {
+    fn mhz(&self) -> f64 {
+        self.0
+    }
+}
+
+impl Row for (f64, f64, f64) {
+    fn mhz(&self) -> f64 {
+        self.0
+    }
+}
+
+/// `column` of `table` at `clock_mhz`: linear between the measured clocks,
+/// held at the first and last row outside them.
+fn interpolate<R: Row>(table: &[R], clock_mhz: f64, column: impl Fn(&R) -> f64) -> f64 {
+    let (Some(first), Some(last)) = (table.first(), table.last()) else {
+        return 0.0;
+    };
+    if clock_mhz <= first.mhz() {
         return column(first);
     }
-    if clock_mhz >= last.0 {
+    if clock_mhz >= last.mhz() {
         return column(last);
     }
-    for pair in SWEEP.windows(2) {
+    for pair in table.windows(2) {
         let (lo, hi) = (&pair[0], &pair[1]);
-        if clock_mhz <= hi.0 {
-            let t = (clock_mhz - lo.0) / (hi.0 - lo.0);
+        if clock_mhz <= hi.mhz() {
+            let t = (clock_mhz - lo.mhz()) / (hi.mhz() - lo.mhz());
             return column(lo) + t * (column(hi) - column(lo));
         }
     }
@@ -182,6 +309,56 @@ mod tests {
         assert!(at_705 > 0.7 && at_705 < 0.8, "{at_705}");
         // 480 -> 405 MHz loses about a third of the throughput.
         assert!(gpu.throughput(405.0) / gpu.throughput(480.0) < 0.7);
+    }
+
+    /// The H200 table is the checked-in measurement, not a retyped guess:
+    /// each row's power and work are the sweep's means at that lock.
+    #[test]
+    fn h200_model_follows_the_measured_sweep() {
+        let gpu = GpuModel::H200Compute.plant(1.0);
+        for (mhz, watts, work) in H200_SWEEP {
+            assert!((gpu.power(mhz) - watts).abs() < 1e-9);
+            assert!((gpu.throughput(mhz) - work / 661.0).abs() < 1e-9);
+        }
+        // Above the firmware's power-capped clock, a higher lock changes nothing.
+        assert_eq!(gpu.power(1980.0), gpu.power(1485.0));
+        // Compute-bound: throughput roughly follows the clock.
+        assert!(gpu.throughput(885.0) < 0.6);
+        // An idle H200 draws its idle floor at any clock.
+        let idle = GpuModel::H200Compute.plant(0.0);
+        assert!((idle.power(1980.0) - 78.0).abs() < 1e-9);
+        let clocks = GpuModel::H200Compute.supported_clocks();
+        assert_eq!((clocks[0], clocks[clocks.len() - 1]), (345, 1980));
+    }
+
+    #[test]
+    fn h200_table_matches_the_checked_in_samples() {
+        // Means over each lock of docs/hardware/h200-2026-11-28, dropping
+        // the first second, rounded to whole watts (see summarize.py).
+        let samples = include_str!("../../docs/hardware/h200-2026-11-28/sweep-compute.jsonl");
+        let mut sums: std::collections::BTreeMap<i64, (f64, f64, f64)> = Default::default();
+        for line in samples.lines() {
+            let Ok(row) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let Some(locked) = row["phase"]["locked_mhz"].as_i64() else {
+                continue;
+            };
+            let entry = sums.entry(locked).or_insert((f64::NAN, 0.0, 0.0));
+            let t = row["t"].as_f64().unwrap_or_default();
+            if entry.0.is_nan() {
+                entry.0 = t;
+            }
+            if t - entry.0 >= 1.0 {
+                entry.1 += row["power_w"].as_f64().unwrap_or_default();
+                entry.2 += 1.0;
+            }
+        }
+        for (mhz, watts, _) in &H200_SWEEP[..H200_SWEEP.len() - 1] {
+            let (_, sum, n) = sums.get(&(*mhz as i64)).copied().unwrap_or_default();
+            assert!(n > 0.0, "no samples at {mhz} MHz");
+            assert!((sum / n - watts).abs() < 0.5, "{mhz} MHz: {} W", sum / n);
+        }
     }
 
     #[test]

@@ -360,6 +360,10 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
                 )
             };
             let Some(clocks) = clocks else { continue };
+            let min_power_limit_watts = inventory
+                .iter()
+                .find(|g| g.gpu_id == device.device_id)
+                .and_then(|g| g.min_power_limit_watts);
             if !policy.acts_on(kind) {
                 continue;
             }
@@ -370,6 +374,7 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
                 power_watts: device.power_watts,
                 clock_mhz: device.frequency_mhz,
                 clocks,
+                min_power_limit_watts,
             });
         }
     }

@@ -82,7 +82,15 @@ start() {
   mkdir -p "$LOGS" "$PIDS"
   log "starting $name"
   setsid "$@" >>"$LOGS/$name.log" 2>&1 </dev/null 9>&- &
-  echo $! >"$PIDS/$name.pid"
+  local pid=$! i
+  echo "$pid" >"$PIDS/$name.pid"
+  # Until the child has exec'd, /proc/PID/exe names bash or setsid and
+  # `running` would take a slow start (a busy machine) for an exit.
+  for ((i = 0; i < 200; i++)); do
+    [[ $(readlink "/proc/$pid/exe" 2>/dev/null) == *"/$name"* ]] && break
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.05
+  done
 }
 
 # stop NAME [TIMEOUT] -> SIGTERM, then SIGKILL after TIMEOUT seconds.

@@ -7,9 +7,16 @@
 //! budget is assumed to want `headroom` percent more (it may be held back).
 //! The split is max-min fair (water-filling): GPUs that want less than an
 //! equal share get what they want, the rest share what is left. Budget left
-//! over when every demand is met is shared in proportion to demand, so the
-//! budgets always add up to the target. Clock targets stay at the maximum:
+//! over when every demand is met is shared equally, so the budgets always
+//! add up to the target and a lightly loaded GPU keeps room for a burst. Clock targets stay at the maximum:
 //! the budget does the limiting. CPU devices are measured, not tuned.
+//!
+//! A GPU that reports the lowest power limit it accepts never gets less:
+//! its own limiter holds a budget within milliseconds, but one below that
+//! floor only through the agent's 1 Hz clock loop, so a burst would run
+//! over the cap for a second or two. Each such GPU gets its floor first and
+//! the rest is water-filled over demand above the floors. When the floors
+//! alone exceed the cap, the plain split is used and the clock loop holds.
 
 use std::collections::HashMap;
 
@@ -31,8 +38,18 @@ pub struct BudgetAllocator {
 
 impl BudgetAllocator {
     pub(crate) fn new(params: &Params<'_>) -> Result<Self, AlgorithmError> {
+        Self::with_target(params, "target", 97.0)
+    }
+
+    /// Reads the share of the cap to hand out from `key` (default
+    /// `default` percent).
+    pub(crate) fn with_target(
+        params: &Params<'_>,
+        key: &str,
+        default: f64,
+    ) -> Result<Self, AlgorithmError> {
         Ok(Self {
-            target: params.number("target", 97.0, 50.0..=100.0)? / 100.0,
+            target: params.number(key, default, 50.0..=100.0)? / 100.0,
             headroom: params.number("headroom", 10.0, 0.0..=100.0)? / 100.0,
             budgets: HashMap::new(),
         })
@@ -69,7 +86,29 @@ impl Algorithm for BudgetAllocator {
         let total = (observation.cap_watts * self.target - cpu_power)
             .max(MIN_BUDGET_WATTS * gpus.len() as f64);
         let demands: Vec<f64> = gpus.iter().map(|d| self.demand(d)).collect();
-        let shares = water_fill(&demands, total);
+        let floors: Vec<f64> = gpus
+            .iter()
+            .map(|d| {
+                d.min_power_limit_watts
+                    .filter(|w| w.is_finite() && *w > 0.0)
+                    .unwrap_or(0.0)
+            })
+            .collect();
+        let floor_sum: f64 = floors.iter().sum();
+        let shares = if floor_sum > 0.0 && floor_sum <= total {
+            let above: Vec<f64> = demands
+                .iter()
+                .zip(&floors)
+                .map(|(d, f)| (d - f).max(0.0))
+                .collect();
+            water_fill(&above, total - floor_sum, 0.0)
+                .iter()
+                .zip(&floors)
+                .map(|(share, floor)| share + floor)
+                .collect()
+        } else {
+            water_fill(&demands, total, MIN_BUDGET_WATTS)
+        };
 
         self.budgets = gpus
             .iter()
@@ -93,19 +132,16 @@ impl Algorithm for BudgetAllocator {
     }
 }
 
-/// Max-min fair split of `total` across `demands`; any surplus is shared in
-/// proportion to demand.
-fn water_fill(demands: &[f64], total: f64) -> Vec<f64> {
+/// Max-min fair split of `total` across `demands`, no share below
+/// `least`; any surplus is shared equally.
+fn water_fill(demands: &[f64], total: f64, least: f64) -> Vec<f64> {
     let sum: f64 = demands.iter().sum();
     if demands.is_empty() {
         return Vec::new();
     }
     if sum <= total {
-        let scale = if sum > 0.0 { total / sum } else { 1.0 };
-        return demands
-            .iter()
-            .map(|d| (d * scale).max(MIN_BUDGET_WATTS))
-            .collect();
+        let extra = (total - sum) / demands.len() as f64;
+        return demands.iter().map(|d| (d + extra).max(least)).collect();
     }
     let mut order: Vec<usize> = (0..demands.len()).collect();
     order.sort_by(|a, b| demands[*a].total_cmp(&demands[*b]));
@@ -113,7 +149,7 @@ fn water_fill(demands: &[f64], total: f64) -> Vec<f64> {
     let mut left = total;
     for (served, &i) in order.iter().enumerate() {
         let equal = left / (demands.len() - served) as f64;
-        shares[i] = demands[i].min(equal).max(MIN_BUDGET_WATTS);
+        shares[i] = demands[i].min(equal).max(least);
         left -= shares[i];
     }
     shares
@@ -121,9 +157,9 @@ fn water_fill(demands: &[f64], total: f64) -> Vec<f64> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{BUDGET_ALLOCATOR, from_spec, sim::Rig};
+    use super::super::{BUDGET_ALLOCATOR, Clocks, Device, Observation, from_spec, sim::Rig};
     use super::water_fill;
-    use climatik_api::CustomAlgorithm;
+    use climatik_api::{CustomAlgorithm, DeviceKind};
 
     fn rig(loads: &[f64], cap: f64) -> Rig {
         let spec = CustomAlgorithm {
@@ -152,12 +188,70 @@ mod tests {
     #[test]
     fn water_fill_is_max_min_fair() {
         assert_eq!(
-            water_fill(&[50.0, 300.0, 300.0], 350.0),
+            water_fill(&[50.0, 300.0, 300.0], 350.0, 1.0),
             vec![50.0, 150.0, 150.0]
         );
-        assert_eq!(water_fill(&[50.0, 100.0], 300.0), vec![100.0, 200.0]);
-        let shares = water_fill(&[10.0, 20.0, 400.0], 100.0);
+        assert_eq!(water_fill(&[50.0, 100.0], 300.0, 1.0), vec![125.0, 175.0]);
+        let shares = water_fill(&[10.0, 20.0, 400.0], 100.0, 1.0);
         assert_eq!(shares, vec![10.0, 20.0, 70.0]);
+    }
+
+    /// Budgets for four H200-like GPUs (power limit 200–700 W): one busy,
+    /// three idle. Returns the budgets planned under `cap`.
+    fn budgets_for(cap: f64, floor: Option<f64>) -> Vec<f64> {
+        let spec = CustomAlgorithm {
+            name: BUDGET_ALLOCATOR.to_string(),
+            parameters: Default::default(),
+        };
+        let Ok(mut allocator) = from_spec(Some(&spec)) else {
+            panic!("budget-allocator builds");
+        };
+        let Some(clocks) = Clocks::range(345, 1980, 15) else {
+            panic!("clocks");
+        };
+        let devices = [650.0, 70.0, 70.0, 70.0]
+            .iter()
+            .enumerate()
+            .map(|(i, watts)| Device {
+                id: format!("GPU-{i}"),
+                node: "node-0".into(),
+                kind: DeviceKind::Gpu,
+                power_watts: *watts,
+                clock_mhz: None,
+                clocks: clocks.clone(),
+                min_power_limit_watts: floor,
+            })
+            .collect();
+        let observation = Observation {
+            cap_watts: cap,
+            threshold_percent: 90.0,
+            devices,
+        };
+        allocator
+            .plan(&observation)
+            .iter()
+            .filter_map(|t| t.power_budget_watts)
+            .collect()
+    }
+
+    #[test]
+    fn no_budget_below_what_the_gpu_can_enforce() {
+        let budgets = budgets_for(900.0, Some(200.0));
+        assert_eq!(budgets.len(), 4);
+        assert!(budgets.iter().all(|b| *b >= 200.0), "{budgets:?}");
+        let total: f64 = budgets.iter().sum();
+        assert!(total <= 900.0 * 0.97 + 1e-6, "{budgets:?}");
+        // The busy GPU gets what the floors leave.
+        assert!((budgets[0] - (873.0 - 600.0)).abs() < 0.2, "{budgets:?}");
+        // Without a reported floor, idle GPUs get budgets near their demand.
+        let plain = budgets_for(900.0, None);
+        assert!(plain[1] < 100.0, "{plain:?}");
+        // Floors that add up to more than the cap: the plain split (held by
+        // the clock loop), still within the cap.
+        let over = budgets_for(500.0, Some(200.0));
+        let total: f64 = over.iter().sum();
+        assert!(total <= 500.0 * 0.97 + 1e-6, "{over:?}");
+        assert!(over[1] < 200.0, "{over:?}");
     }
 
     #[test]

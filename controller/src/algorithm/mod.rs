@@ -8,6 +8,7 @@
 
 mod budget;
 mod feedback;
+mod hybrid;
 mod scaler;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use climatik_api::{CustomAlgorithm, DeviceKind};
 
 pub use budget::BudgetAllocator;
 pub use feedback::Feedback;
+pub use hybrid::FeedbackBudget;
 pub use scaler::DynamicFrequencyScaler;
 
 /// Name of the default algorithm.
@@ -24,11 +26,15 @@ pub const FEEDBACK: &str = "feedback";
 pub const DYNAMIC_FREQUENCY_SCALER: &str = "dynamic-frequency-scaler";
 /// Name of the per-GPU budget splitter.
 pub const BUDGET_ALLOCATOR: &str = "budget-allocator";
+/// Name of feedback's clocks under budget-allocator's budgets.
+pub const FEEDBACK_BUDGET: &str = "feedback-budget";
 
 /// Why an algorithm could not be built from a policy's spec.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AlgorithmError {
-    #[error("unknown algorithm {0:?}; known: feedback, dynamic-frequency-scaler, budget-allocator")]
+    #[error(
+        "unknown algorithm {0:?}; known: feedback, dynamic-frequency-scaler, budget-allocator, feedback-budget"
+    )]
     Unknown(String),
     #[error("algorithm {algorithm}: parameter {parameter}={value:?} is invalid: {why}")]
     BadParameter {
@@ -122,6 +128,8 @@ pub struct Device {
     pub clock_mhz: Option<f64>,
     /// Clocks the device supports.
     pub clocks: Clocks,
+    /// Lowest power limit the device enforces by itself, when reported.
+    pub min_power_limit_watts: Option<f64>,
 }
 
 impl Device {
@@ -180,6 +188,7 @@ pub fn from_spec(spec: Option<&CustomAlgorithm>) -> Result<Box<dyn Algorithm>, A
         FEEDBACK => Box::new(Feedback::new(&params)?),
         DYNAMIC_FREQUENCY_SCALER => Box::new(DynamicFrequencyScaler::new(&params)?),
         BUDGET_ALLOCATOR => Box::new(BudgetAllocator::new(&params)?),
+        FEEDBACK_BUDGET => Box::new(FeedbackBudget::new(&params)?),
         other => return Err(AlgorithmError::Unknown(other.to_string())),
     };
     params.reject_unknown()?;
@@ -200,6 +209,7 @@ impl<'a> Params<'a> {
             FEEDBACK => FEEDBACK,
             DYNAMIC_FREQUENCY_SCALER => DYNAMIC_FREQUENCY_SCALER,
             BUDGET_ALLOCATOR => BUDGET_ALLOCATOR,
+            FEEDBACK_BUDGET => FEEDBACK_BUDGET,
             other => return Err(AlgorithmError::Unknown(other.to_string())),
         };
         Ok(Self {
@@ -301,13 +311,23 @@ mod tests {
 
     #[test]
     fn the_webhook_accepts_exactly_these_names() {
-        let ours = [FEEDBACK, DYNAMIC_FREQUENCY_SCALER, BUDGET_ALLOCATOR];
+        let ours = [
+            FEEDBACK,
+            DYNAMIC_FREQUENCY_SCALER,
+            BUDGET_ALLOCATOR,
+            FEEDBACK_BUDGET,
+        ];
         assert_eq!(climatik_api::names::ALGORITHMS, ours);
     }
 
     #[test]
     fn selects_by_name() {
-        for name in [FEEDBACK, DYNAMIC_FREQUENCY_SCALER, BUDGET_ALLOCATOR] {
+        for name in [
+            FEEDBACK,
+            DYNAMIC_FREQUENCY_SCALER,
+            BUDGET_ALLOCATOR,
+            FEEDBACK_BUDGET,
+        ] {
             assert_eq!(
                 from_spec(Some(&spec(name, &[]))).map(|a| a.name()),
                 Ok(name)

@@ -11,6 +11,8 @@ use crate::plant::{self, GpuPlant};
 pub(crate) struct Rig {
     pub gpus: Vec<GpuPlant>,
     pub clocks: Vec<i32>,
+    /// The budgets of the last plan.
+    pub budgets: Vec<Option<f64>>,
     supported: Clocks,
     pub cap: f64,
     pub threshold: f64,
@@ -27,6 +29,7 @@ impl Rig {
         Self {
             gpus: loads.iter().map(|l| GpuPlant::with_load(*l)).collect(),
             clocks: vec![supported.max(); loads.len()],
+            budgets: vec![None; loads.len()],
             supported,
             cap,
             threshold: 90.0,
@@ -61,6 +64,7 @@ impl Rig {
                     power_watts: g.power(f64::from(*c)),
                     clock_mhz: Some(f64::from(*c)),
                     clocks: self.supported.clone(),
+                    min_power_limit_watts: None,
                 })
                 .collect(),
         };
@@ -80,6 +84,7 @@ impl Rig {
                 self.supported.as_slice().contains(&target.frequency_mhz),
                 "{target:?} is not a supported clock"
             );
+            self.budgets[i] = target.power_budget_watts;
             self.clocks[i] = match target.power_budget_watts {
                 Some(budget) => {
                     let fits = self.gpus[i].clock_for_budget(self.supported.as_slice(), budget);

@@ -1,10 +1,13 @@
-//! `make bench` (loop part): every scenario under every strategy on the
-//! simulated plant; writes `target/bench/loop.json` and `loop.md`.
+//! `make bench` (loop part): every scenario under every strategy on each
+//! simulated GPU model; writes `target/bench/loop.json` and `loop.md`.
 
 use std::{fmt::Write as _, path::PathBuf};
 
 use clap::Parser;
-use climatik_controller::bench::{self, RunResult};
+use climatik_controller::{
+    bench::{self, RunResult},
+    plant::GpuModel,
+};
 
 #[derive(Parser, Debug)]
 #[command(about = "Closed-loop power-capping benchmark on the simulated plant")]
@@ -20,9 +23,11 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut results: Vec<RunResult> = Vec::new();
-    for scenario in bench::scenarios(args.seed) {
-        for strategy in bench::strategies() {
-            results.push(bench::run(&scenario, strategy));
+    for gpu in [GpuModel::V100Opt125m, GpuModel::H200Compute] {
+        for scenario in bench::scenarios(args.seed, gpu) {
+            for strategy in bench::strategies() {
+                results.push(bench::run(&scenario, strategy));
+            }
         }
     }
     std::fs::create_dir_all(&args.out)?;
@@ -44,10 +49,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn markdown(results: &[RunResult]) -> String {
-    let mut out = String::from(
-        "| scenario | strategy | time to cap (periods) | max overshoot | samples over cap | mean power / cap | throughput vs uncapped | energy (kJ) |\n|---|---|---|---|---|---|---|---|\n",
-    );
+    let mut out = String::new();
+    let mut gpu = None;
     for r in results {
+        if gpu != Some(r.gpu) {
+            gpu = Some(r.gpu);
+            let _ = write!(
+                out,
+                "{}#### {}\n\n| scenario | strategy | time to cap (periods) | max overshoot | samples over cap | mean power / cap | throughput vs uncapped | energy (kJ) |\n|---|---|---|---|---|---|---|---|\n",
+                if out.is_empty() { "" } else { "\n" },
+                r.gpu.label()
+            );
+        }
         let settle = format!("{:.1}", r.time_to_cap_periods);
         let _ = writeln!(
             out,

@@ -58,6 +58,7 @@ impl GpuInfo {
                 .map(|v| i32::try_from(*v).unwrap_or(i32::MAX))
                 .collect(),
             power_limit_watts: self.power_limits.map(|l| l.default_watts),
+            min_power_limit_watts: self.power_limits.map(|l| l.min_watts),
         }
     }
 }
