@@ -142,6 +142,12 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
     if !ctx.leadership.is_leader() || policy.meta().deletion_timestamp.is_some() {
         return Ok(requeue);
     }
+    // Our own status write comes back as a watch event. With the spec
+    // unchanged and the status fresh, wait for the period instead of
+    // measuring again: at scale that echo was a hot loop.
+    if let Some(wait) = wait_before_measuring(&policy, ctx.config.interval, Timestamp::now()) {
+        return Ok(Action::requeue(wait));
+    }
     let started = std::time::Instant::now();
     let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
     if let Err(error) = crate::ownership::adopt(&ctx.client, &policy).await {
@@ -282,6 +288,25 @@ async fn measure(
         ));
     }
     Measurement::Measured { gpus, cpu }
+}
+
+/// How long to wait before measuring `policy` again, or `None` to measure
+/// now: when the status was written for the current generation less than
+/// 80 % of a period ago, the rest of the period. A spec change (new
+/// generation) or a status from a clock ahead of ours measures at once.
+pub(crate) fn wait_before_measuring(
+    policy: &PowerCappingPolicy,
+    interval: Duration,
+    now: Timestamp,
+) -> Option<Duration> {
+    let status = policy.status.as_ref()?;
+    if status.observed_generation != policy.meta().generation {
+        return None;
+    }
+    let written = status.last_updated.as_ref()?.0;
+    let age_ms = now.as_millisecond() - written.as_millisecond();
+    let age = Duration::from_millis(u64::try_from(age_ms).ok()?);
+    (age < interval.mul_f64(0.8)).then(|| interval.saturating_sub(age))
 }
 
 /// The status to write and the conditions it carries, decided from a
@@ -485,6 +510,43 @@ mod tests {
         p.metadata.namespace = Some("ns".into());
         p.metadata.generation = Some(3);
         p
+    }
+
+    #[test]
+    fn own_status_writes_do_not_trigger_a_new_measurement() {
+        let interval = Duration::from_secs(15);
+        let now = Timestamp::from_second(1_000_000).unwrap_or(Timestamp::UNIX_EPOCH);
+        let ago = |secs: i64| {
+            Time(Timestamp::from_second(1_000_000 - secs).unwrap_or(Timestamp::UNIX_EPOCH))
+        };
+        let set_written = |p: &mut PowerCappingPolicy, at: Time| {
+            if let Some(status) = p.status.as_mut() {
+                status.last_updated = Some(at);
+            }
+        };
+        let mut p = policy(vec![DeviceKind::Gpu]);
+        // Never measured: now.
+        assert_eq!(wait_before_measuring(&p, interval, now), None);
+        p.status = Some(PowerCappingPolicyStatus {
+            observed_generation: Some(3),
+            last_updated: Some(ago(2)),
+            ..Default::default()
+        });
+        assert_eq!(
+            wait_before_measuring(&p, interval, now),
+            Some(Duration::from_secs(13))
+        );
+        // Most of a period old: measure.
+        set_written(&mut p, ago(13));
+        assert_eq!(wait_before_measuring(&p, interval, now), None);
+        // The spec changed since the status was written: measure at once.
+        set_written(&mut p, ago(1));
+        p.metadata.generation = Some(4);
+        assert_eq!(wait_before_measuring(&p, interval, now), None);
+        // A status stamped in our future (clock skew): measure.
+        p.metadata.generation = Some(3);
+        set_written(&mut p, ago(-5));
+        assert_eq!(wait_before_measuring(&p, interval, now), None);
     }
 
     fn gpu(node: &str, uuid: &str, watts: f64) -> GpuReading {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The NVML check on a GPU machine (see freqtuner/README.md): the probe's
 # read, lock, clock sweep (compute- and memory-bound load), power-budget loop
-# (clock loop, then power-limit mode), and crash/restore, through the agent's
-# own Actuator. Puts the clocks and power limit back on exit whatever happens.
+# (clock loop under both loads, then power-limit mode), crash/restore and an
+# unprivileged lock attempt, through the agent's own Actuator. Puts the
+# clocks and power limit back on exit whatever happens.
 # Usage: scripts/gpu-check/run.sh PROBE OUTDIR
 set -u
 probe=$1 out=$2
@@ -19,7 +20,7 @@ cleanup() {
 }
 trap cleanup EXIT
 start_load() { # mode seconds
-  python3 "$here/load.py" "$1" "$2" >>"$out/load.csv" 2>>"$out/load.err" &
+  python3 "$here/load.py" "$1" "$2" >>"$out/load.csv" &
   load_pid=$!
   sleep 8 # CUDA start-up and warm-up
 }
@@ -28,6 +29,10 @@ step() { echo; echo "== $*"; }
 
 smi start; nvidia-smi -q -d CLOCK,POWER,PERFORMANCE >>"$out/smi.txt" 2>&1
 step info; "$probe" info; echo "rc=$?"
+if command -v setpriv >/dev/null; then
+  step "lock as an unprivileged user (expect a permission error)"
+  setpriv --reuid=65534 --regid=65534 --clear-groups "$probe" lock; echo "rc=$?"
+fi
 step lock; "$probe" lock; echo "rc=$?"
 
 step "sweep under compute load"
@@ -38,6 +43,11 @@ stop_load
 step "sweep under memory load"
 start_load memory 75
 "$probe" sweep --steps 10 --hold 4 --out "$out/sweep-memory.jsonl"; echo "rc=$?"
+stop_load
+
+step "budget loop under memory load"
+start_load memory 40
+"$probe" budget --watts 400 --phase 20 --out "$out/budget-memory.jsonl"; echo "rc=$?"
 stop_load
 
 step "budget loop under compute load"

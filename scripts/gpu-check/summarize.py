@@ -57,6 +57,9 @@ def main():
     sweep_table(run, "compute", load, "TFLOP/s")
     print("\n### Clock sweep, memory-bound load (2 GiB device-to-device copies)")
     sweep_table(run, "memory", load, "GB/s")
+    if (run / "budget-memory.jsonl").exists():
+        print("\n### Budget loop (clock steps at 1 Hz), memory-bound load")
+        budget_table(run, "budget-memory")
     print("\n### Budget loop (clock steps at 1 Hz), compute-bound load")
     budget_table(run, "budget")
     print("\n### Power-limit mode (the GPU's own limit set to the budget)")

@@ -42,6 +42,13 @@ struct Args {
 const NAMESPACE: &str = "demo-inference";
 const SERVING: &str = "vllm";
 const TRAINING: &str = "trainer";
+/// The serving workload's cap, as in `manifests/demo/vllm-sim.yaml`, and
+/// the cap it is lowered to. The simulated GPUs follow the reference sweep,
+/// where a fully loaded GPU still draws 53 % of its 700 W at the lowest
+/// clock: four of them cannot go below about 1480 W, so the caps stay
+/// above that.
+const SERVING_CAP: &str = "2400W";
+const LOWERED_CAP: &str = "1800W";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -129,7 +136,7 @@ async fn run(
     let mut cap_changed = false;
     let mut second_started = false;
     let mut notes = vec![format!(
-        "{NAMESPACE}/{SERVING} annotated climatik.io/power-cap=1200W"
+        "{NAMESPACE}/{SERVING} annotated climatik.io/power-cap={SERVING_CAP}"
     )];
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -147,13 +154,15 @@ async fn run(
                     "-n",
                     NAMESPACE,
                     &format!("deployment/{SERVING}"),
-                    "climatik.io/power-cap=900W",
+                    &format!("climatik.io/power-cap={LOWERED_CAP}"),
                 ])
                 .await
                 .context("changing the cap")?;
-            recording.events.push((t, "cap 1200W -> 900W".into()));
+            recording
+                .events
+                .push((t, format!("cap {SERVING_CAP} -> {LOWERED_CAP}")));
             notes.push(format!(
-                "t={t:.0}s: cap lowered to 900W with kubectl annotate --overwrite"
+                "t={t:.0}s: cap lowered to {LOWERED_CAP} with kubectl annotate --overwrite"
             ));
             cap_changed = true;
         }
