@@ -10,6 +10,7 @@
 #   scripts/bench-scale.sh
 #   SCALE_POLICIES=200 SCALE_NODES=100 SCALE_WINDOW=30s scripts/bench-scale.sh
 #   SCALE_INTERVAL=15s SCALE_NAMESPACES=1 scripts/bench-scale.sh
+#   SCALE_INTERVAL=60s SCALE_ENTRY_TTL=360s scripts/bench-scale.sh
 #   BENCH_NICE=0 scripts/bench-scale.sh     # on a machine of its own
 #
 # Everything the bench starts (cluster, Prometheus, controllers) runs under

@@ -153,14 +153,14 @@ struct RunArgs {
     /// `--interval` of both controllers.
     #[arg(long, env = "SCALE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
     interval: Duration,
-    /// `--entry-ttl` of the recommender.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    /// `--entry-ttl` of the recommender (longer than the interval).
+    #[arg(long, env = "SCALE_ENTRY_TTL", default_value = "60s", value_parser = parse_duration)]
     entry_ttl: Duration,
     /// Length of the measurement window.
     #[arg(long, env = "SCALE_WINDOW", default_value = "60s", value_parser = parse_duration)]
     window: Duration,
     /// Longest wait for every policy to be measured and have entries.
-    #[arg(long, default_value = "150s", value_parser = parse_duration)]
+    #[arg(long, env = "SCALE_WARMUP_TIMEOUT", default_value = "150s", value_parser = parse_duration)]
     warmup_timeout: Duration,
     /// The whole run (setup, warm-up, window) ends within about this; a
     /// control plane that cannot keep up gives a partial result.
