@@ -432,6 +432,29 @@ async fn invalid_algorithm_changes_no_frequencies_and_generated_policies_get_own
         .await?;
         assert!(budget <= 95.0 && budget > 50.0, "{budget}");
 
+        // feedback-budget: budgets add up to the whole cap, and feedback
+        // lowers the clock ceiling of a GPU measured over it.
+        policies
+            .patch(
+                "x",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "customAlgorithms": [{ "name": "feedback-budget" }] } })),
+            )
+            .await?;
+        // No inventory on this node: the recommender plans on its fallback
+        // range, whose top is 2100 MHz.
+        let (budget, clock) = wait_for("feedback-budget's entry", TIMEOUT, || async {
+            let nf = Api::<NodeFrequencies>::all(admin.clone()).get_opt(&node).await?;
+            let entry = nf.and_then(|nf| nf.spec.gpu_frequencies.first().cloned());
+            Ok(entry.and_then(|e| {
+                e.power_budget_watts
+                    .filter(|b| *b > 99.0 && e.target_frequency < 2100)
+                    .map(|b| (b, e.target_frequency))
+            }))
+        })
+        .await?;
+        assert!(budget <= 100.0 && clock >= 210, "{budget} W, {clock} MHz");
+
         // A generated policy gets an ownerReference once its workload exists.
         let mut generated = policy("deployment-web", "web", 500, json!({}))?;
         generated.metadata.labels = Some([("climatik.io/generated".to_string(), "true".to_string())].into());
