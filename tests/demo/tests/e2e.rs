@@ -58,7 +58,19 @@ async fn power_converges_under_the_cap_and_clocks_restore_after_delete() -> anyh
         gpu_power_limit: false,
     };
     let mut stack = Stack::start(&cluster, config).await?;
-    let result = scenario(&cluster, &mut stack).await;
+    let namespace = format!("e2e-{}", std::process::id());
+    let result = scenario(&cluster, &mut stack, &namespace).await;
+    // Whatever happened: a namespace left behind keeps its pods' simulated
+    // GPUs busy for every later run on this cluster.
+    let _ = cluster
+        .kubectl([
+            "delete",
+            "namespace",
+            &namespace,
+            "--ignore-not-found",
+            "--wait=false",
+        ])
+        .await;
     stack.stop().await;
     result
 }
@@ -66,8 +78,9 @@ async fn power_converges_under_the_cap_and_clocks_restore_after_delete() -> anyh
 async fn scenario(
     cluster: &climatik_test_support::TestCluster,
     stack: &mut Stack,
+    namespace: &str,
 ) -> anyhow::Result<()> {
-    let namespace = format!("e2e-{}", std::process::id());
+    let namespace = namespace.to_string();
     stack.namespace(&namespace).await?;
     let manifest = format!(
         r#"
@@ -182,8 +195,5 @@ spec:
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    cluster
-        .kubectl(["delete", "namespace", &namespace, "--wait=false"])
-        .await?;
     Ok(())
 }
