@@ -24,12 +24,7 @@ repo="$(pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/climatik/target}"
 
 export CLIMATIK_CLUSTER_DIR="$repo/target/cluster-scale"
-export CLIMATIK_ETCD_PORT=22579
-export CLIMATIK_ETCD_PEER_PORT=22580
-export CLIMATIK_APISERVER_PORT=26643
-export CLIMATIK_KCM_PORT=26457
-export CLIMATIK_SCHEDULER_PORT=26459
-export CLIMATIK_PROMETHEUS_PORT=29290
+export CLIMATIK_PORT_OFFSET=200
 # The bench creates its own 500 Node objects; nodekeeper keeps one.
 export CLIMATIK_NODES=1
 export PROMETHEUS=1
@@ -43,7 +38,7 @@ cleanup() {
     tests/cluster/down.sh --purge >/dev/null 2>&1 || true
   else
     tests/cluster/down.sh >/dev/null 2>&1 || true
-    echo "bench-scale: failed; cluster state and logs kept in $CLIMATIK_CLUSTER_DIR (tests/cluster/down.sh --purge with the same CLIMATIK_* variables removes it)" >&2
+    echo "bench-scale: failed; cluster state and logs kept in $CLIMATIK_CLUSTER_DIR (CLIMATIK_CLUSTER_DIR=$CLIMATIK_CLUSTER_DIR tests/cluster/down.sh --purge removes it)" >&2
   fi
 }
 trap cleanup EXIT

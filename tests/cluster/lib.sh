@@ -12,18 +12,23 @@ mkdir -p "$STATE"
 STATE="$(cd "$STATE" && pwd)"
 
 # Ports: all on 127.0.0.1 and away from the defaults, so a developer's own
-# cluster or Prometheus does not collide. Overridable (CLIMATIK_*_PORT), so a
-# second cluster (tests/cluster/test-updown.sh) can run beside the first.
-# The ports a cluster was started with are saved in $STATE/ports and used
-# when the environment does not say otherwise.
+# cluster or Prometheus does not collide. Overridable one by one
+# (CLIMATIK_*_PORT) or all at once (CLIMATIK_PORT_OFFSET, added to every
+# default), so a second cluster (test-updown.sh: +100, the scale bench: +200)
+# can run beside the first. The ports a cluster was started with are saved
+# in $STATE/ports and used when the environment does not say otherwise.
 _saved_port() {
   [[ -f $STATE/ports ]] && sed -n "s/^$1=\([0-9]*\)$/\1/p" "$STATE/ports"
   return 0
 }
+[[ ${CLIMATIK_PORT_OFFSET:-0} =~ ^[0-9]+$ ]] || {
+  echo "CLIMATIK_PORT_OFFSET must be a whole number, not '$CLIMATIK_PORT_OFFSET'" >&2
+  exit 1
+}
 _port() { # VAR DEFAULT
   local env="CLIMATIK_$1" v
   v=${!env:-$(_saved_port "$1")}
-  printf -v "$1" '%s' "${v:-$2}"
+  printf -v "$1" '%s' "${v:-$(($2 + ${CLIMATIK_PORT_OFFSET:-0}))}"
 }
 _port ETCD_PORT 22379
 _port ETCD_PEER_PORT 22380
@@ -31,6 +36,7 @@ _port APISERVER_PORT 26443
 _port KCM_PORT 26257
 _port SCHEDULER_PORT 26259
 _port PROMETHEUS_PORT 29090
+CLUSTER_PORTS=("$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KCM_PORT" "$SCHEDULER_PORT" "$PROMETHEUS_PORT")
 
 PKI="$STATE/pki"
 LOGS="$STATE/logs"

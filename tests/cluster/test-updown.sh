@@ -10,14 +10,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 
 export CLIMATIK_CLUSTER_DIR="$repo/target/cluster-updown-test"
-export CLIMATIK_ETCD_PORT=22479
-export CLIMATIK_ETCD_PEER_PORT=22480
-export CLIMATIK_APISERVER_PORT=26543
-export CLIMATIK_KCM_PORT=26357
-export CLIMATIK_SCHEDULER_PORT=26359
-export CLIMATIK_PROMETHEUS_PORT=29190
+export CLIMATIK_PORT_OFFSET=100
 export CLIMATIK_NODES=2
-ports=(22479 22480 26543 26357 26359 29190)
+rm -rf "$CLIMATIK_CLUSTER_DIR"
+# shellcheck source-path=SCRIPTDIR
+source "$here/lib.sh" # for CLUSTER_PORTS
+ports=("${CLUSTER_PORTS[@]}")
 
 log_file="$CLIMATIK_CLUSTER_DIR.log"
 fail() {
@@ -36,7 +34,6 @@ listening() { # prints the ports of ours that something listens on
   done
 }
 
-rm -rf "$CLIMATIK_CLUSTER_DIR"
 mkdir -p "$(dirname "$log_file")"
 : >"$log_file"
 [[ -z $(listening) ]] || fail "ports already in use before starting: $(listening | tr '\n' ' ')"

@@ -15,9 +15,8 @@
 # Steps 6 and 7 install into namespace climatik-project and step 7 deletes
 # the climatik.io CRDs cluster-wide: do not run this beside other tests on the
 # same cluster. A separate cluster works:
-#   CLIMATIK_CLUSTER_DIR=$PWD/target/cluster-chart CLIMATIK_APISERVER_PORT=26643 \
-#   CLIMATIK_ETCD_PORT=22579 CLIMATIK_ETCD_PEER_PORT=22580 CLIMATIK_KCM_PORT=26457 \
-#   CLIMATIK_SCHEDULER_PORT=26459 PROMETHEUS=0 charts/climatik/tests/run.sh
+#   CLIMATIK_CLUSTER_DIR=$PWD/target/cluster-chart CLIMATIK_PORT_OFFSET=300 \
+#   PROMETHEUS=0 charts/climatik/tests/run.sh
 set -euo pipefail
 
 tests_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
