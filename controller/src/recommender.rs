@@ -336,13 +336,14 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
             .map(|s| s.gpus)
             .unwrap_or_default();
         for device in &node.devices {
+            // What the node agent reports of this GPU (none for the CPU).
+            let reported = inventory.iter().find(|g| g.gpu_id == device.device_id);
             let (kind, clocks) = if device.device_id == CPU_DEVICE {
                 (
                     DeviceKind::Cpu,
                     Clocks::range(CPU_CLOCKS.0, CPU_CLOCKS.1, CPU_CLOCKS.2),
                 )
             } else {
-                let reported = inventory.iter().find(|g| g.gpu_id == device.device_id);
                 let clocks = reported.and_then(|g| {
                     Clocks::from_supported(g.supported_frequencies.clone()).or_else(|| {
                         Clocks::range(g.min_frequency, g.max_frequency, FALLBACK_GPU_CLOCKS.2)
@@ -360,10 +361,6 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
                 )
             };
             let Some(clocks) = clocks else { continue };
-            let min_power_limit_watts = inventory
-                .iter()
-                .find(|g| g.gpu_id == device.device_id)
-                .and_then(|g| g.min_power_limit_watts);
             if !policy.acts_on(kind) {
                 continue;
             }
@@ -374,7 +371,7 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
                 power_watts: device.power_watts,
                 clock_mhz: device.frequency_mhz,
                 clocks,
-                min_power_limit_watts,
+                min_power_limit_watts: reported.and_then(|g| g.min_power_limit_watts),
             });
         }
     }

@@ -13,7 +13,7 @@ mod scaler;
 
 use std::collections::BTreeMap;
 
-use climatik_api::{CustomAlgorithm, DeviceKind};
+use climatik_api::{CustomAlgorithm, DeviceKind, names::ALGORITHMS};
 
 pub use budget::BudgetAllocator;
 pub use feedback::Feedback;
@@ -32,9 +32,7 @@ pub const FEEDBACK_BUDGET: &str = "feedback-budget";
 /// Why an algorithm could not be built from a policy's spec.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AlgorithmError {
-    #[error(
-        "unknown algorithm {0:?}; known: feedback, dynamic-frequency-scaler, budget-allocator, feedback-budget"
-    )]
+    #[error("unknown algorithm {0:?}; known: {known}", known = ALGORITHMS.join(", "))]
     Unknown(String),
     #[error("algorithm {algorithm}: parameter {parameter}={value:?} is invalid: {why}")]
     BadParameter {
@@ -205,13 +203,10 @@ pub(crate) struct Params<'a> {
 
 impl<'a> Params<'a> {
     fn new(name: &str, values: &'a BTreeMap<String, String>) -> Result<Self, AlgorithmError> {
-        let algorithm = match name {
-            FEEDBACK => FEEDBACK,
-            DYNAMIC_FREQUENCY_SCALER => DYNAMIC_FREQUENCY_SCALER,
-            BUDGET_ALLOCATOR => BUDGET_ALLOCATOR,
-            FEEDBACK_BUDGET => FEEDBACK_BUDGET,
-            other => return Err(AlgorithmError::Unknown(other.to_string())),
-        };
+        let algorithm = ALGORITHMS
+            .into_iter()
+            .find(|known| *known == name)
+            .ok_or_else(|| AlgorithmError::Unknown(name.to_string()))?;
         Ok(Self {
             algorithm,
             values,
