@@ -116,6 +116,25 @@ pub struct RunResult {
     pub energy_kj: f64,
 }
 
+/// A scenario of one `serving` policy on `gpu`, from its per-GPU loads and
+/// its cap per second: no outage, no restart, uneven load. Scenarios that
+/// differ override fields with struct update syntax.
+fn serving(name: &'static str, gpu: GpuModel, loads: Vec<Vec<f64>>, cap: Vec<f64>) -> Scenario {
+    Scenario {
+        name,
+        seconds: cap.len(),
+        policies: vec![PolicyLoad {
+            name: "serving",
+            loads,
+            cap,
+        }],
+        outage: None,
+        restart_at: None,
+        uneven: true,
+        gpu,
+    }
+}
+
 /// The benchmark's scenarios on `gpu`, built from `seed`. Caps are written
 /// for 250 W parts and scaled by the model's peak power.
 pub fn scenarios(seed: u64, gpu: GpuModel) -> Vec<Scenario> {
@@ -124,84 +143,69 @@ pub fn scenarios(seed: u64, gpu: GpuModel) -> Vec<Scenario> {
     let minutes = |m: usize| m * 60;
     let gpus = 8;
     let uneven_levels = |i: usize| if i.is_multiple_of(2) { 1.0 } else { 0.35 };
+    // Per GPU: `before` until `at`, then the GPU's uneven level.
+    let step_to_uneven = |len: usize, at: usize, before: f64| -> Vec<Vec<f64>> {
+        (0..gpus)
+            .map(|i| {
+                (0..len)
+                    .map(|t| if t < at { before } else { uneven_levels(i) })
+                    .collect()
+            })
+            .collect()
+    };
 
-    let step_len = minutes(10);
-    let step = Scenario {
-        name: "step load",
-        seconds: step_len,
-        policies: vec![PolicyLoad {
-            name: "serving",
-            loads: (0..gpus)
-                .map(|i| {
-                    (0..step_len)
-                        .map(|t| if t < 120 { 0.3 } else { uneven_levels(i) })
-                        .collect()
+    let len = minutes(10);
+    let step = serving(
+        "step load",
+        gpu,
+        step_to_uneven(len, 120, 0.3),
+        vec![1100.0 * scale; len],
+    );
+
+    let len = minutes(15);
+    let bursty = serving(
+        "bursty inference",
+        gpu,
+        (0..gpus).map(|_| bursty_trace(&mut rng, len)).collect(),
+        vec![1000.0 * scale; len],
+    );
+
+    let len = minutes(20);
+    let diurnal_loads = (0..gpus)
+        .map(|i| {
+            let phase = i as f64 * 0.2;
+            (0..len)
+                .map(|t| {
+                    let x = std::f64::consts::PI * t as f64 / len as f64 + phase;
+                    (0.15 + 0.85 * x.sin().powi(2)).clamp(0.0, 1.0)
                 })
-                .collect(),
-            cap: vec![1100.0 * scale; step_len],
-        }],
-        outage: None,
-        restart_at: None,
-        uneven: true,
-        gpu,
-    };
-
-    let bursty_len = minutes(15);
-    let bursty = Scenario {
-        name: "bursty inference",
-        seconds: bursty_len,
-        policies: vec![PolicyLoad {
-            name: "serving",
-            loads: (0..gpus)
-                .map(|_| bursty_trace(&mut rng, bursty_len))
-                .collect(),
-            cap: vec![1000.0 * scale; bursty_len],
-        }],
-        outage: None,
-        restart_at: None,
-        uneven: true,
-        gpu,
-    };
-
-    let diurnal_len = minutes(20);
+                .collect()
+        })
+        .collect();
     let diurnal = Scenario {
-        name: "diurnal ramp",
-        seconds: diurnal_len,
-        policies: vec![PolicyLoad {
-            name: "serving",
-            loads: (0..gpus)
-                .map(|i| {
-                    let phase = i as f64 * 0.2;
-                    (0..diurnal_len)
-                        .map(|t| {
-                            let x = std::f64::consts::PI * t as f64 / diurnal_len as f64 + phase;
-                            (0.15 + 0.85 * x.sin().powi(2)).clamp(0.0, 1.0)
-                        })
-                        .collect()
-                })
-                .collect(),
-            cap: vec![1200.0 * scale; diurnal_len],
-        }],
-        outage: None,
-        restart_at: None,
         uneven: false,
-        gpu,
+        ..serving(
+            "diurnal ramp",
+            gpu,
+            diurnal_loads,
+            vec![1200.0 * scale; len],
+        )
     };
 
-    let shared_len = minutes(10);
+    let len = minutes(10);
     let shared = Scenario {
         name: "two policies, shared nodes",
-        seconds: shared_len,
+        seconds: len,
         policies: vec![
             PolicyLoad {
                 name: "training",
-                loads: (0..4).map(|_| vec![0.95; shared_len]).collect(),
-                cap: vec![650.0 * scale; shared_len],
+                loads: (0..4).map(|_| vec![0.95; len]).collect(),
+                cap: vec![650.0 * scale; len],
             },
             PolicyLoad {
                 name: "serving",
-                loads: (0..4).map(|_| bursty_trace(&mut rng, shared_len)).collect(),
-                cap: vec![500.0 * scale; shared_len],
+                loads: (0..4).map(|_| bursty_trace(&mut rng, len)).collect(),
+                cap: vec![500.0 * scale; len],
             },
         ],
         outage: None,
@@ -210,61 +214,38 @@ pub fn scenarios(seed: u64, gpu: GpuModel) -> Vec<Scenario> {
         gpu,
     };
 
-    let lowered_len = minutes(10);
-    let lowered = Scenario {
-        name: "cap lowered mid-run",
-        seconds: lowered_len,
-        policies: vec![PolicyLoad {
-            name: "serving",
-            loads: (0..gpus)
-                .map(|i| vec![uneven_levels(i) * 0.9; lowered_len])
-                .collect(),
-            cap: (0..lowered_len)
-                .map(|t| scale * if t < 300 { 1300.0 } else { 900.0 })
-                .collect(),
-        }],
-        outage: None,
-        restart_at: None,
-        uneven: true,
+    let len = minutes(10);
+    let lowered = serving(
+        "cap lowered mid-run",
         gpu,
-    };
+        (0..gpus)
+            .map(|i| vec![uneven_levels(i) * 0.9; len])
+            .collect(),
+        (0..len)
+            .map(|t| scale * if t < 300 { 1300.0 } else { 900.0 })
+            .collect(),
+    );
 
-    let outage_len = minutes(10);
+    let len = minutes(10);
     let outage = Scenario {
-        name: "Prometheus outage 30 s",
-        seconds: outage_len,
-        policies: vec![PolicyLoad {
-            name: "serving",
-            loads: (0..gpus)
-                .map(|i| {
-                    (0..outage_len)
-                        .map(|t| if t < 240 { 0.5 } else { uneven_levels(i) })
-                        .collect()
-                })
-                .collect(),
-            cap: vec![1100.0 * scale; outage_len],
-        }],
         outage: Some((230, 260)),
-        restart_at: None,
-        uneven: true,
-        gpu,
+        ..serving(
+            "Prometheus outage 30 s",
+            gpu,
+            step_to_uneven(len, 240, 0.5),
+            vec![1100.0 * scale; len],
+        )
     };
 
-    let restart_len = minutes(10);
+    let len = minutes(10);
     let restart = Scenario {
-        name: "recommender restart",
-        seconds: restart_len,
-        policies: vec![PolicyLoad {
-            name: "serving",
-            loads: (0..gpus)
-                .map(|_| bursty_trace(&mut rng, restart_len))
-                .collect(),
-            cap: vec![1000.0 * scale; restart_len],
-        }],
-        outage: None,
         restart_at: Some(300),
-        uneven: true,
-        gpu,
+        ..serving(
+            "recommender restart",
+            gpu,
+            (0..gpus).map(|_| bursty_trace(&mut rng, len)).collect(),
+            vec![1000.0 * scale; len],
+        )
     };
 
     vec![step, bursty, diurnal, shared, lowered, outage, restart]
