@@ -162,14 +162,7 @@ mod tests {
     use climatik_api::{CustomAlgorithm, DeviceKind};
 
     fn rig(loads: &[f64], cap: f64) -> Rig {
-        let spec = CustomAlgorithm {
-            name: BUDGET_ALLOCATOR.to_string(),
-            parameters: Default::default(),
-        };
-        match from_spec(Some(&spec)) {
-            Ok(a) => Rig::new(a, loads, cap),
-            Err(e) => panic!("{e}"),
-        }
+        Rig::for_algorithm(BUDGET_ALLOCATOR, &[], loads, cap)
     }
 
     fn assert_settles(trace: &[f64], cap: f64) {

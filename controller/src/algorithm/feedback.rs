@@ -203,18 +203,10 @@ fn distribute(observation: &Observation, clocks: &[f64], slopes: &[f64], watts: 
 
 #[cfg(test)]
 mod tests {
-    use super::super::{FEEDBACK, from_spec, sim::Rig};
-    use climatik_api::CustomAlgorithm;
+    use super::super::{FEEDBACK, sim::Rig};
 
     fn rig(loads: &[f64], cap: f64) -> Rig {
-        let algorithm = from_spec(Some(&CustomAlgorithm {
-            name: FEEDBACK.to_string(),
-            parameters: Default::default(),
-        }));
-        match algorithm {
-            Ok(a) => Rig::new(a, loads, cap),
-            Err(e) => panic!("{e}"),
-        }
+        Rig::for_algorithm(FEEDBACK, &[], loads, cap)
     }
 
     /// Settles under the cap within 3 periods, never overshoots it by 5 %,

@@ -49,18 +49,10 @@ impl Algorithm for FeedbackBudget {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{FEEDBACK_BUDGET, from_spec, sim::Rig};
-    use climatik_api::CustomAlgorithm;
+    use super::super::{FEEDBACK_BUDGET, sim::Rig};
 
     fn rig(loads: &[f64], cap: f64) -> Rig {
-        let spec = CustomAlgorithm {
-            name: FEEDBACK_BUDGET.to_string(),
-            parameters: Default::default(),
-        };
-        match from_spec(Some(&spec)) {
-            Ok(a) => Rig::new(a, loads, cap),
-            Err(e) => panic!("{e}"),
-        }
+        Rig::for_algorithm(FEEDBACK_BUDGET, &[], loads, cap)
     }
 
     #[test]

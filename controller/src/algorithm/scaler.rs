@@ -106,21 +106,10 @@ impl Algorithm for DynamicFrequencyScaler {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{DYNAMIC_FREQUENCY_SCALER, from_spec, sim::Rig};
-    use climatik_api::CustomAlgorithm;
+    use super::super::{DYNAMIC_FREQUENCY_SCALER, sim::Rig};
 
     fn rig(params: &[(&str, &str)], loads: &[f64], cap: f64) -> Rig {
-        let spec = CustomAlgorithm {
-            name: DYNAMIC_FREQUENCY_SCALER.to_string(),
-            parameters: params
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        };
-        match from_spec(Some(&spec)) {
-            Ok(a) => Rig::new(a, loads, cap),
-            Err(e) => panic!("{e}"),
-        }
+        Rig::for_algorithm(DYNAMIC_FREQUENCY_SCALER, params, loads, cap)
     }
 
     #[test]

@@ -5,7 +5,9 @@
 
 use climatik_api::DeviceKind;
 
-use super::{Algorithm, Clocks, Device, Observation};
+use climatik_api::CustomAlgorithm;
+
+use super::{Algorithm, Clocks, Device, Observation, from_spec};
 use crate::plant::{self, GpuPlant};
 
 pub(crate) struct Rig {
@@ -20,6 +22,22 @@ pub(crate) struct Rig {
 }
 
 impl Rig {
+    /// The named algorithm with `params`, over GPUs with the given loads;
+    /// panics when the spec is refused (a test's own mistake).
+    pub fn for_algorithm(name: &str, params: &[(&str, &str)], loads: &[f64], cap: f64) -> Self {
+        let spec = CustomAlgorithm {
+            name: name.to_string(),
+            parameters: params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        match from_spec(Some(&spec)) {
+            Ok(algorithm) => Self::new(algorithm, loads, cap),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
     /// GPUs with the given loads, uncapped (at the maximum clock).
     pub fn new(algorithm: Box<dyn Algorithm>, loads: &[f64], cap: f64) -> Self {
         let supported = match Clocks::from_supported(plant::supported_clocks()) {
