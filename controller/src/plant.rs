@@ -168,7 +168,7 @@ impl GpuPlant {
             }
             GpuModel::H200Compute => {
                 let top = H200_SWEEP[H200_SWEEP.len() - 1].1;
-                self.peak_watts * interpolate(&H200_SWEEP, clock_mhz, |row| row.1) / top
+                self.peak_watts * interpolate(&H200_SWEEP, clock_mhz, |row| (row.0, row.1)) / top
             }
         };
         self.idle_watts + self.load.clamp(0.0, 1.0) * (full - self.idle_watts).max(0.0)
@@ -179,10 +179,10 @@ impl GpuPlant {
     pub fn throughput(&self, clock_mhz: f64) -> f64 {
         let relative = match self.model {
             GpuModel::V100Opt125m => {
-                interpolate(&SWEEP, clock_mhz, |row| row.3) / SWEEP[SWEEP.len() - 1].3
+                interpolate(&SWEEP, clock_mhz, |row| (row.0, row.3)) / SWEEP[SWEEP.len() - 1].3
             }
             GpuModel::H200Compute => {
-                interpolate(&H200_SWEEP, clock_mhz, |row| row.2)
+                interpolate(&H200_SWEEP, clock_mhz, |row| (row.0, row.2))
                     / H200_SWEEP[H200_SWEEP.len() - 1].2
             }
         };
@@ -216,46 +216,30 @@ pub fn supported_clocks() -> Vec<i32> {
 pub fn dynamic_shape(clock_mhz: f64) -> f64 {
     let floor = SWEEP[0].1;
     let top = SWEEP[SWEEP.len() - 1].1;
-    ((interpolate(&SWEEP, clock_mhz, |row| row.1) - floor) / (top - floor)).max(0.0)
+    ((interpolate(&SWEEP, clock_mhz, |row| (row.0, row.1)) - floor) / (top - floor)).max(0.0)
 }
 
-/// A table row whose first field is the clock in MHz.
-trait Row {
-    fn mhz(&self) -> f64;
-}
-
-impl Row for (f64, f64, f64, f64) {
-    fn mhz(&self) -> f64 {
-        self.0
-    }
-}
-
-impl Row for (f64, f64, f64) {
-    fn mhz(&self) -> f64 {
-        self.0
-    }
-}
-
-/// `column` of `table` at `clock_mhz`: linear between the measured clocks,
-/// held at the first and last row outside them.
-fn interpolate<R: Row>(table: &[R], clock_mhz: f64, column: impl Fn(&R) -> f64) -> f64 {
-    let (Some(first), Some(last)) = (table.first(), table.last()) else {
+/// `point` (clock in MHz, value) of `table`'s rows, at `clock_mhz`: linear
+/// between the measured clocks, held at the first and last row outside
+/// them.
+fn interpolate<R>(table: &[R], clock_mhz: f64, point: impl Fn(&R) -> (f64, f64)) -> f64 {
+    let (Some(first), Some(last)) = (table.first().map(&point), table.last().map(&point)) else {
         return 0.0;
     };
-    if clock_mhz <= first.mhz() {
-        return column(first);
+    if clock_mhz <= first.0 {
+        return first.1;
     }
-    if clock_mhz >= last.mhz() {
-        return column(last);
+    if clock_mhz >= last.0 {
+        return last.1;
     }
     for pair in table.windows(2) {
-        let (lo, hi) = (&pair[0], &pair[1]);
-        if clock_mhz <= hi.mhz() {
-            let t = (clock_mhz - lo.mhz()) / (hi.mhz() - lo.mhz());
-            return column(lo) + t * (column(hi) - column(lo));
+        let (lo, hi) = (point(&pair[0]), point(&pair[1]));
+        if clock_mhz <= hi.0 {
+            let t = (clock_mhz - lo.0) / (hi.0 - lo.0);
+            return lo.1 + t * (hi.1 - lo.1);
         }
     }
-    column(last)
+    last.1
 }
 
 #[cfg(test)]
