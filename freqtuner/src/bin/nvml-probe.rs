@@ -16,7 +16,7 @@
 use std::{
     fs::File,
     io::{BufWriter, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     sync::Arc,
     time::{Duration, Instant},
@@ -151,6 +151,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// JSON lines of samples, timed from the file's creation.
+struct Recording {
+    out: BufWriter<File>,
+    start: Instant,
+    every: Duration,
+}
+
+impl Recording {
+    fn create(path: &Path, every: Duration) -> Option<Self> {
+        match File::create(path) {
+            Ok(file) => Some(Self {
+                out: BufWriter::new(file),
+                start: Instant::now(),
+                every,
+            }),
+            Err(e) => {
+                println!("cannot write {}: {e}", path.display());
+                None
+            }
+        }
+    }
+}
+
 struct Probe {
     actuator: Actuator,
     gpus: Vec<GpuInfo>,
@@ -274,35 +297,46 @@ impl Probe {
         locked && restored
     }
 
-    /// One JSON line per GPU: time, phase, clock, power, energy.
-    fn sample(&mut self, out: &mut impl Write, start: Instant, phase: &serde_json::Value) {
-        for info in self.gpus.clone() {
-            let uuid = info.uuid.as_str();
-            let line = serde_json::json!({
-                "t": start.elapsed().as_secs_f64(),
-                "unix": std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or_default(),
-                "gpu": uuid,
-                "phase": phase,
-                "sm_mhz": self.read(|b| b.current_clock(uuid)).ok(),
-                "power_w": self.read(|b| b.power_watts(uuid)).ok(),
-                "energy_mj": self.read(|b| b.energy_mj(uuid)).ok(),
-            });
-            let _ = writeln!(out, "{line}");
+    /// Samples every GPU into `rec` every `rec.every` for `length`,
+    /// calling `tick` before each sample (the budget loop steps there).
+    fn record(
+        &mut self,
+        rec: &mut Recording,
+        phase: &serde_json::Value,
+        length: Duration,
+        mut tick: impl FnMut(&mut Self),
+    ) {
+        let until = Instant::now() + length;
+        while Instant::now() < until {
+            tick(self);
+            for info in self.gpus.clone() {
+                let uuid = info.uuid.as_str();
+                let line = serde_json::json!({
+                    "t": rec.start.elapsed().as_secs_f64(),
+                    "unix": std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_secs_f64())
+                        .unwrap_or_default(),
+                    "gpu": uuid,
+                    "phase": phase,
+                    "sm_mhz": self.read(|b| b.current_clock(uuid)).ok(),
+                    "power_w": self.read(|b| b.power_watts(uuid)).ok(),
+                    "energy_mj": self.read(|b| b.energy_mj(uuid)).ok(),
+                });
+                let _ = writeln!(rec.out, "{line}");
+            }
+            std::thread::sleep(rec.every);
         }
     }
 
-    fn sweep(&mut self, steps: usize, hold: f64, every: Duration, out: &PathBuf) -> bool {
+    fn sweep(&mut self, steps: usize, hold: f64, every: Duration, out: &Path) -> bool {
         let Some(info) = self.gpus.first().cloned() else {
             return false;
         };
-        let Ok(file) = File::create(out) else {
-            println!("cannot write {}", out.display());
+        let Some(mut rec) = Recording::create(out, every) else {
             return false;
         };
-        let mut out = BufWriter::new(file);
+        let hold = Duration::from_secs_f64(hold);
         let supported = &info.supported_mhz;
         let steps = steps.clamp(2, supported.len().max(2));
         let mut clocks: Vec<u32> = (0..steps)
@@ -314,7 +348,6 @@ impl Probe {
             .collect();
         clocks.dedup();
         clocks.reverse();
-        let start = Instant::now();
         let mut ok = true;
         for mhz in clocks {
             let spec = spec_for(&self.gpus, mhz, None);
@@ -322,21 +355,21 @@ impl Probe {
                 .actuator
                 .reconcile(Some(&spec), Timestamp::now(), false);
             ok &= print_report(&report);
-            let phase = serde_json::json!({"locked_mhz": mhz});
-            let until = Instant::now() + Duration::from_secs_f64(hold);
-            while Instant::now() < until {
-                self.sample(&mut out, start, &phase);
-                std::thread::sleep(every);
-            }
+            self.record(
+                &mut rec,
+                &serde_json::json!({"locked_mhz": mhz}),
+                hold,
+                |_| {},
+            );
         }
         ok &= self.actuator.restore_all() == 0;
-        let phase = serde_json::json!({"locked_mhz": null});
-        let until = Instant::now() + Duration::from_secs_f64(hold);
-        while Instant::now() < until {
-            self.sample(&mut out, start, &phase);
-            std::thread::sleep(every);
-        }
-        let _ = out.flush();
+        self.record(
+            &mut rec,
+            &serde_json::json!({"locked_mhz": null}),
+            hold,
+            |_| {},
+        );
+        let _ = rec.out.flush();
         ok
     }
 
@@ -346,44 +379,44 @@ impl Probe {
         phase_secs: f64,
         interval: Duration,
         every: Duration,
-        out: &PathBuf,
+        out: &Path,
     ) -> bool {
         let Some(ceiling) = self.gpus.first().and_then(|g| g.max_mhz()) else {
             return false;
         };
-        let Ok(file) = File::create(out) else {
-            println!("cannot write {}", out.display());
+        let Some(mut rec) = Recording::create(out, every) else {
             return false;
         };
-        let mut out = BufWriter::new(file);
-        let start = Instant::now();
         let mut ok = true;
         for &watts in budgets {
             println!("budget {watts} W for {phase_secs} s");
             let spec = spec_for(&self.gpus, ceiling, Some(watts));
-            let phase = serde_json::json!({"budget_w": watts});
-            let until = Instant::now() + Duration::from_secs_f64(phase_secs);
             let mut next_step = Instant::now();
             let mut last = Report::default();
-            while Instant::now() < until {
-                if Instant::now() >= next_step {
-                    last = self.actuator.reconcile(Some(&spec), Timestamp::now(), true);
-                    ok &= last.failures() == 0;
-                    next_step += interval;
-                }
-                self.sample(&mut out, start, &phase);
-                std::thread::sleep(every);
-            }
+            self.record(
+                &mut rec,
+                &serde_json::json!({"budget_w": watts}),
+                Duration::from_secs_f64(phase_secs),
+                |probe| {
+                    if Instant::now() >= next_step {
+                        last = probe
+                            .actuator
+                            .reconcile(Some(&spec), Timestamp::now(), true);
+                        ok &= last.failures() == 0;
+                        next_step += interval;
+                    }
+                },
+            );
             print_report(&last);
         }
         ok &= self.actuator.restore_all() == 0;
-        let phase = serde_json::json!({"budget_w": null});
-        let until = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < until {
-            self.sample(&mut out, start, &phase);
-            std::thread::sleep(every);
-        }
-        let _ = out.flush();
+        self.record(
+            &mut rec,
+            &serde_json::json!({"budget_w": null}),
+            Duration::from_secs(3),
+            |_| {},
+        );
+        let _ = rec.out.flush();
         ok
     }
 
