@@ -90,15 +90,6 @@ async fn main() -> anyhow::Result<()> {
         // Keep the processes alive until interrupted.
         let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = cluster
-        .kubectl([
-            "delete",
-            "namespace",
-            NAMESPACE,
-            "--ignore-not-found",
-            "--wait=false",
-        ])
-        .await;
     stack.stop().await;
     result
 }

@@ -55,6 +55,9 @@ pub struct Stack {
     webhook_configuration: String,
     /// The chart RBAC this stack applied, removed again on stop.
     rbac_manifest: String,
+    /// Namespaces made by [`Stack::namespace`], deleted again on stop: one
+    /// left behind keeps its pods' simulated GPUs busy for later runs.
+    namespaces: Vec<String>,
     /// `node name -> freqtuner metrics address`.
     pub freqtuners: BTreeMap<String, String>,
     cluster: TestCluster,
@@ -176,6 +179,7 @@ impl Stack {
             prometheus_targets: Vec::new(),
             webhook_configuration: format!("climatik-{}", config.scope),
             rbac_manifest,
+            namespaces: Vec::new(),
             freqtuners: BTreeMap::new(),
             cluster: cluster.clone(),
             config: config.clone(),
@@ -398,7 +402,8 @@ impl Stack {
     }
 
     /// Creates a namespace the webhook serves.
-    pub async fn namespace(&self, name: &str) -> anyhow::Result<()> {
+    pub async fn namespace(&mut self, name: &str) -> anyhow::Result<()> {
+        self.namespaces.push(name.to_string());
         let manifest = serde_json::json!({
             "apiVersion": "v1", "kind": "Namespace",
             "metadata": {"name": name, "labels": {WEBHOOK_SCOPE_LABEL: self.config.scope}}
@@ -429,8 +434,21 @@ impl Stack {
     }
 
     /// Stops every component with SIGTERM (so agents restore clocks), then
-    /// SIGKILL after a grace period; removes the webhook and scrape targets.
+    /// SIGKILL after a grace period; removes its namespaces, the webhook
+    /// and the scrape targets.
     pub async fn stop(mut self) {
+        for namespace in &self.namespaces {
+            let _ = self
+                .cluster
+                .kubectl([
+                    "delete",
+                    "namespace",
+                    namespace,
+                    "--ignore-not-found",
+                    "--wait=false",
+                ])
+                .await;
+        }
         let _ = self
             .cluster
             .kubectl([
