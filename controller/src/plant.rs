@@ -204,10 +204,10 @@ impl GpuPlant {
     }
 }
 
-/// The clocks a V100-class GPU can lock, ascending: 300–1380 MHz in 15 MHz
-/// steps (real parts offer ~7.5 MHz steps; the sweep sampled every 75).
+/// The clocks the default (V100-class) model can lock: 300–1380 MHz in
+/// 15 MHz steps (real parts offer ~7.5 MHz steps; the sweep sampled every 75).
 pub fn supported_clocks() -> Vec<i32> {
-    (MIN_CLOCK_MHZ..=MAX_CLOCK_MHZ).step_by(15).collect()
+    GpuModel::V100Opt125m.supported_clocks()
 }
 
 /// Dynamic power at a clock as a fraction of dynamic power at the maximum
