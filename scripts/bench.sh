@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/climatik/target}"
+# shellcheck source=tests/cluster/session.sh
+source tests/cluster/session.sh
 mkdir -p target/bench
 
 echo "bench: building (release)"
@@ -15,7 +17,7 @@ cargo build --release --bins -p climatik-controller -p climatik-webhook -p clima
 echo "bench: closed loop (scenarios x strategies)"
 "$CARGO_TARGET_DIR/release/loop-bench" --seed "${BENCH_SEED:-42}" --out target/bench
 
-tests/cluster/up.sh
+cluster_session_up
 echo "bench: webhook latency"
 "$CARGO_TARGET_DIR/release/webhook-bench"
 

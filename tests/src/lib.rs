@@ -19,6 +19,7 @@
 //! their ServiceAccounts ([`TestCluster::service_account_kubeconfig`]), so
 //! the chart's RBAC is exercised rather than bypassed with admin rights.
 
+mod binaries;
 mod cluster;
 mod crds;
 mod env;
@@ -27,6 +28,7 @@ mod prometheus;
 mod service_account;
 mod wait;
 
+pub use binaries::workspace_binaries;
 pub use cluster::{TestCluster, cluster, repo_root};
 pub use namespace::TestNamespace;
 pub use prometheus::Sample;

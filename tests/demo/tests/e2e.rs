@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use climatik_api::PowerCappingPolicy;
 use climatik_demo::{
     scenario::{Sampler, clocks},
@@ -18,31 +18,6 @@ const CAP_WATTS: f64 = 900.0;
 /// The simulated H100-class GPU's maximum (default) SM clock.
 const DEFAULT_CLOCK_MHZ: f64 = 1980.0;
 
-fn bin_dir() -> anyhow::Result<std::path::PathBuf> {
-    // target/debug/deps/e2e-<hash> -> target/debug
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .context("test binary has no target directory")?
-        .to_path_buf();
-    for binary in [
-        "freqtuner",
-        "climatik-webhook",
-        "climatik-certs",
-        "powercapping-controller",
-        "freqtuning-recommender",
-    ] {
-        if !dir.join(binary).exists() {
-            bail!(
-                "{binary} is not built in {}; run `cargo build --workspace --bins` first",
-                dir.display()
-            );
-        }
-    }
-    Ok(dir)
-}
-
 #[tokio::test]
 async fn power_converges_under_the_cap_and_clocks_restore_after_delete() -> anyhow::Result<()> {
     let cluster = climatik_test_support::cluster().await?;
@@ -50,7 +25,13 @@ async fn power_converges_under_the_cap_and_clocks_restore_after_delete() -> anyh
     let _ = std::fs::remove_dir_all(&work_dir);
     let config = StackConfig {
         nodes: vec![NODE.to_string()],
-        bin_dir: bin_dir()?,
+        bin_dir: climatik_test_support::workspace_binaries(&[
+            "freqtuner",
+            "climatik-webhook",
+            "climatik-certs",
+            "powercapping-controller",
+            "freqtuning-recommender",
+        ])?,
         work_dir,
         interval: Duration::from_secs(3),
         entry_ttl: Duration::from_secs(30),
