@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use climatik_api::PowerCappingPolicy;
 use climatik_demo::{
     scenario::{Sampler, clocks},
