@@ -33,7 +33,9 @@ pub fn workspace_binaries(names: &[&str]) -> anyhow::Result<PathBuf> {
     let target_dir = profile_dir
         .parent()
         .context("the test binary is not inside a cargo target directory")?;
-    let release = profile_dir.file_name().is_some_and(|name| name == "release");
+    let release = profile_dir
+        .file_name()
+        .is_some_and(|name| name == "release");
 
     // Cargo tells the processes it runs which cargo it is.
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
