@@ -19,7 +19,7 @@ CARGO ?= cargo
 STAMPS := $(CACHE_DIR)/stamps
 
 .PHONY: help setup setup-apt setup-rust setup-go build crds test test-rust test-cluster \
-	lint fmt demo bench cluster-up cluster-down prometheus-up prometheus-down clean
+	lint fmt demo bench cluster-up cluster-down prometheus-up prometheus-down clean image
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -65,6 +65,9 @@ demo: setup ## run the whole loop on simulated GPU nodes
 
 bench: setup ## benchmarks; JSON under target/bench/
 	@scripts/bench.sh
+
+image: ## container image with buildah (no daemon, no registry): target/image/climatik-<appVersion>.oci.tar
+	@scripts/image.sh
 
 clean: cluster-down ## remove build outputs of this checkout (keeps the binary cache)
 	rm -rf target

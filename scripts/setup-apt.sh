@@ -2,7 +2,9 @@
 # Installs the Debian packages the tests and the demo need, once per machine.
 set -euo pipefail
 
-packages=(prometheus openssl iproute2 curl fonts-dejavu-core)
+# buildah builds the image (make image); containerd, runc, the CNI plugins and
+# iptables run the local cluster's real node (kubelet, kube-proxy).
+packages=(prometheus openssl iproute2 curl fonts-dejavu-core buildah containerd runc containernetworking-plugins iptables)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

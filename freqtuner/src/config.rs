@@ -25,6 +25,9 @@ pub struct Cli {
 
     #[clap(flatten)]
     pub sim: SimArgs,
+
+    #[clap(flatten)]
+    pub kubelet: KubeletArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -149,6 +152,36 @@ pub struct SimArgs {
     pub sim_driver_version: String,
 }
 
+/// The simulated GPUs on a node with a kubelet (`--gpu-backend sim`): served
+/// to the kubelet as a device plugin, their holders read back from
+/// PodResources, as NVIDIA's device plugin and dcgm-exporter do.
+#[derive(Debug, Clone, Args)]
+pub struct KubeletArgs {
+    /// Serve the kubelet device-plugin API (`nvidia.com/gpu`, one device
+    /// per simulated GPU) from this directory, the kubelet's
+    /// `<root>/device-plugins`, and let the kubelet assign the GPUs. Off by
+    /// default: the agent then assigns GPUs to the pods itself.
+    #[arg(long, env = "DEVICE_PLUGIN_DIR")]
+    pub device_plugin_dir: Option<PathBuf>,
+
+    /// The kubelet's PodResources socket; default:
+    /// `<device-plugin-dir>/../pod-resources/kubelet.sock`.
+    #[arg(long, env = "POD_RESOURCES_SOCKET", requires = "device_plugin_dir")]
+    pub pod_resources_socket: Option<PathBuf>,
+}
+
+impl KubeletArgs {
+    /// The PodResources socket, when the device plugin is on.
+    pub fn pod_resources_socket(&self) -> Option<PathBuf> {
+        let dir = self.device_plugin_dir.as_ref()?;
+        Some(
+            self.pod_resources_socket
+                .clone()
+                .unwrap_or_else(|| dir.join("..").join("pod-resources").join("kubelet.sock")),
+        )
+    }
+}
+
 /// `500ms`, `1s`, `1.5s`, `2m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -193,6 +226,36 @@ mod tests {
         assert_eq!(cli.server.metrics_listen.port(), 9400);
         assert_eq!(cli.agent.fast_loop_interval, Duration::from_secs(1));
         assert_eq!(cli.agent.state_dir, PathBuf::from("/var/lib/climatik"));
+        assert_eq!(cli.kubelet.device_plugin_dir, None);
+        assert_eq!(cli.kubelet.pod_resources_socket(), None);
+    }
+
+    #[test]
+    fn pod_resources_socket_defaults_beside_the_device_plugins() {
+        let cli = Cli::try_parse_from([
+            "freqtuner",
+            "--node-name",
+            "n1",
+            "--device-plugin-dir",
+            "/var/lib/kubelet/device-plugins",
+        ])
+        .expect("parse");
+        assert_eq!(
+            cli.kubelet.pod_resources_socket(),
+            Some(PathBuf::from(
+                "/var/lib/kubelet/device-plugins/../pod-resources/kubelet.sock"
+            ))
+        );
+        assert!(
+            Cli::try_parse_from([
+                "freqtuner",
+                "--node-name",
+                "n1",
+                "--pod-resources-socket",
+                "/x.sock"
+            ])
+            .is_err()
+        );
     }
 
     #[test]

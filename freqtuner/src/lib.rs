@@ -12,6 +12,7 @@ pub mod fake_sysfs;
 pub mod fastloop;
 pub mod gpu;
 pub mod http;
+pub mod kubelet;
 pub mod merge;
 pub mod metrics;
 pub mod sim;
@@ -22,6 +23,7 @@ use std::{sync::Arc, time::Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::Node;
+use tokio::sync::watch;
 
 use crate::{
     actuator::Actuator,
@@ -29,13 +31,17 @@ use crate::{
     config::{Cli, CpuBackendKind, GpuBackendKind},
     cpu::{CpuBackend, cpufreq::Cpufreq, sim::SimCpus},
     gpu::{GpuBackend, nvml::open_real, sim::SimGpus},
+    kubelet::{device_plugin::PluginConfig, pod_resources::Poller},
     metrics::Metrics,
-    sim::{Scenario, SharedWorld, SimConfig, SimWorld, model::GpuModel, pods},
+    sim::{Assignment, Scenario, SharedWorld, SimConfig, SimWorld, model::GpuModel, pods},
     state::StateFile,
 };
 
 /// Runs the agent until SIGTERM or SIGINT, then restores defaults.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.kubelet.device_plugin_dir.is_some() && cli.backends.gpu_backend != GpuBackendKind::Sim {
+        anyhow::bail!("--device-plugin-dir serves simulated GPUs: it needs --gpu-backend sim");
+    }
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
@@ -93,6 +99,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let watcher = world
         .clone()
         .map(|world| tokio::spawn(pods::watch_pods(client.clone(), node.clone(), world)));
+    // Ends the kubelet tasks (the device plugin removes its socket).
+    let (stop_kubelet, kubelet_stopping) = watch::channel(false);
+    let mut kubelet_tasks = Vec::new();
+    if let (Some(world), Some(dir), Some(socket)) = (
+        &world,
+        &cli.kubelet.device_plugin_dir,
+        cli.kubelet.pod_resources_socket(),
+    ) {
+        let uuids = world
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the simulation state was poisoned"))?
+            .infos()
+            .into_iter()
+            .map(|g| g.uuid)
+            .collect();
+        kubelet_tasks.push(tokio::spawn(kubelet::device_plugin::run(
+            PluginConfig::new(dir.clone(), uuids),
+            kubelet_stopping.clone(),
+        )));
+        kubelet_tasks.push(tokio::spawn(
+            Poller::new(socket, cli.agent.fast_loop_interval)
+                .run(world.clone(), kubelet_stopping.clone()),
+        ));
+    }
 
     let actuator = Actuator::new(gpu, cpu, cli.backends.gpu_power_limit, metrics.clone());
     let agent = Agent::new(
@@ -107,6 +137,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         heartbeat,
     );
     let result = agent.run(shutdown_signal()).await;
+    let _ = stop_kubelet.send(true);
+    for task in kubelet_tasks {
+        if tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("a kubelet task did not stop in time");
+        }
+    }
     server.abort();
     if let Some(w) = watcher {
         w.abort();
@@ -146,6 +185,11 @@ async fn sim_world(cli: &Cli, client: &kube::Client) -> anyhow::Result<SharedWor
             driver_version: cli.sim.sim_driver_version.clone(),
             scenario,
             default_load,
+            assignment: if cli.kubelet.device_plugin_dir.is_some() {
+                Assignment::Kubelet
+            } else {
+                Assignment::Agent
+            },
         },
         Instant::now(),
     )?;

@@ -41,6 +41,18 @@ targets=(
   "kubectl|$K8S_VERSION|$here|k8s.io/kubernetes/cmd/kubectl|K8S"
   "nodekeeper|$(nodekeeper_version)|$here|./cmd/nodekeeper|-s -w"
   "helm|$HELM_VERSION|$here/helm|helm.sh/helm/v3/cmd/helm|-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  # The real node (up.sh with CLIMATIK_REAL_NODE=1).
+  "kubelet|$K8S_VERSION|$here|k8s.io/kubernetes/cmd/kubelet|K8S"
+  "kube-proxy|$K8S_VERSION|$here|k8s.io/kubernetes/cmd/kube-proxy|K8S"
+  # The real node's sandbox image (ours; versioned by a hash of its source,
+  # as lib.sh's pause_version computes it).
+  "pause|$(sha256sum <"$here/cmd/pause/main.go" | cut -c1-12)|$here|./cmd/pause|-s -w"
+  # Prometheus' Kubernetes service discovery for it (Debian's Prometheus has
+  # none); versioned like nodekeeper, as lib.sh's endpoints_sd_version says.
+  "endpoints-sd|$(cat "$here"/cmd/endpoints-sd/*.go "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-12)|$here|./cmd/endpoints-sd|-s -w"
+  # cert-manager, in a module of its own (cert-manager/go.mod).
+  "cert-manager-controller|$CERT_MANAGER_VERSION|$here/cert-manager|github.com/cert-manager/cert-manager/cmd/controller|-s -w"
+  "cert-manager-cainjector|$CERT_MANAGER_VERSION|$here/cert-manager|github.com/cert-manager/cert-manager/cmd/cainjector|-s -w"
 )
 
 total=${#targets[@]}

@@ -37,14 +37,61 @@ _port KCM_PORT 26257
 _port SCHEDULER_PORT 26259
 _port PROMETHEUS_PORT 29090
 CLUSTER_PORTS=("$ETCD_PORT" "$ETCD_PEER_PORT" "$APISERVER_PORT" "$KCM_PORT" "$SCHEDULER_PORT" "$PROMETHEUS_PORT")
+# The real node's (CLIMATIK_REAL_NODE=1): the kubelet's API on the bridge
+# address, the others on 127.0.0.1.
+_port KUBELET_PORT 20250
+_port KUBELET_HEALTHZ_PORT 20248
+_port PROXY_METRICS_PORT 20249
+_port PROXY_HEALTHZ_PORT 20256
+_port CONTAINERD_STREAM_PORT 20251
+NODE_PORTS=("$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT" "$PROXY_METRICS_PORT" "$PROXY_HEALTHZ_PORT" "$CONTAINERD_STREAM_PORT")
+
+# The real node (README.md, "Real node"): opt-in with CLIMATIK_REAL_NODE=1,
+# remembered with the node's name and bridge in $STATE/real-node, like the
+# ports, so later calls need not repeat it. Its network is fixed: a bridge
+# holding the node's address, pods on the bridge, Services in a range of
+# their own, all in 198.18.0.0/15 (reserved for benchmarks, routed nowhere).
+_saved_node() {
+  [[ -f $STATE/real-node ]] && sed -n "s/^$1=\([-.a-z0-9]*\)$/\1/p" "$STATE/real-node"
+  return 0
+}
+REAL_NODE=${CLIMATIK_REAL_NODE:-$(_saved_node REAL_NODE)}
+[[ $REAL_NODE == 1 ]] || REAL_NODE=0
+NODE_NAME=${CLIMATIK_REAL_NODE_NAME:-$(_saved_node NODE_NAME)}
+NODE_NAME=${NODE_NAME:-climatik-node}
+BRIDGE=${CLIMATIK_BRIDGE:-$(_saved_node BRIDGE)}
+BRIDGE=${BRIDGE:-climatik0}
+[[ $NODE_NAME =~ ^[a-z0-9]([-.a-z0-9]*[a-z0-9])?$ ]] || {
+  echo "CLIMATIK_REAL_NODE_NAME must be a DNS name, not '$NODE_NAME'" >&2
+  exit 1
+}
+[[ $BRIDGE =~ ^[a-z][-a-z0-9]{0,14}$ ]] || {
+  echo "CLIMATIK_BRIDGE must be an interface name (at most 15 characters), not '$BRIDGE'" >&2
+  exit 1
+}
+NODE_IP=198.18.0.1
+POD_CIDR=198.18.0.0/24
+NODE_STATE="$STATE/node"
+KUBELET_ROOT_DIR="$NODE_STATE/kubelet"
+CONTAINERD_ADDRESS="$NODE_STATE/containerd/containerd.sock"
+if [[ $REAL_NODE == 1 ]]; then
+  # Pods reach the API server (also through the "kubernetes" Service) and
+  # Prometheus at the bridge address, so both listen there.
+  LISTEN_HOST=$NODE_IP
+  SERVICE_CIDR=198.19.0.0/16
+else
+  LISTEN_HOST=127.0.0.1
+  # Allocated, never routed.
+  SERVICE_CIDR=10.96.0.0/16
+fi
 
 PKI="$STATE/pki"
 LOGS="$STATE/logs"
 PIDS="$STATE/pids"
 KUBECONFIG_ADMIN="$STATE/kubeconfig"
 PROM_DIR="$STATE/prometheus"
-APISERVER_URL="https://127.0.0.1:$APISERVER_PORT"
-PROMETHEUS_URL="http://127.0.0.1:$PROMETHEUS_PORT"
+APISERVER_URL="https://$LISTEN_HOST:$APISERVER_PORT"
+PROMETHEUS_URL="http://$LISTEN_HOST:$PROMETHEUS_PORT"
 
 log() { printf '[cluster %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -57,7 +104,25 @@ APISERVER_PORT=$APISERVER_PORT
 KCM_PORT=$KCM_PORT
 SCHEDULER_PORT=$SCHEDULER_PORT
 PROMETHEUS_PORT=$PROMETHEUS_PORT
+KUBELET_PORT=$KUBELET_PORT
+KUBELET_HEALTHZ_PORT=$KUBELET_HEALTHZ_PORT
+PROXY_METRICS_PORT=$PROXY_METRICS_PORT
+PROXY_HEALTHZ_PORT=$PROXY_HEALTHZ_PORT
+CONTAINERD_STREAM_PORT=$CONTAINERD_STREAM_PORT
 EOF
+}
+
+# pause_version -> the version of our pause binary (the real node's sandbox
+# image): a hash of its source, as build.sh computes it.
+pause_version() {
+  sha256sum <"$_lib_dir/cmd/pause/main.go" | cut -c1-12
+}
+
+# endpoints_sd_version -> the version of endpoints-sd (Prometheus' Kubernetes
+# service discovery for a real node): a hash of its source and the module's
+# pins, as build.sh computes it.
+endpoints_sd_version() {
+  cat "$_lib_dir"/cmd/endpoints-sd/*.go "$_lib_dir/go.mod" "$_lib_dir/go.sum" | sha256sum | cut -c1-12
 }
 
 # pid_of NAME -> the pid of our running NAME, or nothing. A pid file whose
@@ -122,9 +187,11 @@ stop() {
   rm -f "$PIDS/$name.pid"
 }
 
-# port_free PORT -> true when nothing listens on 127.0.0.1:PORT.
+# port_free PORT [HOST] -> true when nothing listens on HOST:PORT (default
+# 127.0.0.1).
 port_free() {
-  ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  # shellcheck disable=SC2016  # expanded by the inner bash
+  ! timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "${2:-127.0.0.1}" "$1" 2>/dev/null
 }
 
 # wait_for DESCRIPTION TIMEOUT LOGNAME COMMAND... -> retries COMMAND until it

@@ -6,6 +6,9 @@
 K8S_VERSION=v1.34.4
 ETCD_VERSION=v3.6.4
 HELM_VERSION=v3.19.5
+# The newest release whose controller and cainjector are packages of the main
+# module (later ones moved them to nested modules the proxy does not serve).
+CERT_MANAGER_VERSION=v1.11.5
 
 _cluster_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -31,6 +34,7 @@ bin() {
   case $1 in
     etcd) bin_path etcd "$ETCD_VERSION" ;;
     helm) bin_path helm "$HELM_VERSION" ;;
+    cert-manager-*) bin_path "$1" "$CERT_MANAGER_VERSION" ;;
     nodekeeper) bin_path nodekeeper "$(nodekeeper_version)" ;;
     *) bin_path "$1" "$K8S_VERSION" ;;
   esac

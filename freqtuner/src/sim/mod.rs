@@ -1,7 +1,9 @@
 //! The simulated node: GPUs whose power and throughput follow the reference
 //! model, loaded by the pods the API server placed on the node. Shared by
-//! the `sim` GPU backend (which locks clocks), the pod watcher (which
-//! assigns GPUs) and `/metrics` (which serves DCGM-exporter series).
+//! the `sim` GPU backend (which locks clocks), the pod watcher (which knows
+//! the pods and their loads), the PodResources poller (which says which
+//! container the kubelet gave each GPU, with the device plugin) and
+//! `/metrics` (which serves DCGM-exporter series).
 
 pub mod dcgm;
 pub mod load;
@@ -23,7 +25,7 @@ use crate::{
 };
 use load::LoadProfile;
 use model::GpuModel;
-use pods::{Assigner, PodGpus};
+use pods::{Allocation, Assigner, Claim, PodGpus};
 
 /// The simulation, shared between tasks.
 pub type SharedWorld = Arc<Mutex<SimWorld>>;
@@ -113,6 +115,18 @@ pub struct GpuReading {
     pub owner: Option<Owner>,
 }
 
+/// Who decides which container holds which simulated GPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Assignment {
+    /// The agent, from the pods bound to the node (no kubelet serves the
+    /// GPUs, as on the test clusters' fake nodes).
+    #[default]
+    Agent,
+    /// The kubelet, through the device plugin; learned from PodResources
+    /// ([`SimWorld::set_allocations`]).
+    Kubelet,
+}
+
 /// How a simulated node is built.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -123,6 +137,7 @@ pub struct SimConfig {
     pub scenario: Scenario,
     /// Load of a pod holding GPUs without a `climatik.io/sim-load` annotation.
     pub default_load: LoadProfile,
+    pub assignment: Assignment,
 }
 
 /// The simulated node.
@@ -131,6 +146,10 @@ pub struct SimWorld {
     config: SimConfig,
     gpus: Vec<SimGpu>,
     assigner: Assigner,
+    /// The pods on the node that hold GPUs, as last watched.
+    pods: Vec<PodGpus>,
+    /// What PodResources last said ([`Assignment::Kubelet`]).
+    allocations: Vec<Allocation>,
     first_seen: BTreeMap<String, Instant>,
     started: Instant,
 }
@@ -165,6 +184,8 @@ impl SimWorld {
             config,
             gpus,
             assigner: Assigner::default(),
+            pods: Vec::new(),
+            allocations: Vec::new(),
             first_seen: BTreeMap::new(),
             started: now,
         })
@@ -201,8 +222,54 @@ impl SimWorld {
         for pod in pods {
             self.first_seen.entry(pod.uid.clone()).or_insert(now);
         }
-        let count = u32::try_from(self.gpus.len()).unwrap_or(u32::MAX);
-        let claims = self.assigner.assign(pods, count).clone();
+        self.pods = pods.to_vec();
+        self.reassign(now);
+    }
+
+    /// Replaces what the kubelet allocated ([`Assignment::Kubelet`]) and
+    /// re-derives GPU ownership.
+    pub fn set_allocations(&mut self, allocations: &[Allocation], now: Instant) {
+        self.advance(now);
+        self.allocations = allocations.to_vec();
+        self.reassign(now);
+    }
+
+    /// GPU index -> claim, by whoever assigns GPUs.
+    fn claims(&mut self) -> BTreeMap<u32, Claim> {
+        match self.config.assignment {
+            Assignment::Agent => {
+                let count = u32::try_from(self.gpus.len()).unwrap_or(u32::MAX);
+                self.assigner.assign(&self.pods, count).clone()
+            }
+            // Held only while the watch knows the pod unfinished: one it
+            // does not list has finished or is gone, and loads no GPU even
+            // if the kubelet still reports its devices.
+            Assignment::Kubelet => self
+                .allocations
+                .iter()
+                .filter_map(|a| {
+                    let index = self.gpus.iter().position(|g| g.info.uuid == a.uuid)?;
+                    let pod = self
+                        .pods
+                        .iter()
+                        .find(|p| p.namespace == a.namespace && p.name == a.pod)?;
+                    Some((
+                        u32::try_from(index).ok()?,
+                        Claim {
+                            uid: pod.uid.clone(),
+                            namespace: a.namespace.clone(),
+                            pod: a.pod.clone(),
+                            container: a.container.clone(),
+                        },
+                    ))
+                })
+                .collect(),
+        }
+    }
+
+    fn reassign(&mut self, now: Instant) {
+        let claims = self.claims();
+        let pods = &self.pods;
         for (index, gpu) in self.gpus.iter_mut().enumerate() {
             let index = u32::try_from(index).unwrap_or(u32::MAX);
             gpu.owner = claims.get(&index).map(|claim| {
@@ -372,6 +439,7 @@ pub(crate) mod tests {
                 driver_version: "550.54.15".into(),
                 scenario: Scenario::default(),
                 default_load: LoadProfile::Constant(1.0),
+                assignment: Assignment::Agent,
             },
             Instant::now(),
         )
@@ -387,6 +455,40 @@ pub(crate) mod tests {
             containers: vec![("vllm".into(), 1)],
             load: load.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn with_the_kubelet_assigning_owners_follow_pod_resources() {
+        let mut w = world(3);
+        w.config.assignment = Assignment::Kubelet;
+        let t0 = Instant::now();
+        let uuids: Vec<String> = w.infos().into_iter().map(|i| i.uuid).collect();
+        w.set_pods(&[busy_pod("a", Some("0.5"))], t0);
+        // Nothing allocated yet: the agent assigns nothing by itself.
+        assert!(w.readings(t0).iter().all(|r| r.owner.is_none()));
+
+        let allocation = |uuid: &str, pod: &str| Allocation {
+            uuid: uuid.into(),
+            namespace: "team".into(),
+            pod: pod.into(),
+            container: "vllm".into(),
+        };
+        w.set_allocations(
+            &[
+                allocation(&uuids[2], "vllm-a"),
+                allocation(&uuids[1], "gone"),
+            ],
+            t0,
+        );
+        let r = w.readings(t0);
+        assert_eq!(r[2].owner.as_ref().map(|o| o.pod.as_str()), Some("vllm-a"));
+        assert_eq!(r[2].utilization, 0.5);
+        // A pod the watch does not know (finished) holds nothing.
+        assert!(r[0].owner.is_none() && r[1].owner.is_none());
+
+        // The pod finishes: its GPU idles although the kubelet still lists it.
+        w.set_pods(&[], t0);
+        assert!(w.readings(t0)[2].owner.is_none());
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! Which simulated GPUs each pod on the node holds: learned from the API
-//! server (pods with `spec.nodeName` = this node), assigned deterministically
-//! and kept stable while a pod lives.
+//! Which simulated GPUs each pod on the node holds. The pods (and their
+//! `climatik.io/sim-load` annotations) are learned from the API server (pods
+//! with `spec.nodeName` = this node). Without a kubelet the agent assigns
+//! GPUs itself, deterministically and stable while a pod lives; with the
+//! device plugin the kubelet assigns them and says so through PodResources
+//! ([`Allocation`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -78,6 +81,15 @@ impl PodGpus {
                 .cloned(),
         })
     }
+}
+
+/// A GPU the kubelet allocated to a container, as PodResources reports it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Allocation {
+    pub uuid: String,
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
 }
 
 /// One container's claim on a GPU.
