@@ -151,7 +151,8 @@ k get pods -A -o wide >&2
 startup_line() { # COMPONENT LINE
   local pod
   for pod in $(k -n "$NS" get pods -l "app.kubernetes.io/component=$1" -o name); do
-    k -n "$NS" logs "$pod" | grep -q "$2" || fail "$pod did not log '$2'"
+    # Not `logs | grep -q`: grep's early exit would fail the pipeline.
+    [[ $(k -n "$NS" logs "$pod") == *"$2"* ]] || fail "$pod did not log '$2'"
   done
   log "ok: $1 logged '$2'"
 }
@@ -215,7 +216,7 @@ pod_running() {
 }
 eventually 90 "the workload's pod runs on $CLIMATIK_REAL_NODE_NAME" pod_running
 pod=$(k -n "$APP_NS" get pods -l app=serve -o jsonpath='{.items[0].metadata.name}')
-k -n "$APP_NS" logs "$pod" | grep -q GPU- || fail "$pod did not get simulated GPUs: $(k -n "$APP_NS" logs "$pod")"
+[[ $(k -n "$APP_NS" logs "$pod") == *GPU-* ]] || fail "$pod did not get simulated GPUs: $(k -n "$APP_NS" logs "$pod")"
 log "ok: $pod runs with $(k -n "$APP_NS" logs "$pod" | head -n 1)"
 
 # power_under WATTS SECONDS -> the policy's measured power stays at or under
@@ -253,27 +254,53 @@ eventually 30 "the policy's cap is ${NEW_CAP_WATTS} W" cap_is_new
 power_under "$NEW_CAP_WATTS" 15 >/dev/null
 
 step "deleting the Deployment restores default clocks"
-# sm_clocks -> one line per simulated GPU of the node: its SM clock, as
-# Prometheus scraped it from the agent's DCGM series.
+# sm_clocks SELECTOR -> one line per simulated GPU matching SELECTOR: its SM
+# clock, as Prometheus scraped it from the agent's DCGM series.
 sm_clocks() {
   curl -sf --max-time 5 "$PROMETHEUS_URL/api/v1/query" \
-    --data-urlencode "query=DCGM_FI_DEV_SM_CLOCK{Hostname=\"$CLIMATIK_REAL_NODE_NAME\"}" |
+    --data-urlencode "query=DCGM_FI_DEV_SM_CLOCK{Hostname=\"$CLIMATIK_REAL_NODE_NAME\",$1}" |
     python3 -c 'import json, sys; [print(int(float(r["value"][1]))) for r in json.load(sys.stdin)["data"]["result"]]'
 }
-gpus_at_default() {
+# clocks_of SELECTOR COUNT OP -> COUNT GPUs match, and every clock OP the
+# default (awk comparison).
+clocks_of() {
   local clocks
-  clocks=$(sm_clocks)
-  [[ -n $clocks ]] && ! grep -qv "^$DEFAULT_CLOCK_MHZ$" <<<"$clocks"
+  clocks=$(sm_clocks "$1")
+  [[ $(grep -c . <<<"$clocks") -eq $2 ]] &&
+    awk -v d="$DEFAULT_CLOCK_MHZ" "{ if (!(\$1 $3 d)) bad = 1 } END { exit bad }" <<<"$clocks"
 }
-gpus_locked() {
-  local clocks
-  clocks=$(sm_clocks)
-  [[ -n $clocks ]] && grep -qv "^$DEFAULT_CLOCK_MHZ$" <<<"$clocks"
-}
-eventually 60 "some GPU of $CLIMATIK_REAL_NODE_NAME runs below its default clock while capped" gpus_locked
+eventually 60 "both GPUs of the capped pod run below ${DEFAULT_CLOCK_MHZ} MHz" \
+  clocks_of "namespace=\"$APP_NS\",pod=\"$pod\"" 2 '<'
 k -n "$APP_NS" delete deployment serve --wait=true >/dev/null
-eventually 90 "every GPU of $CLIMATIK_REAL_NODE_NAME back at ${DEFAULT_CLOCK_MHZ} MHz" gpus_at_default
 eventually 60 "the generated policy is gone" bash -c "! '$KUBECTL' -n '$APP_NS' get pcp deployment-serve"
+eventually 60 "the capped pod is gone" bash -c "[[ -z \$('$KUBECTL' -n '$APP_NS' get pods -l app=serve -o name) ]]"
+# Idle GPUs clock down by themselves, as real ones do: what shows that no
+# lock is left is a fully loaded, uncapped pod on every GPU of the node
+# running at the default clock.
+gpus=$(k get node "$CLIMATIK_REAL_NODE_NAME" -o jsonpath='{.status.allocatable.nvidia\.com/gpu}')
+[[ $gpus =~ ^[1-9][0-9]*$ ]] || fail "the node advertises no nvidia.com/gpu (device plugin): '$gpus'"
+k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: uncapped
+  namespace: $APP_NS
+  annotations:
+    climatik.io/sim-load: full
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+    - name: uncapped
+      image: $image_ref
+      imagePullPolicy: Never
+      command: ["sim-workload"]
+      resources:
+        limits:
+          nvidia.com/gpu: $gpus
+EOF
+eventually 90 "all $gpus GPUs, fully loaded and uncapped, run at ${DEFAULT_CLOCK_MHZ} MHz" \
+  clocks_of "namespace=\"$APP_NS\",pod=\"uncapped\"" "$gpus" '=='
+k -n "$APP_NS" delete pod uncapped --wait=true >/dev/null
 
 # --- certificate renewal without a restart ------------------------------------
 step "a renewed webhook certificate is served without a restart"
@@ -322,7 +349,7 @@ with open(path, "w") as f:
     yaml.safe_dump(crd, f, sort_keys=False)
 PY
 run_readme upgrade "$upgrade_dir"
-k get crd powercappingpolicies.climatik.io -o yaml | grep -q "$marker" || fail "the changed CRD was not applied by the upgrade"
+[[ $(k get crd powercappingpolicies.climatik.io -o yaml) == *"$marker"* ]] || fail "the changed CRD was not applied by the upgrade"
 log "ok: the upgraded CRD is in the cluster"
 
 # --- uninstall ------------------------------------------------------------------
