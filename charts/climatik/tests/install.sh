@@ -334,7 +334,7 @@ rm -rf "$upgrade_dir"
 mkdir -p "$upgrade_dir/charts"
 cp -r "$chart" "$upgrade_dir/charts/climatik"
 marker="install-test upgrade $$"
-crd_file="$upgrade_dir/charts/climatik/crds/powercappingpolicies.climatik.io.yaml"
+crd_file="$upgrade_dir/charts/climatik/crds/powercappingpolicies.yaml"
 [[ -f $crd_file ]] || fail "no CRD file $crd_file"
 # A new printer column: a change a chart release could make.
 python3 - "$crd_file" "$marker" <<'PY'
