@@ -366,12 +366,9 @@ async fn cycle(
     let serving = match Serving::start(config).await {
         Ok(serving) => serving,
         Err(e) => {
-            let delay = backoff.fail();
-            tracing::warn!(
-                error = format!("{e:#}"),
-                attempt = backoff.failures,
-                retry_in = ?delay,
-                "cannot serve the device plugin (is the kubelet's device-plugins directory mounted?)"
+            let delay = backoff.fail_logged(
+                &e,
+                "cannot serve the device plugin (is the kubelet's device-plugins directory mounted?)",
             );
             return if pause(delay, shutdown).await {
                 Cycle::Restart
@@ -393,12 +390,9 @@ async fn cycle(
         match attempt {
             Ok(()) => break,
             Err(e) => {
-                let delay = backoff.fail();
-                tracing::warn!(
-                    error = format!("{e:#}"),
-                    attempt = backoff.failures,
-                    retry_in = ?delay,
-                    "cannot register the device plugin with the kubelet; retrying"
+                let delay = backoff.fail_logged(
+                    &e,
+                    "cannot register the device plugin with the kubelet; retrying",
                 );
                 if !pause(delay, shutdown).await {
                     serving.stop(true).await;

@@ -101,6 +101,18 @@ impl Backoff {
         delay
     }
 
+    /// [`Backoff::fail`], logged: what failed, why, the attempt and the delay.
+    pub fn fail_logged(&mut self, error: &impl std::fmt::Display, what: &str) -> Duration {
+        let delay = self.fail();
+        tracing::warn!(
+            error = format!("{error:#}"),
+            attempt = self.failures,
+            retry_in = ?delay,
+            "{what}"
+        );
+        delay
+    }
+
     pub fn reset(&mut self) {
         self.next = self.initial;
         self.failures = 0;

@@ -137,16 +137,10 @@ impl Poller {
                     }
                     self.interval
                 }
-                Err(e) => {
-                    let delay = backoff.fail();
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        attempt = backoff.failures,
-                        retry_in = ?delay,
-                        "cannot read GPU allocations from the kubelet; keeping the last known"
-                    );
-                    delay
-                }
+                Err(e) => backoff.fail_logged(
+                    &e,
+                    "cannot read GPU allocations from the kubelet; keeping the last known",
+                ),
             };
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
