@@ -226,3 +226,18 @@ api_get() {
 }
 api_ready() { [[ $(api_get /readyz) == ok ]]; }
 prometheus_ready() { curl -sf --max-time 2 "$PROMETHEUS_URL/-/ready" >/dev/null; }
+
+# eventually TIMEOUT DESCRIPTION COMMAND... -> for the test scripts: retries
+# COMMAND once a second; on timeout calls the caller's `fail` (else `die`).
+eventually() {
+  local timeout=$1 what=$2 t0=$SECONDS
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS - t0 >= timeout)); then
+      if declare -F fail >/dev/null; then fail "$what: not within ${timeout}s"; fi
+      die "$what: not within ${timeout}s"
+    fi
+    sleep 1
+  done
+  log "ok: $what ($((SECONDS - t0))s)"
+}

@@ -61,17 +61,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# eventually TIMEOUT DESCRIPTION COMMAND...
-eventually() {
-  local timeout=$1 what=$2 t0=$SECONDS
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS - t0 < timeout)) || fail "$what: not within ${timeout}s"
-    sleep 1
-  done
-  say "ok: $what ($((SECONDS - t0))s)"
-}
-
 sysctls() {
   local k
   for k in "${NODE_SYSCTLS[@]}" net/ipv4/ip_forward net/ipv4/conf/all/route_localnet \

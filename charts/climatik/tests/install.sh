@@ -51,6 +51,9 @@ NEW_CAP_WATTS=800
 DEFAULT_CLOCK_MHZ=1980
 t_start=$SECONDS
 
+# eventually (tests/cluster/lib.sh); the log it calls is this script's, below.
+# shellcheck source=tests/cluster/lib.sh
+source "$repo/tests/cluster/lib.sh"
 log() { printf '[install-test %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 step() { printf '\n== %s\n' "$*" >&2; }
 fail() {
@@ -78,17 +81,6 @@ cleanup() {
   return "$rc"
 }
 trap cleanup EXIT
-
-# eventually TIMEOUT DESCRIPTION COMMAND... -> retries COMMAND once a second.
-eventually() {
-  local timeout=$1 what=$2 t0=$SECONDS
-  shift 2
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS - t0 < timeout)) || fail "$what: not within ${timeout}s"
-    sleep 1
-  done
-  log "ok: $what ($((SECONDS - t0))s)"
-}
 
 # readme_block NAME -> the fenced block that follows `<!-- install-test: NAME -->`
 # in README.md.
