@@ -17,7 +17,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 
-use crate::{CertError, der::certificate_serial_hex};
+use crate::{CertError, x509::certificate_serial_hex};
 
 /// Common name of the development CA.
 pub const CA_COMMON_NAME: &str = "Climatik development CA";

@@ -5,12 +5,12 @@
 //!   including Kubernetes' atomic `..data` symlink swap, without a restart.
 //! - [`dev_ca`]: a development CA and serving certificates (rcgen) for local
 //!   runs without cert-manager.
-//! - [`der`]: the few X.509 facts the logs need (the serial number).
+//! - [`x509`]: the few X.509 facts the logs need (the serial number).
 
-pub mod der;
 pub mod dev_ca;
 mod error;
 pub mod reload;
+pub mod x509;
 
 pub use dev_ca::{DevCa, DevCaFiles, ServingCert, write_dev_ca};
 pub use error::CertError;

@@ -29,7 +29,7 @@ use rustls::{
     sign::CertifiedKey,
 };
 
-use crate::{CertError, der::certificate_serial_hex};
+use crate::{CertError, x509::certificate_serial_hex};
 
 /// Where the serving certificate (PEM chain, leaf first) and key live.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,7 +14,9 @@ use climatik_api::{
     PowerCappingPolicy,
     names::{LABEL_GENERATED, LABEL_POLICY},
 };
-use climatik_certs::{CertFiles, ReloadingCertResolver, der::certificate_serial_hex, write_dev_ca};
+use climatik_certs::{
+    CertFiles, ReloadingCertResolver, write_dev_ca, x509::certificate_serial_hex,
+};
 use climatik_test_support::{TestCluster, TestNamespace, cluster};
 use climatik_webhook::{
     effects::{Effects, OwnerTaskLimits},
