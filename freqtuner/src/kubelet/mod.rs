@@ -10,6 +10,7 @@ pub mod pod_resources;
 
 use std::{io, path::Path, time::Duration};
 
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// Generated messages, clients and servers.
@@ -72,33 +73,39 @@ impl FileId {
 }
 
 /// Doubling retry delays, capped, so a missing kubelet is retried quickly
-/// at first and without flooding the log later.
-#[derive(Debug, Clone)]
+/// at first and without flooding the log later. The delays come from
+/// `backon`; this adds what the agent's loops need around them: a count of
+/// failures since the last success and one log line per failure.
+#[derive(Debug)]
 pub struct Backoff {
-    initial: Duration,
+    schedule: ExponentialBuilder,
+    delays: ExponentialBackoff,
     max: Duration,
-    next: Duration,
     /// Failures since the last success.
     pub failures: u32,
 }
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Self {
-        let initial = initial.min(max);
+        let schedule = ExponentialBuilder::new()
+            .with_factor(2.0)
+            .with_min_delay(initial.min(max))
+            .with_max_delay(max)
+            .without_max_times();
         Self {
-            initial,
+            delays: schedule.build(),
+            schedule,
             max,
-            next: initial,
             failures: 0,
         }
     }
 
     /// The delay before the next attempt, after a failure.
     pub fn fail(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(self.max);
         self.failures = self.failures.saturating_add(1);
-        delay
+        // Without a limit on attempts the schedule never ends; the cap only
+        // keeps this total.
+        self.delays.next().unwrap_or(self.max)
     }
 
     /// [`Backoff::fail`], logged: what failed, why, the attempt and the delay.
@@ -114,7 +121,7 @@ impl Backoff {
     }
 
     pub fn reset(&mut self) {
-        self.next = self.initial;
+        self.delays = self.schedule.build();
         self.failures = 0;
     }
 }
