@@ -1,7 +1,10 @@
 //! Our own `/metrics`: reconciliations, errors, leadership and (monitor)
 //! the power each policy draws.
 
-use std::sync::{Arc, atomic::AtomicU64};
+use std::{
+    sync::{Arc, atomic::AtomicU64},
+    time::Instant,
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -24,6 +27,21 @@ pub struct ErrorLabels {
 pub struct PolicyLabels {
     pub namespace: String,
     pub policy: String,
+}
+
+/// Observes the time since it was made into `reconcile_duration_seconds`
+/// when dropped, so a reconciliation that returns early with an error (or
+/// is cancelled) is measured like one that succeeds.
+#[must_use = "the reconciliation is timed until this is dropped"]
+pub struct ReconcileTimer {
+    started: Instant,
+    histogram: Histogram,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.started.elapsed().as_secs_f64());
+    }
 }
 
 /// Every metric of one process, registered in one registry.
@@ -59,7 +77,7 @@ impl Metrics {
         );
         registry.register(
             "reconcile_duration_seconds",
-            "Time spent in one reconciliation",
+            "Time spent in one reconciliation, failed ones included",
             duration.clone(),
         );
         registry.register(
@@ -95,9 +113,18 @@ impl Metrics {
         }
     }
 
-    pub fn reconciled(&self, seconds: f64) {
+    /// Counts a reconciliation that succeeded (its time is taken by the
+    /// [`ReconcileTimer`]).
+    pub fn reconciled(&self) {
         self.reconciliations.get_or_create(&self.labels()).inc();
-        self.duration.get_or_create(&self.labels()).observe(seconds);
+    }
+
+    /// Starts timing one reconciliation; see [`ReconcileTimer`].
+    pub fn reconcile_timer(&self) -> ReconcileTimer {
+        ReconcileTimer {
+            started: Instant::now(),
+            histogram: self.duration.get_or_create(&self.labels()).clone(),
+        }
     }
 
     pub fn failed(&self, error: &crate::Error) {
@@ -120,5 +147,36 @@ impl Metrics {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
         Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(metrics: &Metrics, series: &str) -> Option<String> {
+        let text = metrics.encode().ok()?;
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_string)
+    }
+
+    #[test]
+    fn a_failed_reconciliation_is_timed_but_not_counted_as_done() {
+        let metrics = Metrics::new("test");
+        let failing = || -> Result<(), crate::Error> {
+            let _timer = metrics.reconcile_timer();
+            Err(crate::Error::MissingNamespace)
+        };
+        assert!(failing().is_err());
+        {
+            let _timer = metrics.reconcile_timer();
+            metrics.reconciled();
+        }
+        let series = "climatik_reconcile_duration_seconds_count{controller=\"test\"}";
+        assert_eq!(count(&metrics, series).as_deref(), Some("2"));
+        let done = "climatik_reconcile_total{controller=\"test\"}";
+        assert_eq!(count(&metrics, done).as_deref(), Some("1"));
     }
 }

@@ -200,7 +200,17 @@ impl Agent {
         }
     }
 
-    /// One actuator pass, then the status if it changed or is due.
+    /// One actuator pass, then the status if it changed or is due; one
+    /// span per pass, named after the node's NodeFrequencies.
+    #[tracing::instrument(
+        name = "reconcile",
+        skip_all,
+        fields(
+            nodefrequencies = %self.config.node,
+            generation = self.current.as_ref().and_then(|o| o.metadata.generation),
+            step_budget,
+        )
+    )]
     async fn pass(&mut self, step_budget: bool) {
         let spec: Option<NodeFrequenciesSpec> = self.current.as_ref().map(|o| o.spec.clone());
         let report = self

@@ -6,6 +6,7 @@
 //! server-side applies the generated PowerCappingPolicy selecting that
 //! label; when the annotation goes, so do the label and the policy.
 //!
+//! - [`review`]: the request body read as a typed AdmissionReview;
 //! - [`mutate`]: the decision, a pure function of the AdmissionRequest;
 //! - [`effects`]: the Kubernetes writes that decision asks for;
 //! - [`server`]: the axum router and the TLS server around them.
@@ -18,6 +19,7 @@ pub mod mutate;
 pub mod patch;
 pub mod policy;
 pub mod registration;
+pub mod review;
 pub mod server;
 pub mod settings;
 pub mod workload;

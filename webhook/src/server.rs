@@ -15,7 +15,6 @@ use kube::core::{
     DynamicObject,
     admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
 };
-use serde_json::Value;
 use tokio::{task::JoinHandle, time::Instant};
 use tracing::{info, warn};
 
@@ -25,6 +24,7 @@ use crate::{
     metrics::Metrics,
     metrics::{ReasonLabels, RequestLabels},
     mutate::{Decision, PolicyAction, mutate},
+    review::{self, Parsed},
     workload::WorkloadKind,
 };
 
@@ -159,49 +159,30 @@ async fn read_body(body: Body, limits: &Limits) -> Result<axum::body::Bytes, Api
 /// not AdmissionReviews at all; a review that names a request but cannot
 /// be read further gets a well-formed `allowed: false`.
 async fn admit(state: &AppState, body: Body) -> Result<AdmissionReview<DynamicObject>, ApiError> {
-    let metrics = &state.inner.metrics;
     let bytes = read_body(body, &state.inner.limits).await?;
-    let value: Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::NotJson(e.to_string()))?;
-    let kind = value.get("kind").and_then(Value::as_str);
-    let api_version = value.get("apiVersion").and_then(Value::as_str);
-    if kind != Some("AdmissionReview") || api_version != Some("admission.k8s.io/v1") {
-        return Err(ApiError::NotAdmissionReview(format!(
-            "kind {kind:?}, apiVersion {api_version:?}"
-        )));
-    }
-    let invalid = |uid: Option<&str>, reason: String| {
-        metrics.invalid_request("invalid_review");
-        warn!(uid = uid.unwrap_or(""), %reason, "invalid AdmissionReview");
-        let mut response = AdmissionResponse::invalid(reason);
-        response.uid = uid.unwrap_or_default().to_string();
-        response.into_review()
-    };
-    let uid = value.pointer("/request/uid").and_then(Value::as_str);
-    if value.get("request").is_none_or(Value::is_null) {
-        return Ok(invalid(
-            None,
-            "the AdmissionReview has no request".to_string(),
-        ));
-    }
-    let uid_owned = uid.map(str::to_string);
-    let review: AdmissionReview<DynamicObject> = match serde_json::from_value(value) {
-        Ok(review) => review,
-        Err(e) => {
-            return Ok(invalid(
-                uid_owned.as_deref(),
-                format!("the AdmissionReview request does not parse: {e}"),
-            ));
+    match review::parse(&bytes)? {
+        Parsed::Request(request) => Ok(decide(state, &request).await?.into_review()),
+        Parsed::Invalid { uid, reason } => {
+            state.inner.metrics.invalid_request("invalid_review");
+            warn!(uid = %uid, %reason, "invalid AdmissionReview");
+            Ok(review::invalid(uid, reason))
         }
-    };
-    let request: AdmissionRequest<DynamicObject> = match review.try_into() {
-        Ok(request) => request,
-        Err(e) => return Ok(invalid(uid_owned.as_deref(), e.to_string())),
-    };
-    let response = decide(state, &request).await?;
-    Ok(response.into_review())
+    }
 }
 
+/// Decides on one readable request and carries out the policy writes it
+/// asks for; one span per admission, named after the workload.
+#[tracing::instrument(
+    name = "admission",
+    skip_all,
+    fields(
+        uid = %req.uid,
+        kind = %req.kind.kind,
+        namespace = req.namespace.as_deref().unwrap_or(""),
+        name = %req.name,
+        operation = operation_label(&req.operation),
+    )
+)]
 async fn decide(
     state: &AppState,
     req: &AdmissionRequest<DynamicObject>,

@@ -187,6 +187,18 @@ async fn unreadable_requests_get_a_reason() -> TestResult {
         "not_admission_review"
     );
 
+    // JSON whose start reads as a review but that is not JSON to the end,
+    // and JSON that is not an object.
+    for (body, reason) in [
+        (&b"{} trailing"[..], "not_json"),
+        (&br#"{"kind":7} trailing"#[..], "not_json"),
+        (&b"[1, 2]"[..], "not_admission_review"),
+    ] {
+        let (status, bytes) = send(app(), "POST", "/mutate", body.to_vec()).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(serde_json::from_slice::<Value>(&bytes)?["reason"], reason);
+    }
+
     // A review without a request.
     let response = review(
         app(),

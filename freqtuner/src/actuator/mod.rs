@@ -3,6 +3,16 @@
 //! safety rule is tested against the fake sysfs and simulated GPUs:
 //! only devices named in the spec are touched, every write is bounded by the
 //! hardware's limits, and anything no longer wanted is put back.
+//!
+//! A pass is split three ways: [`plan`] decides what to write from the
+//! wish, the device and what is in force (pure, property-tested);
+//! [`execute`] makes those writes through the backends; [`report`] turns
+//! the outcome into status text, gauges and de-duplicated logs. This module
+//! only sequences them and keeps what is in force between passes.
+
+mod execute;
+mod plan;
+mod report;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -13,21 +23,13 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::{
     cpu::{CpuApplied, CpuBackend},
-    error::Error,
     fastloop::BudgetLoop,
-    gpu::{GpuBackend, snap_clock},
+    gpu::GpuBackend,
     merge::{Desired, Want, merge},
-    metrics::{CpuLabels, GpuLabels, Metrics},
+    metrics::Metrics,
 };
 
-/// What the agent has done to one GPU.
-#[derive(Debug, Clone, Default)]
-struct GpuSet {
-    /// Clock locked, or `None` when the last write failed (state unknown).
-    locked: Option<u32>,
-    /// Power limit set in power-limit mode.
-    power_limit: Option<f64>,
-}
+use self::{plan::GpuSet, report::Reporter};
 
 /// The per-device results of one pass.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -53,7 +55,8 @@ impl Report {
     }
 }
 
-/// Applies targets through the configured backends.
+/// Applies targets through the configured backends: each pass plans
+/// ([`plan`]), carries the plan out ([`execute`]) and reports ([`report`]).
 pub struct Actuator {
     gpu: Option<Box<dyn GpuBackend>>,
     cpu: Option<Box<dyn CpuBackend>>,
@@ -62,21 +65,7 @@ pub struct Actuator {
     cpus: BTreeMap<u32, (u32, CpuApplied)>,
     control: BudgetLoop,
     power_limit_mode: bool,
-    metrics: Arc<Metrics>,
-    /// Last error logged per device, so a persistent failure logs once.
-    last_errors: BTreeMap<String, String>,
-}
-
-fn mhz(v: u32) -> i32 {
-    i32::try_from(v).unwrap_or(i32::MAX)
-}
-
-fn join(parts: impl IntoIterator<Item = String>) -> String {
-    parts
-        .into_iter()
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join("; ")
+    reporter: Reporter,
 }
 
 impl Actuator {
@@ -93,8 +82,7 @@ impl Actuator {
             cpus: BTreeMap::new(),
             control: BudgetLoop::default(),
             power_limit_mode,
-            metrics,
-            last_errors: BTreeMap::new(),
+            reporter: Reporter::new(metrics),
         }
     }
 
@@ -125,22 +113,10 @@ impl Actuator {
             .unwrap_or_default()
     }
 
-    fn note_error(&mut self, key: &str, kind: &str, error: &Error) {
-        self.metrics.error(kind, error);
-        let text = error.to_string();
-        if self.last_errors.get(key) != Some(&text) {
-            tracing::warn!(device = key, error = %text, "actuation failed");
-            self.last_errors.insert(key.to_string(), text);
-        }
-    }
-
-    fn note_ok(&mut self, key: &str) {
-        self.last_errors.remove(key);
-    }
-
     /// Restores what a killed predecessor left changed. Returns how many
     /// devices were restored.
     pub fn restore_leftovers(&mut self) -> usize {
+        let metrics = &self.reporter.metrics;
         let mut restored = 0;
         if let Some(gpu) = self.gpu.as_mut() {
             match gpu.restore_leftovers() {
@@ -150,7 +126,7 @@ impl Actuator {
                     }
                     restored += list.len();
                 }
-                Err(e) => self.metrics.error("gpu", &e),
+                Err(e) => metrics.error("gpu", &e),
             }
         }
         if let Some(cpu) = self.cpu.as_mut() {
@@ -163,11 +139,11 @@ impl Actuator {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not restore CPUs a previous agent left capped");
-                    self.metrics.error("cpu", &e);
+                    metrics.error("cpu", &e);
                 }
             }
         }
-        self.metrics.restores.inc_by(restored as u64);
+        metrics.restores.inc_by(restored as u64);
         restored
     }
 
@@ -186,7 +162,7 @@ impl Actuator {
         now: Timestamp,
         step_budget: bool,
     ) -> Report {
-        self.metrics.reconciles.inc();
+        self.reporter.metrics.reconciles.inc();
         let desired = spec.map(|s| merge(s, now)).unwrap_or_default();
         let mut report = Report {
             invalid: desired.invalid.clone(),
@@ -200,32 +176,21 @@ impl Actuator {
     fn reconcile_gpus(&mut self, desired: &Desired, step_budget: bool, report: &mut Report) {
         // Put back GPUs no longer wanted first, so a failure there never
         // blocks the rest.
+        let touched = self.gpu.as_ref().map(|g| g.touched()).unwrap_or_default();
+        let stale = plan::stale(self.gpus.keys().cloned(), touched, &desired.gpus);
         let mut restored_now = BTreeMap::new();
-        let stale: Vec<String> = self
-            .gpus
-            .keys()
-            .cloned()
-            .chain(self.gpu.as_ref().map(|g| g.touched()).unwrap_or_default())
-            .filter(|uuid| !desired.gpus.contains_key(uuid))
-            .collect();
         for uuid in stale {
             let Some(backend) = self.gpu.as_mut() else {
                 break;
             };
             match backend.reset(&uuid) {
                 Ok(()) => {
-                    if self.gpus.remove(&uuid).is_some() {
-                        tracing::info!(gpu = %uuid, "restored the GPU's default clocks");
-                        self.metrics.restores.inc();
-                    }
-                    let labels = GpuLabels { gpu: uuid.clone() };
-                    self.metrics.gpu_locked_mhz.remove(&labels);
-                    self.metrics.gpu_budget_watts.remove(&labels);
-                    self.note_ok(&uuid);
+                    let was_set = self.gpus.remove(&uuid).is_some();
+                    self.reporter.gpu_restored(&uuid, was_set);
                     restored_now.insert(uuid, None);
                 }
                 Err(e) => {
-                    self.note_error(&uuid, "gpu", &e);
+                    self.reporter.gpu_restore_failed(&uuid, &e);
                     restored_now.insert(uuid, Some(e.to_string()));
                 }
             }
@@ -239,240 +204,59 @@ impl Actuator {
         for uuid in &desired.inactive_gpus {
             let present = self.gpu.as_ref().is_some_and(|g| g.device(uuid).is_some());
             let current = if present {
-                self.gpu
-                    .as_mut()
-                    .and_then(|g| g.current_clock(uuid).ok())
-                    .map(mhz)
+                self.gpu.as_mut().and_then(|g| g.current_clock(uuid).ok())
             } else {
                 None
             };
-            let (state, message) = match restored_now.get(uuid) {
-                Some(Some(error)) => (
-                    DeviceState::Failed,
-                    format!("no live entry, but restoring the defaults failed: {error}"),
-                ),
-                _ if !present => (
-                    DeviceState::Unsupported,
-                    format!("no live entry; no GPU {uuid} on this node"),
-                ),
-                _ => (
-                    DeviceState::Applied,
-                    "no live entry (expired or invalid); defaults restored".to_string(),
-                ),
-            };
-            report.gpus.push(GpuFrequencyStatus {
-                gpu_id: uuid.clone(),
-                current_frequency: current,
-                target_frequency: None,
-                power_budget_watts: None,
-                power_watts: None,
-                state,
-                message,
-            });
+            report.gpus.push(report::inactive_gpu(
+                uuid,
+                present,
+                current,
+                restored_now.get(uuid),
+            ));
         }
     }
 
+    /// Plan, execute and report one wanted GPU.
     fn apply_gpu(&mut self, uuid: &str, want: &Want, step_budget: bool) -> GpuFrequencyStatus {
-        let mut status = GpuFrequencyStatus {
-            gpu_id: uuid.to_string(),
-            current_frequency: None,
-            target_frequency: None,
-            power_budget_watts: want.budget_watts,
-            power_watts: None,
-            state: DeviceState::Pending,
-            message: String::new(),
-        };
         let Some(backend) = self.gpu.as_mut() else {
-            status.state = DeviceState::Unsupported;
-            status.message = "this agent runs without a GPU backend".into();
-            return status;
+            return report::gpu_without_backend(uuid, want);
         };
-        let Some(info) = backend.device(uuid).cloned() else {
-            status.state = DeviceState::Unsupported;
-            status.message = format!("no GPU {uuid} on this node");
-            return status;
+        let target = match plan::gpu_target(uuid, want, backend.device(uuid)) {
+            Ok(target) => target,
+            Err(refusal) => return report::refused_gpu(uuid, want, refusal),
         };
-        let snapped = match snap_clock(i64::from(want.target_mhz), &info.supported_mhz) {
-            Ok(s) => s,
-            Err(e) => {
-                status.state = if e.is_unsupported() {
-                    DeviceState::Unsupported
-                } else {
-                    DeviceState::Failed
-                };
-                status.message = e.to_string();
-                return status;
-            }
-        };
-        status.target_frequency = Some(mhz(snapped.mhz));
-        let previous = self.gpus.get(uuid).cloned().unwrap_or_default();
-        let mut errors: Vec<Error> = Vec::new();
-        let mut notes: Vec<String> = snapped.note.into_iter().collect();
-
-        // The clock: the snapped target, or with a budget, one loop step
-        // from the clock in force, never above the target.
-        let mut clock = snapped.mhz;
-        let mut power = None;
-        if let Some(budget) = want.budget_watts {
-            let from = previous.locked.unwrap_or(snapped.mhz).min(snapped.mhz);
-            clock = from;
-            if step_budget {
-                match backend.power_watts(uuid) {
-                    Ok(watts) => {
-                        power = Some(watts);
-                        clock = self.control.next_clock(
-                            from,
-                            watts,
-                            budget,
-                            snapped.mhz,
-                            &info.supported_mhz,
-                        );
-                    }
-                    Err(e) => errors.push(e),
-                }
-            }
-        }
-
-        // Leaving power-limit mode for this GPU: reset first, then relock.
-        let wants_limit = want.budget_watts.filter(|_| self.power_limit_mode);
-        let mut locked = previous.locked;
-        let mut power_limit = previous.power_limit;
-        if power_limit.is_some() && wants_limit.is_none() {
-            match backend.reset(uuid) {
-                Ok(()) => {
-                    power_limit = None;
-                    locked = None;
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-        if locked != Some(clock) {
-            match backend.set_locked_clock(uuid, clock) {
-                Ok(()) => locked = Some(clock),
-                Err(e) => {
-                    locked = None;
-                    errors.push(e);
-                }
-            }
-        }
-        if let Some(budget) = wants_limit
-            && power_limit != Some(budget)
-        {
-            match backend.set_power_limit(uuid, budget) {
-                Ok(set) => {
-                    power_limit = Some(budget);
-                    if (set - budget).abs() > 0.5 {
-                        notes.push(format!("power limit clamped {budget:.0} -> {set:.0} W"));
-                    }
-                }
-                Err(e) => errors.push(e),
-            }
-        }
-
-        status.current_frequency = backend.current_clock(uuid).ok().map(mhz);
-        if power.is_none() {
-            power = backend.power_watts(uuid).ok();
-        }
-        status.power_watts = power.map(|p| (p * 10.0).round() / 10.0);
-        self.gpus.insert(
-            uuid.to_string(),
-            GpuSet {
-                locked,
-                power_limit,
-            },
+        let previous = self.gpus.get(uuid).copied().unwrap_or_default();
+        let mut errors = Vec::new();
+        let sample = execute::sample_power(
+            backend.as_mut(),
+            uuid,
+            target.samples_power(step_budget),
+            &mut errors,
         );
-
-        let labels = GpuLabels {
-            gpu: uuid.to_string(),
-        };
-        match locked {
-            Some(c) => {
-                self.metrics
-                    .gpu_locked_mhz
-                    .get_or_create(&labels)
-                    .set(i64::from(c));
-            }
-            None => {
-                self.metrics.gpu_locked_mhz.remove(&labels);
-            }
-        }
-        match want.budget_watts {
-            Some(b) => {
-                self.metrics.gpu_budget_watts.get_or_create(&labels).set(b);
-            }
-            None => {
-                self.metrics.gpu_budget_watts.remove(&labels);
-            }
-        }
-
-        if let Some(budget) = want.budget_watts {
-            let at = power.map_or(String::new(), |p| format!(" at {p:.0} W"));
-            notes.push(format!("holding {budget:.0} W: locked {clock} MHz{at}"));
-        }
-        notes.extend(want.notes.iter().cloned());
-        if let Some(first) = errors.first() {
-            let unsupported = errors.iter().all(Error::is_unsupported);
-            status.state = if unsupported {
-                DeviceState::Unsupported
-            } else {
-                DeviceState::Failed
-            };
-            let text = errors.iter().map(Error::to_string).collect::<Vec<_>>();
-            notes.insert(0, text.join("; "));
-            for e in &errors {
-                self.metrics.error("gpu", e);
-            }
-            let first = first.to_string();
-            if self.last_errors.get(uuid) != Some(&first) {
-                tracing::warn!(gpu = uuid, error = %first, "actuation failed");
-                self.last_errors.insert(uuid.to_string(), first);
-            }
-        } else {
-            self.note_ok(uuid);
-            let above = want
-                .budget_watts
-                .zip(power)
-                .is_some_and(|(b, p)| p > b && Some(clock) != info.min_mhz());
-            status.state = if above {
-                DeviceState::Pending
-            } else {
-                DeviceState::Applied
-            };
-        }
-        status.message = join(notes);
-        status
+        let plan = target.plan(previous, sample, self.power_limit_mode, &self.control);
+        let outcome = execute::gpu(backend.as_mut(), uuid, &plan, previous, sample, errors);
+        self.gpus.insert(uuid.to_string(), outcome.set);
+        self.reporter.gpu(uuid, want, &outcome);
+        report::gpu(uuid, want, &plan, &outcome)
     }
 
     fn reconcile_cpus(&mut self, desired: &Desired, report: &mut Report) {
-        let stale: Vec<u32> = self
-            .cpu
-            .as_ref()
-            .map(|c| c.touched())
-            .unwrap_or_default()
-            .into_iter()
-            .chain(self.cpus.keys().copied())
-            .filter(|cpu| !desired.cpus.contains_key(cpu))
-            .collect();
+        let touched = self.cpu.as_ref().map(|c| c.touched()).unwrap_or_default();
+        let stale = plan::stale(touched, self.cpus.keys().copied(), &desired.cpus);
         let mut restored_now = BTreeMap::new();
         for cpu in stale {
             let Some(backend) = self.cpu.as_mut() else {
                 break;
             };
-            let key = format!("cpu{cpu}");
             match backend.restore(cpu) {
                 Ok(()) => {
-                    if self.cpus.remove(&cpu).is_some() {
-                        tracing::info!(cpu, "restored the CPU's frequency ceiling");
-                        self.metrics.restores.inc();
-                    }
-                    self.metrics.cpu_max_mhz.remove(&CpuLabels {
-                        cpu: cpu.to_string(),
-                    });
-                    self.note_ok(&key);
+                    let was_set = self.cpus.remove(&cpu).is_some();
+                    self.reporter.cpu_restored(cpu, was_set);
                     restored_now.insert(cpu, None);
                 }
                 Err(e) => {
-                    self.note_error(&key, "cpu", &e);
+                    self.reporter.cpu_restore_failed(cpu, &e);
                     restored_now.insert(cpu, Some(e.to_string()));
                 }
             }
@@ -484,71 +268,29 @@ impl Actuator {
         }
 
         for &cpu in &desired.inactive_cpus {
-            let (state, message) = match restored_now.get(&cpu) {
-                Some(Some(error)) => (
-                    DeviceState::Failed,
-                    format!("no live entry, but restoring the default failed: {error}"),
-                ),
-                _ => (
-                    DeviceState::Applied,
-                    "no live entry (expired or invalid); default restored".to_string(),
-                ),
-            };
-            report.cpus.push(CpuFrequencyStatus {
-                cpu_id: i32::try_from(cpu).unwrap_or(i32::MAX),
-                current_frequency: None,
-                target_frequency: None,
-                state,
-                message,
-            });
+            report
+                .cpus
+                .push(report::inactive_cpu(cpu, restored_now.get(&cpu)));
         }
     }
 
+    /// Plan, execute and report one wanted CPU.
     fn apply_cpu(&mut self, cpu: u32, want: &Want) -> CpuFrequencyStatus {
-        let mut status = CpuFrequencyStatus {
-            cpu_id: i32::try_from(cpu).unwrap_or(i32::MAX),
-            current_frequency: None,
-            target_frequency: None,
-            state: DeviceState::Pending,
-            message: String::new(),
-        };
-        let key = format!("cpu{cpu}");
         let Some(backend) = self.cpu.as_mut() else {
-            status.state = DeviceState::Unsupported;
-            status.message = "this agent runs without a CPU backend".into();
-            return status;
+            return report::cpu_without_backend(cpu);
         };
-        let result = match self.cpus.get(&cpu) {
-            Some((requested, applied)) if *requested == want.target_mhz => Ok(applied.clone()),
-            _ => backend.set_max_frequency(cpu, want.target_mhz),
-        };
-        match result {
+        let plan = plan::cpu_plan(want, self.cpus.get(&cpu));
+        let result = execute::cpu(backend.as_mut(), cpu, plan);
+        self.reporter.cpu(cpu, &result);
+        match &result {
             Ok(applied) => {
-                self.note_ok(&key);
-                self.metrics
-                    .cpu_max_mhz
-                    .get_or_create(&CpuLabels {
-                        cpu: cpu.to_string(),
-                    })
-                    .set(i64::from(applied.target_mhz));
-                status.current_frequency = Some(mhz(applied.current_mhz));
-                status.target_frequency = Some(mhz(applied.target_mhz));
-                status.state = DeviceState::Applied;
-                status.message = join(applied.note.clone().into_iter().chain(want.notes.clone()));
-                self.cpus.insert(cpu, (want.target_mhz, applied));
+                self.cpus.insert(cpu, (want.target_mhz, applied.clone()));
             }
-            Err(e) => {
-                self.note_error(&key, "cpu", &e);
-                status.state = if e.is_unsupported() {
-                    DeviceState::Unsupported
-                } else {
-                    DeviceState::Failed
-                };
-                status.message = e.to_string();
+            Err(_) => {
                 self.cpus.remove(&cpu);
             }
         }
-        status
+        report::cpu(cpu, want, &result)
     }
 }
 

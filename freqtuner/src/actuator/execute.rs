@@ -1,0 +1,103 @@
+//! Carrying out a plan against the GPU and CPU backends: the only part of
+//! the actuator that touches hardware. Each write's outcome is recorded,
+//! not judged; what it means for the status is the report's business.
+
+use crate::{
+    cpu::{CpuApplied, CpuBackend},
+    error::{Error, Result},
+    gpu::GpuBackend,
+};
+
+use super::plan::{CpuPlan, GpuPlan, GpuSet};
+
+/// What one GPU pass did and read.
+#[derive(Debug, Default)]
+pub struct GpuOutcome {
+    /// What is in force afterwards, as far as the agent knows.
+    pub set: GpuSet,
+    /// Every failed read and write, in the order they happened.
+    pub errors: Vec<Error>,
+    /// The limit the GPU took when one was set (it clamps to its range).
+    pub limit_taken: Option<f64>,
+    /// The SM clock after the writes, in MHz.
+    pub current_mhz: Option<u32>,
+    /// The power reading the pass used, in watts.
+    pub power_watts: Option<f64>,
+}
+
+/// The power reading a budget step plans from, when `wanted`; a failed
+/// read is kept in `errors` and the step plans without one.
+pub fn sample_power(
+    backend: &mut dyn GpuBackend,
+    uuid: &str,
+    wanted: bool,
+    errors: &mut Vec<Error>,
+) -> Option<f64> {
+    if !wanted {
+        return None;
+    }
+    match backend.power_watts(uuid) {
+        Ok(watts) => Some(watts),
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    }
+}
+
+/// Makes the writes of `plan` on `uuid`, starting from `previous`, then
+/// reads back the clock (and the power, unless `sample` already has it).
+/// `errors` holds what went wrong before (the power sample).
+pub fn gpu(
+    backend: &mut dyn GpuBackend,
+    uuid: &str,
+    plan: &GpuPlan,
+    previous: GpuSet,
+    sample: Option<f64>,
+    errors: Vec<Error>,
+) -> GpuOutcome {
+    let mut out = GpuOutcome {
+        set: previous,
+        errors,
+        ..GpuOutcome::default()
+    };
+    let mut reset = false;
+    if plan.reset_first {
+        match backend.reset(uuid) {
+            Ok(()) => {
+                out.set = GpuSet::default();
+                reset = true;
+            }
+            Err(e) => out.errors.push(e),
+        }
+    }
+    if plan.lock || reset {
+        match backend.set_locked_clock(uuid, plan.clock_mhz) {
+            Ok(()) => out.set.locked = Some(plan.clock_mhz),
+            Err(e) => {
+                out.set.locked = None;
+                out.errors.push(e);
+            }
+        }
+    }
+    if let Some(limit) = plan.power_limit {
+        match backend.set_power_limit(uuid, limit) {
+            Ok(taken) => {
+                out.set.power_limit = Some(limit);
+                out.limit_taken = Some(taken);
+            }
+            Err(e) => out.errors.push(e),
+        }
+    }
+    out.current_mhz = backend.current_clock(uuid).ok();
+    out.power_watts = sample.or_else(|| backend.power_watts(uuid).ok());
+    out
+}
+
+/// The ceiling in force for a CPU after carrying out `plan`.
+pub fn cpu(backend: &mut dyn CpuBackend, cpu: u32, plan: CpuPlan) -> Result<CpuApplied> {
+    match plan {
+        CpuPlan::Keep(applied) => Ok(applied),
+        CpuPlan::Set(mhz) => backend.set_max_frequency(cpu, mhz),
+    }
+}

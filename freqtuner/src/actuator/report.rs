@@ -1,0 +1,433 @@
+//! What the actuator tells the world about a pass: the per-device status
+//! text and state (pure functions of the plan and its outcome), and the
+//! [`Reporter`] that keeps the gauges in line with what is in force and
+//! logs a persistent failure once rather than on every tick.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use climatik_api::{CpuFrequencyStatus, DeviceState, GpuFrequencyStatus};
+
+use crate::{
+    cpu::CpuApplied,
+    error::Error,
+    merge::Want,
+    metrics::{CpuLabels, GpuLabels, Metrics},
+};
+
+use super::{
+    execute::GpuOutcome,
+    plan::{GpuPlan, Refusal},
+};
+
+/// MHz as the status has them (the CRD uses `int32`).
+pub fn mhz(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+/// `"; "`-joined, skipping empty parts.
+fn join(parts: impl IntoIterator<Item = String>) -> String {
+    parts
+        .into_iter()
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn error_state(e: &Error) -> DeviceState {
+    if e.is_unsupported() {
+        DeviceState::Unsupported
+    } else {
+        DeviceState::Failed
+    }
+}
+
+/// The status of a GPU entry that was not acted on.
+pub fn refused_gpu(uuid: &str, want: &Want, refusal: Refusal) -> GpuFrequencyStatus {
+    GpuFrequencyStatus {
+        gpu_id: uuid.to_string(),
+        current_frequency: None,
+        target_frequency: None,
+        power_budget_watts: want.budget_watts,
+        power_watts: None,
+        state: refusal.state,
+        message: refusal.message,
+    }
+}
+
+/// The status of a GPU entry in an agent without a GPU backend.
+pub fn gpu_without_backend(uuid: &str, want: &Want) -> GpuFrequencyStatus {
+    refused_gpu(
+        uuid,
+        want,
+        Refusal {
+            state: DeviceState::Unsupported,
+            message: "this agent runs without a GPU backend".into(),
+        },
+    )
+}
+
+/// The status of a GPU after a pass: failed or unsupported when any read
+/// or write failed; pending while a budget is exceeded above the lowest
+/// clock; applied otherwise.
+pub fn gpu(uuid: &str, want: &Want, plan: &GpuPlan, outcome: &GpuOutcome) -> GpuFrequencyStatus {
+    let power = outcome.power_watts;
+    let mut notes: Vec<String> = plan.note.iter().cloned().collect();
+    if let (Some(asked), Some(taken)) = (plan.power_limit, outcome.limit_taken)
+        && (taken - asked).abs() > 0.5
+    {
+        notes.push(format!("power limit clamped {asked:.0} -> {taken:.0} W"));
+    }
+    if let Some(budget) = want.budget_watts {
+        let at = power.map_or(String::new(), |p| format!(" at {p:.0} W"));
+        notes.push(format!(
+            "holding {budget:.0} W: locked {} MHz{at}",
+            plan.clock_mhz
+        ));
+    }
+    notes.extend(want.notes.iter().cloned());
+    let state = if outcome.errors.is_empty() {
+        let above = want
+            .budget_watts
+            .zip(power)
+            .is_some_and(|(b, p)| p > b && Some(plan.clock_mhz) != plan.floor_mhz);
+        if above {
+            DeviceState::Pending
+        } else {
+            DeviceState::Applied
+        }
+    } else {
+        let text = outcome
+            .errors
+            .iter()
+            .map(Error::to_string)
+            .collect::<Vec<_>>();
+        notes.insert(0, text.join("; "));
+        if outcome.errors.iter().all(Error::is_unsupported) {
+            DeviceState::Unsupported
+        } else {
+            DeviceState::Failed
+        }
+    };
+    GpuFrequencyStatus {
+        gpu_id: uuid.to_string(),
+        current_frequency: outcome.current_mhz.map(mhz),
+        target_frequency: Some(mhz(plan.target_mhz)),
+        power_budget_watts: want.budget_watts,
+        power_watts: power.map(|p| (p * 10.0).round() / 10.0),
+        state,
+        message: join(notes),
+    }
+}
+
+/// The status of a GPU named only by expired or invalid entries.
+/// `restore` is the outcome of putting it back in this pass, if it was
+/// (`Some(Some(error))` when that failed).
+pub fn inactive_gpu(
+    uuid: &str,
+    present: bool,
+    current_mhz: Option<u32>,
+    restore: Option<&Option<String>>,
+) -> GpuFrequencyStatus {
+    let (state, message) = match restore {
+        Some(Some(error)) => (
+            DeviceState::Failed,
+            format!("no live entry, but restoring the defaults failed: {error}"),
+        ),
+        _ if !present => (
+            DeviceState::Unsupported,
+            format!("no live entry; no GPU {uuid} on this node"),
+        ),
+        _ => (
+            DeviceState::Applied,
+            "no live entry (expired or invalid); defaults restored".to_string(),
+        ),
+    };
+    GpuFrequencyStatus {
+        gpu_id: uuid.to_string(),
+        current_frequency: current_mhz.map(mhz),
+        target_frequency: None,
+        power_budget_watts: None,
+        power_watts: None,
+        state,
+        message,
+    }
+}
+
+fn cpu_id(cpu: u32) -> i32 {
+    i32::try_from(cpu).unwrap_or(i32::MAX)
+}
+
+/// The status of a CPU entry in an agent without a CPU backend.
+pub fn cpu_without_backend(cpu: u32) -> CpuFrequencyStatus {
+    CpuFrequencyStatus {
+        cpu_id: cpu_id(cpu),
+        current_frequency: None,
+        target_frequency: None,
+        state: DeviceState::Unsupported,
+        message: "this agent runs without a CPU backend".into(),
+    }
+}
+
+/// The status of a CPU after a pass.
+pub fn cpu(cpu: u32, want: &Want, result: &Result<CpuApplied, Error>) -> CpuFrequencyStatus {
+    match result {
+        Ok(applied) => CpuFrequencyStatus {
+            cpu_id: cpu_id(cpu),
+            current_frequency: Some(mhz(applied.current_mhz)),
+            target_frequency: Some(mhz(applied.target_mhz)),
+            state: DeviceState::Applied,
+            message: join(applied.note.clone().into_iter().chain(want.notes.clone())),
+        },
+        Err(e) => CpuFrequencyStatus {
+            cpu_id: cpu_id(cpu),
+            current_frequency: None,
+            target_frequency: None,
+            state: error_state(e),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// The status of a CPU named only by expired or invalid entries; see
+/// [`inactive_gpu`] for `restore`.
+pub fn inactive_cpu(cpu: u32, restore: Option<&Option<String>>) -> CpuFrequencyStatus {
+    let (state, message) = match restore {
+        Some(Some(error)) => (
+            DeviceState::Failed,
+            format!("no live entry, but restoring the default failed: {error}"),
+        ),
+        _ => (
+            DeviceState::Applied,
+            "no live entry (expired or invalid); default restored".to_string(),
+        ),
+    };
+    CpuFrequencyStatus {
+        cpu_id: cpu_id(cpu),
+        current_frequency: None,
+        target_frequency: None,
+        state,
+        message,
+    }
+}
+
+/// Gauges, error counters and de-duplicated failure logs.
+pub struct Reporter {
+    pub metrics: Arc<Metrics>,
+    /// Last error logged per device, so a persistent failure logs once.
+    last_errors: BTreeMap<String, String>,
+}
+
+fn cpu_key(cpu: u32) -> String {
+    format!("cpu{cpu}")
+}
+
+impl Reporter {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            metrics,
+            last_errors: BTreeMap::new(),
+        }
+    }
+
+    /// Counts `error`; logs it unless it is what `key` failed with last.
+    fn failed(&mut self, key: &str, kind: &str, error: &Error) {
+        self.metrics.error(kind, error);
+        let text = error.to_string();
+        if self.last_errors.get(key) != Some(&text) {
+            tracing::warn!(device = key, error = %text, "actuation failed");
+            self.last_errors.insert(key.to_string(), text);
+        }
+    }
+
+    fn ok(&mut self, key: &str) {
+        self.last_errors.remove(key);
+    }
+
+    /// A GPU no longer wanted is back at its defaults; `was_set` when this
+    /// agent had set it (as opposed to a backend-reported leftover).
+    pub fn gpu_restored(&mut self, uuid: &str, was_set: bool) {
+        if was_set {
+            tracing::info!(gpu = %uuid, "restored the GPU's default clocks");
+            self.metrics.restores.inc();
+        }
+        let labels = GpuLabels {
+            gpu: uuid.to_string(),
+        };
+        self.metrics.gpu_locked_mhz.remove(&labels);
+        self.metrics.gpu_budget_watts.remove(&labels);
+        self.ok(uuid);
+    }
+
+    pub fn gpu_restore_failed(&mut self, uuid: &str, error: &Error) {
+        self.failed(uuid, "gpu", error);
+    }
+
+    /// The gauges and logs of a GPU pass.
+    pub fn gpu(&mut self, uuid: &str, want: &Want, outcome: &GpuOutcome) {
+        let labels = GpuLabels {
+            gpu: uuid.to_string(),
+        };
+        match outcome.set.locked {
+            Some(c) => {
+                self.metrics
+                    .gpu_locked_mhz
+                    .get_or_create(&labels)
+                    .set(i64::from(c));
+            }
+            None => {
+                self.metrics.gpu_locked_mhz.remove(&labels);
+            }
+        }
+        match want.budget_watts {
+            Some(b) => {
+                self.metrics.gpu_budget_watts.get_or_create(&labels).set(b);
+            }
+            None => {
+                self.metrics.gpu_budget_watts.remove(&labels);
+            }
+        }
+        let Some(first) = outcome.errors.first() else {
+            self.ok(uuid);
+            return;
+        };
+        for e in &outcome.errors {
+            self.metrics.error("gpu", e);
+        }
+        // One log line per change of the first error, not one per tick.
+        let first = first.to_string();
+        if self.last_errors.get(uuid) != Some(&first) {
+            tracing::warn!(gpu = uuid, error = %first, "actuation failed");
+            self.last_errors.insert(uuid.to_string(), first);
+        }
+    }
+
+    /// A CPU no longer wanted has its ceiling back; see [`Self::gpu_restored`].
+    pub fn cpu_restored(&mut self, cpu: u32, was_set: bool) {
+        if was_set {
+            tracing::info!(cpu, "restored the CPU's frequency ceiling");
+            self.metrics.restores.inc();
+        }
+        self.metrics.cpu_max_mhz.remove(&CpuLabels {
+            cpu: cpu.to_string(),
+        });
+        self.ok(&cpu_key(cpu));
+    }
+
+    pub fn cpu_restore_failed(&mut self, cpu: u32, error: &Error) {
+        self.failed(&cpu_key(cpu), "cpu", error);
+    }
+
+    /// The gauge and logs of a CPU pass.
+    pub fn cpu(&mut self, cpu: u32, result: &Result<CpuApplied, Error>) {
+        match result {
+            Ok(applied) => {
+                self.ok(&cpu_key(cpu));
+                self.metrics
+                    .cpu_max_mhz
+                    .get_or_create(&CpuLabels {
+                        cpu: cpu.to_string(),
+                    })
+                    .set(i64::from(applied.target_mhz));
+            }
+            Err(e) => self.failed(&cpu_key(cpu), "cpu", e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn want(budget_watts: Option<f64>) -> Want {
+        Want {
+            target_mhz: 1200,
+            budget_watts,
+            policies: vec!["ns/p".into()],
+            notes: vec!["ignored power budget NaN W of ns/q".into()],
+        }
+    }
+
+    fn plan(clock_mhz: u32, budget_watts: Option<f64>) -> GpuPlan {
+        GpuPlan {
+            target_mhz: 1200,
+            clock_mhz,
+            budget_watts,
+            reset_first: false,
+            lock: true,
+            power_limit: budget_watts,
+            floor_mhz: Some(300),
+            note: Some("snapped 1250 -> 1200 MHz".into()),
+        }
+    }
+
+    #[test]
+    fn gpu_status_text_puts_errors_first_then_notes_in_order() {
+        let outcome = GpuOutcome {
+            limit_taken: Some(400.0),
+            power_watts: Some(512.34),
+            current_mhz: Some(900),
+            ..GpuOutcome::default()
+        };
+        let s = gpu(
+            "GPU-a",
+            &want(Some(450.0)),
+            &plan(900, Some(450.0)),
+            &outcome,
+        );
+        assert_eq!(s.state, DeviceState::Pending, "over budget above the floor");
+        assert_eq!(s.power_watts, Some(512.3));
+        assert_eq!(
+            s.message,
+            "snapped 1250 -> 1200 MHz; power limit clamped 450 -> 400 W; \
+             holding 450 W: locked 900 MHz at 512 W; ignored power budget NaN W of ns/q"
+        );
+
+        let at_floor = gpu(
+            "GPU-a",
+            &want(Some(450.0)),
+            &plan(300, Some(450.0)),
+            &outcome,
+        );
+        assert_eq!(at_floor.state, DeviceState::Applied);
+
+        let failed = GpuOutcome {
+            errors: vec![
+                Error::Unsupported("no power".into()),
+                Error::InvalidTarget("x".into()),
+            ],
+            ..GpuOutcome::default()
+        };
+        let s = gpu("GPU-a", &want(None), &plan(1200, None), &failed);
+        assert_eq!(s.state, DeviceState::Failed);
+        assert!(
+            s.message
+                .starts_with("no power; invalid target: x; snapped"),
+            "{s:?}"
+        );
+        let unsupported = GpuOutcome {
+            errors: vec![Error::Unsupported("no power".into())],
+            ..GpuOutcome::default()
+        };
+        let s = gpu("GPU-a", &want(None), &plan(1200, None), &unsupported);
+        assert_eq!(s.state, DeviceState::Unsupported);
+    }
+
+    #[test]
+    fn a_persistent_failure_is_counted_every_time_and_logged_once() {
+        let metrics = Arc::new(Metrics::default());
+        let mut reporter = Reporter::new(metrics.clone());
+        let err = Err(Error::ReadOnly("scaling_max_freq".into()));
+        reporter.cpu(3, &err);
+        reporter.cpu(3, &err);
+        assert_eq!(reporter.last_errors.len(), 1);
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                "climatik_freqtuner_actuation_errors_total{device=\"cpu\",error=\"read_only\"} 2"
+            ),
+            "{text}"
+        );
+        reporter.cpu_restored(3, false);
+        assert!(reporter.last_errors.is_empty());
+    }
+}
