@@ -30,7 +30,7 @@ export CLIMATIK_NODES=1
 export PROMETHEUS=1
 
 echo "bench-scale: building (release)" >&2
-cargo build --release -p climatik-controller --bins >&2
+cargo build --release -p climatik-controller -p climatik-bench --bins >&2
 
 ok=0
 cleanup() {

@@ -12,7 +12,7 @@ source tests/cluster/session.sh
 mkdir -p target/bench
 
 echo "bench: building (release)"
-cargo build --release --bins -p climatik-controller -p climatik-webhook -p climatik-freqtuner
+cargo build --release --bins -p climatik-controller -p climatik-webhook -p climatik-freqtuner -p climatik-bench
 
 echo "bench: closed loop (scenarios x strategies)"
 "$CARGO_TARGET_DIR/release/loop-bench" --seed "${BENCH_SEED:-42}" --out target/bench

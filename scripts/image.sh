@@ -57,14 +57,15 @@ chart_commands() {
 }
 
 # Every binary of the workspace except the benchmarks (*-bench) and the demo
-# driver (the build leaves out the demo and the test support packages), into
+# driver (the build leaves out the bench, demo and test support packages; the
+# name filter below still drops any *-bench that appears elsewhere), into
 # OUT. The binaries the chart runs must be among them.
 collect_binaries() {
   local out="$1" messages exes=() exe name
   messages=$(mktemp)
   log "compiling the release binaries (cargo build --release)"
   cargo build --release --locked --workspace --bins \
-    --exclude climatik-demo --exclude climatik-test-support \
+    --exclude climatik-bench --exclude climatik-demo --exclude climatik-test-support \
     --message-format=json-render-diagnostics >"$messages" || { rm -f "$messages"; exit 1; }
   # Cargo reports every executable it built or found up to date.
   while IFS= read -r exe; do

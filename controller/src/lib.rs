@@ -7,7 +7,6 @@
 //! (the binaries are thin wrappers), so tests drive the real reconcilers.
 
 pub mod algorithm;
-pub mod bench;
 pub mod cli;
 pub mod conditions;
 mod error;
@@ -17,7 +16,6 @@ pub mod metrics;
 pub mod monitor;
 pub mod observe;
 pub mod ownership;
-pub mod plant;
 pub mod prom;
 pub mod recommender;
 pub mod shutdown;

@@ -8,7 +8,6 @@ pub mod agent;
 pub mod config;
 pub mod cpu;
 pub mod error;
-pub mod fake_sysfs;
 pub mod fastloop;
 pub mod gpu;
 pub mod http;
@@ -17,7 +16,6 @@ pub mod merge;
 pub mod metrics;
 pub mod sim;
 pub mod state;
-pub mod text_format;
 
 use std::{sync::Arc, time::Instant};
 

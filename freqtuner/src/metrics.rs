@@ -126,7 +126,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::text_format::parse;
+    use climatik_test_support::exposition::parse;
 
     #[test]
     fn encodes_valid_text() {

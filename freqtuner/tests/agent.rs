@@ -13,11 +13,11 @@ use std::{
 
 use anyhow::{Context, bail};
 use climatik_api::{DeviceState, NodeFrequencies};
-use climatik_freqtuner::{
+use climatik_test_support::{
+    TestCluster, TestNamespace, cluster,
+    exposition::{self, Exposition},
     fake_sysfs::{FakeCpu, FakeDriver, FakeSysfs},
-    text_format,
 };
-use climatik_test_support::{TestCluster, TestNamespace, cluster};
 use k8s_openapi::{
     api::{
         core::v1::{Node, Pod, ServiceAccount},
@@ -319,12 +319,12 @@ impl AgentProcess {
         Ok((code, body.to_string()))
     }
 
-    async fn metrics(&self) -> anyhow::Result<text_format::Exposition> {
+    async fn metrics(&self) -> anyhow::Result<Exposition> {
         let (code, body) = self.get("/metrics").await?;
         if code != 200 {
             bail!("/metrics answered {code}");
         }
-        text_format::parse(&body).map_err(|e| anyhow::anyhow!("/metrics is not valid: {e}"))
+        exposition::parse(&body).map_err(|e| anyhow::anyhow!("/metrics is not valid: {e}"))
     }
 
     /// `DCGM_FI_DEV_SM_CLOCK` of simulated GPU `gpu`.

@@ -34,8 +34,8 @@ use climatik_freqtuner::{
         Assignment, Scenario, SharedWorld, SimConfig, SimWorld, dcgm, load::LoadProfile,
         model::GpuModel, pods::PodGpus,
     },
-    text_format,
 };
+use climatik_test_support::exposition;
 use tokio::{
     net::UnixListener,
     sync::{mpsc, oneshot, watch},
@@ -344,7 +344,7 @@ fn pod_resources(pod: &str, container: &str, ids: &[String]) -> ListPodResources
 fn dcgm_power(world: &SharedWorld) -> BTreeMap<String, BTreeMap<String, String>> {
     let mut w = world.lock().expect("world");
     let text = dcgm::render(&w.readings(Instant::now()), w.node(), w.driver_version());
-    text_format::parse(&text)
+    exposition::parse(&text)
         .expect("valid exposition")
         .samples
         .into_iter()

@@ -18,11 +18,17 @@
 //! Components under test run as local processes with kubeconfigs minted for
 //! their ServiceAccounts ([`TestCluster::service_account_kubeconfig`]), so
 //! the chart's RBAC is exercised rather than bypassed with admin rights.
+//!
+//! Also the pieces tests without a cluster share: a strict reader of the
+//! Prometheus text format ([`exposition`]) and a fake cpufreq sysfs tree
+//! ([`fake_sysfs`]).
 
 mod binaries;
 mod cluster;
 mod crds;
 mod env;
+pub mod exposition;
+pub mod fake_sysfs;
 mod namespace;
 mod prometheus;
 mod service_account;

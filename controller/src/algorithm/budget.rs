@@ -266,8 +266,8 @@ mod tests {
         let mut rig = rig(&[1.0, 0.2], 300.0);
         rig.run(6);
         // The lightly loaded GPU is not throttled; the busy one gets the rest.
-        assert_eq!(rig.clocks[1], crate::plant::MAX_CLOCK_MHZ);
-        assert!(rig.clocks[0] < crate::plant::MAX_CLOCK_MHZ);
+        assert_eq!(rig.clocks[1], climatik_sim_gpu::plant::MAX_CLOCK_MHZ);
+        assert!(rig.clocks[0] < climatik_sim_gpu::plant::MAX_CLOCK_MHZ);
     }
 
     #[test]
@@ -282,7 +282,9 @@ mod tests {
         let trace = rig.run(6);
         assert!(trace.iter().all(|p| *p <= 260.0), "{trace:?}");
         assert!(
-            rig.clocks.iter().all(|c| *c == crate::plant::MAX_CLOCK_MHZ),
+            rig.clocks
+                .iter()
+                .all(|c| *c == climatik_sim_gpu::plant::MAX_CLOCK_MHZ),
             "{:?}",
             rig.clocks
         );

@@ -284,7 +284,9 @@ mod tests {
         }
         // At 40 % load both GPUs fit under the cap at full clock.
         assert!(
-            rig.clocks.iter().all(|c| *c == crate::plant::MAX_CLOCK_MHZ),
+            rig.clocks
+                .iter()
+                .all(|c| *c == climatik_sim_gpu::plant::MAX_CLOCK_MHZ),
             "{:?}",
             rig.clocks
         );
@@ -294,7 +296,11 @@ mod tests {
     fn below_the_cap_it_leaves_clocks_alone() {
         let mut rig = rig(&[0.5], 250.0);
         let trace = rig.run(5);
-        assert!(rig.clocks.iter().all(|c| *c == crate::plant::MAX_CLOCK_MHZ));
+        assert!(
+            rig.clocks
+                .iter()
+                .all(|c| *c == climatik_sim_gpu::plant::MAX_CLOCK_MHZ)
+        );
         assert!(trace.iter().all(|p| *p < 250.0));
     }
 }

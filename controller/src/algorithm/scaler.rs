@@ -154,6 +154,6 @@ mod tests {
         let trace = rig.run(30);
         assert!(rig.clocks[0] > capped, "{capped} -> {}", rig.clocks[0]);
         assert!(trace.iter().all(|p| *p <= 150.0), "{trace:?}");
-        assert_eq!(rig.clocks[0], crate::plant::MAX_CLOCK_MHZ);
+        assert_eq!(rig.clocks[0], climatik_sim_gpu::plant::MAX_CLOCK_MHZ);
     }
 }

@@ -8,7 +8,7 @@ use climatik_api::DeviceKind;
 use climatik_api::CustomAlgorithm;
 
 use super::{Algorithm, Clocks, Device, Observation, from_spec};
-use crate::plant::{self, GpuPlant};
+use climatik_sim_gpu::plant::{self, GpuPlant};
 
 pub(crate) struct Rig {
     pub gpus: Vec<GpuPlant>,

@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context, bail};
 use axum::{Router, routing::get};
 use climatik_api::{NodeFrequencies, PowerCappingPolicy};
+use climatik_sim_gpu::dcgm;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api,
@@ -68,25 +69,35 @@ impl DcgmServer {
 }
 
 fn render(gpus: &[Gpu]) -> String {
-    let mut text = String::new();
-    for (metric, help) in [
-        ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W)."),
-        ("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)."),
-    ] {
-        text.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n"));
-        for (i, g) in gpus.iter().enumerate() {
-            let value = if metric.ends_with("USAGE") {
-                g.watts
-            } else {
-                g.clock
-            };
-            text.push_str(&format!(
-                "{metric}{{gpu=\"{i}\",UUID=\"{}\",pci_bus_id=\"00000000:0{i}:00.0\",device=\"nvidia{i}\",modelName=\"Tesla V100\",Hostname=\"{}\",{}=\"{}\",{}=\"{}\",container=\"main\"}} {value}\n",
-                g.uuid, g.hostname, g.pod_label, g.pod, g.namespace_label, g.namespace
-            ));
-        }
-    }
-    text
+    let pci: Vec<String> = (0..gpus.len())
+        .map(|i| format!("00000000:0{i}:00.0"))
+        .collect();
+    let workloads: Vec<[(&str, &str); 3]> = gpus
+        .iter()
+        .map(|g| {
+            [
+                (g.pod_label, g.pod.as_str()),
+                (g.namespace_label, g.namespace.as_str()),
+                ("container", "main"),
+            ]
+        })
+        .collect();
+    let values: Vec<[f64; 2]> = gpus.iter().map(|g| [g.watts, g.clock]).collect();
+    let series: Vec<dcgm::Gpu<'_>> = gpus
+        .iter()
+        .enumerate()
+        .map(|(i, g)| dcgm::Gpu {
+            index: i as u64,
+            uuid: &g.uuid,
+            pci_bus_id: &pci[i],
+            model: "Tesla V100",
+            hostname: &g.hostname,
+            driver_version: None,
+            workload: &workloads[i],
+            values: &values[i],
+        })
+        .collect();
+    dcgm::render(&[dcgm::POWER_USAGE, dcgm::SM_CLOCK], &series)
 }
 
 /// Creates a Node object (no kubelet behind it) with `cpus` CPUs.

@@ -299,12 +299,12 @@ mod tests {
     use std::time::Instant;
 
     use climatik_api::{CpuFrequency, GpuFrequency};
+    use climatik_test_support::fake_sysfs::{FakeCpu, FakeDriver, FakeSysfs};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
     use crate::{
         cpu::cpufreq::Cpufreq,
-        fake_sysfs::{FakeCpu, FakeDriver, FakeSysfs},
         gpu::sim::SimGpus,
         sim::{
             SharedWorld,

@@ -274,7 +274,7 @@ fn parse_cpu_list(text: &str) -> Option<Vec<(u32, u32)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fake_sysfs::{FakeCpu, FakeDriver, FakeSysfs};
+    use climatik_test_support::fake_sysfs::{FakeCpu, FakeDriver, FakeSysfs};
 
     fn fake(driver: FakeDriver, cpus: &[FakeCpu]) -> (tempfile::TempDir, FakeSysfs) {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -1,91 +1,58 @@
-//! DCGM-exporter-compatible series for the simulated GPUs, in the
-//! Prometheus text format, with the names, help texts, types and labels
-//! dcgm-exporter uses (`gpu`, `UUID`, `pci_bus_id`, `device`, `modelName`,
-//! `Hostname`, `DCGM_FI_DRIVER_VERSION`, and `container`, `namespace`,
-//! `pod` for GPUs a pod holds), plus our own throughput gauge.
-//!
-//! Written by hand rather than with prometheus-client: dcgm-exporter's
-//! energy counter has no `_total` suffix, and the pod labels are present
-//! only on assigned GPUs.
+//! The simulated node's `/metrics` GPU series: its readings as the
+//! dcgm-exporter series that [`climatik_sim_gpu::dcgm`] renders (the pod
+//! labels only on GPUs a container holds).
 
-use std::fmt::Write;
+use climatik_sim_gpu::dcgm::{
+    self, GPU_UTIL, Gpu, Metric, POWER_USAGE, SIM_TOKENS, SM_CLOCK, TOTAL_ENERGY,
+};
 
 use super::GpuReading;
 
-/// `(name, help, type)` of each series, as dcgm-exporter prints them.
-const SERIES: [(&str, &str, &str); 5] = [
-    (
-        "DCGM_FI_DEV_SM_CLOCK",
-        "SM clock frequency (in MHz).",
-        "gauge",
-    ),
-    ("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W).", "gauge"),
-    (
-        "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION",
-        "Total energy consumption since boot (in mJ).",
-        "counter",
-    ),
-    ("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %).", "gauge"),
-    (
-        "climatik_sim_tokens_per_second",
-        "Simulated LLM-serving throughput of the GPU's workload (tokens/s).",
-        "gauge",
-    ),
-];
+/// The series a simulated node serves, in order.
+const SERIES: [Metric; 5] = [SM_CLOCK, POWER_USAGE, TOTAL_ENERGY, GPU_UTIL, SIM_TOKENS];
 
 /// Renders the readings of one node's GPUs.
 pub fn render(readings: &[GpuReading], hostname: &str, driver_version: &str) -> String {
-    let mut out = String::with_capacity(512 + readings.len() * 5 * 320);
-    for (metric, (name, help, kind)) in SERIES.iter().enumerate() {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for r in readings {
-            let value = match metric {
-                0 => f64::from(r.clock_mhz),
-                1 => r.power_watts,
-                2 => r.energy_mj as f64,
-                3 => (r.utilization * 100.0).round(),
-                _ => r.tokens_per_second,
-            };
-            let _ = write!(
-                out,
-                "{name}{{gpu=\"{}\",UUID=\"{}\",pci_bus_id=\"{}\",device=\"nvidia{}\",modelName=\"{}\",Hostname=\"{}\",DCGM_FI_DRIVER_VERSION=\"{}\"",
-                r.info.index,
-                escape(&r.info.uuid),
-                escape(&r.info.pci_bus_id),
-                r.info.index,
-                escape(&r.info.model),
-                escape(hostname),
-                escape(driver_version),
-            );
-            if let Some(owner) = &r.owner {
-                let _ = write!(
-                    out,
-                    ",container=\"{}\",namespace=\"{}\",pod=\"{}\"",
-                    escape(&owner.container),
-                    escape(&owner.namespace),
-                    escape(&owner.pod)
-                );
-            }
-            let _ = writeln!(out, "}} {}", format_value(value));
-        }
-    }
-    out
-}
-
-fn format_value(value: f64) -> String {
-    if value.fract() == 0.0 && value.abs() < 1e15 {
-        format!("{value:.0}")
-    } else {
-        format!("{value:.3}")
-    }
-}
-
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+    let workloads: Vec<Vec<(&str, &str)>> = readings
+        .iter()
+        .map(|r| {
+            r.owner.as_ref().map_or_else(Vec::new, |owner| {
+                vec![
+                    ("container", owner.container.as_str()),
+                    ("namespace", owner.namespace.as_str()),
+                    ("pod", owner.pod.as_str()),
+                ]
+            })
+        })
+        .collect();
+    let values: Vec<[f64; 5]> = readings
+        .iter()
+        .map(|r| {
+            [
+                f64::from(r.clock_mhz),
+                r.power_watts,
+                r.energy_mj as f64,
+                (r.utilization * 100.0).round(),
+                r.tokens_per_second,
+            ]
+        })
+        .collect();
+    let gpus: Vec<Gpu<'_>> = readings
+        .iter()
+        .zip(&workloads)
+        .zip(&values)
+        .map(|((r, workload), values)| Gpu {
+            index: u64::from(r.info.index),
+            uuid: &r.info.uuid,
+            pci_bus_id: &r.info.pci_bus_id,
+            model: &r.info.model,
+            hostname,
+            driver_version: Some(driver_version),
+            workload,
+            values,
+        })
+        .collect();
+    dcgm::render(&SERIES, &gpus)
 }
 
 #[cfg(test)]
@@ -94,7 +61,7 @@ mod tests {
 
     use super::*;
     use crate::sim::tests::{busy_pod, world};
-    use crate::text_format::{Sample, parse};
+    use climatik_test_support::exposition::{Sample, parse};
 
     #[test]
     fn serves_dcgm_names_and_labels_that_parse() {
@@ -104,7 +71,7 @@ mod tests {
         let text = render(&w.readings(t0), "gpu-node-7", "550.54.15");
         let parsed = parse(&text).expect("valid Prometheus text");
 
-        for (name, _, kind) in SERIES {
+        for Metric { name, kind, .. } in SERIES {
             assert_eq!(parsed.types.get(name).map(String::as_str), Some(kind));
             assert_eq!(parsed.samples.iter().filter(|s| s.name == name).count(), 2);
         }
@@ -140,10 +107,5 @@ mod tests {
         assert!(!idle.labels.contains_key("pod"));
         assert_eq!(idle.value, 70.0);
         assert_eq!(of("climatik_sim_tokens_per_second", "1").value, 0.0);
-    }
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

@@ -12,8 +12,7 @@
 
 use std::{fmt, str::FromStr, sync::OnceLock, time::Duration};
 
-/// The raw 1 Hz power log of the reference run at 1380 MHz.
-const RAW_TRACE_CSV: &str = include_str!("../../data/reference/raw_power_1380mhz.csv");
+use climatik_sim_gpu::sweep::RAW_TRACE_CSV;
 
 /// A utilisation over time.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,8 +7,10 @@
 
 pub mod dcgm;
 pub mod load;
-pub mod model;
 pub mod pods;
+
+/// The GPU model, shared with the benchmarks and the controller's tests.
+pub use climatik_sim_gpu::node as model;
 
 use std::{
     collections::BTreeMap,
@@ -157,7 +159,10 @@ pub struct SimWorld {
 impl SimWorld {
     /// A node whose GPUs boot unlocked at their defaults.
     pub fn new(config: SimConfig, now: Instant) -> Result<Self> {
-        config.model.validate()?;
+        config
+            .model
+            .validate()
+            .map_err(|e| Error::Sim(e.to_string()))?;
         let supported = config.model.supported_clocks();
         let gpus = (0..config.gpus)
             .map(|index| SimGpu {

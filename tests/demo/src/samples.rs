@@ -7,6 +7,7 @@
 use std::{collections::BTreeMap, fmt::Write as _, path::Path};
 
 use anyhow::Context;
+use climatik_test_support::exposition::{self, Sample};
 use serde::Serialize;
 
 /// One GPU as an exporter reported it.
@@ -23,10 +24,12 @@ pub struct GpuReading {
 /// Reads the dcgm-exporter series of one `/metrics` page.
 pub fn parse_dcgm(node: &str, text: &str) -> Vec<GpuReading> {
     let mut by_uuid: BTreeMap<String, GpuReading> = BTreeMap::new();
-    for line in text.lines() {
-        let Some((name, labels, value)) = parse_sample_line(line) else {
-            continue;
-        };
+    for Sample {
+        name,
+        labels,
+        value,
+    } in exposition::samples(text)
+    {
         let Some(uuid) = labels.get("UUID") else {
             continue;
         };
@@ -43,72 +46,13 @@ pub fn parse_dcgm(node: &str, text: &str) -> Vec<GpuReading> {
             entry.pod = non_empty("pod").or_else(|| non_empty("exported_pod"));
             entry.namespace = non_empty("namespace").or_else(|| non_empty("exported_namespace"));
         }
-        match name {
+        match name.as_str() {
             "DCGM_FI_DEV_POWER_USAGE" => entry.power_watts = value,
             "DCGM_FI_DEV_SM_CLOCK" => entry.clock_mhz = Some(value),
             _ => {}
         }
     }
     by_uuid.into_values().collect()
-}
-
-/// `name{a="b",c="d"} 1.5` -> (name, labels, value); comments and malformed
-/// lines give `None`.
-pub fn parse_sample_line(line: &str) -> Option<(&str, BTreeMap<String, String>, f64)> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let (head, value) = match line.find('}') {
-        Some(end) => (&line[..=end], line[end + 1..].trim()),
-        None => {
-            let mut parts = line.splitn(2, ' ');
-            (parts.next()?, parts.next()?.trim())
-        }
-    };
-    let value: f64 = value.split_whitespace().next()?.parse().ok()?;
-    let (name, labels) = match head.find('{') {
-        Some(start) => (
-            &head[..start],
-            parse_labels(&head[start + 1..head.len() - 1])?,
-        ),
-        None => (head, BTreeMap::new()),
-    };
-    Some((name, labels, value))
-}
-
-fn parse_labels(body: &str) -> Option<BTreeMap<String, String>> {
-    let mut labels = BTreeMap::new();
-    let mut rest = body.trim();
-    while !rest.is_empty() {
-        let eq = rest.find('=')?;
-        let key = rest[..eq].trim().to_string();
-        let after = rest[eq + 1..].trim_start().strip_prefix('"')?;
-        let mut value = String::new();
-        let mut chars = after.char_indices();
-        let mut end = None;
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some((_, escaped)) = chars.next() {
-                        value.push(match escaped {
-                            'n' => '\n',
-                            other => other,
-                        });
-                    }
-                }
-                '"' => {
-                    end = Some(i);
-                    break;
-                }
-                other => value.push(other),
-            }
-        }
-        labels.insert(key, value);
-        rest = after[end? + 1..].trim_start();
-        rest = rest.strip_prefix(',').unwrap_or(rest).trim_start();
-    }
-    Some(labels)
 }
 
 /// A policy at one instant.
@@ -314,16 +258,6 @@ mod tests {
         assert_eq!(readings[0].power_watts, 312.5);
         assert_eq!(readings[0].clock_mhz, Some(1410.0));
         assert_eq!(readings[1].pod, None);
-    }
-
-    #[test]
-    fn labels_with_escapes_and_commas_parse() {
-        let (name, labels, value) =
-            parse_sample_line(r#"m{a="x,y",b="q\"uote"} 2"#).expect("parses");
-        assert_eq!(name, "m");
-        assert_eq!(labels["a"], "x,y");
-        assert_eq!(labels["b"], "q\"uote");
-        assert_eq!(value, 2.0);
     }
 
     fn point(t: f64, power: f64, cap: f64) -> PolicyPoint {

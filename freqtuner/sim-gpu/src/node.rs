@@ -1,15 +1,26 @@
-//! The simulated GPU's power and throughput, calibrated on the public vLLM
-//! SM-clock sweep (opt-125m): 16 locked clocks on a 1380 MHz GPU, embedded
-//! from `data/reference/`. The curves are normalized by the reference's
-//! maximum clock and its values at that clock, then scaled to the simulated
-//! GPU's maximum clock, TDP and peak throughput.
+//! The simulated node's GPU model (the freqtuner's `sim` backend): the
+//! vLLM sweep ([`crate::sweep::SWEEP`]) normalized by its maximum clock and
+//! its values at that clock, then scaled to the simulated GPU's maximum
+//! clock, TDP and peak throughput, so any clock range and TDP can follow
+//! the measured shape.
 
-use crate::error::{Error, Result};
+use std::fmt;
 
-/// Average power per locked clock (`frequency,average_power,...`).
-pub const POWER_CSV: &str = include_str!("../../data/reference/power_summary_16.csv");
-/// Throughput per locked clock (`frequency,...,total_token_throughput,...`).
-pub const PERFORMANCE_CSV: &str = include_str!("../../data/reference/performance_summary_16.csv");
+use crate::sweep::{SWEEP, interpolate};
+
+/// Why a model cannot be built or used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelError(pub String);
+
+impl fmt::Display for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ModelError {}
+
+pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 /// A curve over the clock normalized to the maximum (0..=1], with values
 /// normalized to their value at the maximum clock.
@@ -25,9 +36,9 @@ impl Curve {
         raw.sort_by(|a, b| a.0.total_cmp(&b.0));
         let &(max_clock, at_max) = raw
             .last()
-            .ok_or_else(|| Error::Sim("reference curve is empty".into()))?;
+            .ok_or_else(|| ModelError("reference curve is empty".into()))?;
         if max_clock <= 0.0 || at_max <= 0.0 {
-            return Err(Error::Sim("reference curve has no positive maximum".into()));
+            return Err(ModelError("reference curve has no positive maximum".into()));
         }
         Ok(Self {
             points: raw
@@ -40,20 +51,7 @@ impl Curve {
     /// Linear interpolation; flat beyond the measured range (the data is
     /// flat at its low end, and nothing runs above the maximum clock).
     pub fn at(&self, x: f64) -> f64 {
-        let Some(&(first_x, first_y)) = self.points.first() else {
-            return 1.0;
-        };
-        if x <= first_x {
-            return first_y;
-        }
-        for pair in self.points.windows(2) {
-            let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
-            if x <= x1 {
-                let t = if x1 > x0 { (x - x0) / (x1 - x0) } else { 1.0 };
-                return y0 + t * (y1 - y0);
-            }
-        }
-        self.points.last().map_or(1.0, |p| p.1)
+        interpolate(&self.points, x, |p| *p)
     }
 
     /// The measured points, normalized.
@@ -72,44 +70,13 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// Parses the embedded CSVs.
+    /// The vLLM sweep's average power and total token throughput.
     pub fn embedded() -> Result<Self> {
         Ok(Self {
-            power: Curve::normalized(column(POWER_CSV, "average_power")?)?,
-            throughput: Curve::normalized(column(PERFORMANCE_CSV, "total_token_throughput")?)?,
+            power: Curve::normalized(SWEEP.iter().map(|r| (r.0, r.1)).collect())?,
+            throughput: Curve::normalized(SWEEP.iter().map(|r| (r.0, r.4)).collect())?,
         })
     }
-}
-
-/// `(frequency, column)` pairs of a CSV with a header line.
-pub fn column(csv: &str, name: &str) -> Result<Vec<(f64, f64)>> {
-    let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
-    let header: Vec<&str> = lines
-        .next()
-        .ok_or_else(|| Error::Sim("reference CSV is empty".into()))?
-        .split(',')
-        .map(str::trim)
-        .collect();
-    let freq = header.iter().position(|h| *h == "frequency");
-    let col = header.iter().position(|h| *h == name);
-    let (Some(freq), Some(col)) = (freq, col) else {
-        return Err(Error::Sim(format!(
-            "reference CSV lacks frequency or {name}"
-        )));
-    };
-    lines
-        .map(|line| {
-            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
-            let cell = |i: usize| -> Result<f64> {
-                cells
-                    .get(i)
-                    .and_then(|c| c.parse::<f64>().ok())
-                    .filter(|v| v.is_finite())
-                    .ok_or_else(|| Error::Sim(format!("bad reference CSV line {line:?}")))
-            };
-            Ok((cell(freq)?, cell(col)?))
-        })
-        .collect()
 }
 
 /// A simulated GPU model.
@@ -145,20 +112,20 @@ impl GpuModel {
     /// Checks the numbers make a GPU.
     pub fn validate(&self) -> Result<()> {
         if self.min_mhz == 0 || self.min_mhz > self.max_mhz || self.step_mhz == 0 {
-            return Err(Error::Sim(format!(
+            return Err(ModelError(format!(
                 "clock range {}..={} MHz step {} is not valid",
                 self.min_mhz, self.max_mhz, self.step_mhz
             )));
         }
         let ok = |w: f64| w.is_finite() && w > 0.0;
         if !ok(self.tdp_watts) || !ok(self.idle_watts) || self.idle_watts >= self.tdp_watts {
-            return Err(Error::Sim(format!(
+            return Err(ModelError(format!(
                 "idle {} W must be positive and below TDP {} W",
                 self.idle_watts, self.tdp_watts
             )));
         }
         if !(self.max_tokens_per_second.is_finite() && self.max_tokens_per_second >= 0.0) {
-            return Err(Error::Sim(
+            return Err(ModelError(
                 "max tokens/s must be a non-negative number".into(),
             ));
         }
@@ -222,7 +189,7 @@ mod tests {
         let m = model();
         let at_max = m.power_watts(m.max_mhz, 1.0);
         assert!((at_max - 700.0).abs() < 1e-9);
-        for (clock, watts) in column(POWER_CSV, "average_power").expect("csv") {
+        for (clock, watts) in SWEEP.map(|r| (r.0, r.1)) {
             let ref_ratio = watts / 67.73;
             let sim_clock = (clock / 1380.0 * f64::from(m.max_mhz)).round() as u32;
             let sim_ratio = m.power_watts(sim_clock, 1.0) / at_max;

@@ -1,4 +1,4 @@
-//! `cargo run --release -p climatik-webhook --bin webhook-bench`
+//! `cargo run --release -p climatik-bench --bin webhook-bench`
 //!
 //! Admission latency, twice:
 //! - in-process: annotated-Deployment reviews (dry run, so no API writes)
@@ -41,7 +41,7 @@ use kube::{
 use serde_json::json;
 use tower::ServiceExt;
 
-const REVIEW: &str = include_str!("../../tests/data/deployment-create.json");
+const REVIEW: &str = include_str!("../../../../webhook/tests/data/deployment-create.json");
 
 #[derive(Parser, Debug)]
 #[command(

@@ -1,5 +1,6 @@
-//! A plant model of GPU power and throughput versus locked SM clock, used to
-//! test the recommender's algorithms (and reused by the benchmarks).
+//! A plant model of GPU power and throughput versus locked SM clock, on the
+//! sweep's own clock axis: the recommender's algorithm test rig and the
+//! benchmarks drive it.
 //!
 //! Calibrated on the public vLLM SM-clock sweep (opt-125m): 16 locked clocks
 //! from 1380 MHz down to 300 MHz on a V100-class GPU. The measured averages
@@ -14,42 +15,7 @@
 //! compute-bound work whose throughput follows the clock, on a part whose
 //! firmware already holds it at its 700 W limit above about 1470 MHz.
 
-/// One row of the sweep: locked clock (MHz), average power (W), p99 power
-/// (W), output throughput (tokens/s). Source: public vLLM SM-clock sweep
-/// (opt-125m), `power_summary_16.csv` and `performance_summary_16.csv`.
-pub const SWEEP: [(f64, f64, f64, f64); 16] = [
-    (300.0, 35.88, 53.00, 2259.99),
-    (330.0, 35.91, 53.31, 2266.24),
-    (405.0, 35.90, 53.47, 2253.44),
-    (480.0, 39.50, 74.43, 3336.50),
-    (555.0, 42.03, 79.47, 3486.33),
-    (630.0, 43.50, 87.85, 3678.00),
-    (705.0, 46.00, 98.32, 4171.02),
-    (780.0, 45.74, 105.18, 4380.21),
-    (855.0, 44.12, 79.40, 4654.13),
-    (930.0, 48.74, 112.72, 4727.38),
-    (1005.0, 47.90, 113.62, 4976.14),
-    (1080.0, 52.34, 120.78, 5114.67),
-    (1155.0, 55.10, 126.71, 5184.99),
-    (1230.0, 62.35, 168.62, 5318.45),
-    (1305.0, 63.90, 172.93, 5286.93),
-    (1380.0, 67.73, 183.91, 5447.85),
-];
-
-/// One row of the H200 sweep (`docs/hardware/h200-2026-11-28`, compute-bound
-/// load): locked clock (MHz), mean power (W), work (TFLOP/s). The last row
-/// is the unlocked GPU, where the 700 W limit holds it at about 1485 MHz;
-/// higher locks change nothing, so the model holds that row above it.
-pub const H200_SWEEP: [(f64, f64, f64); 8] = [
-    (345.0, 202.0, 163.0),
-    (525.0, 255.0, 239.0),
-    (705.0, 302.0, 304.0),
-    (885.0, 364.0, 384.0),
-    (1065.0, 441.0, 489.0),
-    (1245.0, 534.0, 571.0),
-    (1425.0, 647.0, 637.0),
-    (1485.0, 691.0, 661.0),
-];
+use crate::sweep::{H200_SWEEP, SWEEP, interpolate};
 
 /// Which measured curve a simulated GPU follows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -219,61 +185,9 @@ pub fn dynamic_shape(clock_mhz: f64) -> f64 {
     ((interpolate(&SWEEP, clock_mhz, |row| (row.0, row.1)) - floor) / (top - floor)).max(0.0)
 }
 
-/// `point` (clock in MHz, value) of `table`'s rows, at `clock_mhz`: linear
-/// between the measured clocks, held at the first and last row outside
-/// them.
-fn interpolate<R>(table: &[R], clock_mhz: f64, point: impl Fn(&R) -> (f64, f64)) -> f64 {
-    let (Some(first), Some(last)) = (table.first().map(&point), table.last().map(&point)) else {
-        return 0.0;
-    };
-    if clock_mhz <= first.0 {
-        return first.1;
-    }
-    if clock_mhz >= last.0 {
-        return last.1;
-    }
-    for pair in table.windows(2) {
-        let (lo, hi) = (point(&pair[0]), point(&pair[1]));
-        if clock_mhz <= hi.0 {
-            let t = (clock_mhz - lo.0) / (hi.0 - lo.0);
-            return lo.1 + t * (hi.1 - lo.1);
-        }
-    }
-    last.1
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The embedded table is the published CSVs, not a retyped approximation.
-    #[test]
-    fn table_matches_the_published_csvs() {
-        let power = include_str!("../tests/data/power_summary_16.csv");
-        let perf = include_str!("../tests/data/performance_summary_16.csv");
-        let parse = |text: &str, col: usize| -> Vec<(f64, f64)> {
-            text.lines()
-                .skip(1)
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| {
-                    let cells: Vec<f64> = l
-                        .split(',')
-                        .map(|c| c.trim().parse().unwrap_or(f64::NAN))
-                        .collect();
-                    (cells[0], cells[col])
-                })
-                .collect()
-        };
-        let avg = parse(power, 1);
-        let p99 = parse(power, 4);
-        let tput = parse(perf, 2);
-        assert_eq!(avg.len(), SWEEP.len());
-        for row in SWEEP {
-            assert!(avg.contains(&(row.0, row.1)), "avg {row:?}");
-            assert!(p99.contains(&(row.0, row.2)), "p99 {row:?}");
-            assert!(tput.contains(&(row.0, row.3)), "throughput {row:?}");
-        }
-    }
 
     #[test]
     fn power_spans_idle_to_peak_and_is_not_smooth() {
@@ -313,36 +227,6 @@ mod tests {
         assert!((idle.power(1980.0) - 78.0).abs() < 1e-9);
         let clocks = GpuModel::H200Compute.supported_clocks();
         assert_eq!((clocks[0], clocks[clocks.len() - 1]), (345, 1980));
-    }
-
-    #[test]
-    fn h200_table_matches_the_checked_in_samples() {
-        // Means over each lock of docs/hardware/h200-2026-11-28, dropping
-        // the first second, rounded to whole watts (see summarize.py).
-        let samples = include_str!("../../docs/hardware/h200-2026-11-28/sweep-compute.jsonl");
-        let mut sums: std::collections::BTreeMap<i64, (f64, f64, f64)> = Default::default();
-        for line in samples.lines() {
-            let Ok(row) = serde_json::from_str::<serde_json::Value>(line) else {
-                continue;
-            };
-            let Some(locked) = row["phase"]["locked_mhz"].as_i64() else {
-                continue;
-            };
-            let entry = sums.entry(locked).or_insert((f64::NAN, 0.0, 0.0));
-            let t = row["t"].as_f64().unwrap_or_default();
-            if entry.0.is_nan() {
-                entry.0 = t;
-            }
-            if t - entry.0 >= 1.0 {
-                entry.1 += row["power_w"].as_f64().unwrap_or_default();
-                entry.2 += 1.0;
-            }
-        }
-        for (mhz, watts, _) in &H200_SWEEP[..H200_SWEEP.len() - 1] {
-            let (_, sum, n) = sums.get(&(*mhz as i64)).copied().unwrap_or_default();
-            assert!(n > 0.0, "no samples at {mhz} MHz");
-            assert!((sum / n - watts).abs() < 0.5, "{mhz} MHz: {} W", sum / n);
-        }
     }
 
     #[test]

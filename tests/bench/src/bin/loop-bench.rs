@@ -4,10 +4,8 @@
 use std::{fmt::Write as _, path::PathBuf};
 
 use clap::Parser;
-use climatik_controller::{
-    bench::{self, RunResult},
-    plant::GpuModel,
-};
+use climatik_bench::closed_loop::{self as bench, RunResult};
+use climatik_sim_gpu::plant::GpuModel;
 
 #[derive(Parser, Debug)]
 #[command(about = "Closed-loop power-capping benchmark on the simulated plant")]

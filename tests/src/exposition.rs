@@ -1,8 +1,12 @@
-//! A strict reader of the Prometheus text exposition format, used by the
-//! tests to check that `/metrics` is something Prometheus will ingest:
-//! valid metric and label names, quoted and escaped label values, numeric
-//! values, one `# TYPE` per family declared before its samples, and no
-//! duplicate series.
+//! The one reader of the Prometheus text exposition format in the project.
+//!
+//! [`parse`] is strict, for tests that check a `/metrics` page is something
+//! Prometheus will ingest: valid metric and label names, quoted and escaped
+//! label values, numeric values, one `# TYPE` per family declared before
+//! its samples, and no duplicate series. [`samples`] reads the same sample
+//! grammar line by line and passes over what it cannot read, for tools that
+//! only want some series of a page they do not own (the demo's exporter
+//! scrapes, the scale benchmark's API server metrics).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -96,6 +100,15 @@ pub fn parse(text: &str) -> Result<Exposition, String> {
         out.samples.push(sample);
     }
     Ok(out)
+}
+
+/// The sample lines of `text` that parse, in order; comments, blank and
+/// malformed lines are passed over.
+pub fn samples(text: &str) -> impl Iterator<Item = Sample> + '_ {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter_map(|line| parse_sample(line).ok())
 }
 
 /// The declared family a sample belongs to (OpenMetrics suffixes allowed).
@@ -217,6 +230,16 @@ mod tests {
         assert_eq!(parsed.samples.len(), 3);
         assert_eq!(parsed.samples[0].labels["y"], "q\"z");
         assert_eq!(parsed.find("c_total", &[])[0].value, 1.0);
+    }
+
+    #[test]
+    fn samples_pass_over_what_they_cannot_read() {
+        let text = "# TYPE m gauge\nm{a=\"x,y\",b=\"q\\\"uote\"} 2\nbroken{ 1\n\nn 3\n";
+        let read: Vec<Sample> = samples(text).collect();
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].labels["a"], "x,y");
+        assert_eq!(read[0].labels["b"], "q\"uote");
+        assert_eq!((read[1].name.as_str(), read[1].value), ("n", 3.0));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Closed-loop benchmark: our algorithms against the alternatives an
 //! operator has, on the same simulated plant, second by second.
 //!
-//! The plant is [`crate::plant`], in one of its measured models: the public
+//! The plant is [`climatik_sim_gpu::plant`], in one of its measured models: the public
 //! vLLM SM-clock sweep (V100-class, memory-bound) or this project's H200
 //! sweep (compute-bound); caps scale with the model's peak power. The loop is modelled as it runs in a cluster: every control
 //! period the recommender sees power as Prometheus reports it (a few seconds
@@ -18,10 +18,8 @@
 use climatik_api::{CustomAlgorithm, DeviceKind};
 use serde::Serialize;
 
-use crate::{
-    algorithm::{self, Algorithm, Clocks, Device, Observation},
-    plant::GpuModel,
-};
+use climatik_controller::algorithm::{self, Algorithm, Clocks, Device, Observation};
+use climatik_sim_gpu::plant::GpuModel;
 
 /// Seconds between recommender decisions.
 pub const PERIOD_S: usize = 15;

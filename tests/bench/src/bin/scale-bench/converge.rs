@@ -1,0 +1,161 @@
+//! Waiting for every policy to be measured and acted on; how fresh the
+//! results stay.
+
+use super::*;
+
+/// Policies with a current status saying metrics are available.
+async fn measured(client: &kube::Client) -> anyhow::Result<Vec<PowerCappingPolicy>> {
+    let mut out = Vec::new();
+    let api = Api::<PowerCappingPolicy>::all(client.clone());
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let page = api.list(&params).await?;
+        out.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+fn is_measured(p: &PowerCappingPolicy) -> bool {
+    p.status.as_ref().is_some_and(|s| {
+        s.observed_generation.is_some()
+            && s.observed_generation == p.metadata.generation
+            && is_true(&s.conditions, conditions::METRICS_AVAILABLE) == Some(true)
+    })
+}
+
+/// Policy keys with at least one unexpired entry.
+fn with_entries(store: &Store<NodeFrequencies>) -> std::collections::HashSet<String> {
+    let now = Timestamp::now();
+    store
+        .state()
+        .iter()
+        .flat_map(|nf| {
+            nf.spec
+                .gpu_frequencies
+                .iter()
+                .filter(|e| e.expires_at.as_ref().is_none_or(|t| t.0 > now))
+                .map(|e| e.policy.clone())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+pub async fn wait(
+    client: &kube::Client,
+    topology: &topology::Topology,
+    store: &Store<NodeFrequencies>,
+    started: Instant,
+    timeout: Duration,
+) -> Value {
+    let total = topology.policies.len();
+    let keys: Vec<String> = topology
+        .policies
+        .iter()
+        .map(|p| policy_key(&p.namespace, &p.name))
+        .collect();
+    let mut all_measured: Option<f64> = None;
+    let mut all_entries: Option<f64> = None;
+    // None until a list of the policies succeeds.
+    let (mut measured_count, mut entries_count) = (None, 0);
+    loop {
+        let elapsed = started.elapsed().as_secs_f64();
+        if all_measured.is_none() {
+            // An overloaded API server times out now and then: count
+            // that as "not yet", not as the end of the bench.
+            match tokio::time::timeout(Duration::from_secs(20), measured(client))
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after 20 s")))
+            {
+                Ok(policies) => {
+                    let done = policies
+                        .iter()
+                        .filter(|p| {
+                            p.namespace()
+                                .is_some_and(|ns| ns.starts_with("scale-bench-"))
+                        })
+                        .filter(|p| is_measured(p))
+                        .count();
+                    measured_count = Some(done);
+                    if done >= total {
+                        all_measured = Some(elapsed);
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "listing the policies failed"),
+            }
+        }
+        if all_entries.is_none() {
+            let have = with_entries(store);
+            entries_count = keys.iter().filter(|k| have.contains(*k)).count();
+            if entries_count >= total {
+                all_entries = Some(started.elapsed().as_secs_f64());
+            }
+        }
+        tracing::info!(
+            measured = ?measured_count,
+            with_entries = entries_count,
+            total,
+            seconds = round3(elapsed),
+            "warming up"
+        );
+        let converged = all_measured.is_some() && all_entries.is_some();
+        if converged || started.elapsed() > timeout {
+            if !converged {
+                tracing::warn!(?timeout, "not converged; measuring the window anyway");
+            }
+            return json!({
+                "converged": converged,
+                "all_policies_measured_s": all_measured.map(round3),
+                "all_policies_have_entries_s": all_entries.map(round3),
+                "policies_measured_at_end": measured_count,
+                "policies_with_entries_at_end": entries_count,
+                "timeout_s": timeout.as_secs_f64(),
+                "note": "seconds from starting both controllers with every object already created (a cold start or failover); measured = status for the current generation with MetricsAvailable=True",
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+pub async fn freshness(
+    client: &kube::Client,
+    topology: &topology::Topology,
+    store: &Store<NodeFrequencies>,
+    ttl: Duration,
+) -> anyhow::Result<Value> {
+    let policies = measured(client).await?;
+    // After the list: it may take seconds on a loaded server.
+    let now = Timestamp::now();
+    let ages: Vec<f64> = policies
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.last_updated.as_ref())
+        .map(|t| now.duration_since(t.0).as_secs_f64())
+        .collect();
+    let ttl = SignedDuration::try_from(ttl).unwrap_or(SignedDuration::from_secs(60));
+    let keys: std::collections::HashSet<String> = topology
+        .policies
+        .iter()
+        .map(|p| policy_key(&p.namespace, &p.name))
+        .collect();
+    let renewals: Vec<f64> = store
+        .state()
+        .iter()
+        .flat_map(|nf| {
+            nf.spec
+                .gpu_frequencies
+                .iter()
+                .filter(|e| keys.contains(&e.policy))
+                .filter_map(|e| e.expires_at.as_ref())
+                .map(|t| now.duration_since(t.0 - ttl).as_secs_f64().max(0.0))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    Ok(json!({
+        "status_age": distribution(ages),
+        "entry_age": distribution(renewals),
+        "note": "age at the end of the window of each policy's status.lastUpdated and of each NodeFrequencies entry's last renewal; with every policy served each interval both stay under interval + reconcile time",
+    }))
+}

@@ -1,0 +1,12 @@
+//! `make bench`: the benchmarks, kept out of the shipped crates.
+//!
+//! - `loop-bench`: [`closed_loop`], every scenario under every strategy on
+//!   the simulated GPU (`climatik-sim-gpu`), second by second;
+//! - `scale-bench`: both controllers, as the shipped binaries, against many
+//!   policies on many nodes of the local control plane;
+//! - `webhook-bench`: admission latency in-process and through the API
+//!   server.
+//!
+//! No binary here goes into the image (`scripts/image.sh` skips `*-bench`).
+
+pub mod closed_loop;
