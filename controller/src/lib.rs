@@ -4,9 +4,11 @@
 //! turns that status into per-node frequency targets (NodeFrequencies).
 //!
 //! Both run in-process through [`monitor::run`] and [`recommender::run`]
-//! (the binaries are thin wrappers), so tests drive the real reconcilers.
+//! (the binaries are thin wrappers around [`app::run`], which holds their
+//! shared process set-up), so tests drive the real reconcilers.
 
 pub mod algorithm;
+pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod conditions;

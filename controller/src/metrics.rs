@@ -115,10 +115,9 @@ impl Metrics {
             .set(i64::from(leader));
     }
 
-    /// The text exposition format.
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
-        Ok(text)
+    /// The Prometheus text format (`climatik-runtime`'s one `/metrics`
+    /// body).
+    pub fn encode(&self) -> String {
+        climatik_runtime::admin::encode(&self.registry)
     }
 }

@@ -1,25 +1,12 @@
-//! Logging: JSON lines on stderr (or text for people at a terminal).
+//! Logging lives in `climatik-runtime` (`--log-format`, `--log-level`);
+//! this shim keeps the benchmark binaries' `telemetry::init(format)`.
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+pub use climatik_runtime::logging::LogFormat;
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Text,
-}
-
-/// Installs the global subscriber; `RUST_LOG` sets the filter (default
-/// `info`). Safe to call more than once (later calls do nothing).
+/// Installs the global subscriber, filtered by `RUST_LOG` (default `info`).
+/// Later calls do nothing.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = match format {
-        LogFormat::Json => registry
-            .with(fmt::layer().json().with_writer(std::io::stderr))
-            .try_init(),
-        LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
-    };
+    let filter = std::env::var("RUST_LOG")
+        .unwrap_or_else(|_| climatik_runtime::logging::DEFAULT_FILTER.to_string());
+    climatik_runtime::logging::init(format, &filter);
 }

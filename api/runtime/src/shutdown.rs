@@ -33,7 +33,7 @@ impl Shutdown {
     }
 
     /// Resolves once shutdown was requested.
-    pub fn wait(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+    pub fn wait(&self) -> impl Future<Output = ()> + Send + Sync + use<> {
         let mut rx = self.0.clone();
         async move {
             // An error means the trigger task is gone (the runtime is
