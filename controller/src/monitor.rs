@@ -140,9 +140,20 @@ pub(crate) fn spawn_ready_when_synced(
     ready: ReadyFlag,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        // An error means the controller (the writer) is gone: never ready.
-        if store.wait_until_ready().await.is_ok() {
-            ready.set(true);
+        // The store's readiness is a one-shot channel with room for one
+        // waker, and the controller's own runner waits on it too: a waiter
+        // here can miss the wake-up. Asking again each second is cheap and
+        // sees the remembered result once the list is done.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    ready.set(true);
+                    return;
+                }
+                // The controller (the writer) is gone: never ready.
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
         }
     })
 }
