@@ -6,7 +6,6 @@
 //! is how a rotation is rehearsed: new leaf, same trust anchor.
 
 use std::{
-    io::Write,
     net::IpAddr,
     path::{Path, PathBuf},
     time::{SystemTime, UNIX_EPOCH},
@@ -239,29 +238,14 @@ fn read_string(path: &Path) -> Result<String, CertError> {
     })
 }
 
-/// Writes `bytes` to a sibling temporary file with `mode`, then renames it
-/// over `path`.
+/// Writes `bytes` to a sibling temporary file with `mode` (`0o600` for
+/// keys), then renames it over `path` (`climatik-runtime`'s one atomic
+/// write, with this crate's error).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CertError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let write_err = |source| CertError::Write {
+    climatik_runtime::fs::write_atomic(path, bytes, mode).map_err(|source| CertError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{file_name}.tmp-{}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(write_err)?;
-    file.write_all(bytes).map_err(write_err)?;
-    file.sync_all().map_err(write_err)?;
-    std::fs::rename(&tmp, path).map_err(write_err)
+    })
 }
 
 #[cfg(test)]

@@ -18,6 +18,8 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    runtime: climatik_runtime::RuntimeArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -40,16 +42,9 @@ struct DevCaArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    climatik_runtime::init(&cli.runtime);
+    match cli.command {
         Command::DevCa(args) => {
             let written =
                 climatik_certs::write_dev_ca(&args.out_dir, &args.dns_names, &args.ip_addresses)?;

@@ -4,9 +4,11 @@
 //! turns that status into per-node frequency targets (NodeFrequencies).
 //!
 //! Both run in-process through [`monitor::run`] and [`recommender::run`]
-//! (the binaries are thin wrappers), so tests drive the real reconcilers.
+//! (the binaries are thin wrappers around [`app::run`], which holds their
+//! shared process set-up), so tests drive the real reconcilers.
 
 pub mod algorithm;
+pub mod app;
 pub mod cli;
 pub mod conditions;
 mod error;
@@ -18,8 +20,6 @@ pub mod observe;
 pub mod ownership;
 pub mod prom;
 pub mod recommender;
-pub mod shutdown;
-pub mod telemetry;
 
 pub use error::{Error, Result};
 

@@ -142,11 +142,10 @@ impl Metrics {
             .set(i64::from(leader));
     }
 
-    /// The text exposition format.
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
-        Ok(text)
+    /// The Prometheus text format (`climatik-runtime`'s one `/metrics`
+    /// body).
+    pub fn encode(&self) -> String {
+        climatik_runtime::admin::encode(&self.registry)
     }
 }
 
@@ -155,7 +154,7 @@ mod tests {
     use super::*;
 
     fn count(metrics: &Metrics, series: &str) -> Option<String> {
-        let text = metrics.encode().ok()?;
+        let text = metrics.encode();
         text.lines()
             .find(|l| l.starts_with(series))
             .and_then(|l| l.rsplit(' ').next())

@@ -33,8 +33,8 @@ use crate::{
     metrics::{Metrics, PolicyLabels},
     observe::{self, GpuReading, PodOnNode},
     prom::Prometheus,
-    shutdown::Shutdown,
 };
+use climatik_runtime::{ReadyFlag, Shutdown};
 
 /// Most pod names listed in `status.matchedPods`.
 const MAX_LISTED_PODS: usize = 100;
@@ -71,6 +71,17 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    run_with_readiness(client, config, metrics, shutdown, ReadyFlag::default()).await
+}
+
+/// [`run`], setting `ready` once the watches have synced (`/readyz`).
+pub async fn run_with_readiness(
+    client: kube::Client,
+    config: MonitorConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: ReadyFlag,
+) -> Result<()> {
     let shutdown = Shutdown::new(shutdown);
     let prometheus = Prometheus::new(&config.prometheus_url, config.prometheus_timeout)?;
     let (leadership, election) = match &config.lease {
@@ -104,9 +115,11 @@ pub async fn run(
         leadership,
     });
     let policies = policies_api(client, context.config.namespace.as_deref());
-    Controller::new(policies, watcher::Config::default().any_semantic())
+    let controller = Controller::new(policies, watcher::Config::default().any_semantic())
         .with_config(crate::controller_config())
-        .graceful_shutdown_on(shutdown.wait())
+        .graceful_shutdown_on(shutdown.wait());
+    let readiness = spawn_ready_when_synced(controller.store(), ready);
+    controller
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(error) = result {
@@ -114,10 +127,35 @@ pub async fn run(
             }
         })
         .await;
+    readiness.abort();
     if let Some(task) = election {
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Sets `ready` once `store` has its first full list of policies.
+pub(crate) fn spawn_ready_when_synced(
+    store: kube::runtime::reflector::Store<PowerCappingPolicy>,
+    ready: ReadyFlag,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        // The store's readiness is a one-shot channel with room for one
+        // waker, and the controller's own runner waits on it too: a waiter
+        // here can miss the wake-up. Asking again each second is cheap and
+        // sees the remembered result once the list is done.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    ready.set(true);
+                    return;
+                }
+                // The controller (the writer) is gone: never ready.
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
+        }
+    })
 }
 
 /// Policies in one namespace, or in all.

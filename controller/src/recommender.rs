@@ -47,10 +47,10 @@ use crate::{
     conditions::{Decided, is_true, render},
     lease::{self, Leadership, LeaseConfig},
     metrics::Metrics,
-    monitor::policies_api,
+    monitor::{policies_api, spawn_ready_when_synced},
     observe::CPU_DEVICE,
-    shutdown::Shutdown,
 };
+use climatik_runtime::{ReadyFlag, Shutdown};
 
 /// Field manager of the recommender's status writes (AlgorithmValid).
 pub const MANAGER_STATUS: &str = MANAGER_RECOMMENDER_PREFIX;
@@ -100,6 +100,17 @@ pub async fn run(
     config: RecommenderConfig,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    run_with_readiness(client, config, metrics, shutdown, ReadyFlag::default()).await
+}
+
+/// [`run`], setting `ready` once the watches have synced (`/readyz`).
+pub async fn run_with_readiness(
+    client: kube::Client,
+    config: RecommenderConfig,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: ReadyFlag,
 ) -> Result<()> {
     let shutdown = Shutdown::new(shutdown);
     let (leadership, election) = match &config.lease {
@@ -158,19 +169,23 @@ pub async fn run(
         _ = shutdown.wait() => {}
     }
 
-    Controller::new(
+    let controller = Controller::new(
         policies_api(client, context.config.namespace.as_deref()),
         watcher::Config::default().any_semantic(),
     )
     .with_config(crate::controller_config())
-    .graceful_shutdown_on(shutdown.wait())
-    .run(reconcile, error_policy, context)
-    .for_each(|result| async move {
-        if let Err(error) = result {
-            tracing::debug!(%error, "reconciliation did not complete");
-        }
-    })
-    .await;
+    .graceful_shutdown_on(shutdown.wait());
+    // The NodeFrequencies store is ready by now; the policies are next.
+    let readiness = spawn_ready_when_synced(controller.store(), ready);
+    controller
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconciliation did not complete");
+            }
+        })
+        .await;
+    readiness.abort();
     reflector_task.abort();
     if let Some(task) = election {
         let _ = task.await;

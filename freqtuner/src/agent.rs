@@ -13,6 +13,7 @@ use std::{
 };
 
 use climatik_api::{NodeFrequencies, NodeFrequenciesSpec, NodeFrequenciesStatus, names};
+use climatik_runtime::ReadyFlag;
 use futures::StreamExt;
 use k8s_openapi::{
     api::core::v1::Node,
@@ -89,6 +90,8 @@ pub struct Agent {
     current: Option<NodeFrequencies>,
     /// Whether the watch has listed once, so `current` can be trusted.
     synced: bool,
+    /// `/readyz`: set with `synced`.
+    ready: ReadyFlag,
     written: Option<Written>,
     last_create_attempt: Option<Instant>,
 }
@@ -110,9 +113,16 @@ impl Agent {
             heartbeat,
             current: None,
             synced: false,
+            ready: ReadyFlag::default(),
             written: None,
             last_create_attempt: None,
         }
+    }
+
+    /// Sets `ready` once the NodeFrequencies watch has listed (`/readyz`).
+    pub fn with_readiness(mut self, ready: ReadyFlag) -> Self {
+        self.ready = ready;
+        self
     }
 
     /// Runs until `shutdown` completes, then restores every device it
@@ -185,6 +195,7 @@ impl Agent {
             watcher::Event::InitDone => {
                 self.current = pending.take().flatten();
                 self.synced = true;
+                self.ready.set(true);
                 true
             }
             watcher::Event::Apply(obj) => {

@@ -2,13 +2,21 @@
 //! concern. The names and defaults are the contract in
 //! `docs/components.md`.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, ValueEnum};
+use climatik_runtime::args::{AdminArgs, RuntimeArgs, admin_default};
+/// The one duration grammar (`climatik-runtime`), also used by the
+/// simulated load profiles.
+pub use climatik_runtime::parse_duration;
 
 /// Climatik node agent: applies the NodeFrequencies of its node.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "freqtuner", version)]
+#[command(
+    name = "freqtuner",
+    version,
+    mut_arg("metrics_listen", |a| admin_default(a, "0.0.0.0:9400"))
+)]
 pub struct Cli {
     /// The node this agent runs on; its NodeFrequencies has this name.
     #[arg(long, env = "NODE_NAME")]
@@ -20,8 +28,12 @@ pub struct Cli {
     #[clap(flatten)]
     pub agent: AgentArgs,
 
+    /// The admin server: `/healthz`, `/readyz`, `/metrics`.
     #[clap(flatten)]
-    pub server: ServerArgs,
+    pub server: AdminArgs,
+
+    #[clap(flatten)]
+    pub runtime: RuntimeArgs,
 
     #[clap(flatten)]
     pub sim: SimArgs,
@@ -42,12 +54,6 @@ pub enum CpuBackendKind {
     Cpufreq,
     Sim,
     None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Text,
 }
 
 /// Which hardware the agent drives.
@@ -85,18 +91,6 @@ pub struct AgentArgs {
     /// Rewrite the status at least this often, so readings stay fresh.
     #[arg(long, env = "STATUS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub status_interval: Duration,
-}
-
-/// `/healthz`, `/metrics` and logging.
-#[derive(Debug, Clone, Args)]
-pub struct ServerArgs {
-    /// Address of the HTTP server (`/healthz`, `/metrics`).
-    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:9400")]
-    pub metrics_listen: SocketAddr,
-
-    /// Log format on stderr.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
-    pub log_format: LogFormat,
 }
 
 /// The simulated node (`--gpu-backend sim` / `--cpu-backend sim`).
@@ -182,30 +176,6 @@ impl KubeletArgs {
     }
 }
 
-/// `500ms`, `1s`, `1.5s`, `2m`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, scale) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        return Err(format!(
-            "{text:?}: expected a duration such as 500ms, 1s or 2m"
-        ));
-    };
-    let value: f64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?}: expected a duration such as 500ms, 1s or 2m"))?;
-    if !(0.0..1e9).contains(&value) {
-        return Err(format!("{text:?}: out of range"));
-    }
-    Ok(Duration::from_secs_f64(value * scale))
-}
-
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
@@ -256,13 +226,5 @@ mod tests {
             ])
             .is_err()
         );
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("2h").is_err());
-        assert!(parse_duration("-1s").is_err());
     }
 }

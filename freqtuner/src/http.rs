@@ -1,15 +1,11 @@
-//! `/healthz` and `/metrics` (the agent's own series, and with the `sim`
-//! backend the DCGM-exporter series of the simulated GPUs).
+//! The agent's admin endpoints (`climatik-runtime`'s `/healthz`, `/readyz`,
+//! `/metrics`): liveness from the agent loop's heartbeat, readiness from its
+//! NodeFrequencies watch, and the metrics of the agent plus, with the `sim`
+//! backend, the dcgm-exporter series of the simulated GPUs.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use axum::{
-    Router,
-    extract::State,
-    http::{StatusCode, header},
-    response::IntoResponse,
-    routing::get,
-};
+use climatik_runtime::{Admin, Readiness};
 
 use crate::{agent::Heartbeat, metrics::Metrics, sim::SharedWorld};
 
@@ -23,22 +19,22 @@ pub struct AppState {
     pub max_silence: Duration,
 }
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+/// The admin endpoints over `state`, ready as `readiness` says.
+pub fn admin(state: AppState, readiness: Readiness) -> Admin {
+    let heartbeat = state.heartbeat.clone();
+    let max_silence = state.max_silence;
+    Admin::new(move || metrics(&state))
+        .with_readiness(readiness)
+        .with_liveness(move || {
+            if heartbeat.fresh(max_silence) {
+                Ok(())
+            } else {
+                Err("agent loop stalled".to_string())
+            }
+        })
 }
 
-async fn healthz(State(state): State<AppState>) -> impl IntoResponse {
-    if state.heartbeat.fresh(state.max_silence) {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "agent loop stalled\n")
-    }
-}
-
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+fn metrics(state: &AppState) -> String {
     let mut body = state.metrics.encode();
     if let Some(world) = &state.world
         && let Ok(mut world) = world.lock()
@@ -50,28 +46,5 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             world.driver_version(),
         ));
     }
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        body,
-    )
-}
-
-/// Binds `addr` (port 0 picks a free one) and returns the bound address
-/// with the server future.
-pub async fn bind(
-    addr: SocketAddr,
-    state: AppState,
-) -> std::io::Result<(
-    SocketAddr,
-    impl std::future::Future<Output = std::io::Result<()>>,
-)> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
-    Ok((
-        local,
-        async move { axum::serve(listener, router(state)).await },
-    ))
+    body
 }

@@ -20,6 +20,7 @@ pub mod state;
 use std::{sync::Arc, time::Instant};
 
 use anyhow::Context;
+use climatik_runtime::{Readiness, admin, shutdown::signal};
 use k8s_openapi::api::core::v1::Node;
 use tokio::sync::watch;
 
@@ -81,19 +82,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
 
-    let (addr, server) = http::bind(
-        cli.server.metrics_listen,
+    let readiness = Readiness::new();
+    let ready = readiness.flag("watch");
+    let listen = cli.server.metrics_listen;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving metrics");
+    let admin = http::admin(
         http::AppState {
             metrics: metrics.clone(),
             world: world.clone(),
             heartbeat: heartbeat.clone(),
             max_silence: cli.agent.fast_loop_interval * 10 + std::time::Duration::from_secs(20),
         },
-    )
-    .await
-    .with_context(|| format!("listening on {}", cli.server.metrics_listen))?;
-    tracing::info!(%addr, "serving metrics");
-    let server = tokio::spawn(server);
+        readiness,
+    );
+    // Served until the defaults are restored (aborted below), so a slow
+    // restore still answers /healthz.
+    let server = tokio::spawn(admin::serve(listener, admin, std::future::pending()));
     let watcher = world
         .clone()
         .map(|world| tokio::spawn(pods::watch_pods(client.clone(), node.clone(), world)));
@@ -133,8 +140,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         actuator,
         metrics,
         heartbeat,
-    );
-    let result = agent.run(shutdown_signal()).await;
+    )
+    .with_readiness(ready);
+    let result = agent.run(signal()).await;
     let _ = stop_kubelet.send(true);
     for task in kubelet_tasks {
         if tokio::time::timeout(std::time::Duration::from_secs(5), task)
@@ -215,29 +223,4 @@ async fn node_gpu_capacity(client: &kube::Client, node: &str) -> u32 {
         );
         0
     })
-}
-
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = term => tracing::info!("SIGTERM received"),
-        r = tokio::signal::ctrl_c() => {
-            if r.is_ok() {
-                tracing::info!("SIGINT received");
-            } else {
-                std::future::pending::<()>().await;
-            }
-        }
-    }
 }

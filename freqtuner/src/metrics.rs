@@ -115,11 +115,7 @@ impl Metrics {
     /// The registry in the Prometheus text format, without OpenMetrics'
     /// closing `# EOF`, so more series can follow.
     pub fn encode(&self) -> String {
-        let mut out = String::new();
-        if prometheus_client::encoding::text::encode_registry(&mut out, &self.registry).is_err() {
-            out.clear();
-        }
-        out
+        climatik_runtime::admin::encode(&self.registry)
     }
 }
 

@@ -43,9 +43,8 @@ pub struct TestCluster {
 /// idempotent and serialised with flock, so parallel test binaries are
 /// safe) and connects to it as admin.
 pub async fn cluster() -> anyhow::Result<TestCluster> {
-    // kube and reqwest both use rustls; with more than one provider
-    // compiled in, rustls needs to be told which one to use.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // kube and reqwest both use rustls: one process-wide provider.
+    climatik_runtime::crypto::install();
 
     let env = UP
         .get_or_try_init(|| async {

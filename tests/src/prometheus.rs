@@ -31,11 +31,11 @@ impl TestCluster {
         let path = self.target_file(name)?;
         let labels: BTreeMap<&str, &str> = labels.iter().copied().collect();
         let body = serde_json::json!([{ "targets": [addr], "labels": labels }]);
-        // Written beside and renamed: Prometheus must never read half a file.
-        let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+        // Written beside and renamed: Prometheus must never read half a
+        // file. The temporary name does not end in `.json`, so discovery
+        // ignores it.
+        climatik_runtime::fs::write_atomic(&path, &serde_json::to_vec_pretty(&body)?, 0o644)
+            .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }
 

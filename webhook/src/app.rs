@@ -1,11 +1,14 @@
 //! Command-line flags (see `docs/components.md`) and the process around
-//! the server: logging, the Kubernetes client, signals.
+//! the server: the Kubernetes client, the certificate, signals. Logging,
+//! signals and durations come from `climatik-runtime`.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use clap::{Args as ClapArgs, Parser, ValueEnum};
+use clap::{Args as ClapArgs, Parser};
 use climatik_certs::{CertFiles, ReloadingCertResolver};
+pub use climatik_runtime::parse_duration;
+use climatik_runtime::{Shutdown, args::RuntimeArgs};
 use tracing::info;
 
 use crate::{
@@ -28,7 +31,7 @@ pub struct Args {
     #[clap(flatten)]
     pub owner: OwnerArgs,
     #[clap(flatten)]
-    pub log: LogArgs,
+    pub runtime: RuntimeArgs,
 }
 
 #[derive(ClapArgs, Debug)]
@@ -76,52 +79,6 @@ pub struct OwnerArgs {
     pub max_owner_reference_tasks: usize,
 }
 
-#[derive(ClapArgs, Debug)]
-pub struct LogArgs {
-    /// Log format on stderr.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
-    pub log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LogFormat {
-    Json,
-    Text,
-}
-
-/// Parses `250ms`, `5s`, `2m`, or a plain number of seconds.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 250ms, 5s, 2m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(value)),
-        "" | "s" => Ok(Duration::from_secs(value)),
-        "m" => Ok(Duration::from_secs(value * 60)),
-        _ => Err(format!(
-            "invalid duration {text:?}: expected e.g. 250ms, 5s, 2m"
-        )),
-    }
-}
-
-/// JSON (or text) logs on stderr, filtered by `RUST_LOG` (default info).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 /// Runs the webhook until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let resolver = Arc::new(
@@ -152,47 +109,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(args.server.listen)
         .with_context(|| format!("listening on {}", args.server.listen))?;
     let server = start(listener, resolver, state, args.tls.tls_reload_interval)?;
-    shutdown_signal().await;
+    Shutdown::on_signal().wait().await;
     info!("shutting down");
     server.shutdown(Duration::from_secs(10)).await?;
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
-        assert!(parse_duration("5h").is_err());
-        assert!(parse_duration("-1s").is_err());
-    }
 
     #[test]
     fn flags_match_the_component_contract() {

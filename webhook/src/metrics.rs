@@ -1,9 +1,9 @@
-//! The webhook's own Prometheus metrics (prometheus-client, OpenMetrics text).
+//! The webhook's own Prometheus metrics (prometheus-client, served in the text format).
 
 use std::sync::Arc;
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
+    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -139,9 +139,7 @@ impl Metrics {
     }
 
     /// OpenMetrics text of every metric.
-    pub fn encode(&self) -> Result<String, std::fmt::Error> {
-        let mut out = String::new();
-        encode(&mut out, &self.registry)?;
-        Ok(out)
+    pub fn encode(&self) -> String {
+        climatik_runtime::admin::encode(&self.registry)
     }
 }

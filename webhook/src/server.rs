@@ -6,11 +6,11 @@ use axum::{
     Json, Router,
     body::Body,
     extract::State,
-    http::{StatusCode, header},
     response::{IntoResponse, Response},
-    routing::{get, post},
+    routing::post,
 };
 use climatik_certs::{ReloadOutcome, ReloadingCertResolver};
+use climatik_runtime::{Admin, Readiness, admin};
 use kube::core::{
     DynamicObject,
     admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
@@ -86,39 +86,27 @@ impl AppState {
     }
 }
 
-/// The webhook's routes.
+/// The webhook's routes: `/mutate` and `climatik-runtime`'s admin
+/// endpoints, all on the HTTPS port (the API server and the probes reach
+/// the same listener).
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/mutate", post(mutate_handler))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics_handler))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(admin::router(admin(&state)))
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    match &state.inner.certificate {
-        Some(cert) if !cert.certificate_chain().is_empty() => {
-            format!("ok (certificate serial {})", cert.serial_hex()).into_response()
-        }
-        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, "no serving certificate").into_response(),
+/// `/readyz` passes while a serving certificate is loaded.
+fn admin(state: &AppState) -> Admin {
+    let readiness = Readiness::new();
+    let certificate = state.inner.certificate.clone();
+    readiness.check("certificate", move || match &certificate {
+        Some(cert) => !cert.certificate_chain().is_empty(),
         // In-process use without TLS (tests, benchmarks).
-        None => "ok".into_response(),
-    }
-}
-
-async fn metrics_handler(State(state): State<AppState>) -> Response {
-    match state.inner.metrics.encode() {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    }
+        None => true,
+    });
+    let metrics = state.inner.metrics.clone();
+    Admin::new(move || metrics.encode()).with_readiness(readiness)
 }
 
 async fn mutate_handler(State(state): State<AppState>, body: Body) -> Response {

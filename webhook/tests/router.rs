@@ -156,7 +156,7 @@ async fn a_policy_that_cannot_be_written_denies_with_the_reason() -> TestResult 
     assert!(message.contains("PowerCappingPolicy"), "{message}");
 
     // A client for an address where nothing listens: fails fast, no hang.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    climatik_runtime::crypto::install();
     let mut config = kube::Config::new("https://127.0.0.1:1".parse()?);
     config.connect_timeout = Some(Duration::from_secs(2));
     let client = kube::Client::try_from(config)?;

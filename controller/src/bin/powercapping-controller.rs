@@ -1,18 +1,19 @@
 //! Power usage monitor: measures each PowerCappingPolicy's power and writes
 //! it to the policy's status.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use clap::Parser;
-use climatik_controller::{
-    cli::{LeaderElectionArgs, ServeArgs, parse_duration, parse_listen},
-    http, lease,
-    metrics::Metrics,
-    monitor, shutdown, telemetry,
-};
+use climatik_controller::{app, cli::ControllerArgs, monitor};
+use climatik_runtime::{args::admin_default, duration::parse_duration};
 
 #[derive(Debug, Parser)]
-#[command(name = "powercapping-controller", version, about)]
+#[command(
+    name = "powercapping-controller",
+    version,
+    about,
+    mut_arg("metrics_listen", |a| admin_default(a, "0.0.0.0:8080"))
+)]
 struct Args {
     /// Prometheus base URL, e.g. http://prometheus:9090.
     #[arg(long, env = "PROMETHEUS_URL")]
@@ -26,41 +27,24 @@ struct Args {
     /// How often each policy is measured.
     #[arg(long, env = "INTERVAL", default_value = "15s", value_parser = parse_duration)]
     interval: Duration,
-    /// Address of /healthz and /metrics.
-    #[arg(long, env = "METRICS_LISTEN", default_value = "0.0.0.0:8080", value_parser = parse_listen)]
-    metrics_listen: SocketAddr,
-    /// Watch policies in this namespace only (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    namespace: Option<String>,
-    #[clap(flatten)]
-    leader: LeaderElectionArgs,
-    #[clap(flatten)]
-    serve: ServeArgs,
+    #[command(flatten)]
+    common: ControllerArgs,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
-    telemetry::init(args.serve.log_format);
-
-    let client = kube::Client::try_default().await?;
-    let metrics = Metrics::new("powercapping-controller");
-    let stop = shutdown::Shutdown::new(shutdown::signal());
-    let listener = tokio::net::TcpListener::bind(args.metrics_listen).await?;
-    let server = tokio::spawn(http::serve(listener, metrics.clone(), stop.wait()));
-    let config = monitor::MonitorConfig {
-        prometheus_url: args.prometheus_url,
-        prometheus_timeout: args.prometheus_timeout,
-        kepler: args.kepler,
-        interval: args.interval,
-        lease: args.leader.lease("climatik-powercapping-controller"),
-        namespace: args.namespace,
-        identity: lease::default_identity(),
-    };
-    tracing::info!(listen = %args.metrics_listen, "powercapping-controller starting");
-    monitor::run(client, config, metrics, stop.wait()).await?;
-    server.await??;
-    tracing::info!("powercapping-controller stopped");
-    Ok(())
+    app::run("powercapping-controller", args.common, |s| {
+        let config = monitor::MonitorConfig {
+            prometheus_url: args.prometheus_url,
+            prometheus_timeout: args.prometheus_timeout,
+            kepler: args.kepler,
+            interval: args.interval,
+            lease: s.lease,
+            namespace: s.namespace,
+            identity: s.identity,
+        };
+        monitor::run_with_readiness(s.client, config, s.metrics, s.shutdown.wait(), s.ready)
+    })
+    .await
 }

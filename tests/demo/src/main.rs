@@ -52,7 +52,7 @@ const LOWERED_CAP: &str = "1800W";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    climatik_runtime::crypto::install();
     let args = Args::parse();
     let root = repo_root();
     let out = if args.out.is_absolute() {

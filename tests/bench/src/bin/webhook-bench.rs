@@ -273,7 +273,7 @@ async fn through_api_server(args: &Args, kubeconfig: &Path) -> anyhow::Result<se
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    climatik_runtime::crypto::install();
     let args = Args::parse();
     let root = repo_root();
 

@@ -33,13 +33,8 @@ use climatik_api::{
     NodeFrequencies, PowerCappingPolicy,
     names::{MANAGER_FREQTUNER, conditions, policy_key},
 };
-use climatik_controller::{
-    cli::parse_duration,
-    conditions::is_true,
-    prom::Prometheus,
-    shutdown,
-    telemetry::{self, LogFormat},
-};
+use climatik_controller::{conditions::is_true, prom::Prometheus};
+use climatik_runtime::{duration::parse_duration, logging, shutdown};
 use climatik_sim_gpu::plant::{self, GpuPlant};
 use futures::{StreamExt, stream};
 use k8s_openapi::{
@@ -217,9 +212,9 @@ fn parse_named_pid(text: &str) -> Result<(String, u32), String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    climatik_runtime::crypto::install();
     let args = Args::parse();
-    telemetry::init(LogFormat::Text);
+    logging::init_text_from_env();
     // Dropping `run` kills the controllers (kill_on_drop), so a signal or
     // the deadline never leaves them running against a cluster going away.
     let report = tokio::select! {
