@@ -11,6 +11,7 @@ pub mod algorithm;
 pub mod app;
 pub mod cli;
 pub mod conditions;
+mod driver;
 mod error;
 pub mod http;
 pub mod lease;

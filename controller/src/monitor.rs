@@ -7,7 +7,6 @@ use climatik_api::{
     DeviceKind, PowerCappingPolicy, PowerCappingPolicyStatus,
     names::{MANAGER_CONTROLLER, conditions},
 };
-use futures::StreamExt;
 use k8s_openapi::{
     api::core::v1::Pod,
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -18,10 +17,8 @@ use kube::{
     api::{ListParams, Patch, PatchParams},
     core::Selector,
     runtime::{
-        Controller,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        watcher,
     },
 };
 use serde_json::json;
@@ -29,7 +26,8 @@ use serde_json::json;
 use crate::{
     Error, Result,
     conditions::{Decided, render, transitions},
-    lease::{self, Leadership, LeaseConfig},
+    driver,
+    lease::{Leadership, LeaseConfig},
     metrics::{Metrics, PolicyLabels},
     observe::{self, GpuReading, PodOnNode},
     prom::Prometheus,
@@ -84,21 +82,7 @@ pub async fn run_with_readiness(
 ) -> Result<()> {
     let shutdown = Shutdown::new(shutdown);
     let prometheus = Prometheus::new(&config.prometheus_url, config.prometheus_timeout)?;
-    let (leadership, election) = match &config.lease {
-        Some(lease) => {
-            let (l, task) = lease::spawn(
-                client.clone(),
-                lease.clone(),
-                metrics.clone(),
-                shutdown.wait(),
-            );
-            (l, Some(task))
-        }
-        None => {
-            metrics.set_leader(true);
-            (Leadership::always(), None)
-        }
-    };
+    let (leadership, election) = driver::elect(&client, config.lease.as_ref(), &metrics, &shutdown);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -114,59 +98,19 @@ pub async fn run_with_readiness(
         metrics,
         leadership,
     });
-    let policies = policies_api(client, context.config.namespace.as_deref());
-    let controller = Controller::new(policies, watcher::Config::default().any_semantic())
-        .with_config(crate::controller_config())
-        .graceful_shutdown_on(shutdown.wait());
-    let readiness = spawn_ready_when_synced(controller.store(), ready);
-    controller
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "reconciliation did not complete");
-            }
-        })
-        .await;
-    readiness.abort();
-    if let Some(task) = election {
-        let _ = task.await;
-    }
+    let namespace = context.config.namespace.clone();
+    driver::run_policies(
+        client,
+        namespace.as_deref(),
+        &shutdown,
+        reconcile,
+        error_policy,
+        context,
+        ready,
+    )
+    .await;
+    driver::stop_election(election).await;
     Ok(())
-}
-
-/// Sets `ready` once `store` has its first full list of policies.
-pub(crate) fn spawn_ready_when_synced(
-    store: kube::runtime::reflector::Store<PowerCappingPolicy>,
-    ready: ReadyFlag,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        // The store's readiness is a one-shot channel with room for one
-        // waker, and the controller's own runner waits on it too: a waiter
-        // here can miss the wake-up. Asking again each second is cheap and
-        // sees the remembered result once the list is done.
-        loop {
-            match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
-                Ok(Ok(())) => {
-                    ready.set(true);
-                    return;
-                }
-                // The controller (the writer) is gone: never ready.
-                Ok(Err(_)) => return,
-                Err(_) => {}
-            }
-        }
-    })
-}
-
-/// Policies in one namespace, or in all.
-pub(crate) fn policies_api(
-    client: kube::Client,
-    namespace: Option<&str>,
-) -> Api<PowerCappingPolicy> {
-    match namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    }
 }
 
 fn error_policy(policy: Arc<PowerCappingPolicy>, error: &Error, ctx: Arc<Context>) -> Action {

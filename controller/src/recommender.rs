@@ -31,7 +31,7 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        Controller, WatchStreamExt,
+        WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         finalizer::{Event as FinalizerEvent, finalizer},
@@ -45,9 +45,9 @@ use crate::{
     Error, Result,
     algorithm::{self, Algorithm, AlgorithmError, Clocks, Device, Observation, Target},
     conditions::{Decided, is_true, render},
-    lease::{self, Leadership, LeaseConfig},
+    driver,
+    lease::{Leadership, LeaseConfig},
     metrics::Metrics,
-    monitor::{policies_api, spawn_ready_when_synced},
     observe::CPU_DEVICE,
 };
 use climatik_runtime::{ReadyFlag, Shutdown};
@@ -113,21 +113,7 @@ pub async fn run_with_readiness(
     ready: ReadyFlag,
 ) -> Result<()> {
     let shutdown = Shutdown::new(shutdown);
-    let (leadership, election) = match &config.lease {
-        Some(lease) => {
-            let (l, task) = lease::spawn(
-                client.clone(),
-                lease.clone(),
-                metrics.clone(),
-                shutdown.wait(),
-            );
-            (l, Some(task))
-        }
-        None => {
-            metrics.set_leader(true);
-            (Leadership::always(), None)
-        }
-    };
+    let (leadership, election) = driver::elect(&client, config.lease.as_ref(), &metrics, &shutdown);
 
     let (store, writer) = reflector::store::<NodeFrequencies>();
     let nf_watch = reflector::reflector(
@@ -169,27 +155,19 @@ pub async fn run_with_readiness(
         _ = shutdown.wait() => {}
     }
 
-    let controller = Controller::new(
-        policies_api(client, context.config.namespace.as_deref()),
-        watcher::Config::default().any_semantic(),
+    let namespace = context.config.namespace.clone();
+    driver::run_policies(
+        client,
+        namespace.as_deref(),
+        &shutdown,
+        reconcile,
+        error_policy,
+        context,
+        ready,
     )
-    .with_config(crate::controller_config())
-    .graceful_shutdown_on(shutdown.wait());
-    // The NodeFrequencies store is ready by now; the policies are next.
-    let readiness = spawn_ready_when_synced(controller.store(), ready);
-    controller
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                tracing::debug!(%error, "reconciliation did not complete");
-            }
-        })
-        .await;
-    readiness.abort();
+    .await;
     reflector_task.abort();
-    if let Some(task) = election {
-        let _ = task.await;
-    }
+    driver::stop_election(election).await;
     Ok(())
 }
 

@@ -1,0 +1,123 @@
+//! What both controllers do around their own reconcile: leader election
+//! (or leading alone), the policy watch with the shared scheduling,
+//! `/readyz` once that watch has listed everything, and running until
+//! shutdown. Each controller brings only its context, reconcile and error
+//! policy.
+
+use std::{fmt::Debug, sync::Arc, time::Duration};
+
+use climatik_api::PowerCappingPolicy;
+use climatik_runtime::{ReadyFlag, Shutdown};
+use futures::{StreamExt, TryFuture};
+use kube::{
+    Api,
+    runtime::{Controller, controller::Action, reflector::Store, watcher},
+};
+
+use crate::{
+    lease::{self, Leadership, LeaseConfig},
+    metrics::Metrics,
+};
+
+/// Leadership for this replica: elected through `lease`, or always the
+/// leader when election is off. The task, when there is one, ends after
+/// `shutdown` (having released the Lease).
+pub(crate) fn elect(
+    client: &kube::Client,
+    lease: Option<&LeaseConfig>,
+    metrics: &Arc<Metrics>,
+    shutdown: &Shutdown,
+) -> (Leadership, Option<tokio::task::JoinHandle<()>>) {
+    match lease {
+        Some(lease) => {
+            let (leadership, task) = lease::spawn(
+                client.clone(),
+                lease.clone(),
+                metrics.clone(),
+                shutdown.wait(),
+            );
+            (leadership, Some(task))
+        }
+        None => {
+            metrics.set_leader(true);
+            (Leadership::always(), None)
+        }
+    }
+}
+
+/// Reconciles every PowerCappingPolicy (in `namespace`, or all) until
+/// `shutdown`, with [`crate::controller_config`]'s scheduling; `ready` is
+/// set once the policy watch has synced.
+pub(crate) async fn run_policies<Ctx, Fut>(
+    client: kube::Client,
+    namespace: Option<&str>,
+    shutdown: &Shutdown,
+    reconcile: impl FnMut(Arc<PowerCappingPolicy>, Arc<Ctx>) -> Fut,
+    error_policy: impl Fn(Arc<PowerCappingPolicy>, &Fut::Error, Arc<Ctx>) -> Action,
+    context: Arc<Ctx>,
+    ready: ReadyFlag,
+) where
+    Ctx: Send + Sync + 'static,
+    Fut: TryFuture<Ok = Action> + Send + 'static,
+    Fut::Error: std::error::Error + Send + 'static,
+{
+    let controller = Controller::new(
+        policies_api(client, namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(crate::controller_config())
+    .graceful_shutdown_on(shutdown.wait());
+    let readiness = spawn_ready_when_synced(controller.store(), ready);
+    controller
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconciliation did not complete");
+            }
+        })
+        .await;
+    readiness.abort();
+}
+
+/// Policies in one namespace, or in all.
+pub(crate) fn policies_api(
+    client: kube::Client,
+    namespace: Option<&str>,
+) -> Api<PowerCappingPolicy> {
+    match namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    }
+}
+
+/// Sets `ready` once `store` has been filled by a complete list.
+fn spawn_ready_when_synced<K>(store: Store<K>, ready: ReadyFlag) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource + Clone + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Debug + Send + Sync,
+{
+    tokio::spawn(async move {
+        // The store's readiness is a one-shot channel with room for one
+        // waker, and the controller's own runner waits on it too: a waiter
+        // here can miss the wake-up. Asking again each second is cheap and
+        // sees the remembered result once the list is done.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+                Ok(Ok(())) => {
+                    ready.set(true);
+                    return;
+                }
+                // The controller (the writer) is gone: never ready.
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
+        }
+    })
+}
+
+/// Waits for `shutdown` to finish an election task, if there is one.
+pub(crate) async fn stop_election(election: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(task) = election {
+        let _ = task.await;
+    }
+}
