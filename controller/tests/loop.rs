@@ -393,6 +393,11 @@ async fn invalid_algorithm_changes_no_frequencies_and_generated_policies_get_own
         dcgm.set(vec![gpu("GPU-X0", "pod", "x0", &ns_name, &node, 250.0)]);
         cluster.register_prometheus_target(&ns_name, &dcgm.addr, &[])?;
         let running = InProcessLoop::start(&admin, cluster.prometheus_url(), Duration::from_secs(3), Duration::from_secs(60), &ns_name);
+        // `/readyz` follows the policy watches: both sync on an empty list.
+        wait_for("both controllers ready", TIMEOUT, || async {
+            Ok(running.is_ready().then_some(()))
+        })
+        .await?;
         let policies = Api::<PowerCappingPolicy>::namespaced(admin.clone(), &ns_name);
         policies
             .create(

@@ -298,6 +298,8 @@ pub struct InProcessLoop {
     stop_recommender: tokio::sync::oneshot::Sender<()>,
     monitor: tokio::task::JoinHandle<climatik_controller::Result<()>>,
     recommender: tokio::task::JoinHandle<climatik_controller::Result<()>>,
+    /// What each one's `/readyz` reports.
+    ready: [climatik_runtime::ReadyFlag; 2],
 }
 
 impl InProcessLoop {
@@ -315,7 +317,8 @@ impl InProcessLoop {
         };
         let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
         let (stop_recommender, recommender_stopped) = tokio::sync::oneshot::channel::<()>();
-        let monitor = tokio::spawn(monitor::run(
+        let ready: [climatik_runtime::ReadyFlag; 2] = Default::default();
+        let monitor = tokio::spawn(monitor::run_with_readiness(
             admin.clone(),
             MonitorConfig {
                 prometheus_url: prometheus_url.to_string(),
@@ -330,8 +333,9 @@ impl InProcessLoop {
             async move {
                 let _ = monitor_stopped.await;
             },
+            ready[0].clone(),
         ));
-        let recommender = tokio::spawn(recommender::run(
+        let recommender = tokio::spawn(recommender::run_with_readiness(
             admin.clone(),
             RecommenderConfig {
                 interval: Duration::from_secs(1),
@@ -344,13 +348,20 @@ impl InProcessLoop {
             async move {
                 let _ = recommender_stopped.await;
             },
+            ready[1].clone(),
         ));
         Self {
             stop_monitor,
             stop_recommender,
             monitor,
             recommender,
+            ready,
         }
+    }
+
+    /// Both report ready (their policy watches have synced).
+    pub fn is_ready(&self) -> bool {
+        self.ready.iter().all(|flag| flag.is_set())
     }
 
     /// Both are still running (neither crashed).
