@@ -10,7 +10,7 @@
 //! stretches (930 MHz draws more than 1005 MHz, 705 more than 855): a
 //! controller must cope with them rather than rely on a smooth curve.
 //!
-//! A second model, [`GpuModel::H200Compute`], follows the sweep measured on
+//! A second model, [`MeasuredCurve::H200Compute`], follows the sweep measured on
 //! an NVIDIA H200 under bf16 matrix products (`docs/hardware/h200.md`):
 //! compute-bound work whose throughput follows the clock, on a part whose
 //! firmware already holds it at its 700 W limit above about 1470 MHz.
@@ -20,7 +20,7 @@ use crate::sweep::{H200_SWEEP, SWEEP, interpolate};
 /// Which measured curve a simulated GPU follows.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum GpuModel {
+pub enum MeasuredCurve {
     /// V100-class 250 W part serving opt-125m: memory-bound, throughput
     /// barely depends on the clock (the public vLLM sweep).
     #[default]
@@ -30,19 +30,19 @@ pub enum GpuModel {
     H200Compute,
 }
 
-impl GpuModel {
+impl MeasuredCurve {
     pub fn label(self) -> &'static str {
         match self {
-            GpuModel::V100Opt125m => "V100-class, opt-125m (memory-bound)",
-            GpuModel::H200Compute => "H200, bf16 GEMM (compute-bound)",
+            MeasuredCurve::V100Opt125m => "V100-class, opt-125m (memory-bound)",
+            MeasuredCurve::H200Compute => "H200, bf16 GEMM (compute-bound)",
         }
     }
 
     /// A GPU of this model at full load.
     pub fn plant(self, load: f64) -> GpuPlant {
         match self {
-            GpuModel::V100Opt125m => GpuPlant::with_load(load),
-            GpuModel::H200Compute => GpuPlant {
+            MeasuredCurve::V100Opt125m => GpuPlant::with_load(load),
+            MeasuredCurve::H200Compute => GpuPlant {
                 idle_watts: 78.0,
                 peak_watts: 691.0,
                 load,
@@ -60,22 +60,22 @@ impl GpuModel {
     /// of its 250 W; the H200 reported 200 W of 700 W).
     pub fn min_power_limit_watts(self) -> f64 {
         match self {
-            GpuModel::V100Opt125m => 100.0,
-            GpuModel::H200Compute => 200.0,
+            MeasuredCurve::V100Opt125m => 100.0,
+            MeasuredCurve::H200Compute => 200.0,
         }
     }
 
     pub fn min_clock(self) -> i32 {
         match self {
-            GpuModel::V100Opt125m => MIN_CLOCK_MHZ,
-            GpuModel::H200Compute => 345,
+            MeasuredCurve::V100Opt125m => MIN_CLOCK_MHZ,
+            MeasuredCurve::H200Compute => 345,
         }
     }
 
     pub fn max_clock(self) -> i32 {
         match self {
-            GpuModel::V100Opt125m => MAX_CLOCK_MHZ,
-            GpuModel::H200Compute => 1980,
+            MeasuredCurve::V100Opt125m => MAX_CLOCK_MHZ,
+            MeasuredCurve::H200Compute => 1980,
         }
     }
 
@@ -101,7 +101,7 @@ pub struct GpuPlant {
     /// Share of the GPU the workload keeps busy, 0..=1.
     pub load: f64,
     /// The measured curve the clock dependence follows.
-    pub model: GpuModel,
+    pub model: MeasuredCurve,
 }
 
 impl Default for GpuPlant {
@@ -111,7 +111,7 @@ impl Default for GpuPlant {
             idle_watts: 36.0,
             peak_watts: 250.0,
             load: 1.0,
-            model: GpuModel::V100Opt125m,
+            model: MeasuredCurve::V100Opt125m,
         }
     }
 }
@@ -129,10 +129,10 @@ impl GpuPlant {
     /// loaded share of what a fully loaded GPU draws above it.
     pub fn power(&self, clock_mhz: f64) -> f64 {
         let full = match self.model {
-            GpuModel::V100Opt125m => {
+            MeasuredCurve::V100Opt125m => {
                 self.idle_watts + (self.peak_watts - self.idle_watts) * dynamic_shape(clock_mhz)
             }
-            GpuModel::H200Compute => {
+            MeasuredCurve::H200Compute => {
                 let top = H200_SWEEP[H200_SWEEP.len() - 1].1;
                 self.peak_watts * interpolate(&H200_SWEEP, clock_mhz, |row| (row.0, row.1)) / top
             }
@@ -144,10 +144,10 @@ impl GpuPlant {
     /// scaled by load (a half-loaded GPU serves half the tokens).
     pub fn throughput(&self, clock_mhz: f64) -> f64 {
         let relative = match self.model {
-            GpuModel::V100Opt125m => {
+            MeasuredCurve::V100Opt125m => {
                 interpolate(&SWEEP, clock_mhz, |row| (row.0, row.3)) / SWEEP[SWEEP.len() - 1].3
             }
-            GpuModel::H200Compute => {
+            MeasuredCurve::H200Compute => {
                 interpolate(&H200_SWEEP, clock_mhz, |row| (row.0, row.2))
                     / H200_SWEEP[H200_SWEEP.len() - 1].2
             }
@@ -173,7 +173,7 @@ impl GpuPlant {
 /// The clocks the default (V100-class) model can lock: 300–1380 MHz in
 /// 15 MHz steps (real parts offer ~7.5 MHz steps; the sweep sampled every 75).
 pub fn supported_clocks() -> Vec<i32> {
-    GpuModel::V100Opt125m.supported_clocks()
+    MeasuredCurve::V100Opt125m.supported_clocks()
 }
 
 /// Dynamic power at a clock as a fraction of dynamic power at the maximum
@@ -213,7 +213,7 @@ mod tests {
     /// each row's power and work are the sweep's means at that lock.
     #[test]
     fn h200_model_follows_the_measured_sweep() {
-        let gpu = GpuModel::H200Compute.plant(1.0);
+        let gpu = MeasuredCurve::H200Compute.plant(1.0);
         for (mhz, watts, work) in H200_SWEEP {
             assert!((gpu.power(mhz) - watts).abs() < 1e-9);
             assert!((gpu.throughput(mhz) - work / 661.0).abs() < 1e-9);
@@ -223,9 +223,9 @@ mod tests {
         // Compute-bound: throughput roughly follows the clock.
         assert!(gpu.throughput(885.0) < 0.6);
         // An idle H200 draws its idle floor at any clock.
-        let idle = GpuModel::H200Compute.plant(0.0);
+        let idle = MeasuredCurve::H200Compute.plant(0.0);
         assert!((idle.power(1980.0) - 78.0).abs() < 1e-9);
-        let clocks = GpuModel::H200Compute.supported_clocks();
+        let clocks = MeasuredCurve::H200Compute.supported_clocks();
         assert_eq!((clocks[0], clocks[clocks.len() - 1]), (345, 1980));
     }
 

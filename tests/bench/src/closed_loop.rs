@@ -19,7 +19,7 @@ use climatik_api::{CustomAlgorithm, DeviceKind};
 use serde::Serialize;
 
 use climatik_controller::algorithm::{self, Algorithm, Clocks, Device, Observation};
-use climatik_sim_gpu::plant::GpuModel;
+use climatik_sim_gpu::plant::MeasuredCurve;
 
 /// Seconds between recommender decisions.
 pub const PERIOD_S: usize = 15;
@@ -57,7 +57,7 @@ pub struct Scenario {
     /// Whether GPU loads differ markedly within a policy.
     pub uneven: bool,
     /// The simulated GPU.
-    pub gpu: GpuModel,
+    pub gpu: MeasuredCurve,
 }
 
 /// How clocks are chosen.
@@ -95,7 +95,7 @@ impl Strategy {
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResult {
     pub scenario: String,
-    pub gpu: GpuModel,
+    pub gpu: MeasuredCurve,
     pub strategy: String,
     /// Time to get under the cap: the longest stretch of consecutive
     /// seconds over it (worst policy), in seconds.
@@ -117,7 +117,12 @@ pub struct RunResult {
 /// A scenario of one `serving` policy on `gpu`, from its per-GPU loads and
 /// its cap per second: no outage, no restart, uneven load. Scenarios that
 /// differ override fields with struct update syntax.
-fn serving(name: &'static str, gpu: GpuModel, loads: Vec<Vec<f64>>, cap: Vec<f64>) -> Scenario {
+fn serving(
+    name: &'static str,
+    gpu: MeasuredCurve,
+    loads: Vec<Vec<f64>>,
+    cap: Vec<f64>,
+) -> Scenario {
     Scenario {
         name,
         seconds: cap.len(),
@@ -135,7 +140,7 @@ fn serving(name: &'static str, gpu: GpuModel, loads: Vec<Vec<f64>>, cap: Vec<f64
 
 /// The benchmark's scenarios on `gpu`, built from `seed`. Caps are written
 /// for 250 W parts and scaled by the model's peak power.
-pub fn scenarios(seed: u64, gpu: GpuModel) -> Vec<Scenario> {
+pub fn scenarios(seed: u64, gpu: MeasuredCurve) -> Vec<Scenario> {
     let mut rng = Rng(seed.max(1));
     let scale = gpu.peak_watts() / 250.0;
     let minutes = |m: usize| m * 60;
@@ -294,7 +299,7 @@ struct Trace {
     tokens: Vec<f64>,
 }
 
-fn supported(gpu: GpuModel) -> Clocks {
+fn supported(gpu: MeasuredCurve) -> Clocks {
     match Clocks::from_supported(gpu.supported_clocks()) {
         Some(c) => c,
         None => unreachable!("the plant has clocks"),
@@ -326,7 +331,7 @@ pub fn run(scenario: &Scenario, strategy: Strategy) -> RunResult {
     summarise(scenario, strategy, &traces, &uncapped)
 }
 
-fn run_fixed(gpu: GpuModel, policy: &PolicyLoad, clock: i32) -> Trace {
+fn run_fixed(gpu: MeasuredCurve, policy: &PolicyLoad, clock: i32) -> Trace {
     let seconds = policy.cap.len();
     let mut trace = Trace {
         power: vec![0.0; seconds],
@@ -344,7 +349,7 @@ fn run_fixed(gpu: GpuModel, policy: &PolicyLoad, clock: i32) -> Trace {
 }
 
 /// The highest single clock whose power stays under the cap at every second.
-fn oracle_clock(gpu: GpuModel, policy: &PolicyLoad) -> i32 {
+fn oracle_clock(gpu: MeasuredCurve, policy: &PolicyLoad) -> i32 {
     let clocks = supported(gpu);
     clocks
         .as_slice()
@@ -364,7 +369,7 @@ fn oracle_clock(gpu: GpuModel, policy: &PolicyLoad) -> i32 {
         .unwrap_or_else(|| clocks.min())
 }
 
-fn run_equal_split(model: GpuModel, policy: &PolicyLoad) -> Trace {
+fn run_equal_split(model: MeasuredCurve, policy: &PolicyLoad) -> Trace {
     let seconds = policy.cap.len();
     let clocks = supported(model);
     let n = policy.loads.len().max(1) as f64;
@@ -590,16 +595,16 @@ mod tests {
 
     #[test]
     fn scenarios_are_reproducible_from_the_seed() {
-        let a = scenarios(7, GpuModel::default());
-        let b = scenarios(7, GpuModel::default());
-        let c = scenarios(8, GpuModel::default());
+        let a = scenarios(7, MeasuredCurve::default());
+        let b = scenarios(7, MeasuredCurve::default());
+        let c = scenarios(8, MeasuredCurve::default());
         assert_eq!(a[1].policies[0].loads, b[1].policies[0].loads);
         assert_ne!(a[1].policies[0].loads, c[1].policies[0].loads);
     }
 
     #[test]
     fn uncapped_is_the_throughput_reference_and_the_oracle_stays_under() {
-        let scenario = &scenarios(1, GpuModel::default())[0];
+        let scenario = &scenarios(1, MeasuredCurve::default())[0];
         let uncapped = run(scenario, Strategy::Uncapped);
         assert!((uncapped.throughput_percent_of_uncapped - 100.0).abs() < 1e-9);
         let oracle = run(scenario, Strategy::StaticClockOracle);
@@ -620,7 +625,7 @@ mod tests {
 
     #[test]
     fn clocks_under_budgets_beat_the_equal_split_on_uneven_compute_bound_load() {
-        for scenario in scenarios(42, GpuModel::H200Compute)
+        for scenario in scenarios(42, MeasuredCurve::H200Compute)
             .iter()
             .filter(|s| s.uneven)
         {
@@ -640,7 +645,7 @@ mod tests {
 
     #[test]
     fn power_limited_budgets_never_exceed_the_cap() {
-        for scenario in [GpuModel::V100Opt125m, GpuModel::H200Compute]
+        for scenario in [MeasuredCurve::V100Opt125m, MeasuredCurve::H200Compute]
             .into_iter()
             .flat_map(|gpu| scenarios(3, gpu))
         {

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, path::PathBuf};
 
 use clap::Parser;
 use climatik_bench::closed_loop::{self as bench, RunResult};
-use climatik_sim_gpu::plant::GpuModel;
+use climatik_sim_gpu::plant::MeasuredCurve;
 
 #[derive(Parser, Debug)]
 #[command(about = "Closed-loop power-capping benchmark on the simulated plant")]
@@ -21,7 +21,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut results: Vec<RunResult> = Vec::new();
-    for gpu in [GpuModel::V100Opt125m, GpuModel::H200Compute] {
+    for gpu in [MeasuredCurve::V100Opt125m, MeasuredCurve::H200Compute] {
         for scenario in bench::scenarios(args.seed, gpu) {
             for strategy in bench::strategies() {
                 results.push(bench::run(&scenario, strategy));
