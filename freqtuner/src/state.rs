@@ -4,7 +4,6 @@
 
 use std::{
     fs,
-    io::Write,
     path::{Path, PathBuf},
 };
 
@@ -56,12 +55,9 @@ impl StateFile {
             path: self.path.clone(),
             source,
         })?;
-        let tmp = self.path.with_extension("json.tmp");
-        let mut file = fs::File::create(&tmp).map_err(|e| Error::io("creating", &tmp, e))?;
-        file.write_all(&bytes)
-            .and_then(|()| file.sync_all())
-            .map_err(|e| Error::io("writing", &tmp, e))?;
-        fs::rename(&tmp, &self.path).map_err(|e| Error::io("renaming to", &self.path, e))
+        // Readable by node admins, as before (it holds no secrets).
+        climatik_runtime::fs::write_atomic(&self.path, &bytes, 0o644)
+            .map_err(|e| Error::io("writing", &self.path, e))
     }
 }
 

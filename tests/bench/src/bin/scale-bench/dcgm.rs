@@ -132,10 +132,8 @@ fn render(series: &[Series], store: &Store<NodeFrequencies>, clocks: &[i32]) -> 
 /// renamed, so Prometheus never reads half a file).
 pub fn register(sd_dir: &Path, addr: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(sd_dir)?;
-    let tmp = sd_dir.join(format!(".{SD_FILE}.tmp"));
     let body = json!([{ "targets": [addr], "labels": { "exporter": "scale-bench" } }]);
-    std::fs::write(&tmp, serde_json::to_vec(&body)?)?;
-    std::fs::rename(&tmp, sd_dir.join(SD_FILE))?;
+    climatik_runtime::fs::write_atomic(&sd_dir.join(SD_FILE), &serde_json::to_vec(&body)?, 0o644)?;
     Ok(())
 }
 
