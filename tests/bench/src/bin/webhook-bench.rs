@@ -66,11 +66,6 @@ struct Args {
     out: Option<PathBuf>,
 }
 
-fn repo_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
-
 /// p50 / p99 / max in milliseconds.
 fn summary(mut samples: Vec<Duration>) -> serde_json::Value {
     samples.sort();
@@ -275,7 +270,7 @@ async fn through_api_server(args: &Args, kubeconfig: &Path) -> anyhow::Result<se
 async fn main() -> anyhow::Result<()> {
     climatik_runtime::crypto::install();
     let args = Args::parse();
-    let root = repo_root();
+    let root = climatik_test_support::repo_root();
 
     let local = in_process(args.requests).await?;
     println!("in-process: {local}");
