@@ -8,7 +8,7 @@ use clap::{Args, Parser, ValueEnum};
 use climatik_runtime::args::{AdminArgs, RuntimeArgs, admin_default};
 /// The one duration grammar (`climatik-runtime`), also used by the
 /// simulated load profiles.
-pub use climatik_runtime::parse_duration;
+use climatik_runtime::parse_duration;
 
 /// Climatik node agent: applies the NodeFrequencies of its node.
 #[derive(Debug, Clone, Parser)]

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use clap::{Args as ClapArgs, Parser};
 use climatik_certs::{CertFiles, ReloadingCertResolver};
-pub use climatik_runtime::parse_duration;
+use climatik_runtime::parse_duration;
 use climatik_runtime::{Shutdown, args::RuntimeArgs};
 use tracing::info;
 

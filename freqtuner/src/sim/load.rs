@@ -91,7 +91,7 @@ fn level(text: &str) -> Option<f64> {
 }
 
 fn duration(text: &str) -> Option<Duration> {
-    crate::config::parse_duration(text).ok()
+    climatik_runtime::parse_duration(text).ok()
 }
 
 impl LoadProfile {
