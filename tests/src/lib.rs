@@ -21,7 +21,7 @@
 //!
 //! Also the pieces tests without a cluster share: a strict reader of the
 //! Prometheus text format ([`exposition`]) and a fake cpufreq sysfs tree
-//! ([`fake_sysfs`]).
+//! ([`fake_sysfs`]), and the workloads admission tests send ([`fixtures`]).
 
 mod binaries;
 mod cluster;
@@ -29,6 +29,7 @@ mod crds;
 mod env;
 pub mod exposition;
 pub mod fake_sysfs;
+pub mod fixtures;
 mod namespace;
 mod prometheus;
 mod service_account;

@@ -17,7 +17,10 @@ use climatik_api::{
 use climatik_certs::{
     CertFiles, ReloadingCertResolver, write_dev_ca, x509::certificate_serial_hex,
 };
-use climatik_test_support::{TestCluster, TestNamespace, cluster};
+use climatik_test_support::{
+    TestCluster, TestNamespace, cluster,
+    fixtures::{cap_annotations, deployment},
+};
 use climatik_webhook::{
     effects::{Effects, OwnerTaskLimits},
     metrics::Metrics,
@@ -365,30 +368,6 @@ impl Drop for Harness {
 }
 
 /// The workload annotations for an optional cap.
-fn cap_annotations(cap: Option<&str>) -> serde_json::Value {
-    match cap {
-        Some(cap) => serde_json::json!({ "climatik.io/power-cap": cap }),
-        None => serde_json::json!({}),
-    }
-}
-
-fn deployment(name: &str, cap: Option<&str>) -> serde_json::Value {
-    let annotations = cap_annotations(cap);
-    serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": name, "annotations": annotations },
-        "spec": {
-            "replicas": 1,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{ "name": "main", "image": "vllm/vllm-openai:latest" }] }
-            }
-        }
-    })
-}
-
 fn job(name: &str, cap: Option<&str>) -> serde_json::Value {
     let annotations = cap_annotations(cap);
     serde_json::json!({

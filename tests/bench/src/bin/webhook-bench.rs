@@ -23,6 +23,7 @@ use anyhow::{Context, bail};
 use axum::{body::Body, http::Request};
 use clap::Parser;
 use climatik_certs::{CertFiles, ReloadingCertResolver, write_dev_ca};
+use climatik_test_support::fixtures;
 use climatik_webhook::{
     effects::{Effects, OwnerTaskLimits},
     metrics::Metrics,
@@ -107,20 +108,7 @@ async fn in_process(requests: usize) -> anyhow::Result<serde_json::Value> {
 }
 
 fn deployment(name: &str) -> Deployment {
-    let value = json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": { "name": name, "annotations": { "climatik.io/power-cap": "300W" } },
-        "spec": {
-            "replicas": 1,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{ "name": "main", "image": "vllm/vllm-openai:latest" }] }
-            }
-        }
-    });
-    serde_json::from_value(value).unwrap_or_default()
+    serde_json::from_value(fixtures::deployment(name, Some("300W"))).unwrap_or_default()
 }
 
 /// Server-side dry-run creates at `rate` per second, one at a time.
