@@ -1,14 +1,19 @@
 //! Climatik's API: the custom resources, the annotation and label names that
-//! tie workloads to policies, and the parser for human-written power values.
+//! tie workloads to policies, the parser for human-written power values, and
+//! what a workload's cap annotations mean (the webhook validates them, the
+//! controller's policy generator turns them into a PowerCappingPolicy).
 //!
 //! Every other crate depends on this one, so it stays free of runtime
 //! concerns (no clients, no I/O beyond CRD rendering).
 
+pub mod annotations;
 pub mod crd;
+pub mod generated;
 pub mod names;
 pub mod nodefrequencies;
 pub mod policy;
 pub mod power;
+pub mod workload;
 
 pub use nodefrequencies::{
     CpuFrequency, CpuFrequencyStatus, DeviceState, GpuFrequency, GpuFrequencyStatus, GpuInventory,

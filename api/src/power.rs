@@ -53,8 +53,8 @@ impl fmt::Display for PowerParseError {
         };
         write!(
             f,
-            "invalid power value {:?}: {why}; accepted: {ACCEPTED_FORMS}",
-            self.input
+            "invalid power value {}: {why}; accepted: {ACCEPTED_FORMS}",
+            crate::annotations::quoted(&self.input)
         )
     }
 }

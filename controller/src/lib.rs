@@ -1,6 +1,7 @@
 //! Climatik's brain: the power usage monitor (`powercapping-controller`)
 //! reads each PowerCappingPolicy's power from Prometheus and writes it to
-//! the policy's status; the action recommender (`freqtuning-recommender`)
+//! the policy's status, and generates the policies that workload
+//! annotations ask for; the action recommender (`freqtuning-recommender`)
 //! turns that status into per-node frequency targets (NodeFrequencies).
 //!
 //! Both run in-process through [`monitor::run`] and [`recommender::run`]
@@ -13,12 +14,12 @@ pub mod cli;
 pub mod conditions;
 mod driver;
 mod error;
+pub mod generator;
 pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod monitor;
 pub mod observe;
-pub mod ownership;
 pub mod prom;
 pub mod recommender;
 

@@ -24,6 +24,11 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub namespace: String,
     pub policy: String,
@@ -56,6 +61,10 @@ pub struct Metrics {
     pub policy_power: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
     /// NodeFrequencies server-side applies (recommender).
     pub node_frequency_applies: Family<ControllerLabels, Counter>,
+    /// Writes of generated policies (monitor's policy generator).
+    generated_policy_writes: Family<ActionLabels, Counter>,
+    /// Workloads whose generated policy was left as it is, by reason.
+    generator_skips: Family<ActionLabels, Counter>,
 }
 
 impl Metrics {
@@ -69,6 +78,18 @@ impl Metrics {
         let leader = Family::<ControllerLabels, Gauge>::default();
         let policy_power = Family::<PolicyLabels, Gauge<f64, AtomicU64>>::default();
         let node_frequency_applies = Family::<ControllerLabels, Counter>::default();
+        let generated_policy_writes = Family::<ActionLabels, Counter>::default();
+        let generator_skips = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "generated_policy_writes",
+            "Generated PowerCappingPolicies applied or deleted, by action",
+            generated_policy_writes.clone(),
+        );
+        registry.register(
+            "generator_skips",
+            "Workloads whose generated policy was left as it is: invalid_annotation, hand_written, write_failed",
+            generator_skips.clone(),
+        );
         registry.register("reconcile", "Reconciliations", reconciliations.clone());
         registry.register(
             "reconcile_errors",
@@ -104,6 +125,8 @@ impl Metrics {
             leader,
             policy_power,
             node_frequency_applies,
+            generated_policy_writes,
+            generator_skips,
         })
     }
 
@@ -133,6 +156,18 @@ impl Metrics {
                 controller: self.controller.clone(),
                 error: error.metric_label().to_string(),
             })
+            .inc();
+    }
+
+    pub fn generated_policy_write(&self, action: &'static str) {
+        self.generated_policy_writes
+            .get_or_create(&ActionLabels { action })
+            .inc();
+    }
+
+    pub fn generator_skip(&self, reason: &'static str) {
+        self.generator_skips
+            .get_or_create(&ActionLabels { action: reason })
             .inc();
     }
 

@@ -1,5 +1,6 @@
 //! The power usage monitor (`powercapping-controller`): for each policy,
-//! selector -> pods -> nodes and GPUs -> Prometheus -> `status`.
+//! selector -> pods -> nodes and GPUs -> Prometheus -> `status`. The same
+//! process runs the [`generator`] of policies from workload annotations.
 
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
@@ -27,6 +28,7 @@ use crate::{
     Error, Result,
     conditions::{Decided, render, transitions},
     driver,
+    generator::{self, GeneratorConfig},
     lease::{Leadership, LeaseConfig},
     metrics::{Metrics, PolicyLabels},
     observe::{self, GpuReading, PodOnNode},
@@ -51,6 +53,10 @@ pub struct MonitorConfig {
     pub namespace: Option<String>,
     /// Names this replica in events.
     pub identity: String,
+    /// Runs the policy generator (generated policies from workload
+    /// annotations) beside the monitor, under the same leadership, with
+    /// this full-resync period; `None` runs the monitor alone.
+    pub generator_resync: Option<Duration>,
 }
 
 struct Context {
@@ -99,6 +105,18 @@ pub async fn run_with_readiness(
         leadership,
     });
     let namespace = context.config.namespace.clone();
+    let generator = context.config.generator_resync.map(|resync| {
+        tokio::spawn(generator::run(
+            client.clone(),
+            GeneratorConfig {
+                namespace: namespace.clone(),
+                resync,
+            },
+            context.leadership.clone(),
+            context.metrics.clone(),
+            shutdown.wait(),
+        ))
+    });
     driver::run_policies(
         client,
         namespace.as_deref(),
@@ -109,6 +127,9 @@ pub async fn run_with_readiness(
         ready,
     )
     .await;
+    if let Some(generator) = generator {
+        let _ = generator.await;
+    }
     driver::stop_election(election).await;
     Ok(())
 }
@@ -145,10 +166,6 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
     // skips (not the leader, our own status echo), not reconciliations.
     let _timer = ctx.metrics.reconcile_timer();
     let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
-    if let Err(error) = crate::ownership::adopt(&ctx.client, &policy).await {
-        // Ownership is housekeeping: measure anyway, try again next period.
-        tracing::warn!(policy = %policy.name_any(), %error, "could not set the ownerReference");
-    }
 
     let pods = matched_pods(&ctx.client, &namespace, &policy).await?;
     let measurement = if pods.is_empty() {

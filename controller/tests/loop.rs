@@ -201,6 +201,7 @@ async fn run_loop_test(
             lease: Some(lease("monitor")),
             namespace: Some(ns.to_string()),
             identity: "test-monitor".into(),
+            generator_resync: None,
         },
         Metrics::new("powercapping-controller"),
         async move {

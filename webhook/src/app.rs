@@ -1,6 +1,6 @@
 //! Command-line flags (see `docs/components.md`) and the process around
-//! the server: the Kubernetes client, the certificate, signals. Logging,
-//! signals and durations come from `climatik-runtime`.
+//! the server: the certificate, signals. Logging, signals and durations
+//! come from `climatik-runtime`.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
@@ -12,7 +12,6 @@ use climatik_runtime::{Shutdown, args::RuntimeArgs};
 use tracing::info;
 
 use crate::{
-    effects::{Effects, OwnerTaskLimits},
     metrics::Metrics,
     server::{AppState, Limits, start},
 };
@@ -29,8 +28,6 @@ pub struct Args {
     #[clap(flatten)]
     pub tls: TlsArgs,
     #[clap(flatten)]
-    pub owner: OwnerArgs,
-    #[clap(flatten)]
     pub runtime: RuntimeArgs,
 }
 
@@ -42,9 +39,26 @@ pub struct ServerArgs {
     /// Largest accepted AdmissionReview body, in bytes.
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
-    /// Time budget for the policy writes of one admission (e.g. 7s).
-    #[arg(long, env = "EFFECT_TIMEOUT", default_value = "7s", value_parser = parse_duration)]
-    pub effect_timeout: Duration,
+    /// Bodies held at once, in bytes (memory bound: see the chart's
+    /// `webhook.resources`); requests beyond it wait until their deadline.
+    #[arg(long, env = "MAX_IN_FLIGHT_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_in_flight_bytes: usize,
+    /// The API server's wait for an answer: the webhook configuration's
+    /// `timeoutSeconds` (the chart passes the same value). Requests not
+    /// answered by then are dropped.
+    #[arg(long, env = "ADMISSION_TIMEOUT", default_value = "10s", value_parser = parse_admission_timeout)]
+    pub admission_timeout: Duration,
+}
+
+/// `timeoutSeconds` may be 1 to 30 seconds.
+fn parse_admission_timeout(value: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(value)?;
+    if timeout < Duration::from_secs(1) || timeout > Duration::from_secs(30) {
+        return Err(format!(
+            "{value:?} is outside 1s..30s, the range of a webhook's timeoutSeconds"
+        ));
+    }
+    Ok(timeout)
 }
 
 #[derive(ClapArgs, Debug)]
@@ -68,17 +82,6 @@ pub struct TlsArgs {
     pub tls_reload_interval: Duration,
 }
 
-#[derive(ClapArgs, Debug)]
-pub struct OwnerArgs {
-    /// How long to wait for a new workload before giving up on setting its
-    /// policy's ownerReference (and removing the policy if it never appeared).
-    #[arg(long, env = "OWNER_REFERENCE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
-    pub owner_reference_timeout: Duration,
-    /// Most ownerReference tasks pending at once.
-    #[arg(long, env = "MAX_OWNER_REFERENCE_TASKS", default_value_t = 256)]
-    pub max_owner_reference_tasks: usize,
-}
-
 /// Runs the webhook until SIGTERM or Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let resolver = Arc::new(
@@ -88,24 +91,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         })
         .context("loading the serving certificate")?,
     );
-    let client = kube::Client::try_default()
-        .await
-        .context("creating the Kubernetes client")?;
-    let metrics = Metrics::new();
-    let effects = Effects::new(
-        Some(client),
-        metrics.clone(),
-        OwnerTaskLimits {
-            deadline: args.owner.owner_reference_timeout,
-            max_tasks: args.owner.max_owner_reference_tasks,
-        },
-    );
     let limits = Limits {
         max_body_bytes: args.server.max_body_bytes,
-        effect_timeout: args.server.effect_timeout,
-        ..Limits::default()
+        max_in_flight_bytes: args.server.max_in_flight_bytes,
+        deadline: args.server.admission_timeout,
     };
-    let state = AppState::new(metrics, effects, limits, Some(resolver.clone()));
+    let state = AppState::new(Metrics::new(), limits, Some(resolver.clone()));
     let listener = std::net::TcpListener::bind(args.server.listen)
         .with_context(|| format!("listening on {}", args.server.listen))?;
     let server = start(listener, resolver, state, args.tls.tls_reload_interval)?;
@@ -131,10 +122,20 @@ mod tests {
             "c.key",
             "--max-body-bytes",
             "1024",
+            "--admission-timeout",
+            "5s",
             "--log-format",
             "text",
         ]);
         let args = args.map_err(|e| e.to_string());
         assert!(args.is_ok(), "{args:?}");
+    }
+
+    #[test]
+    fn the_admission_timeout_is_one_the_api_server_allows() {
+        for bad in ["0s", "500ms", "31s", "1m"] {
+            assert!(parse_admission_timeout(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_admission_timeout("30s"), Ok(Duration::from_secs(30)));
     }
 }

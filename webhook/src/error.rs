@@ -1,6 +1,5 @@
 //! Errors: [`ApiError`] for requests that cannot be answered with an
-//! AdmissionReview (answered with a 4xx/5xx and a reason instead), and
-//! [`EffectError`] for failed Kubernetes calls.
+//! AdmissionReview (answered with a 4xx/5xx and a reason instead).
 
 use axum::{
     Json,
@@ -15,8 +14,10 @@ pub enum ApiError {
     BodyTooLarge { limit: usize },
     #[error("reading the request body: {0}")]
     BodyRead(String),
-    #[error("the request body was not received within {0:?}")]
-    BodyTimeout(std::time::Duration),
+    #[error("no answer within the API server's {0:?} deadline (slow body or overload)")]
+    DeadlinePassed(std::time::Duration),
+    #[error("too many admission requests in flight; try again")]
+    Overloaded,
     #[error("request body is not JSON: {0}")]
     NotJson(String),
     #[error("request body is not an admission.k8s.io/v1 AdmissionReview: {0}")]
@@ -30,7 +31,8 @@ impl ApiError {
         match self {
             ApiError::BodyTooLarge { .. } => "body_too_large",
             ApiError::BodyRead(_) => "body_read",
-            ApiError::BodyTimeout(_) => "body_timeout",
+            ApiError::DeadlinePassed(_) => "deadline_passed",
+            ApiError::Overloaded => "overloaded",
             ApiError::NotJson(_) => "not_json",
             ApiError::NotAdmissionReview(_) => "not_admission_review",
             ApiError::Encode(_) => "encode",
@@ -40,7 +42,8 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::DeadlinePassed(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyRead(_) | ApiError::NotJson(_) | ApiError::NotAdmissionReview(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -56,55 +59,5 @@ impl IntoResponse for ApiError {
             "reason": self.metric_label(),
         });
         (self.status(), Json(body)).into_response()
-    }
-}
-
-/// A Kubernetes call made on behalf of an admission failed.
-#[derive(Debug, thiserror::Error)]
-pub enum EffectError {
-    #[error("no Kubernetes client is configured")]
-    NoClient,
-    #[error("reading PowerCappingPolicy {namespace}/{name}: {source}")]
-    Get {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("applying PowerCappingPolicy {namespace}/{name}: {source}")]
-    Apply {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("deleting PowerCappingPolicy {namespace}/{name}: {source}")]
-    Delete {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("setting the ownerReference of PowerCappingPolicy {namespace}/{name}: {source}")]
-    Owner {
-        namespace: String,
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("the Kubernetes API did not answer within {0:?}")]
-    Timeout(std::time::Duration),
-}
-
-impl EffectError {
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            EffectError::NoClient => "no_client",
-            EffectError::Get { .. } => "policy_get",
-            EffectError::Apply { .. } => "policy_apply",
-            EffectError::Delete { .. } => "policy_delete",
-            EffectError::Owner { .. } => "policy_owner",
-            EffectError::Timeout(_) => "kubernetes_timeout",
-        }
     }
 }

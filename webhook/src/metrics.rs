@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    metrics::{counter::Counter, family::Family, histogram::Histogram},
     registry::Registry,
 };
 
@@ -28,11 +28,6 @@ pub struct ErrorLabels {
     pub error: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ActionLabels {
-    pub action: &'static str,
-}
-
 /// Every metric the webhook exports, cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -41,9 +36,7 @@ pub struct Metrics {
     pub denials: Family<ReasonLabels, Counter>,
     pub errors: Family<ErrorLabels, Counter>,
     pub duration: Histogram,
-    pub policy_writes: Family<ActionLabels, Counter>,
     pub certificate_reloads: Family<ReasonLabels, Counter>,
-    pub owner_tasks: Gauge,
 }
 
 impl Default for Metrics {
@@ -70,24 +63,18 @@ impl Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "errors",
-            "Errors: unreadable requests and failed Kubernetes calls",
+            "Requests that could not be answered: unreadable, too large, overload, deadline",
             errors.clone(),
         );
-        // 100 µs .. ~6.5 s: in-process reviews take well under a millisecond,
-        // reviews that write a policy take a few API round trips.
+        // 100 µs .. ~6.5 s: in-process reviews take well under a millisecond;
+        // the top buckets catch slow bodies and waits for room.
         let duration = Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
             0.0001, 2.0, 17,
         ));
         registry.register(
             "admission_duration_seconds",
-            "Time to answer an admission review, policy writes included",
+            "Time to answer an admission review",
             duration.clone(),
-        );
-        let policy_writes = Family::<ActionLabels, Counter>::default();
-        registry.register(
-            "policy_writes",
-            "Writes to generated PowerCappingPolicies (apply, delete, owner_reference, orphan_cleanup)",
-            policy_writes.clone(),
         );
         let certificate_reloads = Family::<ReasonLabels, Counter>::default();
         registry.register(
@@ -95,21 +82,13 @@ impl Metrics {
             "Serving certificate reloads, by result (reloaded or an error label)",
             certificate_reloads.clone(),
         );
-        let owner_tasks = Gauge::default();
-        registry.register(
-            "owner_reference_tasks",
-            "Background tasks waiting for a new workload to set its policy's ownerReference",
-            owner_tasks.clone(),
-        );
         Self {
             registry: Arc::new(registry),
             requests,
             denials,
             errors,
             duration,
-            policy_writes,
             certificate_reloads,
-            owner_tasks,
         }
     }
 
@@ -129,12 +108,6 @@ impl Metrics {
                 operation: "unknown",
                 result: "invalid",
             })
-            .inc();
-    }
-
-    pub fn policy_write(&self, action: &'static str) {
-        self.policy_writes
-            .get_or_create(&ActionLabels { action })
             .inc();
     }
 

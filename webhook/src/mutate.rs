@@ -1,9 +1,17 @@
 //! The admission decision as a pure function: request in, decision out.
-//! No I/O here; [`crate::effects`] carries out the policy writes.
+//!
+//! The webhook validates, normalises and labels; it writes nothing. The
+//! generated PowerCappingPolicy comes from the controller's policy
+//! generator, which reads the stored workload, so a forged AdmissionReview
+//! sent straight to the webhook can change no object.
 
-use climatik_api::names::{
-    ANNOTATION_POWER_CAP, ANNOTATION_POWER_CAP_WATTS, LABEL_POLICY, LABEL_WEBHOOK_OPT_OUT,
-    WEBHOOK_OPT_OUT_VALUE, generated_policy_name,
+use climatik_api::{
+    annotations::{self, CapSettings, USER_ANNOTATIONS},
+    names::{
+        ANNOTATION_POWER_CAP, ANNOTATION_POWER_CAP_WATTS, LABEL_POLICY, LABEL_WEBHOOK_OPT_OUT,
+        WEBHOOK_OPT_OUT_VALUE, generated_policy_name,
+    },
+    workload::WorkloadKind,
 };
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, jsonptr::PointerBuf};
 use kube::core::{
@@ -12,20 +20,7 @@ use kube::core::{
 };
 use serde_json::Value;
 
-use crate::{
-    patch::{MetaMap, template_metadata_ops},
-    policy::{DesiredPolicy, PolicyRef, WorkloadRef},
-    settings,
-    workload::WorkloadKind,
-};
-
-/// What to do with the generated policy.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum PolicyAction {
-    None,
-    Apply(DesiredPolicy),
-    Delete(PolicyRef),
-}
+use crate::patch::{MetaMap, template_metadata_ops, template_mutable, template_pointer};
 
 /// Why a request was denied, for metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +46,6 @@ pub enum Decision {
     Allow {
         /// JSON patch for the object; empty when nothing changes.
         patch: Vec<PatchOperation>,
-        policy: PolicyAction,
         warnings: Vec<String>,
     },
     Deny {
@@ -64,8 +58,14 @@ impl Decision {
     fn unchanged() -> Self {
         Decision::Allow {
             patch: Vec::new(),
-            policy: PolicyAction::None,
             warnings: Vec::new(),
+        }
+    }
+
+    fn warn(warning: String) -> Self {
+        Decision::Allow {
+            patch: Vec::new(),
+            warnings: vec![warning],
         }
     }
 
@@ -79,7 +79,7 @@ impl Decision {
 
 /// Decides how to admit a workload: validate the cap annotations, label the
 /// pod template for the generated policy (or unlabel it once the annotation
-/// is gone), and say which policy to apply or delete.
+/// is gone) and record the normalised cap on the workload.
 pub fn mutate(req: &AdmissionRequest<DynamicObject>) -> Decision {
     if !matches!(req.operation, Operation::Create | Operation::Update) || req.sub_resource.is_some()
     {
@@ -100,13 +100,24 @@ pub fn mutate(req: &AdmissionRequest<DynamicObject>) -> Decision {
         .as_ref()
         .and_then(|l| l.get(LABEL_WEBHOOK_OPT_OUT))
         .is_some_and(|v| v == WEBHOOK_OPT_OUT_VALUE);
-    // Being deleted: writing a policy now would outlive the workload.
+    // Being deleted: labelling it now is pointless.
     if opted_out || meta.deletion_timestamp.is_some() {
         return Decision::unchanged();
     }
     let annotations = meta.annotations.clone().unwrap_or_default();
-    let settings = match settings::from_annotations(&annotations) {
+    let settings = match annotations::from_annotations(&annotations) {
         Ok(settings) => settings,
+        // An update that leaves bad annotations as they were (the garbage
+        // collector removing a finalizer, `kubectl rollout restart`, a
+        // scale) must pass: denying it would wedge the workload over a
+        // value that was admitted before (by an older version, or while
+        // the webhook was off). The generator leaves its policy alone.
+        Err(errors) if cap_annotations_unchanged(req) => {
+            return Decision::warn(format!(
+                "left as it was: {}; fix the annotation to change the cap",
+                errors.join("; ")
+            ));
+        }
         Err(errors) => {
             return Decision::deny(DenyReason::InvalidAnnotation, errors.join("; "));
         }
@@ -128,41 +139,27 @@ pub fn mutate(req: &AdmissionRequest<DynamicObject>) -> Decision {
         }
         return Decision::unchanged();
     }
-    let namespace = meta
-        .namespace
-        .clone()
-        .or_else(|| req.namespace.clone())
-        .unwrap_or_default();
     let policy_name = generated_policy_name(kind.kind(), &name);
-    let template_ptr = kind.template_pointer();
+    let template_ptr = template_pointer(kind);
     let template = object.data.pointer(&template_ptr.to_string());
     let current_label = template
         .and_then(|t| t.pointer("/metadata/labels"))
         .and_then(|l| l.get(LABEL_POLICY))
         .and_then(|v| v.as_str());
-    let workload = WorkloadRef {
-        kind,
-        namespace: namespace.clone(),
-        name,
-        uid: meta.uid.clone().filter(|u| !u.is_empty()),
-    };
 
     let mut warnings = Vec::new();
-    let (set, unset, policy): (Vec<_>, Vec<_>, PolicyAction) = match settings {
-        Some(settings) => {
+    let (set, unset): (Vec<_>, Vec<_>) = match &settings {
+        Some(_) => {
             if let Some(other) = current_label.filter(|l| *l != policy_name) {
                 warnings.push(format!(
                     "pod template label {LABEL_POLICY}={other} is replaced by {policy_name}, \
                      the policy generated from {ANNOTATION_POWER_CAP}"
                 ));
             }
-            let set = vec![(MetaMap::Labels, LABEL_POLICY, policy_name.clone())];
-            let desired = DesiredPolicy {
-                name: policy_name.clone(),
-                settings,
-                workload,
-            };
-            (set, Vec::new(), PolicyAction::Apply(desired))
+            (
+                vec![(MetaMap::Labels, LABEL_POLICY, policy_name.clone())],
+                Vec::new(),
+            )
         }
         None => {
             let ours = current_label == Some(policy_name.as_str());
@@ -183,11 +180,7 @@ pub fn mutate(req: &AdmissionRequest<DynamicObject>) -> Decision {
             } else {
                 Vec::new()
             };
-            let policy = PolicyAction::Delete(PolicyRef {
-                namespace,
-                name: policy_name.clone(),
-            });
-            (Vec::new(), unset, policy)
+            (Vec::new(), unset)
         }
     };
 
@@ -208,55 +201,75 @@ pub fn mutate(req: &AdmissionRequest<DynamicObject>) -> Decision {
             );
         }
     };
-    // The normalized cap is recorded on the workload itself, not on its pod
-    // template: a cap change must not roll the workload's pods.
-    let recorded = annotations
-        .get(ANNOTATION_POWER_CAP_WATTS)
-        .map(String::as_str);
-    let watts_ptr = || {
-        let mut ptr = PointerBuf::from_tokens(["metadata", "annotations"]);
-        ptr.push_back(ANNOTATION_POWER_CAP_WATTS);
-        ptr
-    };
-    let workload_ops: Vec<PatchOperation> = match &policy {
-        PolicyAction::Apply(desired) => {
-            let watts = desired.settings.watts.to_string();
-            // Annotations exist: they hold the cap annotation itself.
-            (recorded != Some(watts.as_str()))
-                .then(|| {
-                    PatchOperation::Add(AddOperation {
-                        path: watts_ptr(),
-                        value: Value::String(watts),
-                    })
-                })
-                .into_iter()
-                .collect()
-        }
-        _ => recorded
-            .map(|_| PatchOperation::Remove(RemoveOperation { path: watts_ptr() }))
-            .into_iter()
-            .collect(),
-    };
-    if !patch.is_empty() && !kind.template_mutable(&req.operation) {
+    if !patch.is_empty() && !template_mutable(kind, &req.operation) {
         patch.clear();
-        warnings.push(match policy {
-            PolicyAction::Apply(_) => format!(
+        warnings.push(if settings.is_some() {
+            format!(
                 "a Job's pod template cannot change after creation, so its pods do not carry \
                  {LABEL_POLICY}={policy_name} and the policy matches none of them; \
                  recreate the Job to cap it"
-            ),
-            _ => format!(
+            )
+        } else {
+            format!(
                 "a Job's pod template cannot change after creation, so its pods keep \
                  {LABEL_POLICY}={policy_name}; the policy is deleted and nothing caps them"
-            ),
+            )
         });
     }
-    patch.extend(workload_ops);
-    Decision::Allow {
-        patch,
-        policy,
-        warnings,
+    patch.extend(recorded_cap_ops(&annotations, settings.as_ref()));
+    Decision::Allow { patch, warnings }
+}
+
+/// The normalised cap, recorded on the workload itself rather than on its
+/// pod template (a cap change must not roll the workload's pods), or
+/// removed with the cap annotation.
+fn recorded_cap_ops(
+    annotations: &std::collections::BTreeMap<String, String>,
+    settings: Option<&CapSettings>,
+) -> Vec<PatchOperation> {
+    let recorded = annotations
+        .get(ANNOTATION_POWER_CAP_WATTS)
+        .map(String::as_str);
+    let mut path = PointerBuf::from_tokens(["metadata", "annotations"]);
+    path.push_back(ANNOTATION_POWER_CAP_WATTS);
+    match settings {
+        Some(settings) => {
+            let watts = settings.watts.to_string();
+            // Annotations exist: they hold the cap annotation itself.
+            let unchanged = recorded == Some(watts.as_str());
+            (!unchanged)
+                .then_some(PatchOperation::Add(AddOperation {
+                    path,
+                    value: Value::String(watts),
+                }))
+                .into_iter()
+                .collect()
+        }
+        None => recorded
+            .map(|_| PatchOperation::Remove(RemoveOperation { path }))
+            .into_iter()
+            .collect(),
     }
+}
+
+/// Whether an UPDATE leaves every annotation a user writes for Climatik as
+/// the stored object has it.
+fn cap_annotations_unchanged(req: &AdmissionRequest<DynamicObject>) -> bool {
+    let (Operation::Update, Some(new), Some(old)) =
+        (&req.operation, req.object.as_ref(), req.old_object.as_ref())
+    else {
+        return false;
+    };
+    let get = |o: &DynamicObject, key: &str| {
+        o.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .cloned()
+    };
+    USER_ANNOTATIONS
+        .iter()
+        .all(|key| get(new, key) == get(old, key))
 }
 
 #[cfg(test)]
@@ -264,7 +277,6 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::settings::CapSettings;
 
     fn request(
         operation: &str,
@@ -318,16 +330,12 @@ mod tests {
     }
 
     #[test]
-    fn annotated_deployment_is_labelled_and_gets_a_policy() {
+    fn annotated_deployment_is_labelled_and_records_its_cap() {
         let object = deployment(
             json!({ ANNOTATION_POWER_CAP: "1.5kW" }),
             json!({ "labels": { "app": "vllm" } }),
         );
-        let Decision::Allow {
-            patch,
-            policy,
-            warnings,
-        } = mutate(&request("CREATE", object.clone(), None))
+        let Decision::Allow { patch, warnings } = mutate(&request("CREATE", object.clone(), None))
         else {
             panic!("denied");
         };
@@ -344,29 +352,10 @@ mod tests {
             meta.get("annotations").is_none(),
             "template untouched: {meta}"
         );
-        let PolicyAction::Apply(desired) = policy else {
-            panic!("no policy");
-        };
-        assert_eq!(desired.name, "deployment-vllm");
-        assert_eq!(desired.workload.namespace, "team-a");
-        assert_eq!(desired.workload.uid, None);
-        assert_eq!(
-            desired.settings,
-            CapSettings {
-                watts: 1500,
-                threshold: 90,
-                dry_run: false,
-                algorithm: None,
-            }
-        );
 
-        // Re-admitting the patched object: same policy, no patch.
+        // Re-admitting the patched object: no patch.
         let again = mutate(&request("UPDATE", patched.clone(), Some(patched)));
-        let Decision::Allow { patch, policy, .. } = again else {
-            panic!("denied");
-        };
-        assert!(patch.is_empty(), "{patch:?}");
-        assert!(matches!(policy, PolicyAction::Apply(d) if d.name == "deployment-vllm"));
+        assert_eq!(again, Decision::unchanged());
     }
 
     #[test]
@@ -381,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn removing_the_annotation_unlabels_and_deletes_the_policy() {
+    fn removing_the_annotation_unlabels_the_template() {
         let old = deployment(
             json!({ ANNOTATION_POWER_CAP: "300" }),
             json!({ "labels": { "app": "vllm", LABEL_POLICY: "deployment-vllm" },
@@ -392,8 +381,7 @@ mod tests {
             json!({ "labels": { "app": "vllm", LABEL_POLICY: "deployment-vllm" },
                     "annotations": { ANNOTATION_POWER_CAP_WATTS: "300" } }),
         );
-        let Decision::Allow { patch, policy, .. } =
-            mutate(&request("UPDATE", new.clone(), Some(old)))
+        let Decision::Allow { patch, .. } = mutate(&request("UPDATE", new.clone(), Some(old)))
         else {
             panic!("denied");
         };
@@ -406,13 +394,33 @@ mod tests {
             patched["spec"]["template"]["metadata"]["annotations"],
             json!({})
         );
-        assert_eq!(
-            policy,
-            PolicyAction::Delete(PolicyRef {
-                namespace: "team-a".into(),
-                name: "deployment-vllm".into()
-            })
-        );
+    }
+
+    #[test]
+    fn an_update_that_keeps_a_bad_annotation_passes_with_a_warning() {
+        let stored = deployment(json!({ ANNOTATION_POWER_CAP: "lots" }), json!({}));
+        let mut restarted = stored.clone();
+        restarted["spec"]["template"]["metadata"] =
+            json!({ "annotations": { "kubectl.kubernetes.io/restartedAt": "now" } });
+        let Decision::Allow { patch, warnings } =
+            mutate(&request("UPDATE", restarted, Some(stored.clone())))
+        else {
+            panic!("an update that leaves the annotations alone was denied");
+        };
+        assert!(patch.is_empty(), "{patch:?}");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("\"lots\""), "{warnings:?}");
+
+        // Changing it to another bad value, or creating with one, is denied.
+        let worse = deployment(json!({ ANNOTATION_POWER_CAP: "more" }), json!({}));
+        assert!(matches!(
+            mutate(&request("UPDATE", worse, Some(stored.clone()))),
+            Decision::Deny { .. }
+        ));
+        assert!(matches!(
+            mutate(&request("CREATE", stored, None)),
+            Decision::Deny { .. }
+        ));
     }
 
     #[test]
@@ -428,14 +436,14 @@ mod tests {
     }
 
     #[test]
-    fn cronjob_template_is_nested_and_update_carries_the_owner() {
+    fn cronjob_template_is_nested() {
         let mut object = json!({
             "apiVersion": "batch/v1",
             "kind": "CronJob",
             "metadata": { "name": "nightly", "uid": "u-9", "annotations": { ANNOTATION_POWER_CAP: "500W" } },
             "spec": { "schedule": "* * * * *", "jobTemplate": { "spec": { "template": { "spec": {} } } } }
         });
-        let Decision::Allow { patch, policy, .. } =
+        let Decision::Allow { patch, .. } =
             mutate(&request("UPDATE", object.clone(), Some(object.clone())))
         else {
             panic!("denied");
@@ -445,10 +453,6 @@ mod tests {
             object["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"][LABEL_POLICY],
             "cronjob-nightly"
         );
-        let PolicyAction::Apply(desired) = policy else {
-            panic!("no policy")
-        };
-        assert_eq!(desired.workload.uid.as_deref(), Some("u-9"));
     }
 
     #[test]
@@ -458,11 +462,8 @@ mod tests {
             "metadata": { "name": "train", "annotations": { ANNOTATION_POWER_CAP: "300" } },
             "spec": { "template": { "metadata": { "labels": { "a": "b" } }, "spec": {} } }
         });
-        let Decision::Allow {
-            patch,
-            policy,
-            warnings,
-        } = mutate(&request("UPDATE", object.clone(), Some(object.clone())))
+        let Decision::Allow { patch, warnings } =
+            mutate(&request("UPDATE", object.clone(), Some(object.clone())))
         else {
             panic!("denied");
         };
@@ -474,7 +475,6 @@ mod tests {
             "300"
         );
         assert_eq!(warnings.len(), 1);
-        assert!(matches!(policy, PolicyAction::Apply(_)));
         let Decision::Allow { patch, .. } = mutate(&request("CREATE", object, None)) else {
             panic!("denied");
         };

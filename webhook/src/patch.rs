@@ -4,8 +4,21 @@
 //! Keys such as `climatik.io/policy` contain `/`, which a JSON pointer
 //! escapes as `~1`; [`PointerBuf::from_tokens`] does that escaping.
 
+use climatik_api::workload::WorkloadKind;
 use json_patch::{AddOperation, PatchOperation, RemoveOperation, jsonptr::PointerBuf};
+use kube::core::admission::Operation;
 use serde_json::{Map, Value};
+
+/// The pod template pointer of a workload kind, e.g. `/spec/template`.
+pub fn template_pointer(kind: WorkloadKind) -> PointerBuf {
+    PointerBuf::from_tokens(kind.template_path().iter().copied())
+}
+
+/// Whether the API server accepts pod template changes for this
+/// operation: a Job's template is immutable once created.
+pub fn template_mutable(kind: WorkloadKind, operation: &Operation) -> bool {
+    !(kind == WorkloadKind::Job && matches!(operation, Operation::Update))
+}
 
 /// The pod template's metadata is not shaped like object metadata.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -7,12 +7,19 @@ use std::collections::BTreeMap;
 use k8s_openapi::{
     ByteString,
     api::admissionregistration::v1::{
-        MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+        MatchCondition, MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations,
+        WebhookClientConfig,
     },
     apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement, ObjectMeta},
 };
 
 use climatik_api::names::{LABEL_WEBHOOK_OPT_OUT, WEBHOOK_OPT_OUT_VALUE};
+
+/// The API server sends a workload to the webhook only when it carries, or
+/// carried before this update, a `climatik.io/` annotation; everything else
+/// is admitted without a call, so a webhook outage touches only workloads
+/// that opted in. The chart's template holds the same string.
+pub const MATCH_CONDITION: &str = "(has(object.metadata.annotations) && object.metadata.annotations.exists(k, k.startsWith('climatik.io/'))) || (oldObject != null && has(oldObject.metadata.annotations) && oldObject.metadata.annotations.exists(k, k.startsWith('climatik.io/')))";
 
 /// Name of the single webhook inside the configuration.
 pub const WEBHOOK_NAME: &str = "workloads.climatik.io";
@@ -63,12 +70,31 @@ pub fn webhook_configuration(
                 match_expressions: Some(vec![opted_out]),
                 ..Default::default()
             }),
-            side_effects: "NoneOnDryRun".to_string(),
+            side_effects: "None".to_string(),
             failure_policy: Some("Fail".to_string()),
             match_policy: Some("Equivalent".to_string()),
             reinvocation_policy: Some("IfNeeded".to_string()),
             timeout_seconds: Some(10),
-            match_conditions: None,
+            match_conditions: Some(vec![MatchCondition {
+                name: "climatik-annotations".to_string(),
+                expression: MATCH_CONDITION.to_string(),
+            }]),
         }]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chart_sends_the_same_workloads() {
+        let template = include_str!(
+            "../../charts/climatik/templates/webhook/mutatingwebhookconfiguration.yaml"
+        );
+        assert!(
+            template.contains(&format!("expression: \"{MATCH_CONDITION}\"")),
+            "the chart's matchConditions expression differs from MATCH_CONDITION"
+        );
     }
 }

@@ -9,23 +9,26 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
+use climatik_api::workload::WorkloadKind;
 use climatik_certs::{ReloadOutcome, ReloadingCertResolver};
 use climatik_runtime::{Admin, Readiness, admin};
 use kube::core::{
     DynamicObject,
     admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
 };
-use tokio::{task::JoinHandle, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    task::JoinHandle,
+    time::Instant,
+};
 use tracing::{info, warn};
 
 use crate::{
-    effects::Effects,
     error::ApiError,
     metrics::Metrics,
     metrics::{ReasonLabels, RequestLabels},
-    mutate::{Decision, PolicyAction, mutate},
+    mutate::{Decision, mutate},
     review::{self, Parsed},
-    workload::WorkloadKind,
 };
 
 /// Request handling limits.
@@ -34,19 +37,59 @@ pub struct Limits {
     /// Largest accepted request body. A review holds the object and the old
     /// object, each up to etcd's ~1.5 MiB.
     pub max_body_bytes: usize,
-    /// A client that has not sent its whole body by then is cut off.
-    pub body_timeout: Duration,
-    /// Budget for the policy writes of one admission (the API server
-    /// waits 10 s for the webhook by default).
-    pub effect_timeout: Duration,
+    /// Bodies read or being decided on at once, in bytes: the webhook's
+    /// memory is bounded by this (times the parsing overhead), however many
+    /// requests arrive. A request waits for room until its deadline.
+    pub max_in_flight_bytes: usize,
+    /// How long the API server waits for an answer (the webhook
+    /// configuration's `timeoutSeconds`). A request still unanswered by
+    /// then is abandoned: the API server has already applied the failure
+    /// policy, so finishing it would only spend memory.
+    pub deadline: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 4 * 1024 * 1024,
-            body_timeout: Duration::from_secs(5),
-            effect_timeout: Duration::from_secs(7),
+            max_in_flight_bytes: 16 * 1024 * 1024,
+            deadline: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Room for bodies in flight, counted in KiB so a 4 MiB body fits the
+/// semaphore's `u32` permits.
+struct InFlight {
+    kib: Arc<Semaphore>,
+    capacity_kib: u32,
+}
+
+impl InFlight {
+    fn new(limits: &Limits) -> Self {
+        let capacity_kib = u32::try_from(limits.max_in_flight_bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        Self {
+            kib: Arc::new(Semaphore::new(capacity_kib as usize)),
+            capacity_kib,
+        }
+    }
+
+    /// Waits until `bytes` fit (a body larger than the whole budget waits
+    /// for all of it), or fails at `deadline`.
+    async fn reserve(
+        &self,
+        bytes: usize,
+        deadline: Instant,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.capacity_kib);
+        match tokio::time::timeout_at(deadline, self.kib.clone().acquire_many_owned(kib)).await {
+            Ok(Ok(permit)) => Ok(permit),
+            // Timed out, or the semaphore closed (never: it is not closed).
+            _ => Err(ApiError::Overloaded),
         }
     }
 }
@@ -59,22 +102,21 @@ pub struct AppState {
 
 struct Inner {
     metrics: Metrics,
-    effects: Effects,
     limits: Limits,
+    in_flight: InFlight,
     certificate: Option<Arc<ReloadingCertResolver>>,
 }
 
 impl AppState {
     pub fn new(
         metrics: Metrics,
-        effects: Effects,
         limits: Limits,
         certificate: Option<Arc<ReloadingCertResolver>>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 metrics,
-                effects,
+                in_flight: InFlight::new(&limits),
                 limits,
                 certificate,
             }),
@@ -109,10 +151,32 @@ fn admin(state: &AppState) -> Admin {
     Admin::new(move || metrics.encode()).with_readiness(readiness)
 }
 
-async fn mutate_handler(State(state): State<AppState>, body: Body) -> Response {
+async fn mutate_handler(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let metrics = &state.inner.metrics;
-    let response = match admit(&state, body).await {
+    let deadline = started + state.inner.limits.deadline;
+    // Without a Content-Length the body may be as large as we accept.
+    let expected = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(state.inner.limits.max_body_bytes)
+        .min(state.inner.limits.max_body_bytes);
+    let admitted = match state.inner.in_flight.reserve(expected, deadline).await {
+        Ok(permit) => {
+            let answer = tokio::time::timeout_at(deadline, admit(&state, body))
+                .await
+                .unwrap_or(Err(ApiError::DeadlinePassed(state.inner.limits.deadline)));
+            drop(permit);
+            answer
+        }
+        Err(err) => Err(err),
+    };
+    let response = match admitted {
         Ok(review) => Json(review).into_response(),
         Err(err) => {
             warn!(error = %err, "unreadable admission request");
@@ -125,11 +189,9 @@ async fn mutate_handler(State(state): State<AppState>, body: Body) -> Response {
 }
 
 async fn read_body(body: Body, limits: &Limits) -> Result<axum::body::Bytes, ApiError> {
-    let read = axum::body::to_bytes(body, limits.max_body_bytes);
-    match tokio::time::timeout(limits.body_timeout, read).await {
-        Err(_) => Err(ApiError::BodyTimeout(limits.body_timeout)),
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => {
+    match axum::body::to_bytes(body, limits.max_body_bytes).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) => {
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
             if too_large {
@@ -149,7 +211,7 @@ async fn read_body(body: Body, limits: &Limits) -> Result<axum::body::Bytes, Api
 async fn admit(state: &AppState, body: Body) -> Result<AdmissionReview<DynamicObject>, ApiError> {
     let bytes = read_body(body, &state.inner.limits).await?;
     match review::parse(&bytes)? {
-        Parsed::Request(request) => Ok(decide(state, &request).await?.into_review()),
+        Parsed::Request(request) => Ok(decide(state, &request)?.into_review()),
         Parsed::Invalid { uid, reason } => {
             state.inner.metrics.invalid_request("invalid_review");
             warn!(uid = %uid, %reason, "invalid AdmissionReview");
@@ -158,8 +220,8 @@ async fn admit(state: &AppState, body: Body) -> Result<AdmissionReview<DynamicOb
     }
 }
 
-/// Decides on one readable request and carries out the policy writes it
-/// asks for; one span per admission, named after the workload.
+/// Decides on one readable request; one span per admission, named after
+/// the workload.
 #[tracing::instrument(
     name = "admission",
     skip_all,
@@ -171,7 +233,7 @@ async fn admit(state: &AppState, body: Body) -> Result<AdmissionReview<DynamicOb
         operation = operation_label(&req.operation),
     )
 )]
-async fn decide(
+fn decide(
     state: &AppState,
     req: &AdmissionRequest<DynamicObject>,
 ) -> Result<AdmissionResponse, ApiError> {
@@ -201,49 +263,7 @@ async fn decide(
             info!(uid = %req.uid, kind, namespace = ns, name = %req.name, reason = reason.metric_label(), %message, "denied");
             Ok(AdmissionResponse::from(req).deny(message))
         }
-        Decision::Allow {
-            patch,
-            policy,
-            mut warnings,
-        } => {
-            if !req.dry_run {
-                let limit = state.inner.limits.effect_timeout;
-                let outcome = tokio::time::timeout(limit, state.inner.effects.execute(&policy))
-                    .await
-                    .unwrap_or(Err(crate::error::EffectError::Timeout(limit)));
-                match (outcome, &policy) {
-                    (Ok(more), _) => warnings.extend(more),
-                    (Err(err), PolicyAction::Apply(desired)) => {
-                        // The user asked for a cap we could not record:
-                        // admitting the workload uncapped would hide that.
-                        metrics.error(err.metric_label());
-                        count("denied");
-                        metrics
-                            .denials
-                            .get_or_create(&ReasonLabels {
-                                reason: "policy_write_failed",
-                            })
-                            .inc();
-                        warn!(uid = %req.uid, policy = %desired.name, error = %err, "policy write failed; denying");
-                        return Ok(AdmissionResponse::from(req).deny(format!(
-                            "could not write the generated PowerCappingPolicy: {err}; try again"
-                        )));
-                    }
-                    (Err(err), _) => {
-                        metrics.error(err.metric_label());
-                        warn!(uid = %req.uid, error = %err, "policy cleanup failed");
-                        warnings.push(format!(
-                            "the generated PowerCappingPolicy could not be removed: {err}"
-                        ));
-                    }
-                }
-                if let PolicyAction::Apply(desired) = &policy
-                    && matches!(req.operation, Operation::Create)
-                    && desired.workload.uid.is_none()
-                {
-                    state.inner.effects.spawn_owner_follow_up(desired);
-                }
-            }
+        Decision::Allow { patch, warnings } => {
             count("allowed");
             let mut response = AdmissionResponse::from(req);
             if !patch.is_empty() {
@@ -348,4 +368,35 @@ fn resolver_serial(state: &AppState) -> String {
         .as_ref()
         .map(|c| c.serial_hex())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn room_is_shared_by_size_and_waiting_ends_at_the_deadline() {
+        let in_flight = InFlight::new(&Limits {
+            max_in_flight_bytes: 64 * 1024,
+            ..Limits::default()
+        });
+        let soon = || Instant::now() + Duration::from_millis(50);
+        // Small bodies share the room; one larger than it takes all of it.
+        let a = in_flight.reserve(20 * 1024, soon()).await;
+        let b = in_flight.reserve(20 * 1024, soon()).await;
+        assert!(a.is_ok() && b.is_ok());
+        assert!(matches!(
+            in_flight.reserve(30 * 1024, soon()).await,
+            Err(ApiError::Overloaded)
+        ));
+        drop((a, b));
+        let all = in_flight.reserve(100 * 1024 * 1024, soon()).await;
+        assert!(all.is_ok());
+        assert!(matches!(
+            in_flight.reserve(1, soon()).await,
+            Err(ApiError::Overloaded)
+        ));
+        drop(all);
+        assert!(in_flight.reserve(1, soon()).await.is_ok());
+    }
 }

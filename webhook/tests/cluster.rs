@@ -1,7 +1,8 @@
 //! The webhook through the real API server of the local control plane: the
-//! API server calls it over HTTPS by URL, trusting a dev CA, and the
-//! webhook writes policies with a ServiceAccount bound to exactly the RBAC
-//! of `docs/components.md`.
+//! API server calls it over HTTPS by URL, trusting a dev CA. The webhook has
+//! no Kubernetes client; the controller's policy generator runs beside it
+//! with a ServiceAccount bound to the RBAC of `docs/components.md` and
+//! writes the generated policies.
 //!
 //! Each test registers its own MutatingWebhookConfiguration, scoped by a
 //! namespace label only its namespace carries, so tests run in parallel
@@ -17,12 +18,15 @@ use climatik_api::{
 use climatik_certs::{
     CertFiles, ReloadingCertResolver, write_dev_ca, x509::certificate_serial_hex,
 };
+use climatik_controller::{
+    generator::{self, GeneratorConfig},
+    lease::Leadership,
+};
 use climatik_test_support::{
     TestCluster, TestNamespace, cluster,
     fixtures::{cap_annotations, deployment},
 };
 use climatik_webhook::{
-    effects::{Effects, OwnerTaskLimits},
     metrics::Metrics,
     registration::webhook_configuration,
     server::{AppState, Limits, RunningServer, start},
@@ -53,6 +57,7 @@ struct Harness {
     resolver: Arc<ReloadingCertResolver>,
     tls_dir: tempfile::TempDir,
     ca_pem: String,
+    stop_generator: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Harness {
@@ -79,10 +84,11 @@ impl Harness {
             )
             .await?;
 
-        // The webhook's identity and the RBAC the chart grants it.
+        // The policy generator's identity and the RBAC the chart grants the
+        // controller for it.
         let sa = ServiceAccount {
             metadata: ObjectMeta {
-                name: Some("climatik-webhook".into()),
+                name: Some("climatik-controller".into()),
                 ..Default::default()
             },
             ..Default::default()
@@ -90,13 +96,14 @@ impl Harness {
         Api::<ServiceAccount>::namespaced(client.clone(), ns.name())
             .create(&PostParams::default(), &sa)
             .await?;
-        let role_name = format!("climatik-webhook-test-{id}");
+        let role_name = format!("climatik-generator-test-{id}");
         let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| PolicyRule {
             api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
             resources: Some(resources.iter().map(|s| s.to_string()).collect()),
             verbs: verbs.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
+        let read = ["get", "list", "watch"];
         let role = ClusterRole {
             metadata: ObjectMeta {
                 name: Some(role_name.clone()),
@@ -106,10 +113,10 @@ impl Harness {
                 rule(
                     &["climatik.io"],
                     &["powercappingpolicies"],
-                    &["get", "list", "create", "patch", "update", "delete"],
+                    &["get", "list", "watch", "create", "patch", "delete"],
                 ),
-                rule(&["apps"], &["deployments", "statefulsets"], &["get"]),
-                rule(&["batch"], &["jobs", "cronjobs"], &["get"]),
+                rule(&["apps"], &["deployments", "statefulsets"], &read),
+                rule(&["batch"], &["jobs", "cronjobs"], &read),
             ]),
             ..Default::default()
         };
@@ -118,7 +125,7 @@ impl Harness {
             .await?;
         let binding = RoleBinding {
             metadata: ObjectMeta {
-                name: Some("climatik-webhook".into()),
+                name: Some("climatik-controller".into()),
                 ..Default::default()
             },
             role_ref: RoleRef {
@@ -128,7 +135,7 @@ impl Harness {
             },
             subjects: Some(vec![Subject {
                 kind: "ServiceAccount".into(),
-                name: "climatik-webhook".into(),
+                name: "climatik-controller".into(),
                 namespace: Some(ns.name().to_string()),
                 ..Default::default()
             }]),
@@ -137,9 +144,22 @@ impl Harness {
             .create(&PostParams::default(), &binding)
             .await?;
         let kubeconfig = cluster
-            .service_account_kubeconfig(ns.name(), "climatik-webhook")
+            .service_account_kubeconfig(ns.name(), "climatik-controller")
             .await?;
-        let webhook_client = cluster.client_for(&kubeconfig).await?;
+        let generator_client = cluster.client_for(&kubeconfig).await?;
+        let (stop_generator, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(generator::run(
+            generator_client,
+            GeneratorConfig {
+                namespace: Some(ns.name().to_string()),
+                resync: Duration::from_secs(30),
+            },
+            Leadership::always(),
+            climatik_controller::metrics::Metrics::new("powercapping-controller"),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
 
         // TLS from a dev CA, served from files like a Secret mount.
         let tls_dir = tempfile::tempdir()?;
@@ -153,13 +173,7 @@ impl Harness {
             cert: written.tls_cert,
             key: written.tls_key,
         })?);
-        let metrics = Metrics::new();
-        let effects = Effects::new(
-            Some(webhook_client),
-            metrics.clone(),
-            OwnerTaskLimits::default(),
-        );
-        let state = AppState::new(metrics, effects, Limits::default(), Some(resolver.clone()));
+        let state = AppState::new(Metrics::new(), Limits::default(), Some(resolver.clone()));
         let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
         let server = start(
             listener,
@@ -176,6 +190,7 @@ impl Harness {
             resolver,
             tls_dir,
             ca_pem,
+            stop_generator: Some(stop_generator),
         };
         harness.register("127.0.0.1").await?;
         harness.wait_until_admitting().await?;
@@ -319,10 +334,13 @@ impl Harness {
             .await;
         let _ = Api::<ClusterRole>::all(client)
             .delete(
-                &format!("climatik-webhook-test-{}", self.id),
+                &format!("climatik-generator-test-{}", self.id),
                 &DeleteParams::default(),
             )
             .await;
+        if let Some(stop) = self.stop_generator.take() {
+            let _ = stop.send(());
+        }
         if let Some(ns) = self.ns.take() {
             ns.cleanup().await?;
         }
@@ -350,7 +368,7 @@ impl Drop for Harness {
             vec![
                 "delete".to_string(),
                 "clusterrole".into(),
-                format!("climatik-webhook-test-{}", self.id),
+                format!("climatik-generator-test-{}", self.id),
                 "--ignore-not-found".into(),
                 "--wait=false".into(),
             ],
@@ -607,12 +625,18 @@ async fn job_annotation_lifecycle() -> anyhow::Result<()> {
     h.cleanup().await
 }
 
-/// The leaf certificate a fresh TLS client is served, verified by `ca_pem`.
-async fn served_serial(port: u16, host: &str, ca_pem: &str) -> anyhow::Result<String> {
+/// One HTTP/1.1 request over a fresh TLS connection to the webhook, verified
+/// by `ca_pem`: the serial of the leaf certificate served, and the response.
+async fn https_request(
+    port: u16,
+    host: &str,
+    ca_pem: &str,
+    request: Vec<u8>,
+) -> anyhow::Result<(String, String)> {
     let ca_pem = ca_pem.to_string();
     let host = host.to_string();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
-        use std::io::Write;
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String)> {
+        use std::io::{Read, Write};
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
             roots.add(cert?)?;
@@ -627,16 +651,110 @@ async fn served_serial(port: u16, host: &str, ca_pem: &str) -> anyhow::Result<St
         let sock = std::net::TcpStream::connect(("127.0.0.1", port))?;
         sock.set_read_timeout(Some(Duration::from_secs(5)))?;
         let mut tls = rustls::StreamOwned::new(conn, sock);
-        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        tls.write_all(&request)?;
         tls.flush()?;
+        let mut response = Vec::new();
+        // The server closes (Connection: close); a TLS close without
+        // close_notify still leaves the whole response read.
+        let _ = tls.read_to_end(&mut response);
         let leaf = tls
             .conn
             .peer_certificates()
             .and_then(|c| c.first())
             .context("no peer certificate")?;
-        certificate_serial_hex(leaf).context("unreadable serial")
+        let serial = certificate_serial_hex(leaf).context("unreadable serial")?;
+        Ok((serial, String::from_utf8_lossy(&response).into_owned()))
     })
     .await?
+}
+
+/// The leaf certificate a fresh TLS client is served, verified by `ca_pem`.
+async fn served_serial(port: u16, host: &str, ca_pem: &str) -> anyhow::Result<String> {
+    let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    Ok(https_request(port, host, ca_pem, request.to_vec()).await?.0)
+}
+
+/// An AdmissionReview nobody's API server sent: `operation` on the
+/// Deployment `name` in `namespace`, with these annotations.
+fn forged_review(
+    namespace: &str,
+    name: &str,
+    operation: &str,
+    annotations: serde_json::Value,
+) -> Vec<u8> {
+    let mut object = deployment(name, None);
+    object["metadata"]["namespace"] = serde_json::json!(namespace);
+    object["metadata"]["annotations"] = annotations;
+    let body = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "f0f0f0f0-0000-4000-8000-000000000001",
+            "kind": { "group": "apps", "version": "v1", "kind": "Deployment" },
+            "resource": { "group": "apps", "version": "v1", "resource": "deployments" },
+            "name": name,
+            "namespace": namespace,
+            "operation": operation,
+            "userInfo": { "username": "mallory" },
+            "object": object,
+            "oldObject": deployment(name, Some("1.5kW")),
+            "dryRun": false
+        }
+    })
+    .to_string();
+    let mut request = format!(
+        "POST /mutate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body.as_bytes());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_admission_review_changes_no_object() -> anyhow::Result<()> {
+    let h = Harness::start("webhook-forged").await?;
+    h.kubectl_apply(&deployment("victim", Some("1.5kW")), &[])
+        .await?;
+    let before = h.wait_policy("deployment-victim", 1500).await?;
+
+    // Anyone who can reach the webhook can post to it. Ask for a 1 W cap,
+    // then for the annotation's removal, then send a CREATE for a
+    // workload that does not exist.
+    for (name, operation, annotations) in [
+        (
+            "victim",
+            "UPDATE",
+            serde_json::json!({ "climatik.io/power-cap": "1W" }),
+        ),
+        ("victim", "UPDATE", serde_json::json!({})),
+        (
+            "ghost",
+            "CREATE",
+            serde_json::json!({ "climatik.io/power-cap": "1W" }),
+        ),
+    ] {
+        let (_, response) = https_request(
+            h.port(),
+            "127.0.0.1",
+            &h.ca_pem,
+            forged_review(h.ns(), name, operation, annotations),
+        )
+        .await?;
+        // The webhook answers (it cannot tell who sent it)...
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    }
+    // ...but nothing changed: give a writer time to act, then compare.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = h.policies().get("deployment-victim").await?;
+    assert_eq!(after.spec.power_cap_limit, 1500);
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
+    assert!(h.policies().get_opt("deployment-ghost").await?.is_none());
+
+    h.cleanup().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

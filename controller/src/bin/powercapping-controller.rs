@@ -27,6 +27,14 @@ struct Args {
     /// How often each policy is measured.
     #[arg(long, env = "INTERVAL", default_value = "15s", value_parser = parse_duration)]
     interval: Duration,
+    /// Create, update and delete the PowerCappingPolicies that workloads'
+    /// `climatik.io/power-cap` annotations ask for.
+    #[arg(long, env = "GENERATE_POLICIES", default_value_t = true, action = clap::ArgAction::Set)]
+    generate_policies: bool,
+    /// How often every annotated workload is compared with its generated
+    /// policy (events act at once; this catches anything missed).
+    #[arg(long, env = "POLICY_RESYNC", default_value = "5m", value_parser = parse_duration)]
+    policy_resync: Duration,
     #[command(flatten)]
     common: ControllerArgs,
 }
@@ -43,6 +51,7 @@ async fn main() -> anyhow::Result<()> {
             lease: s.lease,
             namespace: s.namespace,
             identity: s.identity,
+            generator_resync: args.generate_policies.then_some(args.policy_resync),
         };
         monitor::run_with_readiness(s.client, config, s.metrics, s.shutdown.wait(), s.ready)
     })

@@ -328,6 +328,7 @@ impl InProcessLoop {
                 lease: None,
                 namespace: Some(namespace.to_string()),
                 identity: "test".into(),
+                generator_resync: None,
             },
             Metrics::new("powercapping-controller"),
             async move {

@@ -389,7 +389,7 @@ impl Stack {
                 ],
                 "namespaceSelector": {"matchLabels": {WEBHOOK_SCOPE_LABEL: self.config.scope}},
                 "failurePolicy": "Fail",
-                "sideEffects": "NoneOnDryRun",
+                "sideEffects": "None",
                 "timeoutSeconds": 5,
                 "admissionReviewVersions": ["v1"]
             }]

@@ -1,8 +1,8 @@
 //! `cargo run --release -p climatik-bench --bin webhook-bench`
 //!
 //! Admission latency, twice:
-//! - in-process: annotated-Deployment reviews (dry run, so no API writes)
-//!   through the router, thousands of them;
+//! - in-process: annotated-Deployment reviews through the router,
+//!   thousands of them;
 //! - through the API server of the local control plane
 //!   (`target/cluster/kubeconfig`): server-side dry-run creates of annotated
 //!   Deployments at a steady rate, with the webhook registered by URL, and
@@ -25,7 +25,6 @@ use clap::Parser;
 use climatik_certs::{CertFiles, ReloadingCertResolver, write_dev_ca};
 use climatik_test_support::fixtures;
 use climatik_webhook::{
-    effects::{Effects, OwnerTaskLimits},
     metrics::Metrics,
     registration::webhook_configuration,
     server::{AppState, Limits, router, start},
@@ -83,9 +82,7 @@ fn summary(mut samples: Vec<Duration>) -> serde_json::Value {
 }
 
 async fn in_process(requests: usize) -> anyhow::Result<serde_json::Value> {
-    let metrics = Metrics::new();
-    let effects = Effects::new(None, metrics.clone(), OwnerTaskLimits::default());
-    let app = router(AppState::new(metrics, effects, Limits::default(), None));
+    let app = router(AppState::new(Metrics::new(), Limits::default(), None));
     let body = REVIEW.as_bytes().to_vec();
     let mut samples = Vec::with_capacity(requests);
     for i in 0..requests + 200 {
@@ -189,13 +186,7 @@ async fn through_api_server(args: &Args, kubeconfig: &Path) -> anyhow::Result<se
         cert: written.tls_cert.clone(),
         key: written.tls_key.clone(),
     })?);
-    let metrics = Metrics::new();
-    let effects = Effects::new(
-        Some(client.clone()),
-        metrics.clone(),
-        OwnerTaskLimits::default(),
-    );
-    let state = AppState::new(metrics, effects, Limits::default(), Some(resolver.clone()));
+    let state = AppState::new(Metrics::new(), Limits::default(), Some(resolver.clone()));
     let server = start(
         std::net::TcpListener::bind("127.0.0.1:0")?,
         resolver,

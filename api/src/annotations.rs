@@ -1,8 +1,10 @@
-//! The annotations a user writes on a workload, validated.
+//! The annotations a user writes on a workload, validated: the webhook
+//! refuses a workload whose annotations fail here, and the policy generator
+//! reads the same settings from the stored workload.
 
 use std::collections::BTreeMap;
 
-use climatik_api::{
+use crate::{
     names::{
         ALGORITHMS, ANNOTATION_ALGORITHM, ANNOTATION_CAPPING_THRESHOLD, ANNOTATION_DRY_RUN,
         ANNOTATION_POWER_CAP,
@@ -22,6 +24,31 @@ pub struct CapSettings {
     pub dry_run: bool,
     /// The algorithm asked for; `None` leaves the recommender's default.
     pub algorithm: Option<String>,
+}
+
+/// Every annotation a user writes for Climatik on a workload. An update
+/// that leaves all of them as they were does not change the cap.
+pub const USER_ANNOTATIONS: [&str; 4] = [
+    ANNOTATION_POWER_CAP,
+    ANNOTATION_CAPPING_THRESHOLD,
+    ANNOTATION_DRY_RUN,
+    ANNOTATION_ALGORITHM,
+];
+
+/// Longest part of a rejected value echoed back in an error, in characters:
+/// an annotation may be up to 256 KiB, and a denial message or log line
+/// that repeats all of it helps nobody.
+pub const ECHO_CHARS: usize = 64;
+
+/// `value` quoted for an error message, cut to [`ECHO_CHARS`] characters.
+pub fn quoted(value: &str) -> String {
+    let mut chars = value.chars();
+    let head: String = chars.by_ref().take(ECHO_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{head:?}… ({} bytes)", value.len())
+    } else {
+        format!("{head:?}")
+    }
 }
 
 /// Accepted forms of the threshold annotation, quoted in errors.
@@ -46,7 +73,8 @@ pub fn from_annotations(
         Some(value) => parse_threshold(value)
             .ok_or_else(|| {
                 errors.push(format!(
-                    "annotation {ANNOTATION_CAPPING_THRESHOLD}: invalid value {value:?}; accepted: {THRESHOLD_FORMS}"
+                    "annotation {ANNOTATION_CAPPING_THRESHOLD}: invalid value {}; accepted: {THRESHOLD_FORMS}",
+                    quoted(value)
                 ))
             })
             .ok(),
@@ -56,7 +84,8 @@ pub fn from_annotations(
         Some(value) => parse_bool(value)
             .ok_or_else(|| {
                 errors.push(format!(
-                    "annotation {ANNOTATION_DRY_RUN}: invalid value {value:?}; accepted: {DRY_RUN_FORMS}"
+                    "annotation {ANNOTATION_DRY_RUN}: invalid value {}; accepted: {DRY_RUN_FORMS}",
+                    quoted(value)
                 ))
             })
             .ok(),
@@ -67,7 +96,8 @@ pub fn from_annotations(
             let name = value.trim();
             if !ALGORITHMS.contains(&name) {
                 errors.push(format!(
-                    "annotation {ANNOTATION_ALGORITHM}: unknown algorithm {value:?}; accepted: {}",
+                    "annotation {ANNOTATION_ALGORITHM}: unknown algorithm {}; accepted: {}",
+                    quoted(value),
                     ALGORITHMS.join(", ")
                 ));
             }
@@ -170,6 +200,25 @@ mod tests {
         assert!(errors[1].contains(ANNOTATION_CAPPING_THRESHOLD) && errors[1].contains("\"0\""));
         assert!(errors[1].contains(THRESHOLD_FORMS));
         assert!(errors[2].contains(ANNOTATION_DRY_RUN) && errors[2].contains("\"yes\""));
+    }
+
+    #[test]
+    fn long_values_are_cut_in_errors() {
+        let long = "9".repeat(100_000);
+        let errors = from_annotations(&annotations(&[
+            (ANNOTATION_POWER_CAP, "300"),
+            (ANNOTATION_DRY_RUN, long.as_str()),
+        ]))
+        .err()
+        .unwrap_or_default();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].len() < 400, "{}", errors[0]);
+        assert!(errors[0].contains("100000 bytes"), "{}", errors[0]);
+        let errors = from_annotations(&annotations(&[(ANNOTATION_POWER_CAP, long.as_str())]))
+            .err()
+            .unwrap_or_default();
+        assert!(errors[0].len() < 400, "{}", errors[0]);
+        assert_eq!(quoted("300 watts"), "\"300 watts\"");
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! The workload kinds the webhook handles and where their pod template is.
+//! The workload kinds a power-cap annotation may sit on, and where their
+//! pod template is: the webhook labels that template, the policy generator
+//! watches these kinds.
 
-use json_patch::jsonptr::PointerBuf;
-use kube::core::{GroupVersionKind, admission::Operation};
+use kube::core::GroupVersionKind;
 
 /// A workload kind that carries a pod template.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum WorkloadKind {
     Deployment,
     StatefulSet,
@@ -13,6 +14,14 @@ pub enum WorkloadKind {
 }
 
 impl WorkloadKind {
+    /// Every kind, for watching them all.
+    pub const ALL: [Self; 4] = [
+        Self::Deployment,
+        Self::StatefulSet,
+        Self::Job,
+        Self::CronJob,
+    ];
+
     /// The kind for an admission request's `kind`, if it is one we handle.
     pub fn from_gvk(gvk: &GroupVersionKind) -> Option<Self> {
         match (gvk.group.as_str(), gvk.version.as_str(), gvk.kind.as_str()) {
@@ -64,15 +73,12 @@ impl WorkloadKind {
         }
     }
 
-    /// The pod template pointer, e.g. `/spec/template`.
-    pub fn template_pointer(self) -> PointerBuf {
-        PointerBuf::from_tokens(self.template_path().iter().copied())
-    }
-
-    /// Whether the API server accepts pod template changes for this
-    /// operation: a Job's template is immutable once created.
-    pub fn template_mutable(self, operation: &Operation) -> bool {
-        !(self == Self::Job && matches!(operation, Operation::Update))
+    /// The kind named by an ownerReference or a generated policy's
+    /// annotations (`apiVersion`, `kind`).
+    pub fn from_api_version_kind(api_version: &str, kind: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.api_version() == api_version && k.kind() == kind)
     }
 }
 
@@ -97,8 +103,9 @@ mod tests {
             None
         );
         assert_eq!(
-            WorkloadKind::CronJob.template_pointer().to_string(),
-            "/spec/jobTemplate/spec/template"
+            WorkloadKind::from_api_version_kind("batch/v1", "Job"),
+            Some(WorkloadKind::Job)
         );
+        assert_eq!(WorkloadKind::from_api_version_kind("apps/v1", "Job"), None);
     }
 }
