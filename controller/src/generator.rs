@@ -387,15 +387,37 @@ pub async fn run(
 )]
 async fn reconcile(client: &kube::Client, stores: &Stores, metrics: &Metrics, key: &WorkloadKey) {
     let workload = stores.workload(key);
-    let existing = stores.policy(key);
     let api = Api::<PowerCappingPolicy>::namespaced(client.clone(), &key.namespace);
-    let outcome = match plan(
-        key.kind,
-        &key.namespace,
-        &key.name,
-        workload.as_ref(),
-        existing.as_deref(),
-    ) {
+    let plan_with = |existing: Option<&PowerCappingPolicy>| {
+        plan(
+            key.kind,
+            &key.namespace,
+            &key.name,
+            workload.as_ref(),
+            existing,
+        )
+    };
+    let mut decided = plan_with(stores.policy(key).as_deref());
+    if matches!(decided, Plan::Apply(_)) {
+        // The store holds generated policies only: before writing, look at
+        // what has the name now, so a policy a person wrote is never
+        // overwritten.
+        let name = generated_policy_name(key.kind.kind(), &key.name);
+        match tokio::time::timeout(CALL_TIMEOUT, api.get_opt(&name)).await {
+            Ok(Ok(live)) => decided = plan_with(live.as_ref()),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, policy = %name, "reading the policy before writing it failed");
+                metrics.generator_skip("write_failed");
+                return;
+            }
+            Err(_) => {
+                tracing::warn!(policy = %name, "reading the policy before writing it timed out");
+                metrics.generator_skip("write_failed");
+                return;
+            }
+        }
+    }
+    let outcome = match decided {
         Plan::Nothing => return,
         Plan::KeepInvalid(errors) => {
             tracing::warn!(errors = %errors.join("; "), "cap annotations do not parse; policy left as it is");
