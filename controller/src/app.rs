@@ -35,6 +35,10 @@ where
     Fut: Future<Output = crate::Result<()>>,
 {
     climatik_runtime::init(&args.runtime);
+    let lease = args
+        .leader
+        .lease(&format!("climatik-{binary}"))
+        .context("leader election flags")?;
     let client = kube::Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
@@ -55,7 +59,7 @@ where
     start(Started {
         client,
         metrics,
-        lease: args.leader.lease(&format!("climatik-{binary}")),
+        lease,
         namespace: args.namespace,
         identity: lease::default_identity(),
         ready,

@@ -6,7 +6,7 @@ use std::time::Duration;
 use climatik_runtime::args::{AdminArgs, RuntimeArgs};
 use climatik_runtime::duration::parse_duration;
 
-use crate::lease::{LeaseConfig, default_identity};
+use crate::lease::{LeaseConfig, Timing, TimingError, default_identity};
 
 /// Leader election flags.
 #[derive(Debug, Clone, clap::Args)]
@@ -20,22 +20,42 @@ pub struct LeaderElectionArgs {
     /// Name of the Lease.
     #[arg(long, env = "LEASE_NAME")]
     pub lease_name: Option<String>,
-    /// How long a leader's Lease lasts without renewal.
+    /// How long a follower waits, after it last saw the Lease renewed,
+    /// before it takes the Lease over.
     #[arg(long, env = "LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
+    /// How long after the start of its last successful renewal a leader
+    /// that cannot renew steps down; shorter than the lease duration
+    /// (default: two thirds of it).
+    #[arg(long, env = "LEASE_RENEW_DEADLINE", value_parser = parse_duration)]
+    pub lease_renew_deadline: Option<Duration>,
+    /// How often candidates try to acquire or renew the Lease, each API
+    /// call of a try limited to half of it; shorter than the renew deadline
+    /// (default: a fifth of it).
+    #[arg(long, env = "LEASE_RETRY_PERIOD", value_parser = parse_duration)]
+    pub lease_retry_period: Option<Duration>,
 }
 
 impl LeaderElectionArgs {
-    pub fn lease(&self, default_name: &str) -> Option<LeaseConfig> {
-        self.leader_election.then(|| LeaseConfig {
+    /// The Lease to elect through, `None` when election is off; fails when
+    /// the durations are out of order.
+    pub fn lease(&self, default_name: &str) -> Result<Option<LeaseConfig>, TimingError> {
+        if !self.leader_election {
+            return Ok(None);
+        }
+        Ok(Some(LeaseConfig {
             namespace: self.lease_namespace.clone(),
             name: self
                 .lease_name
                 .clone()
                 .unwrap_or_else(|| default_name.to_string()),
             identity: default_identity(),
-            duration: self.lease_duration,
-        })
+            timing: Timing::new(
+                self.lease_duration,
+                self.lease_renew_deadline,
+                self.lease_retry_period,
+            )?,
+        }))
     }
 }
 

@@ -1,14 +1,14 @@
 //! What both controllers do around their own reconcile: leader election
 //! (or leading alone), the policy watch with the shared scheduling,
-//! `/readyz` once that watch has listed everything, and running until
-//! shutdown. Each controller brings only its context, reconcile and error
-//! policy.
+//! reconciles cut short when leadership ends, `/readyz` once that watch has
+//! listed everything, and running until shutdown. Each controller brings
+//! only its context, reconcile and error policy.
 
-use std::{fmt::Debug, sync::Arc, time::Duration};
+use std::{fmt::Debug, future::Future, sync::Arc, time::Duration};
 
 use climatik_api::PowerCappingPolicy;
 use climatik_runtime::{ReadyFlag, Shutdown};
-use futures::{StreamExt, TryFuture};
+use futures::StreamExt;
 use kube::{
     Api,
     runtime::{Controller, controller::Action, reflector::Store, watcher},
@@ -45,22 +45,54 @@ pub(crate) fn elect(
     }
 }
 
+/// A controller's reconcile with the leadership it acts under.
+pub(crate) struct Reconciler<R> {
+    pub reconcile: R,
+    pub leadership: Leadership,
+    /// What a reconcile cut short by the end of leadership answers (the
+    /// controller's period: a follower's reconciles only requeue).
+    pub stepped_down: Action,
+}
+
 /// Reconciles every PowerCappingPolicy (in `namespace`, or all) until
 /// `shutdown`, with [`crate::controller_config`]'s scheduling; `ready` is
 /// set once the policy watch has synced.
-pub(crate) async fn run_policies<Ctx, Fut>(
+///
+/// Each reconcile races [`Leadership::lost`], which is polled first: once
+/// the term is over the reconcile is dropped before it takes another step,
+/// so a replica that stepped down sends no further request. A request sent
+/// just before has the gap between renew deadline and lease duration to
+/// land before another replica can lead (see [`crate::lease`]).
+pub(crate) async fn run_policies<Ctx, Fut, E>(
     client: kube::Client,
     namespace: Option<&str>,
     shutdown: &Shutdown,
-    reconcile: impl FnMut(Arc<PowerCappingPolicy>, Arc<Ctx>) -> Fut,
-    error_policy: impl Fn(Arc<PowerCappingPolicy>, &Fut::Error, Arc<Ctx>) -> Action,
+    reconciler: Reconciler<impl FnMut(Arc<PowerCappingPolicy>, Arc<Ctx>) -> Fut>,
+    error_policy: impl Fn(Arc<PowerCappingPolicy>, &E, Arc<Ctx>) -> Action,
     context: Arc<Ctx>,
     ready: ReadyFlag,
 ) where
     Ctx: Send + Sync + 'static,
-    Fut: TryFuture<Ok = Action> + Send + 'static,
-    Fut::Error: std::error::Error + Send + 'static,
+    Fut: Future<Output = Result<Action, E>> + Send + 'static,
+    E: std::error::Error + Send + 'static,
 {
+    let Reconciler {
+        mut reconcile,
+        leadership,
+        stepped_down,
+    } = reconciler;
+    let reconcile = move |policy, context| {
+        let work = reconcile(policy, context);
+        let lost = leadership.lost();
+        let stepped_down = stepped_down.clone();
+        async move {
+            tokio::select! {
+                biased;
+                _ = lost => Ok(stepped_down),
+                result = work => result,
+            }
+        }
+    };
     let controller = Controller::new(
         policies_api(client, namespace),
         watcher::Config::default().any_semantic(),

@@ -373,6 +373,10 @@ pub async fn run(
             continue;
         }
         for key in due {
+            // A leader that stepped down mid-pass writes nothing more.
+            if !leadership.is_leader() {
+                break;
+            }
             reconcile(&client, &stores, &metrics, &key).await;
         }
     }

@@ -117,11 +117,16 @@ pub async fn run_with_readiness(
             shutdown.wait(),
         ))
     });
+    let reconciler = driver::Reconciler {
+        reconcile,
+        leadership: context.leadership.clone(),
+        stepped_down: Action::requeue(context.config.interval),
+    };
     driver::run_policies(
         client,
         namespace.as_deref(),
         &shutdown,
-        reconcile,
+        reconciler,
         error_policy,
         context,
         ready,

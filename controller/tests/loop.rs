@@ -13,7 +13,7 @@ use climatik_api::{
     names::{FINALIZER_POLICY, MANAGER_CONTROLLER},
 };
 use climatik_controller::{
-    lease::LeaseConfig,
+    lease::{LeaseConfig, Timing},
     metrics::Metrics,
     monitor::{self, MonitorConfig},
     recommender::{self, RecommenderConfig},
@@ -189,7 +189,7 @@ async fn run_loop_test(
         namespace: ns.to_string(),
         name: name.to_string(),
         identity: format!("test-{name}"),
-        duration: Duration::from_secs(6),
+        timing: Timing::new(Duration::from_secs(6), None, None).expect("valid lease timing"),
     };
     let monitor_task = tokio::spawn(monitor::run(
         monitor_client,

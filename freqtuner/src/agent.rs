@@ -1,7 +1,10 @@
 //! The agent loop: watches the NodeFrequencies named after the node, runs
 //! the actuator on every change and every fast-loop tick (expiry and power
-//! budgets are time-driven, not event-driven), creates the object when it is
-//! missing, writes the status, and restores everything on the way out.
+//! budgets are time-driven, not event-driven), hands the status (or the
+//! missing object) to the status writer, and restores everything on the way
+//! out. The loop never waits on the API server: the writer
+//! ([`crate::status_writer`]) does, with a timeout, so a slow or
+//! unreachable API server cannot hold back expiry, budgets or shutdown.
 
 use std::{
     future::Future,
@@ -9,29 +12,30 @@ use std::{
         Arc,
         atomic::{AtomicI64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use climatik_api::{NodeFrequencies, NodeFrequenciesSpec, NodeFrequenciesStatus, names};
+use climatik_api::{NodeFrequencies, NodeFrequenciesSpec};
 use climatik_runtime::ReadyFlag;
 use futures::StreamExt;
-use k8s_openapi::{
-    api::core::v1::Node,
-    apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time},
-    jiff::Timestamp,
-};
+use k8s_openapi::jiff::Timestamp;
 use kube::{
-    Api, Resource,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    Api,
     runtime::{WatchStreamExt, watcher},
 };
 use tokio::time::MissedTickBehavior;
 
 use crate::{
-    actuator::{Actuator, Report},
+    actuator::Actuator,
     error::Result,
-    metrics::{Metrics, ResultLabels},
+    metrics::Metrics,
+    status_writer::{Draft, Intent, KubeStatusApi, StatusHandle, StatusWriter},
 };
+
+/// How long a stopping agent, its devices already restored, waits for the
+/// last status to be written: short, as an unreachable API server must not
+/// use up the pod's termination grace period.
+const FINAL_WRITE_GRACE: Duration = Duration::from_secs(2);
 
 /// How the loop runs.
 #[derive(Debug, Clone)]
@@ -39,6 +43,8 @@ pub struct AgentConfig {
     pub node: String,
     pub fast_loop_interval: Duration,
     pub status_interval: Duration,
+    /// The bound on each status write (and on creating the object).
+    pub status_write_timeout: Duration,
 }
 
 /// Liveness of the loop, for `/healthz`: the time of the last pass.
@@ -59,30 +65,11 @@ impl Heartbeat {
     }
 }
 
-/// The last status written, without its timestamps and readings, to tell a
-/// change from a heartbeat.
-#[derive(Debug, Clone, PartialEq)]
-struct Written {
-    comparable: NodeFrequenciesStatus,
-    at: Instant,
-    ready: Condition,
-}
-
-fn comparable(status: &NodeFrequenciesStatus) -> NodeFrequenciesStatus {
-    let mut s = status.clone();
-    s.last_updated = None;
-    s.conditions.clear();
-    for g in &mut s.gpu_frequencies {
-        g.power_watts = None;
-    }
-    s
-}
-
 /// The agent.
 pub struct Agent {
     config: AgentConfig,
     api: Api<NodeFrequencies>,
-    nodes: Api<Node>,
+    client: kube::Client,
     actuator: Actuator,
     metrics: Arc<Metrics>,
     heartbeat: Arc<Heartbeat>,
@@ -92,8 +79,6 @@ pub struct Agent {
     synced: bool,
     /// `/readyz`: set with `synced`.
     ready: ReadyFlag,
-    written: Option<Written>,
-    last_create_attempt: Option<Instant>,
 }
 
 impl Agent {
@@ -106,7 +91,7 @@ impl Agent {
     ) -> Self {
         Self {
             api: Api::all(client.clone()),
-            nodes: Api::all(client),
+            client,
             config,
             actuator,
             metrics,
@@ -114,8 +99,6 @@ impl Agent {
             current: None,
             synced: false,
             ready: ReadyFlag::default(),
-            written: None,
-            last_create_attempt: None,
         }
     }
 
@@ -140,6 +123,12 @@ impl Agent {
         let mut tick = tokio::time::interval(self.config.fast_loop_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut pending: Option<Option<NodeFrequencies>> = None;
+        let status = StatusHandle::spawn(StatusWriter::new(
+            KubeStatusApi::new(self.client.clone(), self.config.node.clone()),
+            self.config.status_write_timeout,
+            self.config.status_interval,
+            self.metrics.clone(),
+        ));
         tokio::pin!(shutdown);
         tracing::info!(node = %self.config.node, backend = %self.actuator.backend_name(), "agent started");
 
@@ -150,7 +139,7 @@ impl Agent {
                     match event {
                         Some(Ok(event)) => {
                             if self.on_event(event, &mut pending) {
-                                self.pass(false).await;
+                                self.pass(&status, false);
                             }
                         }
                         Some(Err(e)) => tracing::warn!(error = %e, "watching NodeFrequencies"),
@@ -159,10 +148,7 @@ impl Agent {
                 }
                 _ = tick.tick() => {
                     if self.synced {
-                        if self.current.is_none() {
-                            self.create_if_missing().await;
-                        }
-                        self.pass(true).await;
+                        self.pass(&status, true);
                     }
                     self.heartbeat.beat();
                 }
@@ -173,6 +159,10 @@ impl Agent {
         let failures = self.actuator.restore_all();
         if failures > 0 {
             tracing::error!(failures, "some devices could not be restored");
+        }
+        // Devices first; then the status, for as long as a stop can wait.
+        if !status.finish(FINAL_WRITE_GRACE).await {
+            tracing::warn!(grace = ?FINAL_WRITE_GRACE, "the last status was not written in time");
         }
         Ok(())
     }
@@ -205,14 +195,14 @@ impl Agent {
             watcher::Event::Delete(_) => {
                 tracing::info!("NodeFrequencies deleted: restoring defaults");
                 self.current = None;
-                self.written = None;
                 true
             }
         }
     }
 
-    /// One actuator pass, then the status if it changed or is due; one
-    /// span per pass, named after the node's NodeFrequencies.
+    /// One actuator pass, then its status (or the missing object) handed
+    /// to the writer, which decides whether it is worth a write; one span
+    /// per pass, named after the node's NodeFrequencies.
     #[tracing::instrument(
         name = "reconcile",
         skip_all,
@@ -222,148 +212,21 @@ impl Agent {
             step_budget,
         )
     )]
-    async fn pass(&mut self, step_budget: bool) {
+    fn pass(&mut self, status: &StatusHandle, step_budget: bool) {
         let spec: Option<NodeFrequenciesSpec> = self.current.as_ref().map(|o| o.spec.clone());
         let report = self
             .actuator
             .reconcile(spec.as_ref(), Timestamp::now(), step_budget);
-        if let Some(obj) = &self.current {
-            let generation = obj.metadata.generation;
-            self.write_status(&report, generation).await;
-        }
-    }
-
-    async fn write_status(&mut self, report: &Report, generation: Option<i64>) {
-        let now = Timestamp::now();
-        let mut status = NodeFrequenciesStatus {
-            gpu_frequencies: report.gpus.clone(),
-            cpu_frequencies: report.cpus.clone(),
-            gpus: self.actuator.inventory(),
-            backend: Some(self.actuator.backend_name()).filter(|b| !b.is_empty()),
-            observed_generation: generation,
-            last_updated: Some(Time(now)),
-            conditions: Vec::new(),
+        let intent = match &self.current {
+            Some(obj) => Intent::Status(Box::new(Draft::new(
+                obj.metadata.uid.clone(),
+                obj.metadata.generation,
+                &report,
+                self.actuator.inventory(),
+                Some(self.actuator.backend_name()).filter(|b| !b.is_empty()),
+            ))),
+            None => Intent::Create,
         };
-        let comparable = comparable(&status);
-        let failures = report.failures();
-        let (cond_status, reason, message) = if failures == 0 && report.invalid.is_empty() {
-            (
-                "True",
-                "Applied",
-                "every named device is handled".to_string(),
-            )
-        } else if failures == 0 {
-            ("True", "InvalidEntries", report.invalid.join("; "))
-        } else {
-            (
-                "False",
-                "ActuationFailed",
-                format!("{failures} device(s) failed; see their status"),
-            )
-        };
-        let mut ready = Condition {
-            type_: "Ready".into(),
-            status: cond_status.into(),
-            reason: reason.into(),
-            message,
-            observed_generation: generation,
-            last_transition_time: Time(now),
-        };
-        if let Some(w) = &self.written {
-            if w.ready.status == ready.status {
-                ready.last_transition_time = w.ready.last_transition_time.clone();
-            }
-            let same = w.comparable == comparable && w.ready.message == ready.message;
-            if same && w.at.elapsed() < self.config.status_interval {
-                return;
-            }
-        }
-        status.conditions = vec![ready.clone()];
-
-        let body = serde_json::json!({
-            "apiVersion": NodeFrequencies::api_version(&()),
-            "kind": NodeFrequencies::kind(&()),
-            "metadata": { "name": self.config.node },
-            "status": status,
-        });
-        let params = PatchParams::apply(names::MANAGER_FREQTUNER).force();
-        match self
-            .api
-            .patch_status(&self.config.node, &params, &Patch::Apply(&body))
-            .await
-        {
-            Ok(_) => {
-                self.count_write("ok");
-                self.written = Some(Written {
-                    comparable,
-                    at: Instant::now(),
-                    ready,
-                });
-            }
-            Err(e) => {
-                self.count_write("error");
-                tracing::warn!(error = %e, "writing NodeFrequencies status");
-            }
-        }
-    }
-
-    fn count_write(&self, result: &str) {
-        self.metrics
-            .status_writes
-            .get_or_create(&ResultLabels {
-                result: result.into(),
-            })
-            .inc();
-    }
-
-    /// Creates the node's NodeFrequencies (empty spec, owned by the Node so
-    /// it goes with it), at most every few seconds.
-    async fn create_if_missing(&mut self) {
-        if self
-            .last_create_attempt
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(5))
-        {
-            return;
-        }
-        self.last_create_attempt = Some(Instant::now());
-        let owner = match self.nodes.get_opt(&self.config.node).await {
-            Ok(Some(node)) => node.metadata.uid.map(|uid| OwnerReference {
-                api_version: "v1".into(),
-                kind: "Node".into(),
-                name: self.config.node.clone(),
-                uid,
-                ..OwnerReference::default()
-            }),
-            Ok(None) => {
-                tracing::warn!(node = %self.config.node, "no Node of this name; creating NodeFrequencies without an owner");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the Node");
-                return;
-            }
-        };
-        let object = NodeFrequencies {
-            metadata: ObjectMeta {
-                name: Some(self.config.node.clone()),
-                owner_references: owner.map(|o| vec![o]),
-                ..ObjectMeta::default()
-            },
-            spec: NodeFrequenciesSpec {
-                node_name: self.config.node.clone(),
-                gpu_frequencies: Vec::new(),
-                cpu_frequencies: Vec::new(),
-            },
-            status: None,
-        };
-        let params = PostParams {
-            field_manager: Some(names::MANAGER_FREQTUNER.into()),
-            ..PostParams::default()
-        };
-        match self.api.create(&params, &object).await {
-            Ok(_) => tracing::info!(node = %self.config.node, "created the node's NodeFrequencies"),
-            Err(kube::Error::Api(status)) if status.code == 409 => {}
-            Err(e) => tracing::warn!(error = %e, "creating the node's NodeFrequencies"),
-        }
+        status.publish(intent);
     }
 }

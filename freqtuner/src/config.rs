@@ -91,6 +91,12 @@ pub struct AgentArgs {
     /// Rewrite the status at least this often, so readings stay fresh.
     #[arg(long, env = "STATUS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub status_interval: Duration,
+
+    /// Give up on a status write (or on creating the node's object) after
+    /// this long; the next pass's status is tried instead. The loop itself
+    /// never waits on the API server.
+    #[arg(long, env = "STATUS_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub status_write_timeout: Duration,
 }
 
 /// The simulated node (`--gpu-backend sim` / `--cpu-backend sim`).
@@ -196,6 +202,7 @@ mod tests {
         assert_eq!(cli.server.metrics_listen.port(), 9400);
         assert_eq!(cli.agent.fast_loop_interval, Duration::from_secs(1));
         assert_eq!(cli.agent.state_dir, PathBuf::from("/var/lib/climatik"));
+        assert_eq!(cli.agent.status_write_timeout, Duration::from_secs(5));
         assert_eq!(cli.kubelet.device_plugin_dir, None);
         assert_eq!(cli.kubelet.pod_resources_socket(), None);
     }

@@ -16,6 +16,7 @@ pub mod merge;
 pub mod metrics;
 pub mod sim;
 pub mod state;
+pub mod status_writer;
 
 use std::{sync::Arc, time::Instant};
 
@@ -136,6 +137,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             node,
             fast_loop_interval: cli.agent.fast_loop_interval,
             status_interval: cli.agent.status_interval,
+            status_write_timeout: cli.agent.status_write_timeout,
         },
         actuator,
         metrics,

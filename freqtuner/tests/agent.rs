@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context, bail};
 use climatik_api::{DeviceState, NodeFrequencies};
 use climatik_test_support::{
-    TestCluster, TestNamespace, cluster,
+    Forwarder, TestCluster, TestNamespace, cluster,
     exposition::{self, Exposition},
     fake_sysfs::{FakeCpu, FakeDriver, FakeSysfs},
 };
@@ -176,7 +176,18 @@ impl Fixture {
     }
 
     async fn wait_khz(&self, cpu: u32, khz: u64, what: &str) -> anyhow::Result<()> {
-        eventually(what, Duration::from_secs(20), || async {
+        self.wait_khz_within(cpu, khz, Duration::from_secs(20), what)
+            .await
+    }
+
+    async fn wait_khz_within(
+        &self,
+        cpu: u32,
+        khz: u64,
+        timeout: Duration,
+        what: &str,
+    ) -> anyhow::Result<()> {
+        eventually(what, timeout, || async {
             // The fake sysfs is a plain file the agent truncates and then
             // writes (a kernel attribute changes at once): a read in between
             // sees it empty, which means "not yet", not a failure.
@@ -186,8 +197,25 @@ impl Fixture {
         .await
     }
 
+    /// Waits until the status says CPU `cpu` has no live entry left.
+    async fn wait_cpu_entry_expired(&self, cpu: i32) -> anyhow::Result<NodeFrequencies> {
+        eventually(
+            "status says the entry expired",
+            Duration::from_secs(30),
+            || async {
+                let Some(nf) = self.nf().await? else {
+                    return Ok(None);
+                };
+                Ok(cpu_status(&nf, cpu)
+                    .is_some_and(|c| c.message.contains("no live entry"))
+                    .then_some(nf))
+            },
+        )
+        .await
+    }
+
     async fn spawn(&self) -> anyhow::Result<AgentProcess> {
-        AgentProcess::spawn(self).await
+        AgentProcess::spawn(self, &self.kubeconfig).await
     }
 
     async fn cleanup(mut self) -> anyhow::Result<()> {
@@ -232,7 +260,9 @@ struct AgentProcess {
 }
 
 impl AgentProcess {
-    async fn spawn(fx: &Fixture) -> anyhow::Result<Self> {
+    /// Runs the agent for `fx`'s node, reaching the API server as
+    /// `kubeconfig` says.
+    async fn spawn(fx: &Fixture, kubeconfig: &Path) -> anyhow::Result<Self> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_freqtuner"))
             .args([
                 "--node-name",
@@ -256,7 +286,7 @@ impl AgentProcess {
                 "--status-interval",
                 "5s",
             ])
-            .env("KUBECONFIG", &fx.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -587,19 +617,7 @@ async fn an_expired_entry_is_restored_without_any_api_change() -> anyhow::Result
         "restored before the entry expired"
     );
     assert_eq!(agent.sm_clock("1").await?, 345.0);
-    let nf = eventually(
-        "status says the entry expired",
-        Duration::from_secs(20),
-        || async {
-            let Some(nf) = fx.nf().await? else {
-                return Ok(None);
-            };
-            Ok(cpu_status(&nf, 2)
-                .is_some_and(|c| c.message.contains("no live entry"))
-                .then_some(nf))
-        },
-    )
-    .await?;
+    let nf = fx.wait_cpu_entry_expired(2).await?;
     let gpu = gpu_status(&nf, &uuids[1]).context("gpu status")?;
     assert_eq!(gpu.target_frequency, None);
     assert!(gpu.message.contains("defaults restored"), "{gpu:?}");
@@ -669,6 +687,75 @@ async fn sigterm_restores_defaults_and_exits_cleanly() -> anyhow::Result<()> {
     // Nothing is left for a successor to restore.
     let state = std::fs::read_to_string(state_file(fx.state_dir.path(), &fx.node))?;
     assert_eq!(state.trim(), "{}");
+    fx.cleanup().await
+}
+
+#[tokio::test]
+async fn expiry_and_sigterm_keep_working_while_the_api_server_is_unreachable() -> anyhow::Result<()>
+{
+    let fx = Fixture::new("ft-cut").await?;
+    // The agent reaches the API server through a forwarder the test cuts:
+    // its calls then hang, as across a network partition. (The admin
+    // kubeconfig: the ServiceAccount's rights are tested above.)
+    let forwarder = Forwarder::start(fx.cluster.apiserver_authority()?).await?;
+    let kubeconfig = fx.cluster.kubeconfig_via(forwarder.addr())?;
+    let mut agent = AgentProcess::spawn(&fx, &kubeconfig).await?;
+    fx.gpu_uuids().await.with_context(|| agent.logs())?;
+
+    // CPU 1 capped until further notice, CPU 2 for a while.
+    let expires = Timestamp::now() + Duration::from_secs(30);
+    fx.apply(
+        "",
+        &format!(
+            "{{cpuId: 1, targetFrequency: 2000, policy: manual}}, \
+             {{cpuId: 2, targetFrequency: 1500, policy: ns/p, expiresAt: \"{expires}\"}}"
+        ),
+    )
+    .await?;
+    fx.wait_khz(1, 2_000_000, "CPU 1 capped")
+        .await
+        .with_context(|| agent.logs())?;
+    fx.wait_khz(2, 1_500_000, "CPU 2 capped").await?;
+
+    // Cut: the agent's status writes (due every --status-interval, 5 s)
+    // now hang until they time out, its watch goes silent.
+    forwarder.cut();
+    anyhow::ensure!(
+        Timestamp::now() < expires,
+        "the entry expired before the cut: nothing would be tested"
+    );
+    fx.wait_khz_within(
+        2,
+        DEFAULT_KHZ,
+        Duration::from_secs(40),
+        "CPU 2 restored after expiry, the API server still unreachable",
+    )
+    .await
+    .with_context(|| agent.logs())?;
+    assert!(
+        Timestamp::now() >= expires,
+        "restored before the entry expired"
+    );
+    assert_eq!(
+        fx.sysfs.scaling_max_khz(1)?,
+        2_000_000,
+        "CPU 1 lost its cap"
+    );
+
+    // Back online: the status catches up with what happened meanwhile.
+    forwarder.restore();
+    fx.wait_cpu_entry_expired(2)
+        .await
+        .with_context(|| agent.logs())?;
+
+    // Cut again, then stop: the agent restores CPU 1 and exits without
+    // waiting for the API server.
+    forwarder.cut();
+    agent.signal("-TERM").await?;
+    let status = agent.wait_exit().await.with_context(|| agent.logs())?;
+    assert!(status.success(), "{status}: {}", agent.logs());
+    assert_eq!(fx.sysfs.scaling_max_khz(1)?, DEFAULT_KHZ);
+    drop(forwarder);
     fx.cleanup().await
 }
 

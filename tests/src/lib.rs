@@ -19,6 +19,10 @@
 //! their ServiceAccounts ([`TestCluster::service_account_kubeconfig`]), so
 //! the chart's RBAC is exercised rather than bypassed with admin rights.
 //!
+//! A component can be cut off from the API server mid-test: it connects
+//! through a [`Forwarder`] ([`TestCluster::kubeconfig_via`]) the test cuts
+//! and restores.
+//!
 //! Also the pieces tests without a cluster share: a strict reader of the
 //! Prometheus text format ([`exposition`]) and a fake cpufreq sysfs tree
 //! ([`fake_sysfs`]), and the workloads admission tests send ([`fixtures`]).
@@ -31,6 +35,7 @@ pub mod exposition;
 pub mod fake_sysfs;
 pub mod fixtures;
 mod namespace;
+mod partition;
 mod prometheus;
 mod service_account;
 mod wait;
@@ -38,5 +43,6 @@ mod wait;
 pub use binaries::workspace_binaries;
 pub use cluster::{TestCluster, cluster, repo_root};
 pub use namespace::TestNamespace;
+pub use partition::Forwarder;
 pub use prometheus::Sample;
 pub use wait::eventually;
