@@ -100,9 +100,7 @@ pub async fn run_with_readiness(
     });
     let namespace = context.config.namespace.clone();
     driver::run_policies(
-        client,
-        namespace.as_deref(),
-        &shutdown,
+        driver::policy_controller(client, namespace.as_deref(), &shutdown),
         reconcile,
         error_policy,
         context,
