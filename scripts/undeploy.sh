@@ -31,8 +31,10 @@ k delete mutatingwebhookconfiguration -l "app.kubernetes.io/instance=$RELEASE,ap
 k delete mutatingwebhookconfiguration "$RELEASE-webhook" --ignore-not-found >/dev/null
 
 # 2. Delete the policies while the recommender still runs: it removes their
-#    frequency entries (the agents restore default clocks) and its finalizer.
-#    Whatever is still stuck afterwards (no recommender running) loses its
+#    frequency entries at once (the agents restore default clocks; entries
+#    would expire anyway). Policies carry no finalizer, but those written by
+#    earlier versions may still hold the recommender's old one: whatever is
+#    still there afterwards (no recommender running to lift it) loses its
 #    finalizers, or the CRD could never be deleted.
 for crd in "${CRDS[@]}"; do
   k get crd "$crd" >/dev/null 2>&1 || continue

@@ -37,9 +37,11 @@ pub const LABEL_WEBHOOK_OPT_OUT: &str = "climatik.io/webhook";
 /// Value of [`LABEL_WEBHOOK_OPT_OUT`] that disables the webhook.
 pub const WEBHOOK_OPT_OUT_VALUE: &str = "disabled";
 
-/// Finalizer the recommender keeps on a policy until its frequency entries
-/// are removed from every NodeFrequencies.
-pub const FINALIZER_POLICY: &str = "climatik.io/node-frequencies";
+/// Finalizer that earlier versions of the recommender kept on every policy
+/// until its frequency entries were removed. Policies carry no finalizer
+/// now (deleting one must not wait for the recommender); the recommender
+/// lifts this one wherever it still finds it.
+pub const LEGACY_FINALIZER_POLICY: &str = "climatik.io/node-frequencies";
 
 /// Field manager of the webhook's server-side applies.
 pub const MANAGER_WEBHOOK: &str = "climatik-webhook";
@@ -106,6 +108,14 @@ pub fn policy_key(namespace: &str, policy: &str) -> String {
     format!("{namespace}/{policy}")
 }
 
+/// The `(namespace, name)` of a policy from its [`policy_key`]; `None` for
+/// keys no policy has, such as `manual`.
+pub fn parse_policy_key(key: &str) -> Option<(&str, &str)> {
+    key.split_once('/').filter(|(namespace, name)| {
+        !namespace.is_empty() && !name.is_empty() && !name.contains('/')
+    })
+}
+
 fn fnv1a32(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5_u32, |hash, byte| {
         (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
@@ -132,6 +142,17 @@ mod tests {
         assert!(a.len() <= 63 && b.len() <= 63);
         assert_ne!(a, b);
         assert_eq!(a, generated_policy_name("StatefulSet", &"a".repeat(80)));
+    }
+
+    #[test]
+    fn policy_keys_round_trip_and_manual_has_no_policy() {
+        assert_eq!(
+            parse_policy_key(&policy_key("inference", "llm")),
+            Some(("inference", "llm"))
+        );
+        for key in ["manual", "", "/x", "ns/", "a/b/c"] {
+            assert_eq!(parse_policy_key(key), None, "{key}");
+        }
     }
 
     #[test]

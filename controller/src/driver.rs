@@ -54,9 +54,24 @@ pub(crate) struct Reconciler<R> {
     pub stepped_down: Action,
 }
 
-/// Reconciles every PowerCappingPolicy (in `namespace`, or all) until
-/// `shutdown`, with [`crate::controller_config`]'s scheduling; `ready` is
-/// set once the policy watch has synced.
+/// The watch of every PowerCappingPolicy (in `namespace`, or all) with
+/// [`crate::controller_config`]'s scheduling, stopping at `shutdown`. Its
+/// store is what the controller has seen of the policies.
+pub(crate) fn policy_controller(
+    client: kube::Client,
+    namespace: Option<&str>,
+    shutdown: &Shutdown,
+) -> Controller<PowerCappingPolicy> {
+    Controller::new(
+        policies_api(client, namespace),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(crate::controller_config())
+    .graceful_shutdown_on(shutdown.wait())
+}
+
+/// Reconciles the policies of `controller` (see [`policy_controller`])
+/// until its shutdown; `ready` is set once the policy watch has synced.
 ///
 /// Each reconcile races [`Leadership::lost`], which is polled first: once
 /// the term is over the reconcile is dropped before it takes another step,
@@ -64,9 +79,7 @@ pub(crate) struct Reconciler<R> {
 /// just before has the gap between renew deadline and lease duration to
 /// land before another replica can lead (see [`crate::lease`]).
 pub(crate) async fn run_policies<Ctx, Fut, E>(
-    client: kube::Client,
-    namespace: Option<&str>,
-    shutdown: &Shutdown,
+    controller: Controller<PowerCappingPolicy>,
     reconciler: Reconciler<impl FnMut(Arc<PowerCappingPolicy>, Arc<Ctx>) -> Fut>,
     error_policy: impl Fn(Arc<PowerCappingPolicy>, &E, Arc<Ctx>) -> Action,
     context: Arc<Ctx>,
@@ -93,12 +106,6 @@ pub(crate) async fn run_policies<Ctx, Fut, E>(
             }
         }
     };
-    let controller = Controller::new(
-        policies_api(client, namespace),
-        watcher::Config::default().any_semantic(),
-    )
-    .with_config(crate::controller_config())
-    .graceful_shutdown_on(shutdown.wait());
     let readiness = spawn_ready_when_synced(controller.store(), ready);
     controller
         .run(reconcile, error_policy, context)
@@ -129,22 +136,31 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone + Debug + Send + Sync,
 {
     tokio::spawn(async move {
-        // The store's readiness is a one-shot channel with room for one
-        // waker, and the controller's own runner waits on it too: a waiter
-        // here can miss the wake-up. Asking again each second is cheap and
-        // sees the remembered result once the list is done.
-        loop {
-            match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
-                Ok(Ok(())) => {
-                    ready.set(true);
-                    return;
-                }
-                // The controller (the writer) is gone: never ready.
-                Ok(Err(_)) => return,
-                Err(_) => {}
-            }
+        if synced(&store).await {
+            ready.set(true);
         }
     })
+}
+
+/// Waits until `store` has been filled by a complete list: `true` then,
+/// `false` if its writer (the watch) went away first. Until then an empty
+/// store says nothing about what exists.
+pub(crate) async fn synced<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    // The store's readiness is a one-shot channel with room for one waker,
+    // and the controller's own runner waits on it too: a waiter here can
+    // miss the wake-up. Asking again each second is cheap and sees the
+    // remembered result once the list is done.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), store.wait_until_ready()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(_)) => return false,
+            Err(_) => {}
+        }
+    }
 }
 
 /// Waits for `shutdown` to finish an election task, if there is one.

@@ -10,9 +10,6 @@ pub enum Error {
     #[error("Prometheus query failed: {0}")]
     Prometheus(String),
 
-    #[error("finalizer error: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-
     #[error("the policy has no namespace")]
     MissingNamespace,
 
@@ -29,7 +26,6 @@ impl Error {
         match self {
             Error::Kube(_) => "kube",
             Error::Prometheus(_) => "prometheus",
-            Error::Finalizer(_) => "finalizer",
             Error::MissingNamespace => "missing_namespace",
             Error::Selector(_) => "selector",
             Error::Serialization(_) => "serialization",

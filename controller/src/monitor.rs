@@ -123,9 +123,7 @@ pub async fn run_with_readiness(
         stepped_down: Action::requeue(context.config.interval),
     };
     driver::run_policies(
-        client,
-        namespace.as_deref(),
-        &shutdown,
+        driver::policy_controller(client, namespace.as_deref(), &shutdown),
         reconciler,
         error_policy,
         context,

@@ -7,6 +7,11 @@
 //! most restrictive wins). Applying an empty list under a policy's manager
 //! removes its entries. Every entry carries an `expiresAt` renewed each
 //! period: if the recommender stops, the node returns to defaults.
+//!
+//! Policies carry no finalizer, so deleting one (or its namespace, or the
+//! CRD) never waits for the recommender. Instead the leader collects
+//! garbage each period: entries whose policy is no longer in the synced
+//! policy store are removed, which also covers deletions while it was down.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -18,7 +23,8 @@ use std::{
 use climatik_api::{
     CpuFrequency, CustomAlgorithm, DeviceKind, GpuFrequency, NodeFrequencies, PowerCappingPolicy,
     names::{
-        FINALIZER_POLICY, MANAGER_RECOMMENDER_PREFIX, conditions, policy_key, recommender_manager,
+        LEGACY_FINALIZER_POLICY, MANAGER_RECOMMENDER_PREFIX, conditions, parse_policy_key,
+        policy_key, recommender_manager,
     },
 };
 use futures::StreamExt;
@@ -34,7 +40,6 @@ use kube::{
         WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        finalizer::{Event as FinalizerEvent, finalizer},
         reflector::{self, ObjectRef, Store},
         watcher,
     },
@@ -156,21 +161,19 @@ pub async fn run_with_readiness(
     }
 
     let namespace = context.config.namespace.clone();
+    let controller = driver::policy_controller(client, namespace.as_deref(), &shutdown);
+    let garbage_collector = tokio::spawn(collect_garbage_each_period(
+        context.clone(),
+        controller.store(),
+        shutdown.wait(),
+    ));
     let reconciler = driver::Reconciler {
         reconcile,
         leadership: context.leadership.clone(),
         stepped_down: Action::requeue(context.config.interval),
     };
-    driver::run_policies(
-        client,
-        namespace.as_deref(),
-        &shutdown,
-        reconciler,
-        error_policy,
-        context,
-        ready,
-    )
-    .await;
+    driver::run_policies(controller, reconciler, error_policy, context, ready).await;
+    let _ = garbage_collector.await;
     reflector_task.abort();
     driver::stop_election(election).await;
     Ok(())
@@ -200,18 +203,59 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
     // Timed from here on, errors included; the early returns above are
     // skips (not the leader, our own status echo), not reconciliations.
     let _timer = ctx.metrics.reconcile_timer();
-    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
-    let api = Api::<PowerCappingPolicy>::namespaced(ctx.client.clone(), &namespace);
-    let action = finalizer(&api, FINALIZER_POLICY, policy, |event| async {
-        match event {
-            FinalizerEvent::Apply(p) => apply(&ctx, &p).await,
-            FinalizerEvent::Cleanup(p) => cleanup(&ctx, &p).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))?;
+    lift_legacy_finalizer(&ctx, &policy).await?;
+    let action = if policy.meta().deletion_timestamp.is_some() {
+        // Held by someone else's finalizer: stop acting for it now rather
+        // than when it is gone.
+        remove_entries(&ctx, &policy, &BTreeSet::new(), "policy deleted").await?;
+        Action::await_change()
+    } else {
+        apply(&ctx, &policy).await?
+    };
     ctx.metrics.reconciled();
     Ok(action)
+}
+
+/// Removes [`LEGACY_FINALIZER_POLICY`] from a policy written by an earlier
+/// version, so it (and its namespace) can be deleted after an upgrade.
+async fn lift_legacy_finalizer(ctx: &Context, policy: &PowerCappingPolicy) -> Result<()> {
+    if !policy
+        .finalizers()
+        .iter()
+        .any(|f| f == LEGACY_FINALIZER_POLICY)
+    {
+        return Ok(());
+    }
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let rest: Vec<&String> = policy
+        .finalizers()
+        .iter()
+        .filter(|f| *f != LEGACY_FINALIZER_POLICY)
+        .collect();
+    // A merge patch replaces the whole list: the resourceVersion makes it
+    // fail (and the reconcile retry) if someone changed the list meanwhile.
+    let body = json!({
+        "metadata": { "finalizers": rest, "resourceVersion": policy.resource_version() },
+    });
+    let result = Api::<PowerCappingPolicy>::namespaced(ctx.client.clone(), &namespace)
+        .patch(
+            &policy.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(body),
+        )
+        .await;
+    match result {
+        Ok(_) => {
+            tracing::info!(
+                finalizer = LEGACY_FINALIZER_POLICY,
+                "lifted the finalizer of an earlier version"
+            );
+            Ok(())
+        }
+        // Gone already: nothing holds it.
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// What to do with a policy's entries this period.
@@ -320,14 +364,98 @@ async fn apply(ctx: &Context, policy: &PowerCappingPolicy) -> Result<Action> {
     Ok(requeue)
 }
 
-async fn cleanup(ctx: &Context, policy: &PowerCappingPolicy) -> Result<Action> {
-    remove_entries(ctx, policy, &BTreeSet::new(), "policy deleted").await?;
-    let uid = policy.uid().unwrap_or_else(|| policy.name_any());
+/// Runs [`collect_garbage`] each period while leading, from the moment the
+/// policy watch has listed everything (before that, an empty store would
+/// read as "every policy deleted") until `shutdown`.
+async fn collect_garbage_each_period(
+    ctx: Arc<Context>,
+    policies: Store<PowerCappingPolicy>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    tokio::select! {
+        synced = driver::synced(&policies) => if !synced { return },
+        _ = &mut shutdown => return,
+    }
+    let mut period = tokio::time::interval(ctx.config.interval);
+    period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = period.tick() => {}
+            _ = &mut shutdown => return,
+        }
+        if !ctx.leadership.is_leader() {
+            continue;
+        }
+        if let Err(error) = collect_garbage(&ctx, &policies).await {
+            tracing::warn!(%error, "could not remove the entries of deleted policies");
+            ctx.metrics.failed(&error);
+        }
+    }
+}
+
+/// Removes the entries of policies that no longer exist and forgets their
+/// algorithm state. Safe only on a synced `policies` store.
+async fn collect_garbage(ctx: &Context, policies: &Store<PowerCappingPolicy>) -> Result<()> {
+    // NodeFrequencies before policies: an entry is written for a policy the
+    // store already holds, so a policy missing from the later read was
+    // deleted. (An entry written for a policy this store has not seen yet,
+    // by a leader handing over, is removed and written again next period.)
+    let node_frequencies = ctx.node_frequencies.state();
+    let policies = policies.state();
+    let live: BTreeSet<String> = policies
+        .iter()
+        .filter_map(|p| Some(policy_key(&p.namespace()?, &p.name_any())))
+        .collect();
+    let uids: BTreeSet<String> = policies.iter().filter_map(|p| p.uid()).collect();
     ctx.policies
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .remove(&uid);
-    Ok(Action::await_change())
+        .retain(|uid, _| uids.contains(uid));
+
+    let mut first_error = None;
+    for (key, nodes) in orphans(&node_frequencies, &live, ctx.config.namespace.as_deref()) {
+        let Some((namespace, name)) = parse_policy_key(&key) else {
+            continue;
+        };
+        if let Err(error) = withdraw(ctx, namespace, name, &nodes, "policy deleted").await {
+            first_error.get_or_insert(error);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// The entries of policies not in `live`, as policy key -> nodes holding
+/// them: only keys of a policy (not `manual`), and only in `namespace` when
+/// the recommender watches one (policies elsewhere are not in its store).
+pub(crate) fn orphans(
+    node_frequencies: &[Arc<NodeFrequencies>],
+    live: &BTreeSet<String>,
+    namespace: Option<&str>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut orphans: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for nf in node_frequencies {
+        let keys: BTreeSet<&str> = nf
+            .spec
+            .gpu_frequencies
+            .iter()
+            .map(|e| e.policy.as_str())
+            .chain(nf.spec.cpu_frequencies.iter().map(|e| e.policy.as_str()))
+            .collect();
+        for key in keys {
+            let Some((ns, _)) = parse_policy_key(key) else {
+                continue;
+            };
+            if live.contains(key) || namespace.is_some_and(|watched| watched != ns) {
+                continue;
+            }
+            orphans
+                .entry(key.to_string())
+                .or_default()
+                .push(nf.name_any());
+        }
+    }
+    orphans
 }
 
 /// The algorithm's view of a policy: its devices from the status, clock
@@ -430,8 +558,9 @@ async fn write_targets(
             }
         }
     }
+    let manager = recommender_manager(&namespace, &policy.name_any());
     for (node, (gpus, cpus)) in &by_node {
-        apply_entries(ctx, policy, node, gpus, cpus).await?;
+        apply_entries(ctx, &manager, node, gpus, cpus).await?;
     }
     let keep: BTreeSet<String> = by_node.keys().map(|n| n.to_string()).collect();
     remove_entries(ctx, policy, &keep, "node no longer hosts the workload").await
@@ -463,16 +592,15 @@ pub(crate) fn parse_cpus(quantity: &str) -> Option<i32> {
     i32::try_from(cpus.clamp(0, 4096)).ok()
 }
 
-/// Server-side applies this policy's entries for one node.
+/// Server-side applies one policy's entries (those of its field `manager`)
+/// for one node.
 async fn apply_entries(
     ctx: &Context,
-    policy: &PowerCappingPolicy,
+    manager: &str,
     node: &str,
     gpus: &[GpuFrequency],
     cpus: &[CpuFrequency],
 ) -> Result<()> {
-    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
-    let manager = recommender_manager(&namespace, &policy.name_any());
     let body = json!({
         "apiVersion": NodeFrequencies::api_version(&()),
         "kind": NodeFrequencies::kind(&()),
@@ -486,7 +614,7 @@ async fn apply_entries(
     Api::<NodeFrequencies>::all(ctx.client.clone())
         .patch(
             node,
-            &PatchParams::apply(&manager).force(),
+            &PatchParams::apply(manager).force(),
             &Patch::Apply(body),
         )
         .await?;
@@ -517,8 +645,22 @@ async fn remove_entries(
         .map(|nf| nf.name_any())
         .filter(|name| !keep.contains(name))
         .collect();
-    for node in &stale {
-        match apply_entries(ctx, policy, node, &[], &[]).await {
+    withdraw(ctx, &namespace, &policy.name_any(), &stale, why).await
+}
+
+/// Removes the entries of policy `namespace/name` from `nodes`: an empty
+/// apply under its field manager.
+async fn withdraw(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    nodes: &[String],
+    why: &str,
+) -> Result<()> {
+    let manager = recommender_manager(namespace, name);
+    let key = policy_key(namespace, name);
+    for node in nodes {
+        match apply_entries(ctx, &manager, node, &[], &[]).await {
             Ok(()) => tracing::info!(policy = %key, node, why, "removed frequency entries"),
             // Gone already: nothing left to remove.
             Err(Error::Kube(kube::Error::Api(status))) if status.code == 404 => {}
@@ -663,6 +805,61 @@ mod tests {
         let mut fresh = policy(false, &ok);
         fresh.status = None;
         assert!(matches!(decide(&fresh), Decision::Hold(_)));
+    }
+
+    fn node_frequencies(
+        node: &str,
+        gpu_policies: &[&str],
+        cpu_policies: &[&str],
+    ) -> Arc<NodeFrequencies> {
+        let spec = climatik_api::NodeFrequenciesSpec {
+            node_name: node.to_string(),
+            gpu_frequencies: gpu_policies
+                .iter()
+                .map(|p| GpuFrequency {
+                    gpu_id: "GPU-0".into(),
+                    target_frequency: 1200,
+                    power_budget_watts: None,
+                    policy: p.to_string(),
+                    expires_at: None,
+                })
+                .collect(),
+            cpu_frequencies: cpu_policies
+                .iter()
+                .map(|p| CpuFrequency {
+                    cpu_id: 0,
+                    target_frequency: 2000,
+                    policy: p.to_string(),
+                    expires_at: None,
+                })
+                .collect(),
+        };
+        Arc::new(NodeFrequencies::new(node, spec))
+    }
+
+    #[test]
+    fn orphans_are_entries_of_missing_policies_in_the_watched_namespaces() {
+        let nfs = [
+            node_frequencies("n0", &["a/live", "a/gone", "manual"], &["a/gone"]),
+            node_frequencies("n1", &["b/gone"], &["a/cpu-only", "a/live"]),
+            node_frequencies("n2", &[], &[]),
+        ];
+        let live: BTreeSet<String> = ["a/live".to_string()].into();
+        let everywhere = orphans(&nfs, &live, None);
+        let want: BTreeMap<String, Vec<String>> = [
+            ("a/cpu-only".to_string(), vec!["n1".to_string()]),
+            ("a/gone".to_string(), vec!["n0".to_string()]),
+            ("b/gone".to_string(), vec!["n1".to_string()]),
+        ]
+        .into();
+        assert_eq!(everywhere, want);
+        let in_a = orphans(&nfs, &live, Some("a"));
+        assert_eq!(in_a.keys().collect::<Vec<_>>(), ["a/cpu-only", "a/gone"]);
+        // Every policy live: nothing to collect.
+        let all: BTreeSet<String> = ["a/live", "a/gone", "a/cpu-only", "b/gone"]
+            .map(String::from)
+            .into();
+        assert!(orphans(&nfs, &all, None).is_empty());
     }
 
     #[test]

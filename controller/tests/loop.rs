@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use climatik_api::{
     NodeFrequencies, PowerCappingPolicy,
-    names::{FINALIZER_POLICY, MANAGER_CONTROLLER},
+    names::{LEGACY_FINALIZER_POLICY, MANAGER_CONTROLLER},
 };
 use climatik_controller::{
     lease::{LeaseConfig, Timing},
@@ -35,12 +35,11 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The chart's RBAC for one component, from docs/components.md.
 fn cluster_rules(component: &str) -> serde_json::Value {
-    let policies = json!({ "apiGroups": ["climatik.io"], "resources": ["powercappingpolicies"],
-        "verbs": ["get", "list", "watch", "patch", "update"] });
+    let policies = |verbs: &[&str]| json!({ "apiGroups": ["climatik.io"], "resources": ["powercappingpolicies"], "verbs": verbs });
     let events = json!({ "apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"] });
     match component {
         "monitor" => json!([
-            policies,
+            policies(&["get", "list", "watch", "patch", "update"]),
             { "apiGroups": ["climatik.io"], "resources": ["powercappingpolicies/status"], "verbs": ["get", "patch", "update"] },
             { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
             { "apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["get"] },
@@ -48,7 +47,7 @@ fn cluster_rules(component: &str) -> serde_json::Value {
             events,
         ]),
         _ => json!([
-            policies,
+            policies(&["get", "list", "watch", "patch"]),
             { "apiGroups": ["climatik.io"], "resources": ["powercappingpolicies/status"], "verbs": ["get", "patch"] },
             { "apiGroups": ["climatik.io"], "resources": ["nodefrequencies"],
               "verbs": ["get", "list", "watch", "create", "patch", "update", "delete"] },
@@ -153,7 +152,6 @@ async fn policies_drive_node_frequencies_with_chart_rbac() -> anyhow::Result<()>
     delete_all_pods(&client, &ns_name).await;
     delete_nodes(&client, &nodes).await;
     delete_cluster_rbac(&client, &ns_name).await;
-    release_finalizers(&client, &ns_name).await;
     cluster.remove_prometheus_target(&ns_name)?;
     if result.is_ok() {
         ns.cleanup().await?;
@@ -257,7 +255,18 @@ async fn run_loop_test(
             "{type_}"
         );
     }
-    assert!(a.finalizers().iter().any(|f| f == FINALIZER_POLICY));
+    assert!(a.finalizers().is_empty(), "{:?}", a.finalizers());
+    // A policy an earlier version left its finalizer on: lifted with the
+    // chart's RBAC (patch, no update), so it deletes.
+    let mut legacy = policy("legacy", "legacy", 100, json!({}))?;
+    legacy.metadata.finalizers = Some(vec![LEGACY_FINALIZER_POLICY.to_string()]);
+    policies.create(&PostParams::default(), &legacy).await?;
+    wait_for("the legacy finalizer lifted", TIMEOUT, || async {
+        let p = policies.get("legacy").await?;
+        Ok(p.finalizers().is_empty().then_some(()))
+    })
+    .await?;
+    policies.delete("legacy", &DeleteParams::default()).await?;
     let fields = a.metadata.managed_fields.clone().unwrap_or_default();
     assert!(
         fields
@@ -325,7 +334,7 @@ async fn run_loop_test(
         vec![("GPU-A1", key.as_str()), ("GPU-A1", key_b.as_str())]
     );
 
-    // Deleting b removes exactly its entries (finalizer), a's stay.
+    // Deleting b removes exactly its entries, a's stay.
     policies.delete("b", &DeleteParams::default()).await?;
     wait_for("policy b gone with its entries", TIMEOUT, || async {
         let e1 = gpu_entries(&admin, &nodes[1]).await?;
@@ -361,12 +370,9 @@ async fn run_loop_test(
         Some("test-recommender")
     );
 
-    // Delete a while the recommender runs, so its finalizer is removed.
+    // Deleting a needs nobody (no finalizer).
     policies.delete("a", &DeleteParams::default()).await?;
-    wait_for("policy a deleted", TIMEOUT, || async {
-        Ok(policies.get_opt("a").await?.is_none().then_some(()))
-    })
-    .await?;
+    wait_until_gone(&policies, "a", TIMEOUT).await?;
 
     let _ = stop_monitor.send(());
     let _ = stop_recommender.send(());
@@ -505,8 +511,6 @@ async fn invalid_algorithm_changes_no_frequencies_and_generated_policies_get_own
     delete_all_pods(&admin, &ns_name).await;
     delete_nodes(&admin, std::slice::from_ref(&node)).await;
     cluster.remove_prometheus_target(&ns_name)?;
-    // The recommender is gone: release the finalizers so the namespace can go.
-    release_finalizers(&admin, &ns_name).await;
     if result.is_ok() {
         ns.cleanup().await?;
     }

@@ -148,7 +148,6 @@ async fn prometheus_outage_holds_targets_and_reports_it() -> anyhow::Result<()> 
     .await;
     delete_all_pods(&admin, &ns_name).await;
     delete_nodes(&admin, std::slice::from_ref(&node)).await;
-    release_finalizers(&admin, &ns_name).await;
     if result.is_ok() {
         ns.cleanup().await?;
     }

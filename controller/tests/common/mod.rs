@@ -218,6 +218,18 @@ where
     }
 }
 
+/// Waits until policy `name` no longer exists.
+pub async fn wait_until_gone(
+    policies: &Api<PowerCappingPolicy>,
+    name: &str,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    wait_for(&format!("policy {name} gone"), timeout, || async {
+        Ok(policies.get_opt(name).await?.is_none().then_some(()))
+    })
+    .await
+}
+
 /// The condition of a policy, as (status, reason).
 pub fn condition(policy: &PowerCappingPolicy, type_: &str) -> Option<(String, String)> {
     policy
@@ -250,30 +262,6 @@ pub async fn gpu_entries(
     Ok(entries)
 }
 
-/// Drops the recommender's finalizer from every policy left in `ns`, so the
-/// namespace can be deleted after the recommender stopped.
-pub async fn release_finalizers(client: &kube::Client, ns: &str) {
-    use kube::{
-        ResourceExt,
-        api::{ListParams, Patch, PatchParams},
-    };
-    let policies = Api::<PowerCappingPolicy>::namespaced(client.clone(), ns);
-    let items = policies
-        .list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default();
-    for p in items {
-        let _ = policies
-            .patch(
-                &p.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "metadata": { "finalizers": null } })),
-            )
-            .await;
-    }
-}
-
 /// Deletes every pod in `ns` at once: no kubelet confirms graceful
 /// deletion on the test's own nodes, which would hold up the namespace.
 pub async fn delete_all_pods(client: &kube::Client, ns: &str) {
@@ -291,15 +279,102 @@ pub async fn delete_all_pods(client: &kube::Client, ns: &str) {
     }
 }
 
+/// A status as the power usage monitor writes it: measured now, metrics
+/// available, `watts` on one GPU `gpu` of `node`. For tests of the
+/// recommender alone.
+pub fn measured_status(node: &str, gpu: &str, watts: f64) -> serde_json::Value {
+    // As the API server stores it: whole seconds.
+    let now = json!(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now()
+    ));
+    let condition = |type_: &str, reason: &str| {
+        json!({ "type": type_, "status": "True", "reason": reason, "message": "",
+                "lastTransitionTime": now })
+    };
+    json!({
+        "currentPower": watts,
+        "gpuPower": watts,
+        "nodes": [{ "nodeName": node, "powerWatts": watts,
+                    "devices": [{ "deviceId": gpu, "powerWatts": watts, "frequencyMhz": 1380.0 }] }],
+        "matchedPodCount": 1,
+        "lastUpdated": now,
+        "conditions": [condition("Ready", "Observed"), condition("MetricsAvailable", "MetricsFound")],
+    })
+}
+
+/// Writes `status` on policy `name` as a stand-in for the monitor.
+pub async fn write_status(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    status: serde_json::Value,
+) -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    Api::<PowerCappingPolicy>::namespaced(client.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::apply("climatik-test-monitor").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "climatik.io/v1alpha1",
+                "kind": "PowerCappingPolicy",
+                "status": status,
+            })),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The recommender running in-process as admin, watching one namespace,
+/// with a 1 s period.
+pub struct InProcessRecommender {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<climatik_controller::Result<()>>,
+    /// What its `/readyz` reports.
+    ready: climatik_runtime::ReadyFlag,
+}
+
+impl InProcessRecommender {
+    pub fn start(admin: &kube::Client, entry_ttl: Duration, namespace: &str) -> Self {
+        use climatik_controller::{
+            metrics::Metrics,
+            recommender::{self, RecommenderConfig},
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let ready = climatik_runtime::ReadyFlag::default();
+        let task = tokio::spawn(recommender::run_with_readiness(
+            admin.clone(),
+            RecommenderConfig {
+                interval: Duration::from_secs(1),
+                entry_ttl,
+                lease: None,
+                namespace: Some(namespace.to_string()),
+                identity: "test".into(),
+            },
+            Metrics::new("freqtuning-recommender"),
+            async move {
+                let _ = stopped.await;
+            },
+            ready.clone(),
+        ));
+        Self { stop, task, ready }
+    }
+
+    /// Stops it and surfaces any error it ended with.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        self.task.await??;
+        Ok(())
+    }
+}
+
 /// The monitor and the recommender running in-process as admin, watching
 /// one namespace, with 1 s periods.
 pub struct InProcessLoop {
     stop_monitor: tokio::sync::oneshot::Sender<()>,
-    stop_recommender: tokio::sync::oneshot::Sender<()>,
     monitor: tokio::task::JoinHandle<climatik_controller::Result<()>>,
-    recommender: tokio::task::JoinHandle<climatik_controller::Result<()>>,
-    /// What each one's `/readyz` reports.
-    ready: [climatik_runtime::ReadyFlag; 2],
+    /// What the monitor's `/readyz` reports.
+    monitor_ready: climatik_runtime::ReadyFlag,
+    recommender: InProcessRecommender,
 }
 
 impl InProcessLoop {
@@ -313,11 +388,9 @@ impl InProcessLoop {
         use climatik_controller::{
             metrics::Metrics,
             monitor::{self, MonitorConfig},
-            recommender::{self, RecommenderConfig},
         };
         let (stop_monitor, monitor_stopped) = tokio::sync::oneshot::channel::<()>();
-        let (stop_recommender, recommender_stopped) = tokio::sync::oneshot::channel::<()>();
-        let ready: [climatik_runtime::ReadyFlag; 2] = Default::default();
+        let monitor_ready = climatik_runtime::ReadyFlag::default();
         let monitor = tokio::spawn(monitor::run_with_readiness(
             admin.clone(),
             MonitorConfig {
@@ -334,48 +407,31 @@ impl InProcessLoop {
             async move {
                 let _ = monitor_stopped.await;
             },
-            ready[0].clone(),
-        ));
-        let recommender = tokio::spawn(recommender::run_with_readiness(
-            admin.clone(),
-            RecommenderConfig {
-                interval: Duration::from_secs(1),
-                entry_ttl,
-                lease: None,
-                namespace: Some(namespace.to_string()),
-                identity: "test".into(),
-            },
-            Metrics::new("freqtuning-recommender"),
-            async move {
-                let _ = recommender_stopped.await;
-            },
-            ready[1].clone(),
+            monitor_ready.clone(),
         ));
         Self {
             stop_monitor,
-            stop_recommender,
             monitor,
-            recommender,
-            ready,
+            monitor_ready,
+            recommender: InProcessRecommender::start(admin, entry_ttl, namespace),
         }
     }
 
     /// Both report ready (their policy watches have synced).
     pub fn is_ready(&self) -> bool {
-        self.ready.iter().all(|flag| flag.is_set())
+        self.monitor_ready.is_set() && self.recommender.ready.is_set()
     }
 
     /// Both are still running (neither crashed).
     pub fn is_running(&self) -> bool {
-        !self.monitor.is_finished() && !self.recommender.is_finished()
+        !self.monitor.is_finished() && !self.recommender.task.is_finished()
     }
 
     /// Stops both and surfaces any error they ended with.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop_monitor.send(());
-        let _ = self.stop_recommender.send(());
+        let recommender = self.recommender.stop().await;
         self.monitor.await??;
-        self.recommender.await??;
-        Ok(())
+        recommender
     }
 }
