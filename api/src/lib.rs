@@ -4,6 +4,7 @@
 //! Every other crate depends on this one, so it stays free of runtime
 //! concerns (no clients, no I/O beyond CRD rendering).
 
+pub mod bounds;
 pub mod crd;
 pub mod names;
 pub mod nodefrequencies;
