@@ -89,6 +89,9 @@ if [[ -z "$uuid" ]]; then
   cat "$work/agent.log" >&2
   exit 1
 fi
+# Every entry carries an expiry; an hour outlasts the run (the agent caps
+# it at its --max-entry-ttl, 10 minutes by default, which outlasts it too).
+expires=$(date -u -d '+1 hour' +%Y-%m-%dT%H:%M:%SZ)
 "$KUBECTL" apply --server-side --field-manager freqtuner-bench -f - >/dev/null <<EOF
 apiVersion: climatik.io/v1alpha1
 kind: NodeFrequencies
@@ -97,7 +100,7 @@ metadata:
 spec:
   nodeName: $node
   gpuFrequencies:
-  - {gpuId: $uuid, targetFrequency: 1700, powerBudgetWatts: 400, policy: bench/budget}
+  - {gpuId: $uuid, targetFrequency: 1700, powerBudgetWatts: 400, policy: bench/budget, expiresAt: "$expires"}
 EOF
 
 samples=()

@@ -7,6 +7,7 @@
 //! concerns (no clients, no I/O beyond CRD rendering).
 
 pub mod annotations;
+pub mod bounds;
 pub mod crd;
 pub mod generated;
 pub mod names;

@@ -6,6 +6,12 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::bounds::{
+    self, MAX_CLOCK_MHZ, MAX_CPU_ENTRIES, MAX_CPU_ID, MAX_CPUS_PER_NODE, MAX_DEVICE_ID_LENGTH,
+    MAX_DEVICE_WATTS, MAX_GPU_ENTRIES, MAX_GPU_INDEX, MAX_GPUS_PER_NODE, MAX_LABEL_LENGTH,
+    MAX_MESSAGE_LENGTH, MAX_NAME_LENGTH, MAX_POLICY_KEY_LENGTH, MAX_SUPPORTED_CLOCKS,
+};
+
 /// Frequency targets for the devices of one node. Named after the node.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
@@ -25,17 +31,19 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct NodeFrequenciesSpec {
     /// The node these targets are for; equal to the object's name.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_NAME_LENGTH))]
     pub node_name: String,
 
     /// GPU clock targets. Several entries for one GPU (from different
     /// policies) merge: the lowest target and the lowest budget win.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_GPU_ENTRIES))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["gpuId", "policy"]))]
     pub gpu_frequencies: Vec<GpuFrequency>,
 
     /// CPU frequency ceilings. Entries for one CPU merge like GPU entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_CPU_ENTRIES))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cpuId", "policy"]))]
     pub cpu_frequencies: Vec<CpuFrequency>,
 }
@@ -52,22 +60,24 @@ fn manual_policy() -> String {
 #[serde(rename_all = "camelCase")]
 pub struct GpuFrequency {
     /// GPU UUID as NVML and DCGM report it (`GPU-…`).
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_DEVICE_ID_LENGTH))]
     pub gpu_id: String,
     /// Locked SM clock in MHz; snapped to a supported clock by the agent.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_CLOCK_MHZ))]
     pub target_frequency: i32,
     /// Optional watt budget the agent holds with its own ~1 Hz loop,
     /// at or below `targetFrequency`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1.0))]
+    #[schemars(range(min = 1.0, max = MAX_DEVICE_WATTS))]
     pub power_budget_watts: Option<f64>,
     /// `namespace/name` of the policy that wants this entry, or `manual`.
     #[serde(default = "manual_policy")]
+    #[schemars(length(min = 1, max = MAX_POLICY_KEY_LENGTH))]
     pub policy: String,
-    /// When the agent restores defaults unless the entry was renewed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<Time>,
+    /// When the agent restores defaults unless the entry was renewed;
+    /// required, so no entry holds a device forever. The agent also caps
+    /// the lifetime it grants at its `--max-entry-ttl`.
+    pub expires_at: Time,
 }
 
 /// Ceiling for one CPU.
@@ -75,17 +85,18 @@ pub struct GpuFrequency {
 #[serde(rename_all = "camelCase")]
 pub struct CpuFrequency {
     /// Logical CPU number, as in `/sys/devices/system/cpu/cpuN`.
-    #[schemars(range(min = 0))]
+    #[schemars(range(min = 0, max = MAX_CPU_ID))]
     pub cpu_id: i32,
     /// Maximum frequency in MHz; clamped to the CPU's limits by the agent.
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_CLOCK_MHZ))]
     pub target_frequency: i32,
     /// `namespace/name` of the policy that wants this entry, or `manual`.
     #[serde(default = "manual_policy")]
+    #[schemars(length(min = 1, max = MAX_POLICY_KEY_LENGTH))]
     pub policy: String,
-    /// When the agent restores defaults unless the entry was renewed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expires_at: Option<Time>,
+    /// When the agent restores defaults unless the entry was renewed;
+    /// required, as for GPU entries.
+    pub expires_at: Time,
 }
 
 /// What the node agent did.
@@ -94,19 +105,23 @@ pub struct CpuFrequency {
 pub struct NodeFrequenciesStatus {
     /// Per-GPU result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_GPUS_PER_NODE))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["gpuId"]))]
     pub gpu_frequencies: Vec<GpuFrequencyStatus>,
     /// Per-CPU result.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_CPUS_PER_NODE))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["cpuId"]))]
     pub cpu_frequencies: Vec<CpuFrequencyStatus>,
     /// The node's GPUs as the agent found them, so the recommender can plan
     /// within real clock ranges before it ever writes a target.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_GPUS_PER_NODE))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["gpuId"]))]
     pub gpus: Vec<GpuInventory>,
     /// Backend in use: `nvml`, `cpufreq`, `sim`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_LABEL_LENGTH))]
     pub backend: Option<String>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,6 +131,7 @@ pub struct NodeFrequenciesStatus {
     pub last_updated: Option<Time>,
     /// Agent conditions, e.g. Ready.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "bounds::conditions_schema")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
@@ -123,29 +139,43 @@ pub struct NodeFrequenciesStatus {
 /// One GPU of the node and the clocks it supports.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.minFrequency <= self.maxFrequency",
+     "message": "minFrequency must not exceed maxFrequency"},
+    {"rule": "!has(self.supportedFrequencies) || self.supportedFrequencies.all(f, f >= self.minFrequency && f <= self.maxFrequency)",
+     "message": "supportedFrequencies must lie within minFrequency..maxFrequency"},
+]))]
 pub struct GpuInventory {
     /// GPU UUID.
+    #[schemars(length(min = 1, max = MAX_DEVICE_ID_LENGTH))]
     pub gpu_id: String,
     /// Index on the node (`nvidia0` is 0).
     #[serde(default)]
+    #[schemars(range(min = 0, max = MAX_GPU_INDEX))]
     pub index: i32,
     /// Product name, e.g. `NVIDIA H100 80GB HBM3`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = MAX_LABEL_LENGTH))]
     pub model: String,
     /// Lowest supported SM clock, in MHz.
+    #[schemars(range(min = 1, max = MAX_CLOCK_MHZ))]
     pub min_frequency: i32,
     /// Highest supported SM clock, in MHz (the default when unlocked).
+    #[schemars(range(min = 1, max = MAX_CLOCK_MHZ))]
     pub max_frequency: i32,
     /// Every supported SM clock, in MHz, ascending (may be omitted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_SUPPORTED_CLOCKS), inner(range(min = 1, max = MAX_CLOCK_MHZ)))]
     pub supported_frequencies: Vec<i32>,
     /// Power limit the GPU enforces by itself, in watts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = MAX_DEVICE_WATTS))]
     pub power_limit_watts: Option<f64>,
     /// Lowest power limit the GPU accepts, in watts. A budget below it can
     /// only be held by the agent's slower clock loop, so budget-allocator
     /// never hands out less.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = MAX_DEVICE_WATTS))]
     pub min_power_limit_watts: Option<f64>,
 }
 
@@ -167,23 +197,29 @@ pub enum DeviceState {
 #[serde(rename_all = "camelCase")]
 pub struct GpuFrequencyStatus {
     /// GPU UUID.
+    #[schemars(length(min = 1, max = MAX_DEVICE_ID_LENGTH))]
     pub gpu_id: String,
     /// SM clock now in force, in MHz.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_CLOCK_MHZ))]
     pub current_frequency: Option<i32>,
     /// The merged target after clamping, in MHz.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_CLOCK_MHZ))]
     pub target_frequency: Option<i32>,
     /// The merged power budget, in watts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = MAX_DEVICE_WATTS))]
     pub power_budget_watts: Option<f64>,
     /// Last power reading, in watts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = MAX_DEVICE_WATTS))]
     pub power_watts: Option<f64>,
     /// Outcome.
     pub state: DeviceState,
     /// Human-readable detail, e.g. `clamped 250 -> 300 MHz`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = MAX_MESSAGE_LENGTH))]
     pub message: String,
 }
 
@@ -192,16 +228,20 @@ pub struct GpuFrequencyStatus {
 #[serde(rename_all = "camelCase")]
 pub struct CpuFrequencyStatus {
     /// Logical CPU number.
+    #[schemars(range(min = 0, max = MAX_CPU_ID))]
     pub cpu_id: i32,
     /// `scaling_max_freq` now in force, in MHz.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_CLOCK_MHZ))]
     pub current_frequency: Option<i32>,
     /// The merged target after clamping, in MHz.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_CLOCK_MHZ))]
     pub target_frequency: Option<i32>,
     /// Outcome.
     pub state: DeviceState,
     /// Human-readable detail.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = MAX_MESSAGE_LENGTH))]
     pub message: String,
 }

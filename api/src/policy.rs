@@ -7,6 +7,15 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::{
+    MAX_POWER_WATTS,
+    bounds::{
+        self, MAX_ALGORITHMS, MAX_CLOCK_MHZ, MAX_DEVICE_ID_LENGTH, MAX_DEVICE_WATTS,
+        MAX_LABEL_LENGTH, MAX_MATCHED_POD_COUNT, MAX_MATCHED_PODS, MAX_MEASURED_WATTS,
+        MAX_NAME_LENGTH, MAX_NODE_DEVICES, MAX_POLICY_NODES,
+    },
+};
+
 /// Keeps the measured power of the selected pods' devices under a budget.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
@@ -30,10 +39,11 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct PowerCappingPolicySpec {
     /// Power budget in watts for all selected devices together.
-    #[schemars(range(min = 1, max = 10_000_000))]
+    #[schemars(range(min = 1, max = MAX_POWER_WATTS))]
     pub power_cap_limit: i64,
 
     /// Pods in the policy's namespace whose devices count against the budget.
+    #[schemars(schema_with = "bounds::selector_schema")]
     pub selector: LabelSelector,
 
     /// Percent of the cap above which capping starts (1–100).
@@ -44,6 +54,7 @@ pub struct PowerCappingPolicySpec {
     /// Algorithms that turn observed power into frequencies; the first one
     /// is used. Empty means the default feedback controller.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_ALGORITHMS))]
     pub custom_algorithms: Vec<CustomAlgorithm>,
 
     /// Observe and report, but never change any frequency.
@@ -52,7 +63,7 @@ pub struct PowerCappingPolicySpec {
 
     /// Which devices the policy measures and acts on.
     #[serde(default = "default_devices")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 2))]
     pub devices: Vec<DeviceKind>,
 }
 
@@ -74,10 +85,11 @@ fn default_devices() -> Vec<DeviceKind> {
 pub struct CustomAlgorithm {
     /// Algorithm name: `feedback`, `dynamic-frequency-scaler`,
     /// `budget-allocator` or `feedback-budget`.
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = MAX_LABEL_LENGTH))]
     pub name: String,
     /// Algorithm parameters; each algorithm documents its own keys.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "bounds::parameters_schema")]
     pub parameters: BTreeMap<String, String>,
 }
 
@@ -102,30 +114,38 @@ pub struct PowerCappingPolicyStatus {
 
     /// Measured power of all selected devices, in watts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = MAX_MEASURED_WATTS))]
     pub current_power: Option<f64>,
 
     /// Measured GPU power, in watts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = MAX_MEASURED_WATTS))]
     pub gpu_power: Option<f64>,
 
     /// Measured CPU power (Kepler, package zone), in watts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = MAX_MEASURED_WATTS))]
     pub cpu_power: Option<f64>,
 
     /// The cap in force when the status was written, in watts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_POWER_WATTS))]
     pub power_cap_limit: Option<i64>,
 
     /// Power per node and device.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_POLICY_NODES))]
     pub nodes: Vec<NodePower>,
 
-    /// Names of the pods the selector matched (capped at 100 entries).
+    /// Names of the pods the selector matched (at most 100;
+    /// `matchedPodCount` is exact).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_MATCHED_PODS), inner(length(max = MAX_NAME_LENGTH)))]
     pub matched_pods: Vec<String>,
 
     /// Number of pods the selector matched.
     #[serde(default)]
+    #[schemars(range(min = 0, max = MAX_MATCHED_POD_COUNT))]
     pub matched_pod_count: i32,
 
     /// The `metadata.generation` this status describes.
@@ -138,6 +158,7 @@ pub struct PowerCappingPolicyStatus {
 
     /// Ready, MetricsAvailable, Capping, AlgorithmValid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "bounds::conditions_schema")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
@@ -147,11 +168,14 @@ pub struct PowerCappingPolicyStatus {
 #[serde(rename_all = "camelCase")]
 pub struct NodePower {
     /// Node name.
+    #[schemars(length(min = 1, max = MAX_NAME_LENGTH))]
     pub node_name: String,
     /// Power of the selected devices on this node, in watts.
+    #[schemars(range(min = 0.0, max = MAX_MEASURED_WATTS))]
     pub power_watts: f64,
     /// Per-device readings.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_NODE_DEVICES))]
     pub devices: Vec<DevicePower>,
 }
 
@@ -160,11 +184,14 @@ pub struct NodePower {
 #[serde(rename_all = "camelCase")]
 pub struct DevicePower {
     /// GPU UUID, or `cpu` for the node's CPU packages.
+    #[schemars(length(min = 1, max = MAX_DEVICE_ID_LENGTH))]
     pub device_id: String,
-    /// Power in watts.
+    /// Power in watts (all packages for `cpu`).
+    #[schemars(range(min = 0.0, max = MAX_DEVICE_WATTS))]
     pub power_watts: f64,
     /// SM clock (GPU) in MHz, when reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = MAX_CLOCK_MHZ))]
     pub frequency_mhz: Option<f64>,
 }
 

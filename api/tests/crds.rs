@@ -94,6 +94,88 @@ fn check_list_map_keys(
     }
 }
 
+/// Walks a schema and collects every list, map, string and number without
+/// an upper bound. Exempt: enums, timestamps (`date-time`) and 64-bit
+/// integers (Kubernetes' own counters such as `observedGeneration`).
+fn unbounded(schema: &Value, at: &str, out: &mut Vec<String>) {
+    let Some(node) = schema.as_object() else {
+        return;
+    };
+    let has = |key: &str| node.contains_key(key);
+    let format = node.get("format").and_then(Value::as_str);
+    match node.get("type").and_then(Value::as_str) {
+        Some("array") if !has("maxItems") => out.push(format!("{at}: no maxItems")),
+        Some("string") if !has("maxLength") && !has("enum") && format != Some("date-time") => {
+            out.push(format!("{at}: no maxLength"))
+        }
+        Some("integer") if !has("maximum") && format != Some("int64") => {
+            out.push(format!("{at}: no maximum"))
+        }
+        Some("number") if !has("maximum") => out.push(format!("{at}: no maximum")),
+        Some("object")
+            if node
+                .get("additionalProperties")
+                .is_some_and(Value::is_object)
+                && !has("maxProperties") =>
+        {
+            out.push(format!("{at}: no maxProperties"))
+        }
+        _ => {}
+    }
+    if let Some(properties) = node.get("properties").and_then(Value::as_object) {
+        for (name, child) in properties {
+            unbounded(child, &format!("{at}.{name}"), out);
+        }
+    }
+    if let Some(items) = node.get("items") {
+        unbounded(items, &format!("{at}[]"), out);
+    }
+    if let Some(additional) = node.get("additionalProperties") {
+        unbounded(additional, &format!("{at}{{}}"), out);
+    }
+}
+
+/// Every list, map, string and number of spec and status is bounded, so no
+/// write can make a consumer allocate without limit and the API server can
+/// bound the cost of the CEL rules.
+#[test]
+fn every_list_string_and_number_is_bounded() {
+    for (file, crd) in climatik_api::crd::all() {
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("schema present");
+        let json = serde_json::to_value(schema).expect("schema serializes");
+        let mut violations = Vec::new();
+        for part in ["spec", "status"] {
+            let node = json
+                .pointer(&format!("/properties/{part}"))
+                .expect("spec and status");
+            unbounded(node, &format!("{file}:{part}"), &mut violations);
+        }
+        assert!(violations.is_empty(), "{violations:#?}");
+    }
+}
+
+#[test]
+fn entries_must_say_when_they_expire() {
+    let nf = &climatik_api::crd::all()[1].1;
+    let schema = serde_json::to_value(&nf.spec.versions[0].schema).expect("serializes");
+    for list in ["gpuFrequencies", "cpuFrequencies"] {
+        let required = schema
+            .pointer(&format!(
+                "/openAPIV3Schema/properties/spec/properties/{list}/items/required"
+            ))
+            .and_then(Value::as_array)
+            .expect("required fields");
+        assert!(
+            required.contains(&Value::from("expiresAt")),
+            "{list}: {required:?}"
+        );
+    }
+}
+
 #[test]
 fn schemas_are_structural() {
     for (file, crd) in climatik_api::crd::all() {

@@ -47,8 +47,10 @@ fn the_original_fields_keep_their_names() {
         "metadata": {"name": "gpu-node-0"},
         "spec": {
             "nodeName": "gpu-node-0",
-            "gpuFrequencies": [{"gpuId": "GPU-1", "targetFrequency": 1200}],
-            "cpuFrequencies": [{"cpuId": 0, "targetFrequency": 2000}]
+            "gpuFrequencies": [{"gpuId": "GPU-1", "targetFrequency": 1200,
+                                "expiresAt": "2026-11-28T10:02:00Z"}],
+            "cpuFrequencies": [{"cpuId": 0, "targetFrequency": 2000,
+                                "expiresAt": "2026-11-28T10:02:00Z"}]
         },
         "status": {"gpuFrequencies": [{"gpuId": "GPU-1", "currentFrequency": 1200,
                                        "targetFrequency": 1200, "state": "Applied"}]}
@@ -60,4 +62,18 @@ fn the_original_fields_keep_their_names() {
         nf.status.expect("status").gpu_frequencies[0].state,
         DeviceState::Applied
     );
+}
+
+#[test]
+fn an_entry_without_an_expiry_is_refused() {
+    for entry in [
+        serde_json::json!({"gpuFrequencies": [{"gpuId": "GPU-1", "targetFrequency": 1200}]}),
+        serde_json::json!({"cpuFrequencies": [{"cpuId": 0, "targetFrequency": 2000}]}),
+    ] {
+        let mut spec = entry;
+        spec["nodeName"] = "gpu-node-0".into();
+        let parsed = serde_json::from_value::<climatik_api::NodeFrequenciesSpec>(spec.clone());
+        let err = parsed.expect_err("an entry must say when it expires");
+        assert!(err.to_string().contains("expiresAt"), "{spec}: {err}");
+    }
 }

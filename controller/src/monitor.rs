@@ -36,8 +36,8 @@ use crate::{
 };
 use climatik_runtime::{ReadyFlag, Shutdown};
 
-/// Most pod names listed in `status.matchedPods`.
-const MAX_LISTED_PODS: usize = 100;
+/// Most pod names listed in `status.matchedPods`: what the schema allows.
+const MAX_LISTED_PODS: usize = climatik_api::bounds::MAX_MATCHED_PODS;
 
 #[derive(Debug, Clone)]
 pub struct MonitorConfig {

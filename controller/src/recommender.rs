@@ -483,11 +483,15 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
                     Clocks::range(CPU_CLOCKS.0, CPU_CLOCKS.1, CPU_CLOCKS.2),
                 )
             } else {
-                let clocks = reported.and_then(|g| {
-                    Clocks::from_supported(g.supported_frequencies.clone()).or_else(|| {
-                        Clocks::range(g.min_frequency, g.max_frequency, FALLBACK_GPU_CLOCKS.2)
-                    })
-                });
+                let clocks = match reported.map(|g| Clocks::of_gpu(g, FALLBACK_GPU_CLOCKS.2)) {
+                    Some(Ok(clocks)) => Some(clocks),
+                    Some(Err(why)) => {
+                        tracing::warn!(gpu = %device.device_id, node = %node.node_name, %why,
+                            "the node agent's inventory of this GPU is out of bounds; skipping it");
+                        continue;
+                    }
+                    None => None,
+                };
                 (
                     DeviceKind::Gpu,
                     clocks.or_else(|| {
@@ -544,7 +548,7 @@ async fn write_targets(
                 target_frequency: target.frequency_mhz,
                 power_budget_watts: target.power_budget_watts,
                 policy: key.clone(),
-                expires_at: Some(expires_at.clone()),
+                expires_at: expires_at.clone(),
             }),
             DeviceKind::Cpu => {
                 for cpu_id in 0..node_cpus(ctx, &target.node).await {
@@ -552,7 +556,7 @@ async fn write_targets(
                         cpu_id,
                         target_frequency: target.frequency_mhz,
                         policy: key.clone(),
-                        expires_at: Some(expires_at.clone()),
+                        expires_at: expires_at.clone(),
                     });
                 }
             }
@@ -821,7 +825,7 @@ mod tests {
                     target_frequency: 1200,
                     power_budget_watts: None,
                     policy: p.to_string(),
-                    expires_at: None,
+                    expires_at: Time(Timestamp::UNIX_EPOCH),
                 })
                 .collect(),
             cpu_frequencies: cpu_policies
@@ -830,7 +834,7 @@ mod tests {
                     cpu_id: 0,
                     target_frequency: 2000,
                     policy: p.to_string(),
-                    expires_at: None,
+                    expires_at: Time(Timestamp::UNIX_EPOCH),
                 })
                 .collect(),
         };

@@ -296,10 +296,6 @@ async fn run_loop_test(
         "{entries:?}"
     );
     assert!(gpu_entries(&admin, &nodes[2]).await?.is_empty());
-    let nf = Api::<NodeFrequencies>::all(admin.clone())
-        .get(&nodes[0])
-        .await?;
-    assert!(nf.spec.gpu_frequencies[0].expires_at.is_some());
 
     // An event tells people capping started.
     let events = Api::<Event>::namespaced(admin.clone(), ns);

@@ -97,6 +97,20 @@ pub struct AgentArgs {
     /// never waits on the API server.
     #[arg(long, env = "STATUS_WRITE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub status_write_timeout: Duration,
+    /// Longest an entry counts after the agent first saw it (or after its
+    /// last renewal, a changed `expiresAt`), whatever its `expiresAt` says.
+    /// Measured from the agent's start for entries it finds at start-up.
+    #[arg(long, env = "MAX_ENTRY_TTL", default_value = "10m", value_parser = parse_max_entry_ttl)]
+    pub max_entry_ttl: Duration,
+}
+
+/// A positive duration: a lifetime cap of zero would end every entry at
+/// once.
+fn parse_max_entry_ttl(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("the maximum entry lifetime must be positive".into()),
+        d => Ok(d),
+    }
 }
 
 /// The simulated node (`--gpu-backend sim` / `--cpu-backend sim`).
@@ -203,8 +217,23 @@ mod tests {
         assert_eq!(cli.agent.fast_loop_interval, Duration::from_secs(1));
         assert_eq!(cli.agent.state_dir, PathBuf::from("/var/lib/climatik"));
         assert_eq!(cli.agent.status_write_timeout, Duration::from_secs(5));
+        assert_eq!(
+            cli.agent.max_entry_ttl,
+            crate::expiry::DEFAULT_MAX_ENTRY_TTL
+        );
         assert_eq!(cli.kubelet.device_plugin_dir, None);
         assert_eq!(cli.kubelet.pod_resources_socket(), None);
+    }
+
+    #[test]
+    fn max_entry_ttl_is_a_positive_duration() {
+        let parse = |ttl: &str| {
+            Cli::try_parse_from(["freqtuner", "--node-name", "n1", "--max-entry-ttl", ttl])
+                .map(|cli| cli.agent.max_entry_ttl)
+        };
+        assert_eq!(parse("90s").ok(), Some(Duration::from_secs(90)));
+        assert!(parse("0s").is_err());
+        assert!(parse("forever").is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod config;
 pub mod cpu;
 pub mod error;
+pub mod expiry;
 pub mod fastloop;
 pub mod gpu;
 pub mod http;
@@ -130,7 +131,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
 
-    let actuator = Actuator::new(gpu, cpu, cli.backends.gpu_power_limit, metrics.clone());
+    let actuator = Actuator::new(gpu, cpu, cli.backends.gpu_power_limit, metrics.clone())
+        .with_max_entry_ttl(cli.agent.max_entry_ttl);
     let agent = Agent::new(
         client,
         AgentConfig {

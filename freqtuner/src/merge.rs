@@ -1,12 +1,18 @@
 //! Merging the entries of a NodeFrequencies into one target per device:
 //! entries from different policies for the same device combine so the most
 //! restrictive wins (lowest `targetFrequency`, lowest `powerBudgetWatts`);
-//! entries whose `expiresAt` has passed are ignored.
+//! entries whose `expiresAt` has passed, or whose lifetime reached the
+//! agent's cap ([`crate::expiry`]), are ignored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use climatik_api::NodeFrequenciesSpec;
 use k8s_openapi::jiff::Timestamp;
+
+use crate::expiry::{Deadline, Device, Lifetimes};
 
 /// The merged wish for one device.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,11 +40,15 @@ pub struct Desired {
     pub invalid: Vec<String>,
 }
 
-fn expired(
-    expires_at: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
-    now: Timestamp,
-) -> bool {
-    expires_at.is_some_and(|t| t.0 <= now)
+/// Why a capped entry still counts, for the device's status message.
+fn note_capped(want: Option<&mut Want>, policy: &str, deadline: &Deadline, max_ttl: Duration) {
+    if let (Some(want), true) = (want, deadline.capped) {
+        want.notes.push(format!(
+            "expiresAt of {policy} is more than {}s away: held until {} unless renewed",
+            max_ttl.as_secs(),
+            deadline.at
+        ));
+    }
 }
 
 fn add(
@@ -74,9 +84,12 @@ fn add(
     want.policies.dedup();
 }
 
-/// Merges the live entries of `spec` at `now`.
-pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp) -> Desired {
+/// Merges the live entries of `spec` at `now`; `lifetimes` remembers when
+/// entries beyond the lifetime cap were first seen.
+pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp, lifetimes: &mut Lifetimes) -> Desired {
     let mut desired = Desired::default();
+    let max_ttl = lifetimes.max_ttl();
+    let mut pass = lifetimes.pass(now);
     let mut named_gpus = BTreeSet::new();
     for entry in &spec.gpu_frequencies {
         named_gpus.insert(entry.gpu_id.clone());
@@ -87,7 +100,9 @@ pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp) -> Desired {
             ));
             continue;
         }
-        if expired(entry.expires_at.as_ref(), now) {
+        let key = (Device::Gpu(entry.gpu_id.clone()), entry.policy.clone());
+        let deadline = pass.deadline(key, entry.expires_at.0);
+        if deadline.at <= now {
             continue;
         }
         add(
@@ -97,6 +112,8 @@ pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp) -> Desired {
             entry.power_budget_watts,
             &entry.policy,
         );
+        let want = desired.gpus.get_mut(&entry.gpu_id);
+        note_capped(want, &entry.policy, &deadline, max_ttl);
     }
     desired.inactive_gpus = named_gpus
         .into_iter()
@@ -121,7 +138,9 @@ pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp) -> Desired {
             ));
             continue;
         }
-        if expired(entry.expires_at.as_ref(), now) {
+        let key = (Device::Cpu(cpu), entry.policy.clone());
+        let deadline = pass.deadline(key, entry.expires_at.0);
+        if deadline.at <= now {
             continue;
         }
         add(
@@ -131,7 +150,14 @@ pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp) -> Desired {
             None,
             &entry.policy,
         );
+        note_capped(
+            cpus.get_mut(&cpu.to_string()),
+            &entry.policy,
+            &deadline,
+            max_ttl,
+        );
     }
+    pass.finish();
     desired.cpus = cpus
         .into_iter()
         .filter_map(|(k, v)| Some((k.parse().ok()?, v)))
@@ -149,31 +175,38 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
+    use crate::expiry::DEFAULT_MAX_ENTRY_TTL;
 
-    fn gpu(
-        id: &str,
-        target: i32,
-        budget: Option<f64>,
-        policy: &str,
-        expires: Option<i64>,
-    ) -> GpuFrequency {
+    /// One merge with a fresh agent's memory.
+    fn merge(spec: &NodeFrequenciesSpec, now: Timestamp) -> Desired {
+        super::merge(spec, now, &mut Lifetimes::default())
+    }
+
+    fn gpu(id: &str, target: i32, budget: Option<f64>, policy: &str, expires: i64) -> GpuFrequency {
         GpuFrequency {
             gpu_id: id.into(),
             target_frequency: target,
             power_budget_watts: budget,
             policy: policy.into(),
-            expires_at: expires.map(|s| Time(Timestamp::from_second(s).expect("ts"))),
+            expires_at: at(expires),
         }
     }
 
-    fn cpu(id: i32, target: i32, policy: &str, expires: Option<i64>) -> CpuFrequency {
+    fn cpu(id: i32, target: i32, policy: &str, expires: i64) -> CpuFrequency {
         CpuFrequency {
             cpu_id: id,
             target_frequency: target,
             policy: policy.into(),
-            expires_at: expires.map(|s| Time(Timestamp::from_second(s).expect("ts"))),
+            expires_at: at(expires),
         }
     }
+
+    fn at(second: i64) -> Time {
+        Time(Timestamp::from_second(second).expect("ts"))
+    }
+
+    /// An expiry a renewing writer would set: shortly after [`now`].
+    const RENEWED: i64 = 1_060;
 
     fn now() -> Timestamp {
         Timestamp::from_second(1_000).expect("ts")
@@ -184,12 +217,15 @@ mod tests {
         let spec = NodeFrequenciesSpec {
             node_name: "n".into(),
             gpu_frequencies: vec![
-                gpu("GPU-a", 1500, Some(400.0), "ns/p1", None),
-                gpu("GPU-a", 1200, None, "ns/p2", Some(2_000)),
-                gpu("GPU-a", 1800, Some(300.0), "manual", None),
-                gpu("GPU-b", 900, None, "ns/p1", None),
+                gpu("GPU-a", 1500, Some(400.0), "ns/p1", RENEWED),
+                gpu("GPU-a", 1200, None, "ns/p2", 2_000),
+                gpu("GPU-a", 1800, Some(300.0), "manual", RENEWED),
+                gpu("GPU-b", 900, None, "ns/p1", RENEWED),
             ],
-            cpu_frequencies: vec![cpu(0, 2000, "ns/p1", None), cpu(0, 1800, "ns/p2", None)],
+            cpu_frequencies: vec![
+                cpu(0, 2000, "ns/p1", RENEWED),
+                cpu(0, 1800, "ns/p2", RENEWED),
+            ],
         };
         let d = merge(&spec, now());
         let a = &d.gpus["GPU-a"];
@@ -206,11 +242,11 @@ mod tests {
         let spec = NodeFrequenciesSpec {
             node_name: "n".into(),
             gpu_frequencies: vec![
-                gpu("GPU-a", 600, Some(100.0), "ns/old", Some(999)),
-                gpu("GPU-a", 1500, None, "ns/live", Some(1_001)),
-                gpu("GPU-b", 900, None, "ns/old", Some(1_000)),
+                gpu("GPU-a", 600, Some(100.0), "ns/old", 999),
+                gpu("GPU-a", 1500, None, "ns/live", 1_001),
+                gpu("GPU-b", 900, None, "ns/old", 1_000),
             ],
-            cpu_frequencies: vec![cpu(3, 1000, "ns/old", Some(10))],
+            cpu_frequencies: vec![cpu(3, 1000, "ns/old", 10)],
         };
         let d = merge(&spec, now());
         assert_eq!(d.gpus["GPU-a"].target_mhz, 1500);
@@ -226,15 +262,49 @@ mod tests {
         let spec = NodeFrequenciesSpec {
             node_name: "n".into(),
             gpu_frequencies: vec![
-                gpu("GPU-a", 0, None, "x", None),
-                gpu("GPU-b", 1000, Some(f64::NAN), "x", None),
+                gpu("GPU-a", 0, None, "x", RENEWED),
+                gpu("GPU-b", 1000, Some(f64::NAN), "x", RENEWED),
             ],
-            cpu_frequencies: vec![cpu(-1, 1000, "x", None)],
+            cpu_frequencies: vec![cpu(-1, 1000, "x", RENEWED)],
         };
         let d = merge(&spec, now());
         assert_eq!(d.invalid.len(), 2);
         assert!(!d.gpus.contains_key("GPU-a"));
         assert_eq!(d.gpus["GPU-b"].budget_watts, None);
         assert_eq!(d.gpus["GPU-b"].notes.len(), 1);
+    }
+
+    #[test]
+    fn a_far_future_entry_ends_max_ttl_after_it_was_first_seen() {
+        let far = 10_000_000;
+        let spec = NodeFrequenciesSpec {
+            node_name: "n".into(),
+            gpu_frequencies: vec![gpu("GPU-a", 900, None, "manual", far)],
+            cpu_frequencies: vec![cpu(1, 1000, "manual", far)],
+        };
+        let mut lifetimes = Lifetimes::default();
+        let first = super::merge(&spec, now(), &mut lifetimes);
+        assert_eq!(first.gpus["GPU-a"].target_mhz, 900);
+        assert!(
+            first.gpus["GPU-a"].notes[0].contains("held until"),
+            "{first:?}"
+        );
+        let before_cap = now() + DEFAULT_MAX_ENTRY_TTL - Duration::from_secs(1);
+        let d = super::merge(&spec, before_cap, &mut lifetimes);
+        assert_eq!(d.cpus[&1].target_mhz, 1000);
+        let later = now() + DEFAULT_MAX_ENTRY_TTL + Duration::from_secs(1);
+        let d = super::merge(&spec, later, &mut lifetimes);
+        assert!(d.gpus.is_empty() && d.cpus.is_empty(), "{d:?}");
+        assert_eq!(d.inactive_gpus, ["GPU-a".to_string()].into());
+        assert_eq!(d.inactive_cpus, [1].into());
+
+        // Renewed by its writer (a new expiresAt): live again, for another
+        // max TTL.
+        let renewed = NodeFrequenciesSpec {
+            gpu_frequencies: vec![gpu("GPU-a", 900, None, "manual", far + 1)],
+            ..spec
+        };
+        let d = super::merge(&renewed, later, &mut lifetimes);
+        assert_eq!(d.gpus["GPU-a"].target_mhz, 900);
     }
 }

@@ -215,7 +215,7 @@ impl Fixture {
     }
 
     async fn spawn(&self) -> anyhow::Result<AgentProcess> {
-        AgentProcess::spawn(self, &self.kubeconfig).await
+        AgentProcess::spawn(self, &self.kubeconfig, &[]).await
     }
 
     async fn cleanup(mut self) -> anyhow::Result<()> {
@@ -261,8 +261,8 @@ struct AgentProcess {
 
 impl AgentProcess {
     /// Runs the agent for `fx`'s node, reaching the API server as
-    /// `kubeconfig` says.
-    async fn spawn(fx: &Fixture, kubeconfig: &Path) -> anyhow::Result<Self> {
+    /// `kubeconfig` says, with `extra` flags after the usual ones.
+    async fn spawn(fx: &Fixture, kubeconfig: &Path, extra: &[&str]) -> anyhow::Result<Self> {
         let mut child = Command::new(env!("CARGO_BIN_EXE_freqtuner"))
             .args([
                 "--node-name",
@@ -286,6 +286,7 @@ impl AgentProcess {
                 "--status-interval",
                 "5s",
             ])
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -389,6 +390,27 @@ impl AgentProcess {
     }
 }
 
+/// A hand-written entry, as docs/design.md shows one: it expires in five
+/// minutes, longer than any of these tests and within the agent's default
+/// lifetime cap.
+fn manual_gpu(uuid: &str, mhz: u32) -> String {
+    format!(
+        "{{gpuId: {uuid}, targetFrequency: {mhz}, policy: manual, expiresAt: \"{}\"}}",
+        in_five_minutes()
+    )
+}
+
+fn manual_cpu(cpu: u32, mhz: u32) -> String {
+    format!(
+        "{{cpuId: {cpu}, targetFrequency: {mhz}, policy: manual, expiresAt: \"{}\"}}",
+        in_five_minutes()
+    )
+}
+
+fn in_five_minutes() -> Timestamp {
+    Timestamp::now() + Duration::from_secs(300)
+}
+
 fn gpu_status<'a>(
     nf: &'a NodeFrequencies,
     uuid: &str,
@@ -471,14 +493,8 @@ async fn applies_a_kubectl_applied_target_reports_it_and_restores_on_delete() ->
     assert_eq!(sample.labels["Hostname"], fx.node);
     assert_eq!(agent.sm_clock("0").await?, 1980.0);
 
-    fx.apply(
-        &format!(
-            "{{gpuId: {}, targetFrequency: 1000, policy: manual}}",
-            uuids[0]
-        ),
-        "{cpuId: 1, targetFrequency: 2000, policy: manual}",
-    )
-    .await?;
+    fx.apply(&manual_gpu(&uuids[0], 1000), &manual_cpu(1, 2000))
+        .await?;
     let nf = eventually(
         "status Applied for GPU 0 and CPU 1",
         Duration::from_secs(20),
@@ -625,13 +641,57 @@ async fn an_expired_entry_is_restored_without_any_api_change() -> anyhow::Result
 }
 
 #[tokio::test]
+async fn a_far_future_entry_is_released_after_the_max_entry_ttl() -> anyhow::Result<()> {
+    let fx = Fixture::new("ft-max-ttl").await?;
+    let agent = AgentProcess::spawn(&fx, &fx.kubeconfig, &["--max-entry-ttl", "6s"]).await?;
+    fx.gpu_uuids().await.with_context(|| agent.logs())?;
+
+    // A forgotten hand-written entry that claims the CPU until 2099. The
+    // agent cannot see it before the apply starts.
+    let applied_at = Timestamp::now();
+    fx.apply(
+        "",
+        "{cpuId: 2, targetFrequency: 1500, policy: manual, expiresAt: \"2099-01-01T00:00:00Z\"}",
+    )
+    .await?;
+    fx.wait_khz(2, 1_500_000, "CPU 2 capped")
+        .await
+        .with_context(|| agent.logs())?;
+    eventually(
+        "status says how long the entry is held",
+        Duration::from_secs(20),
+        || async {
+            let Some(nf) = fx.nf().await? else {
+                return Ok(None);
+            };
+            Ok(cpu_status(&nf, 2)
+                .is_some_and(|c| c.message.contains("held until"))
+                .then_some(()))
+        },
+    )
+    .await?;
+
+    // Nobody renews or removes it: the agent lets go after the cap.
+    fx.wait_khz(2, DEFAULT_KHZ, "CPU 2 restored after the max TTL")
+        .await
+        .with_context(|| agent.logs())?;
+    assert!(
+        Timestamp::now() >= applied_at + Duration::from_secs(6),
+        "restored before the cap was reached"
+    );
+    let nf = fx.nf().await?.context("NodeFrequencies")?;
+    assert_eq!(nf.spec.cpu_frequencies.len(), 1, "the entry is still there");
+    fx.cleanup().await
+}
+
+#[tokio::test]
 async fn a_restarted_agent_restores_what_a_killed_one_left() -> anyhow::Result<()> {
     let fx = Fixture::new("ft-kill").await?;
     let mut first = fx.spawn().await?;
     fx.gpu_uuids().await.with_context(|| first.logs())?;
     fx.apply(
         "",
-        "{cpuId: 0, targetFrequency: 1200, policy: manual}, {cpuId: 3, targetFrequency: 800, policy: manual}",
+        &format!("{}, {}", manual_cpu(0, 1200), manual_cpu(3, 800)),
     )
     .await?;
     fx.wait_khz(0, 1_200_000, "CPU 0 capped")
@@ -668,14 +728,8 @@ async fn sigterm_restores_defaults_and_exits_cleanly() -> anyhow::Result<()> {
     let fx = Fixture::new("ft-term").await?;
     let mut agent = fx.spawn().await?;
     let uuids = fx.gpu_uuids().await.with_context(|| agent.logs())?;
-    fx.apply(
-        &format!(
-            "{{gpuId: {}, targetFrequency: 700, policy: manual}}",
-            uuids[0]
-        ),
-        "{cpuId: 2, targetFrequency: 1000, policy: manual}",
-    )
-    .await?;
+    fx.apply(&manual_gpu(&uuids[0], 700), &manual_cpu(2, 1000))
+        .await?;
     fx.wait_khz(2, 1_000_000, "CPU 2 capped")
         .await
         .with_context(|| agent.logs())?;
@@ -699,7 +753,7 @@ async fn expiry_and_sigterm_keep_working_while_the_api_server_is_unreachable() -
     // kubeconfig: the ServiceAccount's rights are tested above.)
     let forwarder = Forwarder::start(fx.cluster.apiserver_authority()?).await?;
     let kubeconfig = fx.cluster.kubeconfig_via(forwarder.addr())?;
-    let mut agent = AgentProcess::spawn(&fx, &kubeconfig).await?;
+    let mut agent = AgentProcess::spawn(&fx, &kubeconfig, &[]).await?;
     fx.gpu_uuids().await.with_context(|| agent.logs())?;
 
     // CPU 1 capped until further notice, CPU 2 for a while.

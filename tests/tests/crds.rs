@@ -94,6 +94,36 @@ async fn invalid_policies_are_rejected_by_the_schema() -> anyhow::Result<()> {
     );
     let policies = Api::<PowerCappingPolicy>::namespaced(cluster.client.clone(), ns.name());
     assert!(policies.get_opt("bad").await?.is_none());
+
+    // Lists and maps are bounded, map keys by a CEL rule.
+    let long_key = "k".repeat(65);
+    for (algorithms, what) in [
+        (
+            vec![serde_json::json!({"name": "feedback"}); 9],
+            "must have at most 8 items",
+        ),
+        (
+            vec![serde_json::json!({"name": "feedback", "parameters": {long_key.as_str(): "1"}})],
+            "parameter names are at most 64 characters",
+        ),
+    ] {
+        let policy = serde_json::json!({
+            "apiVersion": "climatik.io/v1alpha1",
+            "kind": "PowerCappingPolicy",
+            "metadata": {"name": "bad"},
+            "spec": {"powerCapLimit": 300, "selector": {"matchLabels": {"app": "x"}},
+                     "customAlgorithms": algorithms}
+        });
+        let err = policies
+            .patch(
+                "bad",
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(&policy),
+            )
+            .await
+            .expect_err("an out-of-bounds policy must be rejected");
+        assert!(err.to_string().contains(what), "{what}: {err}");
+    }
     ns.cleanup().await
 }
 
@@ -108,8 +138,9 @@ async fn node_frequencies_are_cluster_scoped_and_validated() -> anyhow::Result<(
         "kind": "NodeFrequencies",
         "metadata": {"name": name},
         "spec": {"nodeName": name,
-                 "gpuFrequencies": [{"gpuId": "GPU-1", "targetFrequency": 1200},
-                                    {"gpuId": "GPU-1", "targetFrequency": 900, "policy": "ns/other"}]}
+                 "gpuFrequencies": [{"gpuId": "GPU-1", "targetFrequency": 1200, "expiresAt": EXPIRES},
+                                    {"gpuId": "GPU-1", "targetFrequency": 900, "policy": "ns/other",
+                                     "expiresAt": EXPIRES}]}
     });
     let stored = api
         .patch(
@@ -122,21 +153,88 @@ async fn node_frequencies_are_cluster_scoped_and_validated() -> anyhow::Result<(
     assert_eq!(stored.spec.gpu_frequencies.len(), 2);
     assert_eq!(stored.spec.gpu_frequencies[0].policy, "manual");
 
-    let invalid = serde_json::json!({
-        "apiVersion": "climatik.io/v1alpha1",
-        "kind": "NodeFrequencies",
-        "metadata": {"name": name},
-        "spec": {"nodeName": name, "gpuFrequencies": [{"gpuId": "GPU-1", "targetFrequency": 0}]}
-    });
-    let err = api
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&invalid),
-        )
-        .await
-        .expect_err("a zero frequency must be rejected");
-    assert!(err.to_string().contains("targetFrequency"), "{err}");
+    for (entry, field) in [
+        (
+            serde_json::json!({"gpuId": "GPU-1", "targetFrequency": 0, "expiresAt": EXPIRES}),
+            "targetFrequency",
+        ),
+        (
+            serde_json::json!({"gpuId": "GPU-1", "targetFrequency": 10_001, "expiresAt": EXPIRES}),
+            "targetFrequency",
+        ),
+        // No entry holds a device without saying until when.
+        (
+            serde_json::json!({"gpuId": "GPU-1", "targetFrequency": 1200}),
+            "expiresAt",
+        ),
+        (
+            serde_json::json!({"gpuId": "G".repeat(129), "targetFrequency": 1200, "expiresAt": EXPIRES}),
+            "gpuId",
+        ),
+    ] {
+        let invalid = serde_json::json!({
+            "apiVersion": "climatik.io/v1alpha1",
+            "kind": "NodeFrequencies",
+            "metadata": {"name": name},
+            "spec": {"nodeName": name, "gpuFrequencies": [entry]}
+        });
+        let err = api
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&invalid),
+            )
+            .await
+            .expect_err("an out-of-bounds entry must be rejected");
+        assert!(err.to_string().contains(field), "{field}: {err}");
+    }
+
+    // The status is bounded too: an inventory whose clock range would make
+    // the recommender build a huge list never gets in.
+    let gpu = |min: i32, max: i32, supported: Vec<i32>| {
+        serde_json::json!({
+            "apiVersion": "climatik.io/v1alpha1",
+            "kind": "NodeFrequencies",
+            "metadata": {"name": name},
+            "status": {"gpus": [{"gpuId": "GPU-1", "minFrequency": min, "maxFrequency": max,
+                                 "supportedFrequencies": supported}]}
+        })
+    };
+    let status_params = PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(
+        name,
+        &status_params,
+        &Patch::Apply(&gpu(345, 1980, vec![345, 1980])),
+    )
+    .await?;
+    for (status, what) in [
+        (
+            gpu(1, i32::MAX, vec![]),
+            "should be less than or equal to 10000",
+        ),
+        (
+            gpu(1980, 345, vec![]),
+            "minFrequency must not exceed maxFrequency",
+        ),
+        (
+            gpu(345, 1980, vec![345; 1025]),
+            "must have at most 1024 items",
+        ),
+        (
+            gpu(345, 1980, vec![100]),
+            "supportedFrequencies must lie within",
+        ),
+    ] {
+        let err = api
+            .patch_status(name, &status_params, &Patch::Apply(&status))
+            .await
+            .expect_err("an out-of-bounds inventory must be rejected");
+        assert!(err.to_string().contains(what), "{what}: {err}");
+    }
     api.delete(name, &Default::default()).await?;
     Ok(())
 }
+
+/// A far-future expiry: the schema asks for one, these tests do not run an
+/// agent that would act on it.
+const EXPIRES: &str = "2099-01-01T00:00:00Z";

@@ -103,6 +103,7 @@ reject "value must be one of 'nvml', 'sim', 'none'" --set freqtuner.gpuBackend=c
 reject "value must be one of 'cpufreq', 'sim', 'none'" --set freqtuner.cpuBackend=rapl
 reject "additional properties 'replica' not allowed" --set webhook.replica=3
 reject "/controller/interval" --set controller.interval=often
+reject "/freqtuner/maxEntryTtl" --set freqtuner.maxEntryTtl=0s
 reject "/controller/prometheus/url" --set controller.prometheus.url=prometheus:9090
 reject "/webhook/timeoutSeconds" --set webhook.timeoutSeconds=60
 reject "/webhook/tls/certManager/issuerRef" --set webhook.tls.certManager.issuerRef.kind=ClusterIssuer

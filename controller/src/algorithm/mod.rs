@@ -13,7 +13,11 @@ mod scaler;
 
 use std::collections::BTreeMap;
 
-use climatik_api::{CustomAlgorithm, DeviceKind, names::ALGORITHMS};
+use climatik_api::{
+    CustomAlgorithm, DeviceKind, GpuInventory,
+    bounds::{MAX_CLOCK_MHZ, MAX_SUPPORTED_CLOCKS},
+    names::ALGORITHMS,
+};
 
 pub use budget::BudgetAllocator;
 pub use feedback::Feedback;
@@ -78,6 +82,36 @@ impl Clocks {
             clocks.push(max);
         }
         Some(Self(clocks))
+    }
+
+    /// The clocks a node agent reported for a GPU: its supported list, or
+    /// every `step` MHz between its lowest and highest clock. The inventory
+    /// is checked against the CRD's bounds first: one stored before the
+    /// schema had them (or written past it) could otherwise ask for a range
+    /// of billions of clocks.
+    pub fn of_gpu(gpu: &GpuInventory, step: i32) -> Result<Self, String> {
+        let (min, max) = (gpu.min_frequency, gpu.max_frequency);
+        let clock_ok = |mhz: i32| (1..=MAX_CLOCK_MHZ).contains(&mhz);
+        if !clock_ok(min) || !clock_ok(max) || min > max {
+            return Err(format!(
+                "clock range {min}..{max} MHz is not within 1..{MAX_CLOCK_MHZ} MHz"
+            ));
+        }
+        let supported = &gpu.supported_frequencies;
+        if supported.len() > MAX_SUPPORTED_CLOCKS {
+            return Err(format!(
+                "{} supported clocks, more than {MAX_SUPPORTED_CLOCKS}",
+                supported.len()
+            ));
+        }
+        if let Some(outside) = supported.iter().find(|c| !(min..=max).contains(*c)) {
+            return Err(format!(
+                "supported clock {outside} MHz is outside {min}..{max} MHz"
+            ));
+        }
+        Self::from_supported(supported.clone())
+            .or_else(|| Self::range(min, max, step))
+            .ok_or_else(|| "no usable clock".to_string())
     }
 
     pub fn min(&self) -> i32 {
@@ -349,6 +383,41 @@ mod tests {
                 "{name} {key}={value}: {err:?}"
             );
         }
+    }
+
+    fn inventory(min: i32, max: i32, supported: Vec<i32>) -> GpuInventory {
+        GpuInventory {
+            gpu_id: "GPU-a".into(),
+            min_frequency: min,
+            max_frequency: max,
+            supported_frequencies: supported,
+            ..GpuInventory::default()
+        }
+    }
+
+    #[test]
+    fn an_inventory_out_of_bounds_gives_no_clocks_instead_of_a_huge_range() {
+        // A range of every 15 MHz up to i32::MAX would hold 143 million
+        // clocks (570 MB); such an inventory is refused before any is built.
+        let huge = Clocks::of_gpu(&inventory(1, i32::MAX, vec![]), 15);
+        assert_eq!(huge.as_ref().map(|c| c.as_slice().len()).ok(), None);
+        for bad in [
+            inventory(0, 1980, vec![]),
+            inventory(1980, 345, vec![]),
+            inventory(345, 1980, vec![345; MAX_SUPPORTED_CLOCKS + 1]),
+            inventory(345, 1980, vec![345, 20_000]),
+            inventory(345, 1980, vec![100, 345]),
+        ] {
+            assert!(Clocks::of_gpu(&bad, 15).is_err(), "{bad:?} must be refused");
+        }
+        let supported = Clocks::of_gpu(&inventory(345, 1980, vec![1980, 345, 990]), 15)
+            .expect("valid inventory");
+        assert_eq!(supported.as_slice(), [345, 990, 1980]);
+        let ranged = Clocks::of_gpu(&inventory(345, 1980, vec![]), 15).expect("valid inventory");
+        assert_eq!(
+            (ranged.min(), ranged.max(), ranged.as_slice().len()),
+            (345, 1980, 110)
+        );
     }
 
     #[test]

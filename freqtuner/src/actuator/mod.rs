@@ -23,6 +23,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::{
     cpu::{CpuApplied, CpuBackend},
+    expiry::Lifetimes,
     fastloop::BudgetLoop,
     gpu::GpuBackend,
     merge::{Desired, Want, merge},
@@ -66,6 +67,8 @@ pub struct Actuator {
     control: BudgetLoop,
     power_limit_mode: bool,
     reporter: Reporter,
+    /// When entries beyond the lifetime cap were first seen.
+    lifetimes: Lifetimes,
 }
 
 impl Actuator {
@@ -83,7 +86,15 @@ impl Actuator {
             control: BudgetLoop::default(),
             power_limit_mode,
             reporter: Reporter::new(metrics),
+            lifetimes: Lifetimes::default(),
         }
+    }
+
+    /// Caps every entry's lifetime at `max_ttl` after it was first seen
+    /// (default [`crate::expiry::DEFAULT_MAX_ENTRY_TTL`]).
+    pub fn with_max_entry_ttl(mut self, max_ttl: std::time::Duration) -> Self {
+        self.lifetimes = Lifetimes::new(max_ttl);
+        self
     }
 
     /// The GPU backend, for direct reads (the `nvml-probe` check).
@@ -163,7 +174,9 @@ impl Actuator {
         step_budget: bool,
     ) -> Report {
         self.reporter.metrics.reconciles.inc();
-        let desired = spec.map(|s| merge(s, now)).unwrap_or_default();
+        let desired = spec
+            .map(|s| merge(s, now, &mut self.lifetimes))
+            .unwrap_or_default();
         let mut report = Report {
             invalid: desired.invalid.clone(),
             ..Report::default()
@@ -373,8 +386,13 @@ mod tests {
             target_frequency: target,
             power_budget_watts: budget,
             policy: "ns/p".into(),
-            expires_at: expires.map(Time),
+            expires_at: Time(expires.unwrap_or_else(renewed)),
         }
+    }
+
+    /// The expiry of an entry its writer keeps renewing: a minute ahead.
+    fn renewed() -> Timestamp {
+        Timestamp::now() + std::time::Duration::from_secs(60)
     }
 
     fn cpu_entry(cpu: i32, target: i32, expires: Option<Timestamp>) -> CpuFrequency {
@@ -382,7 +400,7 @@ mod tests {
             cpu_id: cpu,
             target_frequency: target,
             policy: "ns/p".into(),
-            expires_at: expires.map(Time),
+            expires_at: Time(expires.unwrap_or_else(renewed)),
         }
     }
 

@@ -27,11 +27,12 @@ use climatik_api::{GpuFrequency, NodeFrequenciesSpec};
 use climatik_freqtuner::{
     actuator::{Actuator, Report},
     error::Error,
+    expiry::DEFAULT_MAX_ENTRY_TTL,
     gpu::{GpuBackend, GpuInfo, nvml::open_real},
     metrics::Metrics,
     state::StateFile,
 };
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 #[derive(Debug, Parser)]
 #[command(name = "nvml-probe", about = "Check the NVML backend on a GPU node")]
@@ -179,8 +180,10 @@ struct Probe {
     gpus: Vec<GpuInfo>,
 }
 
-/// A spec that gives every GPU the same entry.
+/// A spec that gives every GPU the same entry, expiring as late as the
+/// agent's default lifetime cap allows (longer than any probe phase).
 fn spec_for(gpus: &[GpuInfo], mhz: u32, budget: Option<f64>) -> NodeFrequenciesSpec {
+    let expires_at = Time(Timestamp::now() + DEFAULT_MAX_ENTRY_TTL);
     NodeFrequenciesSpec {
         node_name: "probe".to_string(),
         gpu_frequencies: gpus
@@ -190,7 +193,7 @@ fn spec_for(gpus: &[GpuInfo], mhz: u32, budget: Option<f64>) -> NodeFrequenciesS
                 target_frequency: i32::try_from(mhz).unwrap_or(i32::MAX),
                 power_budget_watts: budget,
                 policy: "probe/nvml".to_string(),
-                expires_at: None,
+                expires_at: expires_at.clone(),
             })
             .collect(),
         cpu_frequencies: Vec::new(),

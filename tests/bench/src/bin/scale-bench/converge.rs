@@ -37,7 +37,7 @@ fn with_entries(store: &Store<NodeFrequencies>) -> std::collections::HashSet<Str
             nf.spec
                 .gpu_frequencies
                 .iter()
-                .filter(|e| e.expires_at.as_ref().is_none_or(|t| t.0 > now))
+                .filter(|e| e.expires_at.0 > now)
                 .map(|e| e.policy.clone())
                 .collect::<Vec<_>>()
         })
@@ -148,7 +148,7 @@ pub async fn freshness(
                 .gpu_frequencies
                 .iter()
                 .filter(|e| keys.contains(&e.policy))
-                .filter_map(|e| e.expires_at.as_ref())
+                .map(|e| &e.expires_at)
                 .map(|t| now.duration_since(t.0 - ttl).as_secs_f64().max(0.0))
                 .collect::<Vec<_>>()
         })

@@ -72,7 +72,7 @@ fn clock(store: &Store<NodeFrequencies>, s: &Series, clocks: &[i32], now: Timest
         .spec
         .gpu_frequencies
         .iter()
-        .filter(|e| e.gpu_id == s.uuid && e.expires_at.as_ref().is_none_or(|t| t.0 > now));
+        .filter(|e| e.gpu_id == s.uuid && e.expires_at.0 > now);
     let mut clock = plant::MAX_CLOCK_MHZ;
     for entry in live {
         let mut target = entry.target_frequency;
