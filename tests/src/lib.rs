@@ -16,14 +16,17 @@
 //! ```
 //!
 //! Components under test run as local processes with kubeconfigs minted for
-//! their ServiceAccounts ([`TestCluster::service_account_kubeconfig`]), so
-//! the chart's RBAC is exercised rather than bypassed with admin rights.
+//! their ServiceAccounts ([`TestCluster::service_account_kubeconfig`], or
+//! bound to a Pod on a node: [`TestCluster::pod_bound_service_account_kubeconfig`]),
+//! so the chart's RBAC and admission policies ([`TestCluster::render_chart`])
+//! are exercised rather than bypassed with admin rights.
 //!
 //! Also the pieces tests without a cluster share: a strict reader of the
 //! Prometheus text format ([`exposition`]) and a fake cpufreq sysfs tree
 //! ([`fake_sysfs`]), and the workloads admission tests send ([`fixtures`]).
 
 mod binaries;
+mod chart;
 mod cluster;
 mod crds;
 mod env;
