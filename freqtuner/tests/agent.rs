@@ -75,12 +75,12 @@ impl Fixture {
             "metadata": {"name": "climatik-freqtuner-test"},
             "rules": [
                 {"apiGroups": ["climatik.io"], "resources": ["nodefrequencies"],
-                 "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+                 "verbs": ["get", "list", "watch", "create"]},
                 {"apiGroups": ["climatik.io"], "resources": ["nodefrequencies/status"],
-                 "verbs": ["get", "patch", "update"]},
+                 "verbs": ["patch"]},
                 {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
-                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+                // gpuBackend sim: the pods on the node.
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
             ],
         }))?;
         Api::<ClusterRole>::all(client.clone())

@@ -16,8 +16,10 @@
 //! ```
 //!
 //! Components under test run as local processes with kubeconfigs minted for
-//! their ServiceAccounts ([`TestCluster::service_account_kubeconfig`]), so
-//! the chart's RBAC is exercised rather than bypassed with admin rights.
+//! their ServiceAccounts ([`TestCluster::service_account_kubeconfig`], or
+//! bound to a Pod on a node: [`TestCluster::pod_bound_service_account_kubeconfig`]),
+//! so the chart's RBAC and admission policies ([`TestCluster::render_chart`])
+//! are exercised rather than bypassed with admin rights.
 //!
 //! A component can be cut off from the API server mid-test: it connects
 //! through a [`Forwarder`] ([`TestCluster::kubeconfig_via`]) the test cuts
@@ -28,6 +30,7 @@
 //! ([`fake_sysfs`]), and the workloads admission tests send ([`fixtures`]).
 
 mod binaries;
+mod chart;
 mod cluster;
 mod crds;
 mod env;

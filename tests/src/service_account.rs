@@ -1,5 +1,7 @@
 //! Kubeconfigs for ServiceAccounts, so components under test run with the
-//! permissions their chart grants them rather than as admin.
+//! permissions their chart grants them rather than as admin. A token can be
+//! bound to a Pod, as the kubelet's are: the API server then names the
+//! Pod's node in the token's user info, which admission policies check.
 
 use std::path::PathBuf;
 
@@ -7,7 +9,7 @@ use anyhow::Context;
 use k8s_openapi::{
     ByteString,
     api::{
-        authentication::v1::{TokenRequest, TokenRequestSpec},
+        authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec},
         core::v1::ServiceAccount,
     },
 };
@@ -27,11 +29,40 @@ impl TestCluster {
         namespace: &str,
         name: &str,
     ) -> anyhow::Result<PathBuf> {
+        self.minted_kubeconfig(namespace, name, None).await
+    }
+
+    /// Like [`Self::service_account_kubeconfig`], with the token bound to
+    /// Pod `namespace/pod` (which must exist and run as this ServiceAccount):
+    /// it carries the Pod's node as user extra
+    /// `authentication.kubernetes.io/node-name`, as a kubelet-mounted token
+    /// does, and dies with the Pod.
+    pub async fn pod_bound_service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: &str,
+    ) -> anyhow::Result<PathBuf> {
+        self.minted_kubeconfig(namespace, name, Some(pod)).await
+    }
+
+    async fn minted_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        pod: Option<&str>,
+    ) -> anyhow::Result<PathBuf> {
         check_dns_label(namespace)?;
         let api = Api::<ServiceAccount>::namespaced(self.client.clone(), namespace);
         let request = TokenRequest {
             spec: TokenRequestSpec {
                 expiration_seconds: Some(TOKEN_SECONDS),
+                bound_object_ref: pod.map(|pod| BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: Some(pod.into()),
+                    uid: None,
+                }),
                 ..Default::default()
             },
             ..Default::default()
@@ -69,7 +100,11 @@ impl TestCluster {
 
         let dir = self.state_dir().join("sa-kubeconfigs");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join(format!("{namespace}.{name}.kubeconfig"));
+        let file = match pod {
+            Some(pod) => format!("{namespace}.{name}.{pod}.kubeconfig"),
+            None => format!("{namespace}.{name}.kubeconfig"),
+        };
+        let path = dir.join(file);
         // JSON is YAML, and every kubeconfig reader accepts it.
         let text = serde_json::to_string_pretty(&kubeconfig)?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;

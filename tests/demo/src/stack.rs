@@ -80,7 +80,10 @@ pub fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Installs the chart's ServiceAccounts and RBAC (nothing that would need a
-/// kubelet) and returns which account belongs to which component.
+/// kubelet) and returns which account belongs to which component. The
+/// agents' node-identity admission policy is left out: they run as local
+/// processes with unbound tokens, which carry no node name
+/// (`freqtuner/tests/node_identity.rs` tests the policy).
 /// Objects are named after `release`, so stacks never collide with a real
 /// `helm install` of the chart. Returns the accounts and the applied YAML
 /// (to delete it again).
@@ -88,19 +91,14 @@ pub async fn install_chart_rbac(
     cluster: &TestCluster,
     release: &str,
 ) -> anyhow::Result<(ChartAccounts, String)> {
-    let chart = climatik_test_support::repo_root().join("charts/climatik");
+    // The demo's agents run the sim backend; its RBAC (pods) follows it.
     let rendered = cluster
-        .helm([
-            "template",
+        .render_chart(
             release,
-            chart.to_str().context("chart path is not UTF-8")?,
-            "--namespace",
             SYSTEM_NAMESPACE,
-            "--kube-version",
-            "1.34",
-        ])
-        .await
-        .context("rendering the chart")?;
+            &["--set", "freqtuner.gpuBackend=sim"],
+        )
+        .await?;
     let mut keep = Vec::new();
     let mut accounts = ChartAccounts::default();
     for document in serde_yaml::Deserializer::from_str(&rendered) {
