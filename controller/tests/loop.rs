@@ -381,7 +381,7 @@ async fn run_loop_test(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn invalid_algorithm_changes_no_frequencies_and_generated_policies_get_owners()
+async fn invalid_algorithm_changes_no_frequencies_and_annotated_workloads_get_their_policy()
 -> anyhow::Result<()> {
     let cluster = climatik_test_support::cluster().await?;
     cluster.install_crds().await?;
@@ -463,22 +463,10 @@ async fn invalid_algorithm_changes_no_frequencies_and_generated_policies_get_own
         .await?;
         assert!(budget <= 100.0 && clock >= 210, "{budget} W, {clock} MHz");
 
-        // A generated policy gets an ownerReference once its workload exists.
-        let mut generated = policy("deployment-web", "web", 500, json!({}))?;
-        generated.metadata.labels = Some([("climatik.io/generated".to_string(), "true".to_string())].into());
-        generated.metadata.annotations = Some(
-            [
-                ("climatik.io/workload-kind", "Deployment"),
-                ("climatik.io/workload-name", "web"),
-                ("climatik.io/workload-api-version", "apps/v1"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        );
-        policies.create(&PostParams::default(), &generated).await?;
+        // An annotated workload gets its generated policy, owned by it, from
+        // the monitor's policy generator; dropping the annotation removes it.
         let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({
-            "metadata": { "name": "web" },
+            "metadata": { "name": "web", "annotations": { "climatik.io/power-cap": "500W" } },
             "spec": {
                 "replicas": 0,
                 "selector": { "matchLabels": { "app": "web" } },
@@ -488,15 +476,28 @@ async fn invalid_algorithm_changes_no_frequencies_and_generated_policies_get_own
                 },
             },
         }))?;
-        let created = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), &ns_name)
-            .create(&PostParams::default(), &deployment)
-            .await?;
-        wait_for("ownerReference", TIMEOUT, || async {
-            let p = policies.get("deployment-web").await?;
-            Ok(p.owner_references()
+        let deployments = Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), &ns_name);
+        let created = deployments.create(&PostParams::default(), &deployment).await?;
+        wait_for("the generated policy, owned by its Deployment", TIMEOUT, || async {
+            let Some(p) = policies.get_opt("deployment-web").await? else {
+                return Ok(None);
+            };
+            let owned = p
+                .owner_references()
                 .iter()
-                .any(|o| o.kind == "Deployment" && o.name == "web" && Some(&o.uid) == created.metadata.uid.as_ref())
-                .then_some(()))
+                .any(|o| o.kind == "Deployment" && o.name == "web" && Some(&o.uid) == created.metadata.uid.as_ref());
+            Ok((owned && p.spec.power_cap_limit == 500 && p.labels().get("climatik.io/generated").map(String::as_str) == Some("true")).then_some(()))
+        })
+        .await?;
+        deployments
+            .patch(
+                "web",
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "annotations": { "climatik.io/power-cap": null } } })),
+            )
+            .await?;
+        wait_for("the generated policy to go with the annotation", TIMEOUT, || async {
+            Ok(policies.get_opt("deployment-web").await?.is_none().then_some(()))
         })
         .await?;
 

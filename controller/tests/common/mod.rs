@@ -401,7 +401,9 @@ impl InProcessLoop {
                 lease: None,
                 namespace: Some(namespace.to_string()),
                 identity: "test".into(),
-                generator_resync: None,
+                // Generated policies come from annotated workloads; tests
+                // that write policies by hand have none.
+                generator_resync: Some(Duration::from_secs(60)),
             },
             Metrics::new("powercapping-controller"),
             async move {
