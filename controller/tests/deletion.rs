@@ -131,8 +131,10 @@ async fn entries_of_a_policy_deleted_while_the_recommender_was_down_are_removed(
             "kind": "NodeFrequencies",
             "metadata": { "name": node },
             "spec": { "nodeName": node, "gpuFrequencies": [
-                { "gpuId": "GPU-M", "targetFrequency": 1200, "policy": "manual" },
-                { "gpuId": "GPU-E", "targetFrequency": 1200, "policy": elsewhere },
+                { "gpuId": "GPU-M", "targetFrequency": 1200, "policy": "manual",
+                  "expiresAt": "2099-01-01T00:00:00Z" },
+                { "gpuId": "GPU-E", "targetFrequency": 1200, "policy": elsewhere,
+                  "expiresAt": "2099-01-01T00:00:00Z" },
             ] },
         });
         Api::<NodeFrequencies>::all(admin.clone())

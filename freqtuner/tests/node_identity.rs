@@ -280,7 +280,7 @@ async fn an_agent_writes_only_its_own_nodes_status() -> anyhow::Result<()> {
     // Its own object with targets in it: the agent creates no targets.
     let mut a_with_targets = fx.agent_object(&a).await?;
     a_with_targets.spec.cpu_frequencies = serde_json::from_value(serde_json::json!(
-        [{"cpuId": 0, "targetFrequency": 1_000_000}]
+        [{"cpuId": 0, "targetFrequency": 2000, "expiresAt": "2099-01-01T00:00:00Z"}]
     ))?;
     assert_refused(
         agent.create(&dry_run, &a_with_targets).await,
@@ -315,7 +315,8 @@ async fn an_agent_writes_only_its_own_nodes_status() -> anyhow::Result<()> {
     // Spec writes and deletes: RBAC refuses them already; with RBAC
     // widened, the policy still does.
     let spec_patch = Patch::Merge(serde_json::json!({
-        "spec": {"cpuFrequencies": [{"cpuId": 0, "targetFrequency": 1_000_000}]},
+        "spec": {"cpuFrequencies": [{"cpuId": 0, "targetFrequency": 2000,
+                                     "expiresAt": "2099-01-01T00:00:00Z"}]},
     }));
     assert_refused(
         agent.patch(&a, &PatchParams::default(), &spec_patch).await,
