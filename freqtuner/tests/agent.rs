@@ -756,12 +756,13 @@ async fn expiry_and_sigterm_keep_working_while_the_api_server_is_unreachable() -
     let mut agent = AgentProcess::spawn(&fx, &kubeconfig, &[]).await?;
     fx.gpu_uuids().await.with_context(|| agent.logs())?;
 
-    // CPU 1 capped until further notice, CPU 2 for a while.
+    // CPU 1 capped for longer than the test runs, CPU 2 for a while.
     let expires = Timestamp::now() + Duration::from_secs(30);
+    let later = Timestamp::now() + Duration::from_secs(3600);
     fx.apply(
         "",
         &format!(
-            "{{cpuId: 1, targetFrequency: 2000, policy: manual}}, \
+            "{{cpuId: 1, targetFrequency: 2000, policy: manual, expiresAt: \"{later}\"}}, \
              {{cpuId: 2, targetFrequency: 1500, policy: ns/p, expiresAt: \"{expires}\"}}"
         ),
     )

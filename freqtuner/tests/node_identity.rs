@@ -178,6 +178,12 @@ impl Fixture {
     }
 
     async fn cleanup(mut self) -> anyhow::Result<()> {
+        // No kubelet ever confirms the Pod's deletion: remove it at once, or
+        // the namespace waits for the pod garbage collector.
+        Api::<Pod>::namespaced(self.cluster.client.clone(), self.ns())
+            .delete("agent", &DeleteParams::default().grace_period(0))
+            .await
+            .context("deleting the agent's Pod")?;
         self.cluster
             .kubectl_with_stdin(
                 ["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
