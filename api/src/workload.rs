@@ -72,14 +72,6 @@ impl WorkloadKind {
             _ => &["spec", "template"],
         }
     }
-
-    /// The kind named by an ownerReference or a generated policy's
-    /// annotations (`apiVersion`, `kind`).
-    pub fn from_api_version_kind(api_version: &str, kind: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|k| k.api_version() == api_version && k.kind() == kind)
-    }
 }
 
 #[cfg(test)]
@@ -102,10 +94,5 @@ mod tests {
             WorkloadKind::from_gvk(&gvk("apps", "v1", "DaemonSet")),
             None
         );
-        assert_eq!(
-            WorkloadKind::from_api_version_kind("batch/v1", "Job"),
-            Some(WorkloadKind::Job)
-        );
-        assert_eq!(WorkloadKind::from_api_version_kind("apps/v1", "Job"), None);
     }
 }

@@ -135,18 +135,25 @@ fn unbounded(schema: &Value, at: &str, out: &mut Vec<String>) {
     }
 }
 
+/// A CRD version's OpenAPI schema as JSON.
+fn schema_json(
+    version: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinitionVersion,
+) -> Value {
+    let schema = version
+        .schema
+        .as_ref()
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .expect("schema present");
+    serde_json::to_value(schema).expect("schema serializes")
+}
+
 /// Every list, map, string and number of spec and status is bounded, so no
 /// write can make a consumer allocate without limit and the API server can
 /// bound the cost of the CEL rules.
 #[test]
 fn every_list_string_and_number_is_bounded() {
     for (file, crd) in climatik_api::crd::all() {
-        let schema = crd.spec.versions[0]
-            .schema
-            .as_ref()
-            .and_then(|s| s.open_api_v3_schema.as_ref())
-            .expect("schema present");
-        let json = serde_json::to_value(schema).expect("schema serializes");
+        let json = schema_json(&crd.spec.versions[0]);
         let mut violations = Vec::new();
         for part in ["spec", "status"] {
             let node = json
@@ -180,12 +187,7 @@ fn entries_must_say_when_they_expire() {
 fn schemas_are_structural() {
     for (file, crd) in climatik_api::crd::all() {
         for version in &crd.spec.versions {
-            let schema = version
-                .schema
-                .as_ref()
-                .and_then(|s| s.open_api_v3_schema.as_ref())
-                .expect("schema present");
-            let json = serde_json::to_value(schema).expect("schema serializes");
+            let json = schema_json(version);
             let mut violations = Vec::new();
             structural_violations(&json, file, &mut violations);
             assert!(violations.is_empty(), "{violations:#?}");
