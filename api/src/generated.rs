@@ -123,17 +123,14 @@ impl DesiredPolicy {
                 .flatten()
                 .all(|(k, v)| have.as_ref().and_then(|h| h.get(k)) == Some(v))
         };
-        let owner_ok = match &want.metadata.owner_references {
-            None => true,
-            Some(refs) => refs.iter().all(|r| {
-                existing
-                    .metadata
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .any(|e| e == r)
-            }),
-        };
+        // The workload always owns its generated policy.
+        let owner = self.workload.owner_reference();
+        let owner_ok = existing
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|e| *e == owner);
         spec_ok
             && owner_ok
             && contains(&existing.metadata.labels, &want.metadata.labels)
