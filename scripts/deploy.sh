@@ -51,8 +51,9 @@ elif [[ $TLS_MODE == certManager ]] && ! "$KUBECTL" get crd certificates.cert-ma
 fi
 log "webhook TLS: $TLS_MODE"
 
-# The node agent runs as root with the host's /sys mounted: clusters that
-# enforce Pod Security would reject it in a baseline/restricted namespace.
+# The node agent runs as root with the host's /sys/devices/system/cpu
+# mounted: clusters that enforce Pod Security would reject it in a
+# baseline/restricted namespace.
 "$KUBECTL" create namespace "$NAMESPACE" --dry-run=client -o yaml | "$KUBECTL" apply -f - >/dev/null
 "$KUBECTL" label namespace "$NAMESPACE" --overwrite \
   pod-security.kubernetes.io/enforce=privileged pod-security.kubernetes.io/warn=privileged >/dev/null
