@@ -564,6 +564,16 @@ async fn write_targets(
     }
     let manager = recommender_manager(&namespace, &policy.name_any());
     for (node, (gpus, cpus)) in &by_node {
+        // The node's agent creates its NodeFrequencies; the recommender
+        // only adds entries to one that exists (it has no right to create
+        // one: a node without an agent would apply nothing anyway).
+        if ctx.node_frequencies.get(&ObjectRef::new(node)).is_none() {
+            tracing::warn!(
+                node,
+                "no NodeFrequencies for this node (is its freqtuner running?); no targets written there"
+            );
+            continue;
+        }
         apply_entries(ctx, &manager, node, gpus, cpus).await?;
     }
     let keep: BTreeSet<String> = by_node.keys().map(|n| n.to_string()).collect();

@@ -61,8 +61,8 @@ async fn wait_for_entries(
     .await
 }
 
-/// Runs `test` in a fresh namespace with one (Node-less) NodeFrequencies
-/// name, and cleans up; the namespace's deletion is part of the test.
+/// Runs `test` in a fresh namespace with one (Node-less) NodeFrequencies,
+/// as its agent would have created it, and cleans up; the namespace's deletion is part of the test.
 async fn in_namespace<F, Fut>(prefix: &str, test: F) -> anyhow::Result<()>
 where
     F: FnOnce(kube::Client, String, String) -> Fut,
@@ -74,7 +74,10 @@ where
     let ns_name = ns.name().to_string();
     let node = format!("{ns_name}-node-0");
     let admin = cluster.client.clone();
-    let result = test(admin.clone(), ns_name, node.clone()).await;
+    let result = match create_node_frequencies(&admin, &node).await {
+        Ok(()) => test(admin.clone(), ns_name, node.clone()).await,
+        Err(error) => Err(error),
+    };
     delete_nodes(&admin, std::slice::from_ref(&node)).await;
     result?;
     ns.cleanup().await

@@ -195,8 +195,21 @@ else
   # validation rejects (and logs) forever.
   apiserver_node_args=(--endpoint-reconciler-type none)
 fi
+# Auditing: what the chart's ServiceAccounts (namespace climatik-project) ask
+# of the API server, one JSON line per request. Tests derive the verbs each
+# component needs from it and compare them with the chart's RBAC.
+AUDIT_LOG="$STATE/audit.log"
 if ! running kube-apiserver; then
   mkdir -p "$STATE/apiserver"
+  cat >"$STATE/audit-policy.yaml" <<'POLICY'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts:climatik-project"]
+  - level: None
+POLICY
   start kube-apiserver "$(bin kube-apiserver)" \
     --etcd-servers "http://127.0.0.1:$ETCD_PORT" \
     --bind-address "$LISTEN_HOST" \
@@ -221,6 +234,10 @@ if ! running kube-apiserver; then
     --proxy-client-cert-file "$PKI/front-proxy-client.crt" \
     --proxy-client-key-file "$PKI/front-proxy-client.key" \
     "${apiserver_node_args[@]}" \
+    --audit-policy-file "$STATE/audit-policy.yaml" \
+    --audit-log-path "$AUDIT_LOG" \
+    --audit-log-maxsize 64 \
+    --audit-log-maxbackup 1 \
     --profiling=false \
     --v 1
 fi

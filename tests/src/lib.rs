@@ -25,6 +25,9 @@
 //! through a [`Forwarder`] ([`TestCluster::kubeconfig_via`]) the test cuts
 //! and restores.
 //!
+//! What the chart's RBAC grants and what components asked of the API server
+//! (its audit log) compare as sets of permissions ([`rbac`]).
+//!
 //! Also the pieces tests without a cluster share: a strict reader of the
 //! Prometheus text format ([`exposition`]) and a fake cpufreq sysfs tree
 //! ([`fake_sysfs`]), and the workloads admission tests send ([`fixtures`]).
@@ -40,6 +43,7 @@ pub mod fixtures;
 mod namespace;
 mod partition;
 mod prometheus;
+pub mod rbac;
 mod service_account;
 mod wait;
 

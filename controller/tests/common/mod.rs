@@ -120,7 +120,24 @@ pub async fn create_node(client: &kube::Client, name: &str, cpus: u32) -> anyhow
         .await
         .with_context(|| format!("creating node {name}"))?;
     // Capacity is status: creating a Node keeps what the kubelet would send.
-    Ok(())
+    create_node_frequencies(client, name).await
+}
+
+/// The empty NodeFrequencies a node agent creates for its node at start-up
+/// (the recommender only adds entries to an existing one).
+pub async fn create_node_frequencies(client: &kube::Client, node: &str) -> anyhow::Result<()> {
+    let object: NodeFrequencies = serde_json::from_value(json!({
+        "apiVersion": "climatik.io/v1alpha1",
+        "kind": "NodeFrequencies",
+        "metadata": { "name": node },
+        "spec": { "nodeName": node },
+    }))?;
+    let api = Api::<NodeFrequencies>::all(client.clone());
+    match api.create(&PostParams::default(), &object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(error) => Err(error).with_context(|| format!("creating NodeFrequencies {node}")),
+    }
 }
 
 /// Deletes Nodes and their NodeFrequencies.

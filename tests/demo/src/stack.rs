@@ -55,6 +55,8 @@ pub struct Stack {
     webhook_configuration: String,
     /// The chart RBAC this stack applied, removed again on stop.
     rbac_manifest: String,
+    /// The chart ServiceAccount each component runs as.
+    accounts: ChartAccounts,
     /// Namespaces made by [`Stack::namespace`], deleted again on stop: one
     /// left behind keeps its pods' simulated GPUs busy for later runs.
     namespaces: Vec<String>,
@@ -177,6 +179,7 @@ impl Stack {
             prometheus_targets: Vec::new(),
             webhook_configuration: format!("climatik-{}", config.scope),
             rbac_manifest,
+            accounts: accounts.clone(),
             namespaces: Vec::new(),
             freqtuners: BTreeMap::new(),
             cluster: cluster.clone(),
@@ -285,6 +288,10 @@ impl Stack {
                 SYSTEM_NAMESPACE,
                 "--lease-name",
                 &format!("{}-controller", self.config.scope),
+                // CPU policies are measured from Kepler's series (GPU-only
+                // ones never query it), as a chart install with
+                // controller.kepler would.
+                "--kepler",
             ],
         )?;
         wait_healthy(&controller_addr, false).await?;
@@ -397,6 +404,12 @@ impl Stack {
             .await
             .context("registering the webhook")?;
         Ok(())
+    }
+
+    /// The chart RBAC this stack applied (YAML) and the ServiceAccount each
+    /// component runs as, all in [`SYSTEM_NAMESPACE`].
+    pub fn chart_rbac(&self) -> (&str, &ChartAccounts) {
+        (&self.rbac_manifest, &self.accounts)
     }
 
     /// Creates a namespace the webhook serves.
