@@ -18,13 +18,13 @@ export CARGO_TERM_COLOR ?= never
 CARGO ?= cargo
 STAMPS := $(CACHE_DIR)/stamps
 
-.PHONY: help setup setup-apt setup-rust setup-go build crds test test-rust test-cluster \
+.PHONY: help setup setup-apt setup-rust setup-go setup-deny build crds test test-rust test-cluster \
 	lint fmt demo bench cluster-up cluster-down prometheus-up prometheus-down clean image
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-setup: setup-apt setup-rust setup-go ## install and build everything the project needs (idempotent, cached)
+setup: setup-apt setup-rust setup-go setup-deny ## install and build everything the project needs (idempotent, cached)
 	@echo "setup: done"
 
 setup-apt: ## Debian packages: prometheus, openssl, iproute2
@@ -34,6 +34,9 @@ setup-rust: ## Rust components the lint step needs
 	@command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 	@rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+
+setup-deny: ## cargo-deny, for the dependency checks of the lint step (cached)
+	@scripts/setup-cargo-deny.sh >/dev/null
 
 setup-go: ## etcd, kube-apiserver, controller-manager, scheduler, kubectl, helm (built once, cached)
 	@tests/cluster/build.sh
@@ -47,9 +50,14 @@ crds: ## regenerate the chart's CRDs from the Rust types
 test: setup ## run every test (unit, integration against the local control plane, chart, e2e)
 	@scripts/run-tests.sh
 
-lint: ## rustfmt check and clippy with warnings denied
+# cargo deny's checks (deny.toml); advisories need the RustSec database
+# from GitHub, so they are left out unless asked for: CARGO_DENY_CHECKS="advisories licenses bans sources".
+CARGO_DENY_CHECKS ?= licenses bans sources
+
+lint: setup-deny ## rustfmt check, clippy with warnings denied, cargo deny (licences, bans, sources)
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	"$$(scripts/setup-cargo-deny.sh)" --locked check --hide-inclusion-graph $(CARGO_DENY_CHECKS)
 
 fmt: ## format the code
 	$(CARGO) fmt --all

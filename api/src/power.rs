@@ -204,6 +204,61 @@ mod tests {
             }
         }
 
+        /// Any text, control characters and long values included: a value
+        /// in range, or an error that quotes the value as given.
+        #[test]
+        fn any_text_parses_or_is_refused_by_name(
+            input in prop_oneof!["\\PC{0,24}", any::<String>(), "[0-9. kKwW]{0,40}"],
+        ) {
+            match parse_power(&input) {
+                Ok(watts) => prop_assert!((1..=MAX_POWER_WATTS).contains(&watts)),
+                Err(e) => {
+                    prop_assert_eq!(&e.input, &input);
+                    let message = e.to_string();
+                    let named = crate::annotations::quoted(&input);
+                    prop_assert!(message.contains(&named), "{message}");
+                }
+            }
+        }
+
+        /// Whatever a user wrote, the canonical form of what it meant reads
+        /// back the same.
+        #[test]
+        fn an_accepted_value_reads_back_from_its_canonical_form(
+            input in "[0-9]{0,8}\\.?[0-9]{0,4} ?(W|w|kW|KW|kw)?",
+        ) {
+            if let Ok(watts) = parse_power(&input) {
+                prop_assert_eq!(parse_power(&format_power(watts)), Ok(watts));
+            }
+        }
+
+        /// Decimal watts are rounded to the nearest watt: in range they are
+        /// taken, beyond either bound refused for that reason.
+        #[test]
+        fn decimals_round_to_the_nearest_watt_within_the_bounds(
+            whole in 0u64..=2 * MAX_POWER_WATTS,
+            tenths in 0u64..10,
+            kilo in any::<bool>(),
+        ) {
+            let (text, watts) = if kilo {
+                // Tenths of a kilowatt are whole watts.
+                (format!("{whole}.{tenths}kW"), whole * 1000 + tenths * 100)
+            } else {
+                (format!("{whole}.{tenths}"), whole + u64::from(tenths >= 5))
+            };
+            match parse_power(&text) {
+                Ok(parsed) => {
+                    prop_assert_eq!(parsed, watts);
+                    prop_assert!((1..=MAX_POWER_WATTS).contains(&watts));
+                }
+                Err(e) if watts == 0 => prop_assert_eq!(e.reason, PowerParseReason::NotPositive),
+                Err(e) => {
+                    prop_assert!(watts > MAX_POWER_WATTS, "{text} refused: {e}");
+                    prop_assert_eq!(e.reason, PowerParseReason::TooLarge);
+                }
+            }
+        }
+
         #[test]
         fn negative_values_are_rejected(watts in 1u64..=MAX_POWER_WATTS) {
             let text = format!("-{}W", watts);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use climatik_api::{
     NodeFrequencies, PowerCappingPolicy,
+    bounds::MAX_DEVICE_WATTS,
     names::{LEGACY_FINALIZER_POLICY, MANAGER_CONTROLLER},
 };
 use climatik_controller::{
@@ -439,6 +440,17 @@ async fn invalid_algorithm_changes_no_frequencies_and_annotated_workloads_get_th
         })
         .await?;
         assert!(budget <= 95.0 && budget > 50.0, "{budget}");
+        // A cap far above what the GPU draws: its budget is the largest the
+        // NodeFrequencies schema accepts, so the API server takes the write.
+        let set_cap = |watts: i64| json!({ "spec": { "powerCapLimit": watts } });
+        policies.patch("x", &PatchParams::default(), &Patch::Merge(set_cap(1_000_000))).await?;
+        wait_for("the largest budget the schema accepts", TIMEOUT, || async {
+            let nf = Api::<NodeFrequencies>::all(admin.clone()).get_opt(&node).await?;
+            let budget = nf.and_then(|nf| nf.spec.gpu_frequencies.first().and_then(|e| e.power_budget_watts));
+            Ok((budget == Some(MAX_DEVICE_WATTS)).then_some(()))
+        })
+        .await?;
+        policies.patch("x", &PatchParams::default(), &Patch::Merge(set_cap(100))).await?;
 
         // feedback-budget: budgets add up to the whole cap, and feedback
         // lowers the clock ceiling of a GPU measured over it.

@@ -173,6 +173,7 @@ pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp, lifetimes: &mut Lifetim
 mod tests {
     use climatik_api::{CpuFrequency, GpuFrequency};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use proptest::prelude::*;
 
     use super::*;
     use crate::expiry::DEFAULT_MAX_ENTRY_TTL;
@@ -306,5 +307,197 @@ mod tests {
         };
         let d = super::merge(&renewed, later, &mut lifetimes);
         assert_eq!(d.gpus["GPU-a"].target_mhz, 900);
+    }
+
+    /// Seconds around [`now`] an expiry is drawn from: expired, live within
+    /// the lifetime cap, or far beyond it (held until the cap).
+    fn expiry() -> impl Strategy<Value = i64> {
+        prop_oneof![0i64..=1_000, 1_001i64..=1_600, Just(10_000_000i64),]
+    }
+
+    /// A spec as the API server would store it: one entry per (device,
+    /// policy), as the list-map keys require; targets within the schema
+    /// and, for a few, out of it; budgets of every kind a writer could send.
+    fn spec() -> impl Strategy<Value = NodeFrequenciesSpec> {
+        let target = prop_oneof![8 => 1i32..4_000, 1 => -5i32..=0];
+        let budget = prop::option::of(prop_oneof![
+            4 => 1.0f64..1_000.0,
+            1 => Just(0.0),
+            1 => Just(-50.0),
+            1 => Just(f64::NAN),
+        ]);
+        let gpus = prop::collection::btree_map(
+            (0u8..3, 0u8..4),
+            (target.clone(), budget, expiry()),
+            0..10,
+        );
+        let cpus = prop::collection::btree_map((-1i32..3, 0u8..4), (target, expiry()), 0..10);
+        (gpus, cpus).prop_map(|(gpus, cpus)| NodeFrequenciesSpec {
+            node_name: "n".into(),
+            gpu_frequencies: gpus
+                .into_iter()
+                .map(|((g, p), (t, b, e))| gpu(&format!("GPU-{g}"), t, b, &format!("ns/p{p}"), e))
+                .collect(),
+            cpu_frequencies: cpus
+                .into_iter()
+                .map(|((c, p), (t, e))| cpu(c, t, &format!("ns/p{p}"), e))
+                .collect(),
+        })
+    }
+
+    /// A spec and the same entries in another order.
+    fn spec_and_shuffled() -> impl Strategy<Value = (NodeFrequenciesSpec, NodeFrequenciesSpec)> {
+        spec().prop_flat_map(|spec| {
+            let gpus = Just(spec.gpu_frequencies.clone()).prop_shuffle();
+            let cpus = Just(spec.cpu_frequencies.clone()).prop_shuffle();
+            (Just(spec), gpus, cpus).prop_map(|(spec, gpu_frequencies, cpu_frequencies)| {
+                let shuffled = NodeFrequenciesSpec {
+                    gpu_frequencies,
+                    cpu_frequencies,
+                    ..spec.clone()
+                };
+                (spec, shuffled)
+            })
+        })
+    }
+
+    /// `desired` with its lists in a canonical order, for comparing merges
+    /// whose notes were collected in a different entry order.
+    fn canonical(mut desired: Desired) -> Desired {
+        for want in desired.gpus.values_mut().chain(desired.cpus.values_mut()) {
+            want.notes.sort();
+        }
+        desired.invalid.sort();
+        desired
+    }
+
+    /// Whether an entry counts at `now`: the schema's target and an expiry
+    /// not yet passed (a far expiry counts on a first sighting).
+    fn live(target: i32, expires: &Time) -> bool {
+        target > 0 && expires.0 > now()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn the_most_restrictive_live_entry_wins(spec in spec()) {
+            let d = merge(&spec, now());
+            for (id, want) in &d.gpus {
+                let live: Vec<&GpuFrequency> = spec
+                    .gpu_frequencies
+                    .iter()
+                    .filter(|e| &e.gpu_id == id && live(e.target_frequency, &e.expires_at))
+                    .collect();
+                prop_assert!(!live.is_empty(), "{id} merged from no live entry: {d:?}");
+                // Never above any live entry, and what one of them asked for.
+                prop_assert!(live.iter().all(|e| i64::from(want.target_mhz) <= i64::from(e.target_frequency)));
+                prop_assert!(live.iter().any(|e| i64::from(want.target_mhz) == i64::from(e.target_frequency)));
+                let budgets: Vec<f64> = live
+                    .iter()
+                    .filter_map(|e| e.power_budget_watts)
+                    .filter(|b| b.is_finite() && *b > 0.0)
+                    .collect();
+                match want.budget_watts {
+                    Some(b) => {
+                        prop_assert!(budgets.iter().all(|l| b <= *l));
+                        prop_assert!(budgets.contains(&b));
+                    }
+                    None => prop_assert!(budgets.is_empty(), "{budgets:?} dropped"),
+                }
+                let mut policies: Vec<String> = live.iter().map(|e| e.policy.clone()).collect();
+                policies.sort();
+                prop_assert_eq!(&want.policies, &policies);
+            }
+            for (id, want) in &d.cpus {
+                let live: Vec<&CpuFrequency> = spec
+                    .cpu_frequencies
+                    .iter()
+                    .filter(|e| i64::from(e.cpu_id) == i64::from(*id) && live(e.target_frequency, &e.expires_at))
+                    .collect();
+                prop_assert!(live.iter().all(|e| i64::from(want.target_mhz) <= i64::from(e.target_frequency)));
+                prop_assert!(live.iter().any(|e| i64::from(want.target_mhz) == i64::from(e.target_frequency)));
+            }
+            // Every device with a live entry is merged; the others that are
+            // named are restored.
+            for e in &spec.gpu_frequencies {
+                let merged = d.gpus.contains_key(&e.gpu_id);
+                if live(e.target_frequency, &e.expires_at) {
+                    prop_assert!(merged);
+                } else {
+                    prop_assert!(merged || d.inactive_gpus.contains(&e.gpu_id));
+                }
+                prop_assert!(!(merged && d.inactive_gpus.contains(&e.gpu_id)));
+            }
+            for e in &spec.cpu_frequencies {
+                let Ok(id) = u32::try_from(e.cpu_id) else { continue };
+                let merged = d.cpus.contains_key(&id);
+                prop_assert_eq!(merged, spec.cpu_frequencies.iter().any(|o| o.cpu_id == e.cpu_id && live(o.target_frequency, &o.expires_at)));
+                prop_assert_eq!(merged, !d.inactive_cpus.contains(&id));
+            }
+        }
+
+        #[test]
+        fn the_order_of_entries_does_not_matter((spec, shuffled) in spec_and_shuffled()) {
+            prop_assert_eq!(canonical(merge(&spec, now())), canonical(merge(&shuffled, now())));
+        }
+
+        #[test]
+        fn expired_entries_never_count(spec in spec(), expired in spec()) {
+            // The expired entries come from policies the spec does not
+            // have, so the list-map keys stay unique.
+            let stale = |policy: &str| format!("{policy}-old");
+            let mut with_expired = spec.clone();
+            with_expired.gpu_frequencies.extend(expired.gpu_frequencies.into_iter().map(|e| GpuFrequency {
+                policy: stale(&e.policy),
+                expires_at: at(1_000),
+                ..e
+            }));
+            with_expired.cpu_frequencies.extend(expired.cpu_frequencies.into_iter().map(|e| CpuFrequency {
+                policy: stale(&e.policy),
+                expires_at: at(999),
+                ..e
+            }));
+            let plain = merge(&spec, now());
+            let d = merge(&with_expired, now());
+            prop_assert_eq!(d.gpus, plain.gpus);
+            prop_assert_eq!(d.cpus, plain.cpus);
+        }
+
+        #[test]
+        fn another_live_entry_only_restricts(spec in spec(), extra in spec()) {
+            let mut more = spec.clone();
+            more.gpu_frequencies.extend(extra.gpu_frequencies.into_iter().map(|e| GpuFrequency {
+                policy: format!("{}-more", e.policy),
+                ..e
+            }));
+            more.cpu_frequencies.extend(extra.cpu_frequencies.into_iter().map(|e| CpuFrequency {
+                policy: format!("{}-more", e.policy),
+                ..e
+            }));
+            let before = merge(&spec, now());
+            let after = merge(&more, now());
+            for (id, want) in &before.gpus {
+                let now_want = &after.gpus[id];
+                prop_assert!(now_want.target_mhz <= want.target_mhz);
+                if let Some(b) = want.budget_watts {
+                    prop_assert!(now_want.budget_watts.is_some_and(|n| n <= b));
+                }
+            }
+            for (id, want) in &before.cpus {
+                prop_assert!(after.cpus[id].target_mhz <= want.target_mhz);
+            }
+        }
+
+        #[test]
+        fn merging_again_changes_nothing(spec in spec(), later in 0u64..700) {
+            let mut lifetimes = Lifetimes::default();
+            let first = super::merge(&spec, now(), &mut lifetimes);
+            prop_assert_eq!(&super::merge(&spec, now(), &mut lifetimes), &first);
+            // Later, a held entry keeps the deadline of its first sighting.
+            let t = now() + Duration::from_secs(later);
+            let again = super::merge(&spec, t, &mut lifetimes);
+            prop_assert_eq!(super::merge(&spec, t, &mut lifetimes), again);
+        }
     }
 }

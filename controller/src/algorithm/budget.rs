@@ -14,13 +14,17 @@
 //! A GPU that reports the lowest power limit it accepts never gets less:
 //! its own limiter holds a budget within milliseconds, but one below that
 //! floor only through the agent's 1 Hz clock loop, so a burst would run
-//! over the cap for a second or two. Each such GPU gets its floor first and
-//! the rest is water-filled over demand above the floors. When the floors
+//! over the cap for a second or two. Each such GPU gets its floor first (any
+//! other GPU the 1 W minimum) and the rest is water-filled over demand above
+//! the floors. When the floors
 //! alone exceed the cap, the plain split is used and the clock loop holds.
+//!
+//! No budget is above [`MAX_DEVICE_WATTS`], the most the NodeFrequencies
+//! schema accepts: a large cap over a few GPUs adds up to less than the cap.
 
 use std::collections::HashMap;
 
-use climatik_api::DeviceKind;
+use climatik_api::{DeviceKind, bounds::MAX_DEVICE_WATTS};
 
 use super::{Algorithm, AlgorithmError, Device, Observation, Params, Target};
 
@@ -86,16 +90,18 @@ impl Algorithm for BudgetAllocator {
         let total = (observation.cap_watts * self.target - cpu_power)
             .max(MIN_BUDGET_WATTS * gpus.len() as f64);
         let demands: Vec<f64> = gpus.iter().map(|d| self.demand(d)).collect();
+        // A GPU without a reported floor still needs the schema's minimum:
+        // water-filling above a floor of 0 W could hand it less.
         let floors: Vec<f64> = gpus
             .iter()
             .map(|d| {
                 d.min_power_limit_watts
-                    .filter(|w| w.is_finite() && *w > 0.0)
-                    .unwrap_or(0.0)
+                    .filter(|w| w.is_finite())
+                    .map_or(MIN_BUDGET_WATTS, |w| w.max(MIN_BUDGET_WATTS))
             })
             .collect();
         let floor_sum: f64 = floors.iter().sum();
-        let shares = if floor_sum > 0.0 && floor_sum <= total {
+        let shares = if floor_sum <= total {
             let above: Vec<f64> = demands
                 .iter()
                 .zip(&floors)
@@ -123,10 +129,12 @@ impl Algorithm for BudgetAllocator {
                 id: d.id.clone(),
                 kind: d.kind,
                 frequency_mhz: d.clocks.max(),
-                power_budget_watts: self
-                    .budgets
-                    .get(&d.key())
-                    .map(|b| (b * 10.0).floor() / 10.0),
+                power_budget_watts: self.budgets.get(&d.key()).map(|b| {
+                    // Within the range the NodeFrequencies schema accepts: a
+                    // large cap over few GPUs would otherwise hand one more
+                    // than any GPU draws, and the whole write be refused.
+                    ((b * 10.0).floor() / 10.0).clamp(MIN_BUDGET_WATTS, MAX_DEVICE_WATTS)
+                }),
             })
             .collect()
     }
@@ -158,8 +166,9 @@ fn water_fill(demands: &[f64], total: f64, least: f64) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::super::{BUDGET_ALLOCATOR, Clocks, Device, Observation, from_spec, sim::Rig};
-    use super::water_fill;
+    use super::{MAX_DEVICE_WATTS, MIN_BUDGET_WATTS, water_fill};
     use climatik_api::{CustomAlgorithm, DeviceKind};
+    use proptest::prelude::*;
 
     fn rig(loads: &[f64], cap: f64) -> Rig {
         Rig::for_algorithm(BUDGET_ALLOCATOR, &[], loads, cap)
@@ -288,5 +297,160 @@ mod tests {
             "{:?}",
             rig.clocks
         );
+    }
+
+    /// A budget-allocator handing out `target` percent of the cap.
+    fn allocator(target: u32) -> Box<dyn super::super::Algorithm> {
+        let spec = CustomAlgorithm {
+            name: BUDGET_ALLOCATOR.to_string(),
+            parameters: [("target".to_string(), target.to_string())].into(),
+        };
+        match from_spec(Some(&spec)) {
+            Ok(allocator) => allocator,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A GPU's (power, lowest power limit) and a CPU's power.
+    type Readings = (Vec<(f64, Option<f64>)>, Vec<f64>);
+
+    fn observation(cap: f64, (gpus, cpus): &Readings) -> Observation {
+        let Some(clocks) = Clocks::range(345, 1980, 15) else {
+            panic!("clocks");
+        };
+        let device = |id: String, kind, power_watts, min_power_limit_watts| Device {
+            id,
+            node: "node-0".into(),
+            kind,
+            power_watts,
+            clock_mhz: None,
+            clocks: clocks.clone(),
+            min_power_limit_watts,
+        };
+        let gpus = gpus
+            .iter()
+            .enumerate()
+            .map(|(i, (watts, floor))| device(format!("GPU-{i}"), DeviceKind::Gpu, *watts, *floor));
+        let cpus = cpus
+            .iter()
+            .enumerate()
+            .map(|(i, watts)| device(format!("cpu-{i}"), DeviceKind::Cpu, *watts, None));
+        Observation {
+            cap_watts: cap,
+            threshold_percent: 90.0,
+            devices: gpus.chain(cpus).collect(),
+        }
+    }
+
+    /// Readings a policy's status can hold (the schema keeps device power
+    /// within 0..=MAX_DEVICE_WATTS); floors as NVML reports them.
+    fn readings() -> impl Strategy<Value = Readings> {
+        let watts = prop_oneof![4 => 0.0f64..1_000.0, 1 => 0.0f64..=MAX_DEVICE_WATTS];
+        let floor = prop::option::of(prop_oneof![50.0f64..400.0, Just(0.0)]);
+        (
+            prop::collection::vec((watts.clone(), floor), 1..8),
+            prop::collection::vec(watts, 0..3),
+        )
+    }
+
+    /// Caps as a policy can have them (1 W ..= 10 MW), mostly in the range
+    /// of a few GPUs.
+    fn cap() -> impl Strategy<Value = f64> {
+        prop_oneof![3 => 1u32..5_000, 1 => 1u32..=10_000_000].prop_map(f64::from)
+    }
+
+    fn budgets(targets: &[super::super::Target]) -> Vec<f64> {
+        targets
+            .iter()
+            .filter_map(|t| t.power_budget_watts)
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn budgets_fit_the_cap_and_the_devices(
+            readings in readings(),
+            cap in cap(),
+            target in 50u32..=100,
+        ) {
+            let observation = observation(cap, &readings);
+            let targets = allocator(target).plan(&observation);
+            prop_assert_eq!(targets.len(), observation.devices.len());
+            for (t, d) in targets.iter().zip(&observation.devices) {
+                prop_assert_eq!((&t.node, &t.id, t.kind), (&d.node, &d.id, d.kind));
+                prop_assert!(d.clocks.as_slice().contains(&t.frequency_mhz));
+                match (d.kind, t.power_budget_watts) {
+                    (DeviceKind::Gpu, Some(b)) => {
+                        // The range the NodeFrequencies schema accepts.
+                        prop_assert!((MIN_BUDGET_WATTS..=MAX_DEVICE_WATTS).contains(&b), "{b}");
+                    }
+                    (DeviceKind::Gpu, None) => prop_assert!(false, "GPU {} without a budget", d.id),
+                    (_, budget) => prop_assert_eq!(budget, None),
+                }
+            }
+            // What the GPUs may draw: the policy's share of the cap less the
+            // CPUs' power; only when that is below 1 W a GPU do the budgets
+            // (at least 1 W each) add up to more.
+            let gpus = readings.0.len() as f64;
+            let room = cap * f64::from(target) / 100.0 - readings.1.iter().sum::<f64>();
+            let planned: f64 = budgets(&targets).iter().sum();
+            prop_assert!(planned <= room.max(gpus * MIN_BUDGET_WATTS) + 1e-9 * cap, "{planned} > {room}");
+            // A GPU's own lowest limit is respected whenever the floors, and
+            // 1 W for every GPU without one, fit (less the 0.1 W the budgets
+            // are rounded down to).
+            let floors: Vec<f64> = readings
+                .0
+                .iter()
+                .map(|(_, f)| f.unwrap_or(0.0).max(MIN_BUDGET_WATTS))
+                .collect();
+            if floors.iter().sum::<f64>() <= room {
+                for (b, f) in budgets(&targets).iter().zip(&floors) {
+                    prop_assert!(*b >= f.min(MAX_DEVICE_WATTS) - 0.1, "{b} below the floor {f}");
+                }
+            }
+        }
+
+        #[test]
+        fn a_higher_cap_never_hands_out_less(
+            readings in readings(),
+            caps in (cap(), cap()),
+            target in 50u32..=100,
+        ) {
+            let (low, high) = (caps.0.min(caps.1), caps.0.max(caps.1));
+            let under_low = budgets(&allocator(target).plan(&observation(low, &readings)));
+            let under_high = budgets(&allocator(target).plan(&observation(high, &readings)));
+            // Each budget is rounded down to 0.1 W; allow that per GPU.
+            let slack = 0.1 * under_low.len() as f64 + 1e-9 * high;
+            prop_assert!(
+                under_high.iter().sum::<f64>() >= under_low.iter().sum::<f64>() - slack,
+                "{under_low:?} -> {under_high:?}"
+            );
+            // Without floors (the split is plain max-min fairness) no single
+            // GPU loses either.
+            if readings.0.iter().all(|(_, floor)| floor.is_none()) {
+                for (l, h) in under_low.iter().zip(&under_high) {
+                    prop_assert!(h >= &(l - 0.1 - 1e-9 * high), "{under_low:?} -> {under_high:?}");
+                }
+            }
+        }
+
+        #[test]
+        fn any_reading_gives_budgets_the_schema_accepts(
+            gpus in prop::collection::vec(
+                (any::<f64>(), prop::option::of(any::<f64>())),
+                1..6,
+            ),
+            cpus in prop::collection::vec(any::<f64>(), 0..3),
+            cap in cap(),
+        ) {
+            // Readings straight from Prometheus: negative, NaN or infinite
+            // when an exporter misbehaves.
+            let targets = allocator(97).plan(&observation(cap, &(gpus, cpus)));
+            for b in budgets(&targets) {
+                prop_assert!((MIN_BUDGET_WATTS..=MAX_DEVICE_WATTS).contains(&b), "{b}");
+            }
+        }
     }
 }

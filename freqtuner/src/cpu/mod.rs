@@ -53,23 +53,10 @@ pub struct CpuLimits {
 pub fn plan_ceiling(target_mhz: u32, limits: &CpuLimits) -> (u64, Option<String>) {
     let wanted = u64::from(target_mhz) * 1000;
     let mut khz = wanted.clamp(limits.min_khz, limits.max_khz);
-    let mut note = if wanted < limits.min_khz {
-        Some(format!(
-            "clamped {target_mhz} -> {} MHz, below the CPU's minimum",
-            khz / 1000
-        ))
-    } else if wanted > limits.max_khz {
-        Some(format!(
-            "clamped {target_mhz} -> {} MHz, above the CPU's maximum",
-            khz / 1000
-        ))
-    } else {
-        None
-    };
     if !limits.available_khz.is_empty() {
         // Highest listed frequency at or below the ceiling, so the cap holds;
         // the lowest one if the ceiling is below all of them.
-        let snapped = limits
+        khz = limits
             .available_khz
             .iter()
             .copied()
@@ -77,14 +64,25 @@ pub fn plan_ceiling(target_mhz: u32, limits: &CpuLimits) -> (u64, Option<String>
             .max()
             .or_else(|| limits.available_khz.iter().copied().min())
             .unwrap_or(khz);
-        if snapped != khz && note.is_none() {
-            note = Some(format!(
-                "snapped {target_mhz} -> {} MHz, the nearest available frequency at or below",
-                snapped / 1000
-            ));
-        }
-        khz = snapped;
     }
+    // Written after snapping, so the note names the value actually written
+    // (a clamp to a limit that is not itself available snaps further).
+    let written = khz / 1000;
+    let note = if wanted < limits.min_khz {
+        Some(format!(
+            "clamped {target_mhz} -> {written} MHz, below the CPU's minimum"
+        ))
+    } else if wanted > limits.max_khz {
+        Some(format!(
+            "clamped {target_mhz} -> {written} MHz, above the CPU's maximum"
+        ))
+    } else if khz != wanted {
+        Some(format!(
+            "snapped {target_mhz} -> {written} MHz, the nearest available frequency at or below"
+        ))
+    } else {
+        None
+    };
     (khz, note)
 }
 
@@ -95,6 +93,8 @@ pub fn khz_to_mhz(khz: u64) -> u32 {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     fn limits(available: &[u64]) -> CpuLimits {
@@ -130,5 +130,68 @@ mod tests {
         assert_eq!(khz, 1_600_000);
         assert!(note.is_some_and(|n| n.contains("snapped 2000 -> 1600")));
         assert_eq!(plan_ceiling(2400, &limits(&available)), (2_400_000, None));
+    }
+
+    /// Limits as sysfs reports them: min <= max, and for a discrete driver
+    /// distinct ascending frequencies within [min, max] (whole MHz or not).
+    fn any_limits() -> impl Strategy<Value = CpuLimits> {
+        (400_000u64..2_000_000, 0u64..3_000_000).prop_flat_map(|(min_khz, span)| {
+            let max_khz = min_khz + span;
+            let available = prop::collection::btree_set(min_khz..=max_khz, 1..10)
+                .prop_map(|s| s.into_iter().collect::<Vec<u64>>());
+            prop_oneof![Just(Vec::new()), available].prop_map(move |available_khz| CpuLimits {
+                min_khz,
+                max_khz,
+                available_khz,
+            })
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn the_ceiling_is_settable_and_never_above_the_target(
+            limits in any_limits(),
+            target_mhz in 1u32..6_000,
+        ) {
+            let (khz, note) = plan_ceiling(target_mhz, &limits);
+            let wanted = u64::from(target_mhz) * 1000;
+            prop_assert!((limits.min_khz..=limits.max_khz).contains(&khz), "{khz}");
+            if !limits.available_khz.is_empty() {
+                prop_assert!(limits.available_khz.contains(&khz), "{khz}");
+            }
+            // The lowest ceiling the CPU takes: above the target only when
+            // the target is below it.
+            let lowest = limits
+                .available_khz
+                .first()
+                .copied()
+                .unwrap_or(limits.min_khz)
+                .max(limits.min_khz);
+            if wanted >= lowest {
+                prop_assert!(khz <= wanted, "{khz} above {wanted}");
+                // The highest settable value at or below the target.
+                let settable_between = if limits.available_khz.is_empty() {
+                    khz < wanted.min(limits.max_khz)
+                } else {
+                    limits.available_khz.iter().any(|f| khz < *f && *f <= wanted)
+                };
+                prop_assert!(!settable_between, "{khz} is not the nearest to {wanted}");
+            } else {
+                prop_assert_eq!(khz, lowest);
+            }
+            // A target the CPU takes is written as it is, silently; any other
+            // is explained, naming the value written.
+            let settable = (limits.min_khz..=limits.max_khz).contains(&wanted)
+                && (limits.available_khz.is_empty() || limits.available_khz.contains(&wanted));
+            if settable {
+                prop_assert_eq!((khz, note), (wanted, None));
+            } else {
+                let note = note.expect("a changed target is explained");
+                let written = format!("{target_mhz} -> {} MHz", khz_to_mhz(khz));
+                prop_assert!(note.contains(&written), "{note:?} does not say {written:?}");
+            }
+        }
     }
 }

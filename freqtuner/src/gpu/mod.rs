@@ -181,6 +181,8 @@ pub(crate) fn fnv1a64(bytes: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     const CLOCKS: [u32; 4] = [345, 360, 990, 1980];
@@ -243,5 +245,43 @@ mod tests {
                 .iter()
                 .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
         );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever order and repeats the driver reports its clocks in.
+        #[test]
+        fn the_clock_is_the_nearest_supported_one_at_or_below_the_request(
+            supported in prop::collection::vec(1u32..3_000, 1..16),
+            requested in -10i64..4_000,
+        ) {
+            let Ok(snapped) = snap_clock(requested, &supported) else {
+                prop_assert!(requested <= 0);
+                return Ok(());
+            };
+            prop_assert!(requested > 0);
+            prop_assert!(supported.contains(&snapped.mhz));
+            let lowest = supported.iter().copied().min().map(i64::from);
+            if Some(requested) < lowest {
+                prop_assert_eq!(Some(i64::from(snapped.mhz)), lowest);
+            } else {
+                prop_assert!(i64::from(snapped.mhz) <= requested);
+                let closer = supported
+                    .iter()
+                    .any(|c| snapped.mhz < *c && i64::from(*c) <= requested);
+                prop_assert!(!closer, "{snapped:?}");
+            }
+            // Only a request that is itself supported is taken silently;
+            // otherwise the note names what was locked instead.
+            match &snapped.note {
+                None => prop_assert_eq!(i64::from(snapped.mhz), requested),
+                Some(note) => {
+                    prop_assert_ne!(i64::from(snapped.mhz), requested);
+                    let locked = format!("{requested} -> {} MHz", snapped.mhz);
+                    prop_assert!(note.contains(&locked), "{note}");
+                }
+            }
+        }
     }
 }
