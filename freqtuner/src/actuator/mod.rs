@@ -247,7 +247,16 @@ impl Actuator {
             target.samples_power(step_budget),
             &mut errors,
         );
-        let plan = target.plan(previous, sample, self.power_limit_mode, &self.control);
+        let mut plan = target.plan(previous, sample, self.power_limit_mode, &self.control);
+        if let Some(what) = execute::drift(backend.as_mut(), uuid, previous) {
+            // Someone else changed the GPU: write again what is planned,
+            // whether or not it differs from what this agent last set.
+            self.reporter.gpu_drifted(uuid, &what);
+            plan.lock = true;
+            if plan.power_limit.is_none() && !plan.reset_first {
+                plan.power_limit = previous.power_limit;
+            }
+        }
         let outcome = execute::gpu(backend.as_mut(), uuid, &plan, previous, sample, errors);
         self.gpus.insert(uuid.to_string(), outcome.set);
         self.reporter.gpu(uuid, want, &outcome);

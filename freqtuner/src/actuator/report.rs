@@ -258,6 +258,12 @@ impl Reporter {
         self.ok(uuid);
     }
 
+    /// Someone else changed a GPU this agent set; it is set again.
+    pub fn gpu_drifted(&mut self, uuid: &str, what: &str) {
+        tracing::warn!(gpu = %uuid, drift = what, "the GPU was changed by someone else: applying again");
+        self.metrics.drifted("gpu");
+    }
+
     pub fn gpu_restore_failed(&mut self, uuid: &str, error: &Error) {
         self.failed(uuid, "gpu", error);
     }

@@ -424,6 +424,25 @@ impl SimWorld {
             .and_then(|g| g.locked)
     }
 
+    /// The power limit set, if any (else the default is in force).
+    pub fn power_limit(&self, uuid: &str) -> Option<f64> {
+        self.gpus
+            .iter()
+            .find(|g| g.info.uuid == uuid)
+            .and_then(|g| g.power_limit)
+    }
+
+    /// Someone other than the agent resets every GPU: clocks unlocked and
+    /// power limits back to the default, as `nvidia-smi -rgc -rpl` or a
+    /// GPU reset would (the agent is expected to notice and re-apply).
+    pub fn reset_all(&mut self, now: Instant) {
+        self.advance(now);
+        for gpu in &mut self.gpus {
+            gpu.locked = None;
+            gpu.power_limit = None;
+        }
+    }
+
     pub fn model(&self) -> &GpuModel {
         &self.config.model
     }
