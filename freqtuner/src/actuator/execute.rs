@@ -56,7 +56,9 @@ pub fn drift(backend: &mut dyn GpuBackend, uuid: &str, previous: GpuSet) -> Opti
         && let Ok(current) = backend.current_clock(uuid)
         && current > locked
     {
-        found.push(format!("SM clock {current} MHz above the {locked} MHz locked"));
+        found.push(format!(
+            "SM clock {current} MHz above the {locked} MHz locked"
+        ));
     }
     if let Some(limit) = previous.power_limit {
         // What the GPU took: the limit clamped to its range.

@@ -594,4 +594,61 @@ mod tests {
                 .all(|c| c.state == DeviceState::Unsupported)
         );
     }
+
+    fn drift_count(actuator: &Actuator) -> u64 {
+        actuator
+            .reporter
+            .metrics
+            .drift
+            .get_or_create(&crate::metrics::DeviceLabels {
+                device: "gpu".into(),
+            })
+            .get()
+    }
+
+    #[test]
+    fn a_gpu_reset_by_someone_else_is_locked_again() {
+        let mut rig = rig(FakeCpu::uniform(1));
+        let uuid = rig.uuids[0].clone();
+        let s = spec(vec![gpu_entry(&uuid, 990, None, None)], vec![]);
+        rig.actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(locked(&rig, 0), Some(990));
+        // Nothing changed: nothing counted.
+        rig.actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(drift_count(&rig.actuator), 0);
+
+        // `nvidia-smi -rgc` behind the agent's back: the loaded GPU boosts.
+        rig.world.lock().expect("world").reset_all(Instant::now());
+        assert_eq!(locked(&rig, 0), None);
+        let report = rig.actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(locked(&rig, 0), Some(990));
+        assert_eq!(report.gpus[0].current_frequency, Some(990));
+        assert_eq!(drift_count(&rig.actuator), 1);
+        rig.actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(drift_count(&rig.actuator), 1);
+    }
+
+    #[test]
+    fn a_power_limit_reset_by_someone_else_is_set_again() {
+        let rig = rig(FakeCpu::uniform(1));
+        let uuid = rig.uuids[0].clone();
+        let gpu = SimGpus::new(rig.world.clone()).expect("sim");
+        let mut actuator = Actuator::new(
+            Some(Box::new(gpu)),
+            None,
+            true,
+            Arc::new(Metrics::default()),
+        );
+        let s = spec(vec![gpu_entry(&uuid, 1980, Some(450.0), None)], vec![]);
+        actuator.reconcile(Some(&s), Timestamp::now(), true);
+        let limit = |rig: &Rig| rig.world.lock().expect("world").power_limit(&uuid);
+        assert_eq!(limit(&rig), Some(450.0));
+
+        rig.world.lock().expect("world").reset_all(Instant::now());
+        assert_eq!(limit(&rig), None);
+        actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(limit(&rig), Some(450.0));
+        assert!(locked(&rig, 0).is_some());
+        assert_eq!(drift_count(&actuator), 1);
+    }
 }

@@ -82,7 +82,9 @@ impl TryFrom<BTreeMap<String, StoredRecord>> for CpufreqState {
     fn try_from(stored: BTreeMap<String, StoredRecord>) -> Result<Self, String> {
         match Self::from_stored(stored) {
             (state, 0) => Ok(state),
-            (_, lost) => Err(format!("{lost} per-CPU record(s) not named by a CPU number")),
+            (_, lost) => Err(format!(
+                "{lost} per-CPU record(s) not named by a CPU number"
+            )),
         }
     }
 }
@@ -677,10 +679,8 @@ mod tests {
             first.set_max_frequency(3, 1500).expect("set");
             // Killed.
         }
-        let saved = fs::read_to_string(
-            StateFile::for_backend(state.path(), "cpufreq", "n").path(),
-        )
-        .expect("state");
+        let saved = fs::read_to_string(StateFile::for_backend(state.path(), "cpufreq", "n").path())
+            .expect("state");
         let saved: serde_json::Value = serde_json::from_str(&saved).expect("json");
         assert_eq!(
             saved,
@@ -703,7 +703,10 @@ mod tests {
         let state = tempfile::tempdir().expect("tempdir");
         let file = StateFile::for_backend(state.path(), "cpufreq", "n");
         sysfs
-            .overwrite("devices/system/cpu/cpufreq/policy1/scaling_max_freq", "800000")
+            .overwrite(
+                "devices/system/cpu/cpufreq/policy1/scaling_max_freq",
+                "800000",
+            )
             .expect("write");
         fs::write(file.path(), r#"{"1": 2600000}"#).expect("write");
         let mut cpu = backend(&sysfs, state.path());

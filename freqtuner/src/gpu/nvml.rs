@@ -692,7 +692,8 @@ mod tests {
         )
         .expect("write");
         let (a, b) = (FakeGpu::new("GPU-a", &log), FakeGpu::new("GPU-b", &log));
-        let mut backend = NvmlBackend::new(vec![a, b.clone()], file).expect("a corrupt state is no error");
+        let mut backend =
+            NvmlBackend::new(vec![a, b.clone()], file).expect("a corrupt state is no error");
         assert_eq!(backend.touched(), vec!["GPU-b".to_string()]);
         assert_eq!(backend.restore_leftovers().expect("restore"), vec!["GPU-b"]);
         assert_eq!(calls(&log), vec!["reset", "limit 450000"]);

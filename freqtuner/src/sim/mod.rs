@@ -448,6 +448,31 @@ impl SimWorld {
     }
 }
 
+/// Resets every simulated GPU on each SIGUSR1, standing for someone on the
+/// node running `nvidia-smi -rgc -rpl` (or a GPU reset) behind the agent's
+/// back: the demo and the tests use it to show the agent set them again.
+pub async fn reset_on_sigusr1(world: SharedWorld) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut resets = match signal(SignalKind::user_defined1()) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGUSR1: no simulated outside resets");
+            return;
+        }
+    };
+    while resets.recv().await.is_some() {
+        match world.lock() {
+            Ok(mut world) => {
+                world.reset_all(Instant::now());
+                tracing::warn!(
+                    "SIGUSR1: every simulated GPU reset (clocks unlocked, default power limit)"
+                );
+            }
+            Err(_) => return,
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use std::time::Duration;
