@@ -75,6 +75,16 @@ pub fn drift(backend: &mut dyn GpuBackend, uuid: &str, previous: GpuSet) -> Opti
     (!found.is_empty()).then(|| found.join(", "))
 }
 
+/// How `cpu` differs from the ceiling this agent applied, when someone
+/// else raised it (a tuning daemon, a hand-written `scaling_max_freq`): one
+/// sysfs read per capped CPU. Only a ceiling above the cap counts, as a
+/// shared policy may hold a lower one for another of its CPUs.
+pub fn cpu_drift(backend: &mut dyn CpuBackend, cpu: u32, applied: &CpuApplied) -> Option<String> {
+    let now = backend.current_mhz(cpu).ok()?;
+    (now > applied.target_mhz)
+        .then(|| format!("ceiling {now} MHz above the {} MHz set", applied.target_mhz))
+}
+
 /// NVML keeps limits in milliwatts; anything closer is the limit set.
 const POWER_LIMIT_TOLERANCE_WATTS: f64 = 0.5;
 

@@ -30,7 +30,10 @@ use crate::{
     metrics::Metrics,
 };
 
-use self::{plan::GpuSet, report::Reporter};
+use self::{
+    plan::{CpuPlan, GpuSet},
+    report::Reporter,
+};
 
 /// The per-device results of one pass.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -301,7 +304,13 @@ impl Actuator {
         let Some(backend) = self.cpu.as_mut() else {
             return report::cpu_without_backend(cpu);
         };
-        let plan = plan::cpu_plan(want, self.cpus.get(&cpu));
+        let mut plan = plan::cpu_plan(want, self.cpus.get(&cpu));
+        if let CpuPlan::Keep(applied) = &plan
+            && let Some(what) = execute::cpu_drift(backend.as_mut(), cpu, applied)
+        {
+            self.reporter.cpu_drifted(cpu, &what);
+            plan = CpuPlan::Set(want.target_mhz);
+        }
         let result = execute::cpu(backend.as_mut(), cpu, plan);
         self.reporter.cpu(cpu, &result);
         match &result {
@@ -650,5 +659,36 @@ mod tests {
         assert_eq!(limit(&rig), Some(450.0));
         assert!(locked(&rig, 0).is_some());
         assert_eq!(drift_count(&actuator), 1);
+    }
+
+    #[test]
+    fn a_cpu_ceiling_raised_by_someone_else_is_capped_again() {
+        let mut rig = rig(FakeCpu::uniform(2));
+        let s = spec(vec![], vec![cpu_entry(1, 2000, None)]);
+        rig.actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(rig.sysfs.scaling_max_khz(1).expect("read"), 2_000_000);
+
+        // A tuning daemon puts the maximum back.
+        rig.sysfs
+            .overwrite(
+                "devices/system/cpu/cpufreq/policy1/scaling_max_freq",
+                "4800000",
+            )
+            .expect("write");
+        rig.actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(rig.sysfs.scaling_max_khz(1).expect("read"), 2_000_000);
+        let drift = rig
+            .actuator
+            .reporter
+            .metrics
+            .drift
+            .get_or_create(&crate::metrics::DeviceLabels {
+                device: "cpu".into(),
+            })
+            .get();
+        assert_eq!(drift, 1);
+        // Restoring still puts back the value found before the first change.
+        rig.actuator.restore_all();
+        assert_eq!(rig.sysfs.scaling_max_khz(1).expect("read"), 4_800_000);
     }
 }

@@ -264,6 +264,16 @@ impl Reporter {
         self.metrics.drifted("gpu");
     }
 
+    /// Someone else raised a CPU's ceiling; it is set again.
+    pub fn cpu_drifted(&mut self, cpu: u32, what: &str) {
+        tracing::warn!(
+            cpu,
+            drift = what,
+            "the CPU's ceiling was changed by someone else: applying again"
+        );
+        self.metrics.drifted("cpu");
+    }
+
     pub fn gpu_restore_failed(&mut self, uuid: &str, error: &Error) {
         self.failed(uuid, "gpu", error);
     }

@@ -372,6 +372,10 @@ impl CpuBackend for Cpufreq {
         self.save()
     }
 
+    fn current_mhz(&mut self, cpu: u32) -> Result<u32> {
+        self.current_khz(cpu).map(khz_to_mhz)
+    }
+
     fn touched(&self) -> Vec<u32> {
         let cpus: BTreeSet<u32> = self
             .policies
