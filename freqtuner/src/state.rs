@@ -140,7 +140,7 @@ impl StateFile {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A state of plain records, as the backends keep theirs.
@@ -152,7 +152,8 @@ mod tests {
         }
     }
 
-    fn corrupt_files(dir: &Path) -> Vec<PathBuf> {
+    /// The state files moved aside in `dir`.
+    pub(crate) fn corrupt_files(dir: &Path) -> Vec<PathBuf> {
         let mut found: Vec<PathBuf> = fs::read_dir(dir)
             .expect("read dir")
             .filter_map(|e| e.ok().map(|e| e.path()))

@@ -742,12 +742,7 @@ mod tests {
         assert_eq!(cpu.restore_leftovers().expect("restore"), vec![0, 2]);
         assert_eq!(sysfs.scaling_max_khz(0).expect("read"), 2_600_000);
         assert_eq!(sysfs.scaling_max_khz(2).expect("read"), 2_200_000);
-        let aside = fs::read_dir(state.path())
-            .expect("dir")
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
-            .count();
-        assert_eq!(aside, 1);
+        assert_eq!(crate::state::tests::corrupt_files(state.path()).len(), 1);
     }
 
     #[test]

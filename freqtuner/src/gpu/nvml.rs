@@ -698,11 +698,6 @@ mod tests {
         assert_eq!(backend.restore_leftovers().expect("restore"), vec!["GPU-b"]);
         assert_eq!(calls(&log), vec!["reset", "limit 450000"]);
         assert_eq!(b.power_limit_mw().expect("read"), 450_000);
-        let aside = std::fs::read_dir(dir.path())
-            .expect("dir")
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
-            .count();
-        assert_eq!(aside, 1);
+        assert_eq!(crate::state::tests::corrupt_files(dir.path()).len(), 1);
     }
 }
