@@ -102,6 +102,17 @@ pub struct AgentArgs {
     /// Measured from the agent's start for entries it finds at start-up.
     #[arg(long, env = "MAX_ENTRY_TTL", default_value = "10m", value_parser = parse_max_entry_ttl)]
     pub max_entry_ttl: Duration,
+
+    /// Tries to open each device backend (NVML, cpufreq) and read its
+    /// restore state before the agent exits non-zero: it never runs
+    /// without restoring what a killed predecessor left.
+    #[arg(long, env = "BACKEND_INIT_ATTEMPTS", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub backend_init_attempts: u32,
+
+    /// Wait after the first failed try; doubled after each (at most 30 s).
+    #[arg(long, env = "BACKEND_INIT_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    pub backend_init_backoff: Duration,
 }
 
 /// A positive duration: a lifetime cap of zero would end every entry at

@@ -16,6 +16,7 @@ pub mod kubelet;
 pub mod merge;
 pub mod metrics;
 pub mod sim;
+pub mod startup;
 pub mod state;
 pub mod status_writer;
 
@@ -35,6 +36,7 @@ use crate::{
     kubelet::{device_plugin::PluginConfig, pod_resources::Poller},
     metrics::Metrics,
     sim::{Assignment, Scenario, SharedWorld, SimConfig, SimWorld, model::GpuModel, pods},
+    startup::Retry,
     state::StateFile,
 };
 
@@ -54,25 +56,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         GpuBackendKind::Sim => Some(sim_world(&cli, &client).await?),
         _ => None,
     };
+    let retry = Retry {
+        attempts: cli.agent.backend_init_attempts,
+        first_backoff: cli.agent.backend_init_backoff,
+    };
+    let state_file = |backend: &str| {
+        StateFile::for_backend(&cli.agent.state_dir, backend, &node)
+            .counting_quarantines(metrics.state_quarantined.clone())
+    };
     let gpu: Option<Box<dyn GpuBackend>> = match (cli.backends.gpu_backend, &world) {
         (GpuBackendKind::Sim, Some(world)) => Some(Box::new(SimGpus::new(world.clone())?)),
-        (GpuBackendKind::Nvml, _) => {
-            match open_real(StateFile::for_backend(&cli.agent.state_dir, "nvml", &node)) {
-                Ok(backend) => Some(Box::new(backend)),
-                Err(e) => {
-                    // Keep capping CPUs; GPU entries report Unsupported.
-                    tracing::error!(error = %e, "NVML unavailable: running without a GPU backend");
-                    None
-                }
-            }
-        }
+        (GpuBackendKind::Nvml, _) => Some(Box::new(
+            retry.open("NVML", || open_real(state_file("nvml"))).await?,
+        )),
         _ => None,
     };
     let cpu: Option<Box<dyn CpuBackend>> = match cli.backends.cpu_backend {
-        CpuBackendKind::Cpufreq => Some(Box::new(Cpufreq::new(
-            &cli.backends.sysfs_root,
-            StateFile::for_backend(&cli.agent.state_dir, "cpufreq", &node),
-        )?)),
+        CpuBackendKind::Cpufreq => Some(Box::new(
+            retry
+                .open("cpufreq", || {
+                    Cpufreq::new(&cli.backends.sysfs_root, state_file("cpufreq"))
+                })
+                .await?,
+        )),
         CpuBackendKind::Sim => Some(Box::new(SimCpus::new(cli.sim.sim_cpus))),
         CpuBackendKind::None => None,
     };
@@ -106,6 +112,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let watcher = world
         .clone()
         .map(|world| tokio::spawn(pods::watch_pods(client.clone(), node.clone(), world)));
+    let outside_resets = world
+        .clone()
+        .map(|world| tokio::spawn(sim::reset_on_sigusr1(world)));
     // Ends the kubelet tasks (the device plugin removes its socket).
     let (stop_kubelet, kubelet_stopping) = watch::channel(false);
     let mut kubelet_tasks = Vec::new();
@@ -157,8 +166,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     server.abort();
-    if let Some(w) = watcher {
-        w.abort();
+    for task in [watcher, outside_resets].into_iter().flatten() {
+        task.abort();
     }
     result.map_err(Into::into)
 }

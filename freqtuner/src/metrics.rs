@@ -1,5 +1,5 @@
-//! The agent's own metrics: targets in force, actuation errors, restores
-//! and status writes.
+//! The agent's own metrics: targets in force, actuation errors, restores,
+//! drift re-applied, quarantined state files and status writes.
 
 use std::sync::atomic::AtomicU64;
 
@@ -28,6 +28,12 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeviceLabels {
+    /// `gpu` or `cpu`.
+    pub device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -41,6 +47,8 @@ pub struct Metrics {
     pub actuation_errors: Family<ErrorLabels, Counter>,
     pub restores: Counter,
     pub reconciles: Counter,
+    pub drift: Family<DeviceLabels, Counter>,
+    pub state_quarantined: Counter,
     pub status_writes: Family<ResultLabels, Counter>,
 }
 
@@ -83,6 +91,18 @@ impl Default for Metrics {
             "Passes comparing targets with what is in force",
             reconciles.clone(),
         );
+        let drift = Family::<DeviceLabels, Counter>::default();
+        registry.register(
+            "drift_reapplied",
+            "Devices found changed by someone else (nvidia-smi, a GPU reset) and set again",
+            drift.clone(),
+        );
+        let state_quarantined = Counter::default();
+        registry.register(
+            "state_quarantined",
+            "Corrupt restore-state files moved aside at start-up",
+            state_quarantined.clone(),
+        );
         let status_writes = Family::<ResultLabels, Counter>::default();
         registry.register(
             "status_writes",
@@ -97,12 +117,23 @@ impl Default for Metrics {
             actuation_errors,
             restores,
             reconciles,
+            drift,
+            state_quarantined,
             status_writes,
         }
     }
 }
 
 impl Metrics {
+    /// Counts a device found changed by someone else.
+    pub fn drifted(&self, device: &str) {
+        self.drift
+            .get_or_create(&DeviceLabels {
+                device: device.to_string(),
+            })
+            .inc();
+    }
+
     pub fn error(&self, device: &str, error: &crate::error::Error) {
         self.actuation_errors
             .get_or_create(&ErrorLabels {

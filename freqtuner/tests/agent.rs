@@ -260,10 +260,11 @@ struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Runs the agent for `fx`'s node, reaching the API server as
-    /// `kubeconfig` says, with `extra` flags after the usual ones.
-    async fn spawn(fx: &Fixture, kubeconfig: &Path, extra: &[&str]) -> anyhow::Result<Self> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_freqtuner"))
+    /// The agent's command line for `fx`'s node: the usual flags, then
+    /// `extra`.
+    fn command(fx: &Fixture, kubeconfig: &Path, extra: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_freqtuner"));
+        command
             .args([
                 "--node-name",
                 &fx.node,
@@ -291,8 +292,15 @@ impl AgentProcess {
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .kill_on_drop(true);
+        command
+    }
+
+    /// Runs the agent for `fx`'s node, reaching the API server as
+    /// `kubeconfig` says, with `extra` flags after the usual ones.
+    async fn spawn(fx: &Fixture, kubeconfig: &Path, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Self::command(fx, kubeconfig, extra)
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .context("starting freqtuner")?;
         let stderr = child.stderr.take().context("no stderr pipe")?;
@@ -811,6 +819,144 @@ async fn expiry_and_sigterm_keep_working_while_the_api_server_is_unreachable() -
     assert!(status.success(), "{status}: {}", agent.logs());
     assert_eq!(fx.sysfs.scaling_max_khz(1)?, DEFAULT_KHZ);
     drop(forwarder);
+    fx.cleanup().await
+}
+
+#[tokio::test]
+async fn an_agent_that_cannot_open_its_backend_retries_then_exits_non_zero() -> anyhow::Result<()> {
+    let fx = Fixture::new("ft-noinit").await?;
+    // sysfs not mounted: the CPU tree is not there.
+    let tree = fx.sysfs.root().join("devices");
+    std::fs::rename(&tree, fx.sysfs.root().join("elsewhere"))?;
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        AgentProcess::command(
+            &fx,
+            &fx.kubeconfig,
+            &[
+                "--backend-init-attempts",
+                "3",
+                "--backend-init-backoff",
+                "100ms",
+            ],
+        )
+        .stderr(Stdio::piped())
+        .output(),
+    )
+    .await
+    .context("freqtuner kept running without its backend")??;
+    let logs = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{}: {logs}", output.status);
+    assert_eq!(
+        logs.matches("could not open the backend: retrying").count(),
+        2,
+        "{logs}"
+    );
+    assert!(
+        logs.contains("could not open the cpufreq backend in 3 attempt(s)"),
+        "{logs}"
+    );
+    fx.cleanup().await
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_is_moved_aside_and_what_it_still_records_is_restored()
+-> anyhow::Result<()> {
+    let fx = Fixture::new("ft-corrupt").await?;
+    // A killed agent capped CPUs 0 and 3; its state file has one record
+    // that no longer parses (a half-written hand edit, a disk error).
+    fx.sysfs.overwrite(
+        "devices/system/cpu/cpufreq/policy0/scaling_max_freq",
+        "1200000",
+    )?;
+    fx.sysfs.overwrite(
+        "devices/system/cpu/cpufreq/policy3/scaling_max_freq",
+        "800000",
+    )?;
+    let file = state_file(fx.state_dir.path(), &fx.node);
+    let corrupt = format!(r#"{{"0": {DEFAULT_KHZ}, "2": "2.2 GHz", "3": {DEFAULT_KHZ}}}"#);
+    std::fs::write(&file, &corrupt)?;
+
+    let agent = fx.spawn().await?;
+    fx.wait_khz(0, DEFAULT_KHZ, "CPU 0 restored at start-up")
+        .await
+        .with_context(|| agent.logs())?;
+    fx.wait_khz(3, DEFAULT_KHZ, "CPU 3 restored at start-up")
+        .await
+        .with_context(|| agent.logs())?;
+    let aside: Vec<PathBuf> = std::fs::read_dir(fx.state_dir.path())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().contains(".corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(std::fs::read_to_string(&aside[0])?, corrupt);
+    let m = agent.metrics().await?;
+    assert_eq!(
+        m.find("climatik_freqtuner_state_quarantined_total", &[])[0].value,
+        1.0
+    );
+    assert!(agent.logs().contains("the restore state was corrupt"));
+
+    // And it carries on: a new cap is applied and recorded.
+    fx.gpu_uuids().await.with_context(|| agent.logs())?;
+    fx.apply("", &manual_cpu(2, 1000)).await?;
+    fx.wait_khz(2, 1_000_000, "CPU 2 capped")
+        .await
+        .with_context(|| agent.logs())?;
+    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+    assert_eq!(state["policy2"]["original_khz"], DEFAULT_KHZ);
+    drop(agent);
+    fx.cleanup().await
+}
+
+#[tokio::test]
+async fn a_gpu_reset_behind_the_agents_back_is_locked_again() -> anyhow::Result<()> {
+    let fx = Fixture::new("ft-drift").await?;
+    // GPU 0 under full load: unlocked, it runs at its maximum clock.
+    let scenario = fx.state_dir.path().join("scenario.yaml");
+    std::fs::write(&scenario, "gpus:\n  0: full\n")?;
+    let scenario = scenario.to_string_lossy().into_owned();
+    let agent = AgentProcess::spawn(&fx, &fx.kubeconfig, &["--sim-scenario", &scenario]).await?;
+    let uuids = fx.gpu_uuids().await.with_context(|| agent.logs())?;
+    fx.apply(&manual_gpu(&uuids[0], 990), "").await?;
+    let clock_is = |mhz: f64| {
+        let agent = &agent;
+        move || async move { Ok((agent.sm_clock("0").await? == mhz).then_some(())) }
+    };
+    eventually(
+        "GPU 0 locked at 990 MHz",
+        Duration::from_secs(20),
+        clock_is(990.0),
+    )
+    .await
+    .with_context(|| agent.logs())?;
+
+    // Someone runs `nvidia-smi -rgc -rpl` (the sim's SIGUSR1).
+    agent.signal("-USR1").await?;
+    eventually(
+        "the reset counted as drift",
+        Duration::from_secs(20),
+        || async {
+            let m = agent.metrics().await?;
+            let drift = m.find(
+                "climatik_freqtuner_drift_reapplied_total",
+                &[("device", "gpu")],
+            );
+            Ok(drift.first().is_some_and(|s| s.value >= 1.0).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| agent.logs())?;
+    eventually(
+        "GPU 0 locked at 990 MHz again",
+        Duration::from_secs(20),
+        clock_is(990.0),
+    )
+    .await
+    .with_context(|| agent.logs())?;
+    assert!(agent.logs().contains("SIGUSR1: every simulated GPU reset"));
+    assert!(agent.logs().contains("changed by someone else"));
+    drop(agent);
     fx.cleanup().await
 }
 

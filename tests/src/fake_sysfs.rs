@@ -2,7 +2,10 @@
 //! local demos of the cpufreq backend: `devices/system/cpu/{online,possible,
 //! present}`, `cpuN/online` (not for cpu0, as on x86), `cpufreq/policyN/`
 //! with `cpuN/cpufreq` a symlink to it (absent while the CPU is offline),
-//! values in kHz, read-only attributes 0444 and writable ones 0644.
+//! values in kHz, read-only attributes 0444 and writable ones 0644. CPUs
+//! may share a policy ([`FakeSysfs::create_shared`]), as acpi-cpufreq's
+//! often do: their links point at one `policyN` that lists them all in
+//! `related_cpus` / `affected_cpus`.
 
 use std::{
     fs, io,
@@ -86,11 +89,27 @@ impl FakeCpu {
 #[derive(Debug, Clone)]
 pub struct FakeSysfs {
     root: PathBuf,
+    /// The policy of each CPU, by CPU number.
+    policies: Vec<usize>,
 }
 
 impl FakeSysfs {
-    /// Writes the tree under `root` (which plays `/sys`).
+    /// Writes the tree under `root` (which plays `/sys`), one policy per CPU.
     pub fn create(root: &Path, driver: &FakeDriver, cpus: &[FakeCpu]) -> io::Result<Self> {
+        Self::create_shared(root, driver, cpus, 1)
+    }
+
+    /// As [`Self::create`], with `per_policy` consecutive CPUs sharing
+    /// each policy (`policy0` for CPUs 0..per_policy, and so on; a policy
+    /// is named after its first CPU, as the kernel names them).
+    pub fn create_shared(
+        root: &Path,
+        driver: &FakeDriver,
+        cpus: &[FakeCpu],
+        per_policy: usize,
+    ) -> io::Result<Self> {
+        let per_policy = per_policy.max(1);
+        let policies: Vec<usize> = (0..cpus.len()).map(|i| i - i % per_policy).collect();
         let cpu_root = root.join("devices/system/cpu");
         fs::create_dir_all(cpu_root.join("cpufreq"))?;
         let last = cpus.len().saturating_sub(1);
@@ -120,6 +139,21 @@ impl FakeSysfs {
                     true,
                 )?;
             }
+            let first = policies[i];
+            if first != i {
+                // The policy is written with its first CPU.
+                if cpu.online {
+                    symlink(format!("../cpufreq/policy{first}"), dir.join("cpufreq"))?;
+                }
+                continue;
+            }
+            let members: Vec<String> = (first..cpus.len().min(first + per_policy))
+                .map(|c| c.to_string())
+                .collect();
+            let affected: Vec<String> = (first..cpus.len().min(first + per_policy))
+                .filter(|c| cpus[*c].online)
+                .map(|c| c.to_string())
+                .collect();
             let policy = cpu_root.join(format!("cpufreq/policy{i}"));
             fs::create_dir_all(&policy)?;
             let ro = |name: &str, value: &str| write_attr(&policy.join(name), value, false);
@@ -128,8 +162,8 @@ impl FakeSysfs {
             ro("cpuinfo_max_freq", &max.to_string())?;
             ro("cpuinfo_transition_latency", "0")?;
             ro("scaling_driver", driver.name())?;
-            ro("affected_cpus", &i.to_string())?;
-            ro("related_cpus", &i.to_string())?;
+            ro("affected_cpus", &affected.join(" "))?;
+            ro("related_cpus", &members.join(" "))?;
             ro("scaling_cur_freq", &max.to_string())?;
             rw("scaling_min_freq", &min.to_string())?;
             rw("scaling_governor", driver.governor())?;
@@ -170,6 +204,7 @@ impl FakeSysfs {
         }
         Ok(Self {
             root: root.to_path_buf(),
+            policies,
         })
     }
 
@@ -179,8 +214,12 @@ impl FakeSysfs {
     }
 
     fn policy(&self, cpu: u32) -> PathBuf {
+        let first = usize::try_from(cpu)
+            .ok()
+            .and_then(|c| self.policies.get(c).copied())
+            .map_or(cpu, |p| u32::try_from(p).unwrap_or(cpu));
         self.root
-            .join(format!("devices/system/cpu/cpufreq/policy{cpu}"))
+            .join(format!("devices/system/cpu/cpufreq/policy{first}"))
     }
 
     /// `scaling_max_freq` of a CPU, in kHz.

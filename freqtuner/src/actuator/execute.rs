@@ -45,6 +45,49 @@ pub fn sample_power(
     }
 }
 
+/// How `uuid` differs from what this agent set on it (`previous`), when
+/// someone else changed it: `nvidia-smi -rgc` or `-pl`, a GPU reset. One
+/// clock read per locked GPU and one limit read per limited GPU: a locked
+/// GPU never runs above its lock, while an unlocked one boosts above it
+/// under load (an idle unlocked GPU runs low and costs nothing until then).
+pub fn drift(backend: &mut dyn GpuBackend, uuid: &str, previous: GpuSet) -> Option<String> {
+    let mut found = Vec::new();
+    if let Some(locked) = previous.locked
+        && let Ok(current) = backend.current_clock(uuid)
+        && current > locked
+    {
+        found.push(format!(
+            "SM clock {current} MHz above the {locked} MHz locked"
+        ));
+    }
+    if let Some(limit) = previous.power_limit {
+        // What the GPU took: the limit clamped to its range.
+        let taken = match backend.device(uuid).and_then(|d| d.power_limits) {
+            Some(range) => limit.clamp(range.min_watts, range.max_watts),
+            None => limit,
+        };
+        if let Ok(watts) = backend.power_limit_watts(uuid)
+            && (watts - taken).abs() > POWER_LIMIT_TOLERANCE_WATTS
+        {
+            found.push(format!("power limit {watts} W instead of {taken} W"));
+        }
+    }
+    (!found.is_empty()).then(|| found.join(", "))
+}
+
+/// How `cpu` differs from the ceiling this agent applied, when someone
+/// else raised it (a tuning daemon, a hand-written `scaling_max_freq`): one
+/// sysfs read per capped CPU. Only a ceiling above the cap counts, as a
+/// shared policy may hold a lower one for another of its CPUs.
+pub fn cpu_drift(backend: &mut dyn CpuBackend, cpu: u32, applied: &CpuApplied) -> Option<String> {
+    let now = backend.current_mhz(cpu).ok()?;
+    (now > applied.target_mhz)
+        .then(|| format!("ceiling {now} MHz above the {} MHz set", applied.target_mhz))
+}
+
+/// NVML keeps limits in milliwatts; anything closer is the limit set.
+const POWER_LIMIT_TOLERANCE_WATTS: f64 = 0.5;
+
 /// Makes the writes of `plan` on `uuid`, starting from `previous`, then
 /// reads back the clock (and the power, unless `sample` already has it).
 /// `errors` holds what went wrong before (the power sample).

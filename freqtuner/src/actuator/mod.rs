@@ -30,7 +30,10 @@ use crate::{
     metrics::Metrics,
 };
 
-use self::{plan::GpuSet, report::Reporter};
+use self::{
+    plan::{CpuPlan, GpuSet},
+    report::Reporter,
+};
 
 /// The per-device results of one pass.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -247,7 +250,16 @@ impl Actuator {
             target.samples_power(step_budget),
             &mut errors,
         );
-        let plan = target.plan(previous, sample, self.power_limit_mode, &self.control);
+        let mut plan = target.plan(previous, sample, self.power_limit_mode, &self.control);
+        if let Some(what) = execute::drift(backend.as_mut(), uuid, previous) {
+            // Someone else changed the GPU: write again what is planned,
+            // whether or not it differs from what this agent last set.
+            self.reporter.gpu_drifted(uuid, &what);
+            plan.lock = true;
+            if plan.power_limit.is_none() && !plan.reset_first {
+                plan.power_limit = previous.power_limit;
+            }
+        }
         let outcome = execute::gpu(backend.as_mut(), uuid, &plan, previous, sample, errors);
         self.gpus.insert(uuid.to_string(), outcome.set);
         self.reporter.gpu(uuid, want, &outcome);
@@ -292,7 +304,13 @@ impl Actuator {
         let Some(backend) = self.cpu.as_mut() else {
             return report::cpu_without_backend(cpu);
         };
-        let plan = plan::cpu_plan(want, self.cpus.get(&cpu));
+        let mut plan = plan::cpu_plan(want, self.cpus.get(&cpu));
+        if let CpuPlan::Keep(applied) = &plan
+            && let Some(what) = execute::cpu_drift(backend.as_mut(), cpu, applied)
+        {
+            self.reporter.cpu_drifted(cpu, &what);
+            plan = CpuPlan::Set(want.target_mhz);
+        }
         let result = execute::cpu(backend.as_mut(), cpu, plan);
         self.reporter.cpu(cpu, &result);
         match &result {
@@ -584,5 +602,93 @@ mod tests {
                 .iter()
                 .all(|c| c.state == DeviceState::Unsupported)
         );
+    }
+
+    fn drift_count(actuator: &Actuator) -> u64 {
+        actuator
+            .reporter
+            .metrics
+            .drift
+            .get_or_create(&crate::metrics::DeviceLabels {
+                device: "gpu".into(),
+            })
+            .get()
+    }
+
+    #[test]
+    fn a_gpu_reset_by_someone_else_is_locked_again() {
+        let mut rig = rig(FakeCpu::uniform(1));
+        let uuid = rig.uuids[0].clone();
+        let s = spec(vec![gpu_entry(&uuid, 990, None, None)], vec![]);
+        rig.actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(locked(&rig, 0), Some(990));
+        // Nothing changed: nothing counted.
+        rig.actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(drift_count(&rig.actuator), 0);
+
+        // `nvidia-smi -rgc` behind the agent's back: the loaded GPU boosts.
+        rig.world.lock().expect("world").reset_all(Instant::now());
+        assert_eq!(locked(&rig, 0), None);
+        let report = rig.actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(locked(&rig, 0), Some(990));
+        assert_eq!(report.gpus[0].current_frequency, Some(990));
+        assert_eq!(drift_count(&rig.actuator), 1);
+        rig.actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(drift_count(&rig.actuator), 1);
+    }
+
+    #[test]
+    fn a_power_limit_reset_by_someone_else_is_set_again() {
+        let rig = rig(FakeCpu::uniform(1));
+        let uuid = rig.uuids[0].clone();
+        let gpu = SimGpus::new(rig.world.clone()).expect("sim");
+        let mut actuator = Actuator::new(
+            Some(Box::new(gpu)),
+            None,
+            true,
+            Arc::new(Metrics::default()),
+        );
+        let s = spec(vec![gpu_entry(&uuid, 1980, Some(450.0), None)], vec![]);
+        actuator.reconcile(Some(&s), Timestamp::now(), true);
+        let limit = |rig: &Rig| rig.world.lock().expect("world").power_limit(&uuid);
+        assert_eq!(limit(&rig), Some(450.0));
+
+        rig.world.lock().expect("world").reset_all(Instant::now());
+        assert_eq!(limit(&rig), None);
+        actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(limit(&rig), Some(450.0));
+        assert!(locked(&rig, 0).is_some());
+        assert_eq!(drift_count(&actuator), 1);
+    }
+
+    #[test]
+    fn a_cpu_ceiling_raised_by_someone_else_is_capped_again() {
+        let mut rig = rig(FakeCpu::uniform(2));
+        let s = spec(vec![], vec![cpu_entry(1, 2000, None)]);
+        rig.actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(rig.sysfs.scaling_max_khz(1).expect("read"), 2_000_000);
+
+        // A tuning daemon puts the maximum back.
+        rig.sysfs
+            .overwrite(
+                "devices/system/cpu/cpufreq/policy1/scaling_max_freq",
+                "4800000",
+            )
+            .expect("write");
+        rig.actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(rig.sysfs.scaling_max_khz(1).expect("read"), 2_000_000);
+        let drift = rig
+            .actuator
+            .reporter
+            .metrics
+            .drift
+            .get_or_create(&crate::metrics::DeviceLabels {
+                device: "cpu".into(),
+            })
+            .get();
+        assert_eq!(drift, 1);
+        // Restoring still puts back the value found before the first change.
+        rig.actuator.restore_all();
+        assert_eq!(rig.sysfs.scaling_max_khz(1).expect("read"), 4_800_000);
     }
 }

@@ -258,6 +258,22 @@ impl Reporter {
         self.ok(uuid);
     }
 
+    /// Someone else changed a GPU this agent set; it is set again.
+    pub fn gpu_drifted(&mut self, uuid: &str, what: &str) {
+        tracing::warn!(gpu = %uuid, drift = what, "the GPU was changed by someone else: applying again");
+        self.metrics.drifted("gpu");
+    }
+
+    /// Someone else raised a CPU's ceiling; it is set again.
+    pub fn cpu_drifted(&mut self, cpu: u32, what: &str) {
+        tracing::warn!(
+            cpu,
+            drift = what,
+            "the CPU's ceiling was changed by someone else: applying again"
+        );
+        self.metrics.drifted("cpu");
+    }
+
     pub fn gpu_restore_failed(&mut self, uuid: &str, error: &Error) {
         self.failed(uuid, "gpu", error);
     }

@@ -30,6 +30,10 @@ pub trait CpuBackend: Send {
     /// this backend never changed).
     fn restore(&mut self, cpu: u32) -> Result<()>;
 
+    /// The ceiling in force now, in MHz: read back to notice that someone
+    /// else changed it.
+    fn current_mhz(&mut self, cpu: u32) -> Result<u32>;
+
     /// CPUs changed and not yet restored.
     fn touched(&self) -> Vec<u32>;
 

@@ -67,6 +67,11 @@ impl CpuBackend for SimCpus {
         Ok(())
     }
 
+    fn current_mhz(&mut self, cpu: u32) -> Result<u32> {
+        self.ceiling_mhz(cpu)
+            .ok_or_else(|| Error::Unsupported(format!("no CPU {cpu} on this node")))
+    }
+
     fn touched(&self) -> Vec<u32> {
         self.ceilings.keys().copied().collect()
     }

@@ -97,6 +97,15 @@ pub trait GpuBackend: Send {
         )))
     }
 
+    /// The GPU's power limit in force now, in watts: read back to notice
+    /// that someone else changed it.
+    fn power_limit_watts(&mut self, uuid: &str) -> Result<f64> {
+        Err(Error::Unsupported(format!(
+            "{uuid}: the {} backend cannot read power limits",
+            self.name()
+        )))
+    }
+
     /// GPUs with a locked clock or changed limit, not yet reset.
     fn touched(&self) -> Vec<String>;
 

@@ -2,6 +2,10 @@
 //! so the bookkeeping around them (discovery, refusing unsupported clocks,
 //! clamping power limits, remembering what to reset after a crash) is tested
 //! with a fake device; [`RealDevice`] is the thin layer over nvml-wrapper.
+//!
+//! The power limit put back is the one in force before the agent first
+//! changed it, read from the GPU (an administrator's `nvidia-smi -pl`
+//! survives), not the factory default.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::{GpuBackend, GpuInfo, PowerLimits};
 use crate::{
     error::{Error, Result},
-    state::StateFile,
+    state::{Salvage, StateFile, salvage_map},
 };
 
 /// The NVML calls the backend makes, one GPU each.
@@ -34,6 +38,8 @@ pub trait NvmlDevice: Send {
     /// `(min, max)` in milliwatts.
     fn power_limit_constraints_mw(&self) -> Result<(u32, u32), NvmlError>;
     fn power_limit_default_mw(&self) -> Result<u32, NvmlError>;
+    /// The power-management limit in force now, in milliwatts.
+    fn power_limit_mw(&self) -> Result<u32, NvmlError>;
     fn set_power_limit_mw(&mut self, milliwatts: u32) -> Result<(), NvmlError>;
 }
 
@@ -119,19 +125,55 @@ impl NvmlDevice for RealDevice {
     fn power_limit_default_mw(&self) -> Result<u32, NvmlError> {
         self.with(|d| d.power_management_limit_default())
     }
+    fn power_limit_mw(&self) -> Result<u32, NvmlError> {
+        self.with(|d| d.power_management_limit())
+    }
     fn set_power_limit_mw(&mut self, milliwatts: u32) -> Result<(), NvmlError> {
         self.with_mut(|d| d.set_power_management_limit(milliwatts))
     }
 }
 
 /// What must be undone after a crash: locked GPUs and changed power limits
-/// (with the limit to put back, in mW), by UUID.
+/// (with the limit found before the first change, in mW), by UUID.
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 struct NvmlState {
     #[serde(default)]
     locked: BTreeSet<String>,
     #[serde(default)]
     power_limits_mw: BTreeMap<String, u32>,
+}
+
+impl Salvage for NvmlState {
+    fn salvage(value: serde_json::Value) -> (Self, usize) {
+        let mut lost = usize::from(!value.is_object());
+        let locked = match value.get("locked") {
+            Some(serde_json::Value::Array(items)) => items
+                .iter()
+                .filter_map(|item| {
+                    let uuid = item.as_str().map(str::to_string);
+                    lost += usize::from(uuid.is_none());
+                    uuid
+                })
+                .collect(),
+            Some(_) => {
+                lost += 1;
+                BTreeSet::new()
+            }
+            None => BTreeSet::new(),
+        };
+        let (power_limits_mw, unreadable) = value
+            .get("power_limits_mw")
+            .cloned()
+            .map(salvage_map)
+            .unwrap_or_default();
+        (
+            Self {
+                locked,
+                power_limits_mw,
+            },
+            lost + unreadable,
+        )
+    }
 }
 
 /// GPU control through NVML (or anything implementing [`NvmlDevice`]).
@@ -303,11 +345,17 @@ impl<D: NvmlDevice> GpuBackend for NvmlBackend<D> {
             Error::Unsupported(format!("{uuid} does not allow changing its power limit"))
         })?;
         let clamped = watts.clamp(limits.min_watts, limits.max_watts);
-        let default_mw = (limits.default_watts * 1000.0).round() as u32;
         if !self.state.power_limits_mw.contains_key(uuid) {
+            // What is in force before the first change, which may be an
+            // administrator's and not the default; a record already there
+            // (a restarted agent) holds the original, so it is kept.
+            let (_, device) = self.find(uuid)?;
+            let original = device
+                .power_limit_mw()
+                .map_err(nvml("power_management_limit"))?;
             self.state
                 .power_limits_mw
-                .insert(uuid.to_string(), default_mw);
+                .insert(uuid.to_string(), original);
             self.save()?;
         }
         let (_, device) = self.find(uuid)?;
@@ -316,6 +364,15 @@ impl<D: NvmlDevice> GpuBackend for NvmlBackend<D> {
             .set_power_limit_mw((clamped * 1000.0).round() as u32)
             .map_err(nvml("set_power_management_limit"))?;
         Ok(clamped)
+    }
+
+    fn power_limit_watts(&mut self, uuid: &str) -> Result<f64> {
+        let mw = self
+            .find(uuid)?
+            .1
+            .power_limit_mw()
+            .map_err(nvml("power_management_limit"))?;
+        Ok(f64::from(mw) / 1000.0)
     }
 
     fn touched(&self) -> Vec<String> {
@@ -352,17 +409,23 @@ impl<D: NvmlDevice> GpuBackend for NvmlBackend<D> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    };
 
     use super::*;
 
-    /// A GPU that records the calls made to it.
+    /// A GPU that records the calls made to it. Clones are the same GPU
+    /// (as seen by a second agent): they share the power limit in force.
     #[derive(Clone)]
     struct FakeGpu {
         uuid: String,
         log: Arc<Mutex<Vec<String>>>,
         deny_writes: bool,
         power_limits: bool,
+        /// The limit in force, mW; 700 W (the default) at boot.
+        limit_mw: Arc<AtomicU32>,
     }
 
     impl FakeGpu {
@@ -372,7 +435,13 @@ mod tests {
                 log: log.clone(),
                 deny_writes: false,
                 power_limits: true,
+                limit_mw: Arc::new(AtomicU32::new(700_000)),
             }
+        }
+
+        /// An administrator's `nvidia-smi -pl`, not recorded as our call.
+        fn admin_sets_limit(&self, milliwatts: u32) {
+            self.limit_mw.store(milliwatts, Ordering::SeqCst);
         }
 
         fn record(&self, call: String) {
@@ -437,8 +506,13 @@ mod tests {
         fn power_limit_default_mw(&self) -> Result<u32, NvmlError> {
             Ok(700_000)
         }
+        fn power_limit_mw(&self) -> Result<u32, NvmlError> {
+            Ok(self.limit_mw.load(Ordering::SeqCst))
+        }
         fn set_power_limit_mw(&mut self, milliwatts: u32) -> Result<(), NvmlError> {
-            self.write(format!("limit {milliwatts}"))
+            self.write(format!("limit {milliwatts}"))?;
+            self.limit_mw.store(milliwatts, Ordering::SeqCst);
+            Ok(())
         }
     }
 
@@ -564,5 +638,66 @@ mod tests {
             vec!["lock 345-345", "limit 300000", "reset", "limit 700000"]
         );
         assert!(second.touched().is_empty());
+    }
+
+    #[test]
+    fn restores_the_limit_an_administrator_set_not_the_default() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = log();
+        let gpu = FakeGpu::new("GPU-a", &log);
+        gpu.admin_sets_limit(550_000);
+        let mut backend = NvmlBackend::new(vec![gpu.clone()], state(&dir)).expect("new");
+        backend.set_power_limit("GPU-a", 300.0).expect("limit");
+        assert_eq!(backend.power_limit_watts("GPU-a").expect("read"), 300.0);
+        backend.reset("GPU-a").expect("reset");
+        assert_eq!(calls(&log), vec!["limit 300000", "reset", "limit 550000"]);
+        assert_eq!(backend.power_limit_watts("GPU-a").expect("read"), 550.0);
+    }
+
+    #[test]
+    fn a_restarted_agent_keeps_the_recorded_original_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = log();
+        let gpu = FakeGpu::new("GPU-a", &log);
+        gpu.admin_sets_limit(550_000);
+        {
+            let mut first = NvmlBackend::new(vec![gpu.clone()], state(&dir)).expect("new");
+            first.set_power_limit("GPU-a", 300.0).expect("limit");
+            // Killed: the GPU keeps 300 W.
+        }
+        // The successor finds 300 W in force, which Climatik set: setting
+        // a limit again must not take that for the original.
+        let mut second = NvmlBackend::new(vec![gpu.clone()], state(&dir)).expect("new");
+        second.set_power_limit("GPU-a", 250.0).expect("limit");
+        second.reset("GPU-a").expect("reset");
+        assert_eq!(gpu.power_limit_mw().expect("read"), 550_000);
+
+        {
+            let mut third = NvmlBackend::new(vec![gpu.clone()], state(&dir)).expect("new");
+            third.set_power_limit("GPU-a", 300.0).expect("limit");
+        }
+        let mut fourth = NvmlBackend::new(vec![gpu.clone()], state(&dir)).expect("new");
+        assert_eq!(fourth.restore_leftovers().expect("restore"), vec!["GPU-a"]);
+        assert_eq!(gpu.power_limit_mw().expect("read"), 550_000);
+    }
+
+    #[test]
+    fn a_corrupt_state_restores_the_records_that_parse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = log();
+        let file = state(&dir);
+        std::fs::write(
+            file.path(),
+            r#"{"locked": ["GPU-b", 7], "power_limits_mw": {"GPU-b": 450000, "GPU-a": "x"}}"#,
+        )
+        .expect("write");
+        let (a, b) = (FakeGpu::new("GPU-a", &log), FakeGpu::new("GPU-b", &log));
+        let mut backend =
+            NvmlBackend::new(vec![a, b.clone()], file).expect("a corrupt state is no error");
+        assert_eq!(backend.touched(), vec!["GPU-b".to_string()]);
+        assert_eq!(backend.restore_leftovers().expect("restore"), vec!["GPU-b"]);
+        assert_eq!(calls(&log), vec!["reset", "limit 450000"]);
+        assert_eq!(b.power_limit_mw().expect("read"), 450_000);
+        assert_eq!(crate::state::tests::corrupt_files(dir.path()).len(), 1);
     }
 }

@@ -88,6 +88,15 @@ impl GpuBackend for SimGpus {
         Ok(clamped)
     }
 
+    fn power_limit_watts(&mut self, uuid: &str) -> Result<f64> {
+        let default = self
+            .device(uuid)
+            .and_then(|d| d.power_limits)
+            .ok_or_else(|| Error::Unsupported(format!("no GPU {uuid} on this node")))?
+            .default_watts;
+        Ok(lock(&self.world)?.power_limit(uuid).unwrap_or(default))
+    }
+
     fn touched(&self) -> Vec<String> {
         self.touched.iter().cloned().collect()
     }

@@ -424,8 +424,52 @@ impl SimWorld {
             .and_then(|g| g.locked)
     }
 
+    /// The power limit set, if any (else the default is in force).
+    pub fn power_limit(&self, uuid: &str) -> Option<f64> {
+        self.gpus
+            .iter()
+            .find(|g| g.info.uuid == uuid)
+            .and_then(|g| g.power_limit)
+    }
+
+    /// Someone other than the agent resets every GPU: clocks unlocked and
+    /// power limits back to the default, as `nvidia-smi -rgc -rpl` or a
+    /// GPU reset would (the agent is expected to notice and re-apply).
+    pub fn reset_all(&mut self, now: Instant) {
+        self.advance(now);
+        for gpu in &mut self.gpus {
+            gpu.locked = None;
+            gpu.power_limit = None;
+        }
+    }
+
     pub fn model(&self) -> &GpuModel {
         &self.config.model
+    }
+}
+
+/// Resets every simulated GPU on each SIGUSR1, standing for someone on the
+/// node running `nvidia-smi -rgc -rpl` (or a GPU reset) behind the agent's
+/// back: the demo and the tests use it to show the agent set them again.
+pub async fn reset_on_sigusr1(world: SharedWorld) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut resets = match signal(SignalKind::user_defined1()) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGUSR1: no simulated outside resets");
+            return;
+        }
+    };
+    while resets.recv().await.is_some() {
+        match world.lock() {
+            Ok(mut world) => {
+                world.reset_all(Instant::now());
+                tracing::warn!(
+                    "SIGUSR1: every simulated GPU reset (clocks unlocked, default power limit)"
+                );
+            }
+            Err(_) => return,
+        }
     }
 }
 
