@@ -42,6 +42,7 @@ fn cluster_rules(component: &str) -> serde_json::Value {
             policies(&["get", "list", "watch", "patch", "update"]),
             { "apiGroups": ["climatik.io"], "resources": ["powercappingpolicies/status"], "verbs": ["get", "patch", "update"] },
             { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": ["climatik.io"], "resources": ["nodefrequencies"], "verbs": ["get", "list", "watch"] },
             { "apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["get"] },
             { "apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["get"] },
             events,
@@ -176,7 +177,9 @@ async fn run_loop_test(
         gpu("GPU-A1", "pod", "a2", ns, &nodes[1], 150.0),
     ];
     dcgm.set(series.clone());
-    cluster.register_prometheus_target(ns, &dcgm.addr, &[])?;
+    scrape_dcgm(cluster, ns, &dcgm)?;
+    report_inventory(&admin, &nodes[0], &["GPU-A0"]).await?;
+    report_inventory(&admin, &nodes[1], &["GPU-A1"]).await?;
 
     // The components run as their ServiceAccounts, with leader election.
     let monitor_client = service_account_client(cluster, ns, "monitor").await?;
@@ -195,6 +198,8 @@ async fn run_loop_test(
             prometheus_url: cluster.prometheus_url().to_string(),
             prometheus_timeout: Duration::from_secs(3),
             kepler: false,
+            dcgm_jobs: dcgm_jobs(),
+            kepler_jobs: vec![],
             interval: Duration::from_secs(1),
             lease: Some(lease("monitor")),
             namespace: Some(ns.to_string()),
@@ -394,7 +399,8 @@ async fn invalid_algorithm_changes_no_frequencies_and_annotated_workloads_get_th
         let dcgm = DcgmServer::start().await?;
         create_pod(&admin, &ns_name, "x0", &node, "x").await?;
         dcgm.set(vec![gpu("GPU-X0", "pod", "x0", &ns_name, &node, 250.0)]);
-        cluster.register_prometheus_target(&ns_name, &dcgm.addr, &[])?;
+        scrape_dcgm(&cluster, &ns_name, &dcgm)?;
+        report_inventory(&admin, &node, &["GPU-X0"]).await?;
         let running = InProcessLoop::start(&admin, cluster.prometheus_url(), Duration::from_secs(3), Duration::from_secs(60), &ns_name);
         // `/readyz` follows the policy watches: both sync on an empty list.
         wait_for("both controllers ready", TIMEOUT, || async {

@@ -25,7 +25,7 @@ async fn private_prometheus(
         .local_addr()?
         .port();
     let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: dcgm\n    honor_labels: true\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    static_configs:\n      - targets: ['{target}']\n"
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: {DCGM_JOB}\n    honor_labels: true\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    static_configs:\n      - targets: ['{target}']\n"
     );
     let config_file = dir.join("prometheus.yml");
     std::fs::write(&config_file, config)?;
@@ -76,6 +76,7 @@ async fn prometheus_outage_holds_targets_and_reports_it() -> anyhow::Result<()> 
             watts: 250.0,
             clock: 1380.0,
         }]);
+        report_inventory(&admin, &node, &["GPU-O0"]).await?;
         let (mut prometheus, url) = private_prometheus(dir.path(), &dcgm.addr).await?;
 
         let running = InProcessLoop::start(
