@@ -82,3 +82,33 @@ async fn main() -> anyhow::Result<()> {
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut argv = vec![
+            "powercapping-controller",
+            "--prometheus-url",
+            "http://p:9090",
+        ];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+    }
+
+    #[test]
+    fn job_flags_default_split_and_empty_means_any_job() -> Result<(), clap::Error> {
+        let defaults = parse(&[])?;
+        assert_eq!(
+            jobs(defaults.dcgm_jobs),
+            ["nvidia-dcgm-exporter", "dcgm-exporter"]
+        );
+        assert_eq!(jobs(defaults.kepler_jobs), ["kepler"]);
+        // As the chart renders them.
+        let set = parse(&["--dcgm-jobs=a,b.c", "--kepler-jobs="])?;
+        assert_eq!(jobs(set.dcgm_jobs), ["a", "b.c"]);
+        assert!(jobs(set.kepler_jobs).is_empty());
+        Ok(())
+    }
+}
