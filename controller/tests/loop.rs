@@ -121,23 +121,6 @@ async fn delete_cluster_rbac(client: &kube::Client, ns: &str) {
     }
 }
 
-fn gpu(uuid: &str, pod_label: &'static str, pod: &str, ns: &str, node: &str, watts: f64) -> Gpu {
-    Gpu {
-        uuid: uuid.into(),
-        pod_label,
-        pod: pod.into(),
-        namespace_label: if pod_label == "pod" {
-            "namespace"
-        } else {
-            "exported_namespace"
-        },
-        namespace: ns.into(),
-        hostname: node.into(),
-        watts,
-        clock: 1380.0,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn policies_drive_node_frequencies_with_chart_rbac() -> anyhow::Result<()> {
     let cluster = climatik_test_support::cluster().await?;
@@ -195,16 +178,8 @@ async fn run_loop_test(
     let monitor_task = tokio::spawn(monitor::run(
         monitor_client,
         MonitorConfig {
-            prometheus_url: cluster.prometheus_url().to_string(),
-            prometheus_timeout: Duration::from_secs(3),
-            kepler: false,
-            dcgm_jobs: dcgm_jobs(),
-            kepler_jobs: vec![],
-            interval: Duration::from_secs(1),
             lease: Some(lease("monitor")),
-            namespace: Some(ns.to_string()),
-            identity: "test-monitor".into(),
-            generator_resync: None,
+            ..monitor_config(cluster.prometheus_url(), ns)
         },
         Metrics::new("powercapping-controller"),
         async move {

@@ -66,16 +66,7 @@ async fn prometheus_outage_holds_targets_and_reports_it() -> anyhow::Result<()> 
     let result = async {
         let dcgm = DcgmServer::start().await?;
         create_pod(&admin, &ns_name, "o0", &node, "o").await?;
-        dcgm.set(vec![Gpu {
-            uuid: "GPU-O0".into(),
-            pod_label: "pod",
-            pod: "o0".into(),
-            namespace_label: "namespace",
-            namespace: ns_name.clone(),
-            hostname: node.clone(),
-            watts: 250.0,
-            clock: 1380.0,
-        }]);
+        dcgm.set(vec![gpu("GPU-O0", "pod", "o0", &ns_name, &node, 250.0)]);
         report_inventory(&admin, &node, &["GPU-O0"]).await?;
         let (mut prometheus, url) = private_prometheus(dir.path(), &dcgm.addr).await?;
 

@@ -10,10 +10,7 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use climatik_api::PowerCappingPolicy;
-use climatik_controller::{
-    metrics::Metrics,
-    monitor::{self, MonitorConfig},
-};
+use climatik_controller::{metrics::Metrics, monitor};
 use common::*;
 use kube::{Api, api::PostParams};
 use serde_json::json;
@@ -22,19 +19,6 @@ use tokio::sync::oneshot;
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// What the spoofed series claim the victim draws.
 const SPOOFED_WATTS: f64 = 5000.0;
-
-fn series(uuid: &str, pod: &str, ns: &str, node: &str, watts: f64) -> Gpu {
-    Gpu {
-        uuid: uuid.into(),
-        pod_label: "pod",
-        pod: pod.into(),
-        namespace_label: "namespace",
-        namespace: ns.into(),
-        hostname: node.into(),
-        watts,
-        clock: 1380.0,
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spoofed_series_do_not_change_the_measured_power() -> anyhow::Result<()> {
@@ -78,15 +62,22 @@ async fn run(
     // UUID no agent reported.
     let dcgm = DcgmServer::start().await?;
     dcgm.set(vec![
-        series("GPU-V0", "v0", ns, &nodes[0], 200.0),
-        series("GPU-W0", "v1", ns, &nodes[1], 100.0),
-        series("GPU-FAKE", "v0", ns, &nodes[0], SPOOFED_WATTS),
+        gpu("GPU-V0", "pod", "v0", ns, &nodes[0], 200.0),
+        gpu("GPU-W0", "pod", "v1", ns, &nodes[1], 100.0),
+        gpu("GPU-FAKE", "pod", "v0", ns, &nodes[0], SPOOFED_WATTS),
     ]);
     scrape_dcgm(cluster, exporter, &dcgm)?;
     // A tenant's target in its own job claims the victim's pod on the
     // real, idle GPU beside it.
     let spoofer = DcgmServer::start().await?;
-    spoofer.set(vec![series("GPU-V1", "v0", ns, &nodes[0], SPOOFED_WATTS)]);
+    spoofer.set(vec![gpu(
+        "GPU-V1",
+        "pod",
+        "v0",
+        ns,
+        &nodes[0],
+        SPOOFED_WATTS,
+    )]);
     cluster.register_prometheus_target(tenant, &spoofer.addr, &[("job", "tenant-metrics")])?;
     // Every series is in Prometheus before the first measurement.
     for uuid in ["GPU-V0", "GPU-W0", "GPU-FAKE", "GPU-V1"] {
@@ -102,18 +93,7 @@ async fn run(
     let (stop, stopped) = oneshot::channel::<()>();
     let monitor_task = tokio::spawn(monitor::run(
         admin.clone(),
-        MonitorConfig {
-            prometheus_url: cluster.prometheus_url().to_string(),
-            prometheus_timeout: Duration::from_secs(3),
-            kepler: false,
-            dcgm_jobs: dcgm_jobs(),
-            kepler_jobs: vec![],
-            interval: Duration::from_secs(1),
-            lease: None,
-            namespace: Some(ns.to_string()),
-            identity: "test-monitor".into(),
-            generator_resync: None,
-        },
+        monitor_config(cluster.prometheus_url(), ns),
         metrics.clone(),
         async move {
             let _ = stopped.await;

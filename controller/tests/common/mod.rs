@@ -106,9 +106,51 @@ fn render(gpus: &[Gpu]) -> String {
 /// controller's default, as in a standard install.
 pub const DCGM_JOB: &str = DEFAULT_DCGM_JOBS[0];
 
-/// The controller's default DCGM jobs, for an in-process monitor.
-pub fn dcgm_jobs() -> Vec<String> {
-    DEFAULT_DCGM_JOBS.iter().map(|j| j.to_string()).collect()
+/// One DCGM series of GPU `uuid` on `node`, for `pod` in `ns` under the
+/// label spelling `pod_label` (`pod` or `exported_pod`), at 1380 MHz.
+pub fn gpu(
+    uuid: &str,
+    pod_label: &'static str,
+    pod: &str,
+    ns: &str,
+    node: &str,
+    watts: f64,
+) -> Gpu {
+    Gpu {
+        uuid: uuid.into(),
+        pod_label,
+        pod: pod.into(),
+        namespace_label: if pod_label == "pod" {
+            "namespace"
+        } else {
+            "exported_namespace"
+        },
+        namespace: ns.into(),
+        hostname: node.into(),
+        watts,
+        clock: 1380.0,
+    }
+}
+
+/// The monitor as these tests run it: policies of `namespace`, a 1 s
+/// period, a 3 s query timeout, the default DCGM jobs, no Kepler, no leader
+/// election, no policy generator.
+pub fn monitor_config(
+    prometheus_url: &str,
+    namespace: &str,
+) -> climatik_controller::monitor::MonitorConfig {
+    climatik_controller::monitor::MonitorConfig {
+        prometheus_url: prometheus_url.to_string(),
+        prometheus_timeout: Duration::from_secs(3),
+        kepler: false,
+        dcgm_jobs: DEFAULT_DCGM_JOBS.iter().map(|j| j.to_string()).collect(),
+        kepler_jobs: vec![],
+        interval: Duration::from_secs(1),
+        lease: None,
+        namespace: Some(namespace.to_string()),
+        identity: "test-monitor".into(),
+        generator_resync: None,
+    }
 }
 
 /// Makes the cluster's Prometheus scrape `dcgm` as target `name` under the
@@ -467,18 +509,11 @@ impl InProcessLoop {
         let monitor = tokio::spawn(monitor::run_with_readiness(
             admin.clone(),
             MonitorConfig {
-                prometheus_url: prometheus_url.to_string(),
                 prometheus_timeout,
-                kepler: false,
-                dcgm_jobs: dcgm_jobs(),
-                kepler_jobs: vec![],
-                interval: Duration::from_secs(1),
-                lease: None,
-                namespace: Some(namespace.to_string()),
-                identity: "test".into(),
                 // Generated policies come from annotated workloads; tests
                 // that write policies by hand have none.
                 generator_resync: Some(Duration::from_secs(60)),
+                ..monitor_config(prometheus_url, namespace)
             },
             Metrics::new("powercapping-controller"),
             async move {
