@@ -277,6 +277,10 @@ impl Stack {
             &[
                 "--prometheus-url",
                 &prometheus_url,
+                // The local Prometheus scrapes every target, the agents'
+                // DCGM series included, under this one job.
+                "--dcgm-jobs",
+                "climatik",
                 "--interval",
                 &interval,
                 "--metrics-listen",
