@@ -6,12 +6,17 @@
 
 use std::{fmt::Debug, future::Future, sync::Arc, time::Duration};
 
-use climatik_api::PowerCappingPolicy;
+use climatik_api::{NodeFrequencies, PowerCappingPolicy};
 use climatik_runtime::{ReadyFlag, Shutdown};
 use futures::StreamExt;
 use kube::{
     Api,
-    runtime::{Controller, controller::Action, reflector::Store, watcher},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        reflector::{self, Store},
+        watcher,
+    },
 };
 
 use crate::{
@@ -116,6 +121,33 @@ pub(crate) async fn run_policies<Ctx, Fut, E>(
         })
         .await;
     readiness.abort();
+}
+
+/// Every NodeFrequencies (targets and the node agents' reports), kept by a
+/// watch that runs until `shutdown`; wait for the store to be ready before
+/// reading it.
+pub(crate) fn node_frequencies(
+    client: &kube::Client,
+    shutdown: &Shutdown,
+) -> (Store<NodeFrequencies>, tokio::task::JoinHandle<()>) {
+    let (store, writer) = reflector::store::<NodeFrequencies>();
+    let watch = reflector::reflector(
+        writer,
+        watcher(
+            Api::<NodeFrequencies>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff(),
+    )
+    .for_each(|_| async {});
+    let stop = shutdown.wait();
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            _ = watch => {}
+            _ = stop => {}
+        }
+    });
+    (store, task)
 }
 
 /// Policies in one namespace, or in all.

@@ -29,6 +29,11 @@ pub struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub namespace: String,
     pub policy: String,
@@ -65,6 +70,8 @@ pub struct Metrics {
     generated_policy_writes: Family<ActionLabels, Counter>,
     /// Workloads whose generated policy was left as it is, by reason.
     generator_skips: Family<ActionLabels, Counter>,
+    /// GPU series about a policy's pods that were not believed (monitor).
+    ignored_series: Family<ReasonLabels, Counter>,
 }
 
 impl Metrics {
@@ -80,6 +87,7 @@ impl Metrics {
         let node_frequency_applies = Family::<ControllerLabels, Counter>::default();
         let generated_policy_writes = Family::<ActionLabels, Counter>::default();
         let generator_skips = Family::<ActionLabels, Counter>::default();
+        let ignored_series = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "generated_policy_writes",
             "Generated PowerCappingPolicies applied or deleted, by action",
@@ -89,6 +97,11 @@ impl Metrics {
             "generator_skips",
             "Workloads whose generated policy was left as it is: invalid_annotation, hand_written, write_failed",
             generator_skips.clone(),
+        );
+        registry.register(
+            "ignored_gpu_series",
+            "DCGM power series about a policy's pods that were not counted, by reason: unscheduled_pod, no_inventory, unknown_gpu",
+            ignored_series.clone(),
         );
         registry.register("reconcile", "Reconciliations", reconciliations.clone());
         registry.register(
@@ -127,6 +140,7 @@ impl Metrics {
             node_frequency_applies,
             generated_policy_writes,
             generator_skips,
+            ignored_series,
         })
     }
 
@@ -169,6 +183,14 @@ impl Metrics {
         self.generator_skips
             .get_or_create(&ActionLabels { action: reason })
             .inc();
+    }
+
+    /// Counts `count` GPU series ignored for `reason` (an
+    /// [`crate::observe::IgnoredReason::metric_label`]).
+    pub fn ignored_series(&self, reason: &'static str, count: u64) {
+        self.ignored_series
+            .get_or_create(&ReasonLabels { reason })
+            .inc_by(count);
     }
 
     pub fn set_leader(&self, leader: bool) {

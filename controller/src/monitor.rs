@@ -1,11 +1,13 @@
 //! The power usage monitor (`powercapping-controller`): for each policy,
-//! selector -> pods -> nodes and GPUs -> Prometheus -> `status`. The same
-//! process runs the [`generator`] of policies from workload annotations.
+//! selector -> pods -> nodes and GPUs -> Prometheus -> `status`. A GPU
+//! series counts only from the exporters' jobs and for a GPU the node agents
+//! reported (see [`observe`]). The same process runs the [`generator`] of
+//! policies from workload annotations.
 
 use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
 
 use climatik_api::{
-    DeviceKind, PowerCappingPolicy, PowerCappingPolicyStatus,
+    DeviceKind, NodeFrequencies, PowerCappingPolicy, PowerCappingPolicyStatus,
     names::{MANAGER_CONTROLLER, conditions},
 };
 use k8s_openapi::{
@@ -20,6 +22,7 @@ use kube::{
     runtime::{
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
     },
 };
 use serde_json::json;
@@ -31,7 +34,7 @@ use crate::{
     generator::{self, GeneratorConfig},
     lease::{Leadership, LeaseConfig},
     metrics::{Metrics, PolicyLabels},
-    observe::{self, GpuReading, PodOnNode},
+    observe::{self, GpuReading, Ignored, Inventory, PodOnNode},
     prom::Prometheus,
 };
 use climatik_runtime::{ReadyFlag, Shutdown};
@@ -45,6 +48,11 @@ pub struct MonitorConfig {
     pub prometheus_timeout: Duration,
     /// Read CPU power from Kepler.
     pub kepler: bool,
+    /// Prometheus jobs whose DCGM series are believed (any job when empty).
+    pub dcgm_jobs: Vec<String>,
+    /// Prometheus jobs whose Kepler series are believed (any job when
+    /// empty).
+    pub kepler_jobs: Vec<String>,
     /// How often each policy is measured.
     pub interval: Duration,
     /// Leader election; `None` runs as the only replica.
@@ -66,6 +74,8 @@ struct Context {
     recorder: Recorder,
     metrics: Arc<Metrics>,
     leadership: Leadership,
+    /// The node agents' GPU inventories (NodeFrequencies status).
+    node_frequencies: Store<NodeFrequencies>,
 }
 
 /// Runs the monitor until `shutdown` resolves.
@@ -89,6 +99,7 @@ pub async fn run_with_readiness(
     let shutdown = Shutdown::new(shutdown);
     let prometheus = Prometheus::new(&config.prometheus_url, config.prometheus_timeout)?;
     let (leadership, election) = driver::elect(&client, config.lease.as_ref(), &metrics, &shutdown);
+    let (node_frequencies, reflector_task) = driver::node_frequencies(&client, &shutdown);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -103,7 +114,13 @@ pub async fn run_with_readiness(
         recorder,
         metrics,
         leadership,
+        node_frequencies: node_frequencies.clone(),
     });
+    // Before the inventories are listed every GPU series would be ignored.
+    tokio::select! {
+        _ = node_frequencies.wait_until_ready() => {}
+        _ = shutdown.wait() => {}
+    }
     let namespace = context.config.namespace.clone();
     let generator = context.config.generator_resync.map(|resync| {
         tokio::spawn(generator::run(
@@ -133,6 +150,7 @@ pub async fn run_with_readiness(
     if let Some(generator) = generator {
         let _ = generator.await;
     }
+    reflector_task.abort();
     driver::stop_election(election).await;
     Ok(())
 }
@@ -246,6 +264,8 @@ pub(crate) enum Measurement {
     Measured {
         gpus: Vec<GpuReading>,
         cpu: BTreeMap<String, f64>,
+        /// GPU series about the pods that were not believed.
+        ignored: Ignored,
     },
 }
 
@@ -258,17 +278,25 @@ async fn measure(
     let wants_gpu = policy.acts_on(DeviceKind::Gpu);
     let wants_cpu = policy.acts_on(DeviceKind::Cpu) && ctx.config.kepler;
     let mut gpus = Vec::new();
+    let mut ignored = Ignored::default();
     if wants_gpu {
+        let jobs = &ctx.config.dcgm_jobs;
         let power = ctx
             .prometheus
-            .instant(&observe::dcgm_query(observe::GPU_POWER, namespace))
+            .instant(&observe::dcgm_query(observe::GPU_POWER, namespace, jobs))
             .await;
         let clock = ctx
             .prometheus
-            .instant(&observe::dcgm_query(observe::GPU_CLOCK, namespace))
+            .instant(&observe::dcgm_query(observe::GPU_CLOCK, namespace, jobs))
             .await;
         match (power, clock) {
-            (Ok(power), Ok(clock)) => gpus = observe::gpus(namespace, pods, &power, &clock),
+            (Ok(power), Ok(clock)) => {
+                let inventory = inventory(&ctx.node_frequencies, pods);
+                (gpus, ignored) = observe::gpus(namespace, pods, &inventory, &power, &clock);
+                for (reason, count) in &ignored.0 {
+                    ctx.metrics.ignored_series(reason.metric_label(), *count);
+                }
+            }
             (Err(e), _) | (_, Err(e)) => return Measurement::Failed(e.to_string()),
         }
     }
@@ -276,7 +304,7 @@ async fn measure(
     if wants_cpu {
         match ctx
             .prometheus
-            .instant(&observe::kepler_query(namespace))
+            .instant(&observe::kepler_query(namespace, &ctx.config.kepler_jobs))
             .await
         {
             Ok(samples) => cpu = observe::cpu(pods, &samples),
@@ -296,13 +324,27 @@ async fn measure(
                 "CPU power needs Kepler; the controller runs without --kepler".into(),
             );
         }
-        return Measurement::NoData(format!(
+        return Measurement::NoData(ignored.appended_to(format!(
             "no {} for the {} matched pod(s)",
             what.join(" or "),
             pods.len()
-        ));
+        )));
     }
-    Measurement::Measured { gpus, cpu }
+    Measurement::Measured { gpus, cpu, ignored }
+}
+
+/// The GPU inventories of the nodes `pods` are bound to.
+fn inventory(store: &Store<NodeFrequencies>, pods: &[PodOnNode]) -> Inventory {
+    let mut inventory = Inventory::default();
+    for node in pods.iter().filter_map(|p| p.node.as_deref()) {
+        if let Some(status) = store
+            .get(&ObjectRef::new(node))
+            .and_then(|nf| nf.status.clone())
+        {
+            inventory.insert(node, &status.gpus);
+        }
+    }
+    inventory
 }
 
 /// How long to wait before measuring `policy` again, or `None` to measure
@@ -401,7 +443,7 @@ pub(crate) fn build_status(
             Decided::new(conditions::METRICS_AVAILABLE, false, "NoData", why.clone()),
             Decided::new(conditions::CAPPING, false, "NoData", why.clone()),
         ],
-        Measurement::Measured { gpus, cpu } => {
+        Measurement::Measured { gpus, cpu, ignored } => {
             let gpu_power: f64 = gpus.iter().map(|g| g.power_watts).sum();
             let cpu_power: f64 = cpu.values().sum();
             let mut total = 0.0;
@@ -452,7 +494,11 @@ pub(crate) fn build_status(
                     conditions::METRICS_AVAILABLE,
                     true,
                     "MetricsFound",
-                    format!("{} GPU(s), CPU power on {} node(s)", gpus.len(), cpu.len()),
+                    ignored.appended_to(format!(
+                        "{} GPU(s), CPU power on {} node(s)",
+                        gpus.len(),
+                        cpu.len()
+                    )),
                 ),
                 capping,
             ]
@@ -596,6 +642,7 @@ mod tests {
         let measured = Measurement::Measured {
             gpus: vec![gpu("n1", "GPU-1", 200.0), gpu("n1", "GPU-2", 90.0)],
             cpu: BTreeMap::from([("n1".to_string(), 40.0)]),
+            ignored: Ignored::default(),
         };
         // GPU only: 290 W > 270 W (90 % of 300); CPU not counted.
         let (status, _) = build_status(
@@ -631,6 +678,7 @@ mod tests {
         let measured = Measurement::Measured {
             gpus: vec![gpu("n1", "GPU-1", 280.0)],
             cpu: BTreeMap::new(),
+            ignored: Ignored::default(),
         };
         let (first, _) = build_status(&p, &pods(), &measured, false, &time(10));
         p.status = Some(first.clone());

@@ -6,10 +6,17 @@
 //! exporter's own pod, so the `exported_` form wins). A GPU shared by
 //! time-slicing repeats its reading for every pod, so devices are keyed by
 //! UUID and counted once.
+//!
+//! Any scrape target can export a series that names any pod, so the labels
+//! are trusted only as far as they can be checked: the queries keep to the
+//! exporters' Prometheus jobs, a series counts only for a pod the API
+//! server binds to a node, and only for a GPU that node's agent lists in
+//! its inventory (NodeFrequencies `status.gpus`). What is left out is
+//! counted by [`IgnoredReason`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use climatik_api::{DevicePower, NodePower};
+use climatik_api::{DevicePower, GpuInventory, NodePower};
 
 use crate::prom::Sample;
 
@@ -24,27 +31,169 @@ pub const CPU_DEVICE: &str = "cpu";
 
 const POD_LABELS: [&str; 2] = ["exported_pod", "pod"];
 const NAMESPACE_LABELS: [&str; 2] = ["exported_namespace", "namespace"];
-const HOSTNAME_LABELS: [&str; 2] = ["Hostname", "hostname"];
 
-/// The DCGM query for one namespace, under either label spelling.
-pub fn dcgm_query(metric: &str, namespace: &str) -> String {
+/// The Prometheus jobs of the DCGM exporter in a standard install: the
+/// Service of the GPU Operator's exporter, and of the dcgm-exporter chart
+/// installed as release `dcgm-exporter` (a ServiceMonitor names the job
+/// after the Service).
+pub const DEFAULT_DCGM_JOBS: &[&str] = &["nvidia-dcgm-exporter", "dcgm-exporter"];
+/// The Prometheus job of Kepler in a standard install (the Service of the
+/// Kepler chart installed as release `kepler`).
+pub const DEFAULT_KEPLER_JOBS: &[&str] = &["kepler"];
+
+/// The DCGM query for one namespace, under either label spelling, from the
+/// series of `jobs` only (any job when empty).
+pub fn dcgm_query(metric: &str, namespace: &str, jobs: &[String]) -> String {
+    let jobs = job_matcher(jobs);
     format!(
-        "{metric}{{namespace=\"{ns}\"}} or {metric}{{exported_namespace=\"{ns}\"}}",
+        "{metric}{{namespace=\"{ns}\"{jobs}}} or {metric}{{exported_namespace=\"{ns}\"{jobs}}}",
         ns = escape(namespace)
     )
 }
 
 /// Kepler's CPU power for one namespace: the package zone only (zones
-/// overlap, summing them would double count).
-pub fn kepler_query(namespace: &str) -> String {
+/// overlap, summing them would double count), from `jobs` only (any job
+/// when empty).
+pub fn kepler_query(namespace: &str, jobs: &[String]) -> String {
     format!(
-        "{KEPLER_CPU}{{zone=\"package\",pod_namespace=\"{}\"}}",
-        escape(namespace)
+        "{KEPLER_CPU}{{zone=\"package\",pod_namespace=\"{}\"{}}}",
+        escape(namespace),
+        job_matcher(jobs)
     )
 }
 
+/// The `job` matcher for `jobs`, with its leading comma: an exact match for
+/// one job, an anchored alternation of literals for several, nothing for
+/// none.
+fn job_matcher(jobs: &[String]) -> String {
+    match jobs {
+        [] => String::new(),
+        [job] => format!(",job=\"{}\"", escape(job)),
+        jobs => {
+            let alternatives: Vec<String> = jobs.iter().map(|j| regex_literal(j)).collect();
+            format!(",job=~\"{}\"", escape(&alternatives.join("|")))
+        }
+    }
+}
+
+/// A PromQL string literal's content for `value`.
 fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// `value` as a regular expression (RE2) that matches it literally.
+fn regex_literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if "\\.+*?()|[]{}^$".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The GPUs each node's agent reported (NodeFrequencies `status.gpus`):
+/// only these are measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inventory {
+    /// Node -> (index on the node, UUID) of each GPU.
+    nodes: BTreeMap<String, Vec<(i32, String)>>,
+}
+
+impl Inventory {
+    /// Records what the agent of `node` reported. A node with an empty list
+    /// stays unknown: its agent has not reported GPUs (yet).
+    pub fn insert(&mut self, node: &str, gpus: &[GpuInventory]) {
+        if gpus.is_empty() {
+            return;
+        }
+        self.nodes.insert(
+            node.to_string(),
+            gpus.iter().map(|g| (g.index, g.gpu_id.clone())).collect(),
+        );
+    }
+
+    /// The UUID of the GPU a series names on `node`: its `UUID` label if the
+    /// node has that GPU; without one (exporters that leave it out) the GPU
+    /// with the series' `gpu` index.
+    fn resolve(&self, node: &str, sample: &Sample) -> Result<String, IgnoredReason> {
+        let gpus = self.nodes.get(node).ok_or(IgnoredReason::NoInventory)?;
+        let found = match sample.label(&["UUID", "uuid"]) {
+            Some(uuid) => gpus.iter().find(|(_, id)| id == uuid),
+            None => {
+                let index = sample.label(&["gpu"]).and_then(|i| i.parse::<i32>().ok());
+                gpus.iter().find(|(i, _)| Some(*i) == index)
+            }
+        };
+        found
+            .map(|(_, uuid)| uuid.clone())
+            .ok_or(IgnoredReason::UnknownGpu)
+    }
+}
+
+/// Why a GPU series that names one of the policy's pods was not counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IgnoredReason {
+    /// The pod is not bound to a node: it cannot hold a GPU.
+    UnscheduledPod,
+    /// The pod's node has no GPU inventory: its agent has not reported one.
+    NoInventory,
+    /// The series names a GPU the node's inventory does not list.
+    UnknownGpu,
+}
+
+impl IgnoredReason {
+    /// A low-cardinality label for the `reason` dimension of metrics.
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Self::UnscheduledPod => "unscheduled_pod",
+            Self::NoInventory => "no_inventory",
+            Self::UnknownGpu => "unknown_gpu",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Self::UnscheduledPod => "for a pod bound to no node",
+            Self::NoInventory => {
+                "on a node whose agent has not reported its GPUs (NodeFrequencies status.gpus)"
+            }
+            Self::UnknownGpu => "for a GPU its node's inventory does not list",
+        }
+    }
+}
+
+/// Ignored series, counted by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ignored(pub BTreeMap<IgnoredReason, u64>);
+
+impl Ignored {
+    fn add(&mut self, reason: IgnoredReason) {
+        *self.0.entry(reason).or_insert(0) += 1;
+    }
+
+    /// `message`, followed by what was ignored (if anything): for a
+    /// condition message.
+    pub fn appended_to(&self, message: String) -> String {
+        match self.describe() {
+            Some(ignored) => format!("{message}; {ignored}"),
+            None => message,
+        }
+    }
+
+    /// What was ignored; `None` when nothing was.
+    pub fn describe(&self) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(reason, n)| format!("{n} {}", reason.describe()))
+            .collect();
+        Some(format!("ignored {GPU_POWER} series: {}", parts.join(", ")))
+    }
 }
 
 /// A matched pod: its name and the node it is bound to.
@@ -63,20 +212,28 @@ pub struct GpuReading {
     pub clock_mhz: Option<f64>,
 }
 
-/// The GPUs the pods use, each once, with power and SM clock.
+/// The GPUs the pods use, each once, with power and SM clock, and the
+/// power series left out (see [`Inventory`]).
 pub fn gpus(
     namespace: &str,
     pods: &[PodOnNode],
+    inventory: &Inventory,
     power: &[Sample],
     clock: &[Sample],
-) -> Vec<GpuReading> {
+) -> (Vec<GpuReading>, Ignored) {
     let by_name: BTreeMap<&str, &PodOnNode> = pods.iter().map(|p| (p.name.as_str(), p)).collect();
     // (node, uuid) -> reading; the first series of a device wins, repeats
     // from time-sliced pods are the same reading.
     let mut devices: BTreeMap<(String, String), GpuReading> = BTreeMap::new();
+    let mut ignored = Ignored::default();
     for sample in power {
-        let Some((node, uuid)) = locate(namespace, &by_name, sample) else {
-            continue;
+        let (node, uuid) = match locate(namespace, &by_name, inventory, sample) {
+            Located::Gpu(node, uuid) => (node, uuid),
+            Located::NotOurs => continue,
+            Located::Ignored(reason) => {
+                ignored.add(reason);
+                continue;
+            }
         };
         devices
             .entry((node.clone(), uuid.clone()))
@@ -88,35 +245,46 @@ pub fn gpus(
             });
     }
     for sample in clock {
-        if let Some(key) = locate(namespace, &by_name, sample)
-            && let Some(reading) = devices.get_mut(&key)
+        if let Located::Gpu(node, uuid) = locate(namespace, &by_name, inventory, sample)
+            && let Some(reading) = devices.get_mut(&(node, uuid))
         {
             reading.clock_mhz.get_or_insert(sample.value);
         }
     }
-    devices.into_values().collect()
+    (devices.into_values().collect(), ignored)
 }
 
-/// The (node, UUID) of a DCGM series, if it belongs to one of `pods`.
+/// What a DCGM series is to a policy.
+enum Located {
+    /// GPU `.1` on node `.0` of one of the pods.
+    Gpu(String, String),
+    /// About another namespace or pod.
+    NotOurs,
+    /// About one of the pods, but not believed.
+    Ignored(IgnoredReason),
+}
+
+/// The (node, UUID) of a DCGM series about one of `pods`. The node is the
+/// one the API server binds the pod to, never a label of the series.
 fn locate(
     namespace: &str,
     pods: &BTreeMap<&str, &PodOnNode>,
+    inventory: &Inventory,
     sample: &Sample,
-) -> Option<(String, String)> {
-    if sample.label(&NAMESPACE_LABELS)? != namespace {
-        return None;
+) -> Located {
+    if sample.label(&NAMESPACE_LABELS) != Some(namespace) {
+        return Located::NotOurs;
     }
-    let pod = pods.get(sample.label(&POD_LABELS)?)?;
-    let node = pod
-        .node
-        .clone()
-        .or_else(|| sample.label(&HOSTNAME_LABELS).map(str::to_string))?;
-    let uuid = match sample.label(&["UUID", "uuid"]) {
-        Some(uuid) => uuid.to_string(),
-        // Without a UUID the index on the node still identifies the GPU.
-        None => format!("{node}/gpu{}", sample.label(&["gpu"])?),
+    let Some(pod) = sample.label(&POD_LABELS).and_then(|p| pods.get(p)) else {
+        return Located::NotOurs;
     };
-    Some((node, uuid))
+    let Some(node) = pod.node.as_deref() else {
+        return Located::Ignored(IgnoredReason::UnscheduledPod);
+    };
+    match inventory.resolve(node, sample) {
+        Ok(uuid) => Located::Gpu(node.to_string(), uuid),
+        Err(reason) => Located::Ignored(reason),
+    }
 }
 
 /// CPU power per node: the package zone of every matched pod, summed (pods
@@ -205,9 +373,31 @@ mod tests {
         }
     }
 
+    fn inventory(nodes: &[(&str, &[(i32, &str)])]) -> Inventory {
+        let mut inventory = Inventory::default();
+        for (node, gpus) in nodes {
+            let gpus: Vec<GpuInventory> = gpus
+                .iter()
+                .map(|(index, uuid)| GpuInventory {
+                    gpu_id: uuid.to_string(),
+                    index: *index,
+                    ..GpuInventory::default()
+                })
+                .collect();
+            inventory.insert(node, &gpus);
+        }
+        inventory
+    }
+
+    fn summary(gpus: &[GpuReading]) -> Vec<(&str, &str, f64, Option<f64>)> {
+        gpus.iter()
+            .map(|g| (g.node.as_str(), g.uuid.as_str(), g.power_watts, g.clock_mhz))
+            .collect()
+    }
+
     #[test]
     fn accepts_every_label_spelling_and_counts_shared_gpus_once() {
-        let pods = [pod("a", Some("n1")), pod("b", Some("n1")), pod("c", None)];
+        let pods = [pod("a", Some("n1")), pod("b", Some("n1"))];
         let power = [
             sample(
                 &[("UUID", "GPU-1"), ("pod", "a"), ("namespace", "ns")],
@@ -229,16 +419,6 @@ mod tests {
                 ],
                 50.0,
             ),
-            // unscheduled pod: node from the lower-case hostname label
-            sample(
-                &[
-                    ("UUID", "GPU-3"),
-                    ("pod", "c"),
-                    ("namespace", "ns"),
-                    ("hostname", "n2"),
-                ],
-                30.0,
-            ),
             // someone else's pod and namespace
             sample(
                 &[("UUID", "GPU-4"), ("pod", "z"), ("namespace", "ns")],
@@ -253,22 +433,93 @@ mod tests {
             &[("UUID", "GPU-1"), ("pod", "b"), ("namespace", "ns")],
             1200.0,
         )];
-        let gpus = gpus("ns", &pods, &power, &clock);
-        let summary: Vec<_> = gpus
-            .iter()
-            .map(|g| (g.node.as_str(), g.uuid.as_str(), g.power_watts, g.clock_mhz))
-            .collect();
+        let known = inventory(&[("n1", &[(0, "GPU-1"), (1, "GPU-2")])]);
+        let (gpus, ignored) = gpus("ns", &pods, &known, &power, &clock);
         assert_eq!(
-            summary,
+            summary(&gpus),
             vec![
                 ("n1", "GPU-1", 100.0, Some(1200.0)),
                 ("n1", "GPU-2", 50.0, None),
-                ("n2", "GPU-3", 30.0, None),
             ]
         );
+        // Other pods' series are not ours to ignore.
+        assert_eq!(ignored, Ignored::default());
+        assert_eq!(ignored.describe(), None);
         let nodes = node_powers(&gpus, &BTreeMap::new());
-        assert_eq!(nodes.len(), 2);
+        assert_eq!(nodes.len(), 1);
         assert_eq!(nodes[0].power_watts, 150.0);
+    }
+
+    #[test]
+    fn only_gpus_in_the_pods_nodes_inventory_count() {
+        let pods = [
+            pod("a", Some("n1")),
+            pod("b", Some("n2")),
+            pod("pending", None),
+        ];
+        let series = |labels: &[(&str, &str)], watts: f64| {
+            let mut labels = labels.to_vec();
+            labels.push(("namespace", "ns"));
+            sample(&labels, watts)
+        };
+        let power = [
+            series(&[("UUID", "GPU-1"), ("pod", "a")], 100.0),
+            // a UUID nobody reported, claiming pod a
+            series(&[("UUID", "GPU-FAKE"), ("pod", "a")], 9000.0),
+            // a real GPU, but of another node than pod a's
+            series(&[("UUID", "GPU-9"), ("pod", "a")], 9000.0),
+            // no UUID: the node's GPU with that index
+            series(&[("gpu", "1"), ("pod", "a")], 40.0),
+            // no UUID and an index the node does not have
+            series(&[("gpu", "7"), ("pod", "a")], 9000.0),
+            // the hostname label does not place a pod that has no node
+            series(
+                &[("UUID", "GPU-1"), ("pod", "pending"), ("Hostname", "n1")],
+                9000.0,
+            ),
+            // pod b's node has not reported an inventory
+            series(&[("UUID", "GPU-5"), ("pod", "b")], 9000.0),
+        ];
+        let clock = [
+            series(&[("gpu", "1"), ("pod", "a")], 1100.0),
+            series(&[("UUID", "GPU-FAKE"), ("pod", "a")], 1.0),
+        ];
+        let known = inventory(&[
+            ("n1", &[(0, "GPU-1"), (1, "GPU-2")]),
+            ("n3", &[(0, "GPU-9")]),
+            // reported, but no GPUs: as unknown as a node never reported
+            ("n2", &[]),
+        ]);
+        let (gpus, ignored) = gpus("ns", &pods, &known, &power, &clock);
+        assert_eq!(
+            summary(&gpus),
+            vec![
+                ("n1", "GPU-1", 100.0, None),
+                ("n1", "GPU-2", 40.0, Some(1100.0))
+            ]
+        );
+        let counts: Vec<(&str, u64)> = ignored
+            .0
+            .iter()
+            .map(|(reason, n)| (reason.metric_label(), *n))
+            .collect();
+        assert_eq!(
+            counts,
+            vec![
+                ("unscheduled_pod", 1),
+                ("no_inventory", 1),
+                ("unknown_gpu", 3)
+            ]
+        );
+        let message = ignored.describe().unwrap_or_default();
+        assert!(
+            message.contains("3 for a GPU its node's inventory does not list"),
+            "{message}"
+        );
+        assert!(
+            message.contains("1 on a node whose agent has not reported"),
+            "{message}"
+        );
     }
 
     #[test]
@@ -303,12 +554,27 @@ mod tests {
     }
 
     #[test]
-    fn queries_cover_both_spellings() {
-        let q = dcgm_query(GPU_POWER, "ns");
-        assert!(q.contains("{namespace=\"ns\"}") && q.contains("{exported_namespace=\"ns\"}"));
+    fn queries_cover_both_spellings_and_keep_to_the_jobs() {
+        let jobs = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            kepler_query("ns"),
-            "kepler_pod_cpu_watts{zone=\"package\",pod_namespace=\"ns\"}"
+            dcgm_query(GPU_POWER, "ns", &jobs(&["dcgm"])),
+            "DCGM_FI_DEV_POWER_USAGE{namespace=\"ns\",job=\"dcgm\"} or \
+             DCGM_FI_DEV_POWER_USAGE{exported_namespace=\"ns\",job=\"dcgm\"}"
+        );
+        assert_eq!(
+            dcgm_query(GPU_POWER, "ns", &[]),
+            "DCGM_FI_DEV_POWER_USAGE{namespace=\"ns\"} or \
+             DCGM_FI_DEV_POWER_USAGE{exported_namespace=\"ns\"}"
+        );
+        assert_eq!(
+            kepler_query("ns", &jobs(&["kepler"])),
+            "kepler_pod_cpu_watts{zone=\"package\",pod_namespace=\"ns\",job=\"kepler\"}"
+        );
+        // Several jobs: literal alternatives (the dot is no wildcard), then
+        // escaped for the PromQL string; a quote cannot end the string.
+        assert_eq!(
+            kepler_query("ns", &jobs(&["a.b", "c\"d"])),
+            "kepler_pod_cpu_watts{zone=\"package\",pod_namespace=\"ns\",job=~\"a\\\\.b|c\\\"d\"}"
         );
     }
 }

@@ -27,7 +27,6 @@ use climatik_api::{
         policy_key, recommender_manager,
     },
 };
-use futures::StreamExt;
 use k8s_openapi::{
     api::core::v1::Node,
     apimachinery::pkg::apis::meta::v1::Time,
@@ -37,11 +36,9 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
     runtime::{
-        WatchStreamExt,
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{self, ObjectRef, Store},
-        watcher,
+        reflector::{ObjectRef, Store},
     },
 };
 use serde_json::json;
@@ -120,23 +117,7 @@ pub async fn run_with_readiness(
     let shutdown = Shutdown::new(shutdown);
     let (leadership, election) = driver::elect(&client, config.lease.as_ref(), &metrics, &shutdown);
 
-    let (store, writer) = reflector::store::<NodeFrequencies>();
-    let nf_watch = reflector::reflector(
-        writer,
-        watcher(
-            Api::<NodeFrequencies>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
-    )
-    .for_each(|_| async {});
-    let stop = shutdown.wait();
-    let reflector_task = tokio::spawn(async move {
-        tokio::select! {
-            _ = nf_watch => {}
-            _ = stop => {}
-        }
-    });
+    let (store, reflector_task) = driver::node_frequencies(&client, &shutdown);
 
     let recorder = Recorder::new(
         client.clone(),

@@ -43,6 +43,7 @@ fn cluster_rules(component: &str) -> serde_json::Value {
             policies(&["get", "list", "watch", "patch", "update"]),
             { "apiGroups": ["climatik.io"], "resources": ["powercappingpolicies/status"], "verbs": ["get", "patch", "update"] },
             { "apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"] },
+            { "apiGroups": ["climatik.io"], "resources": ["nodefrequencies"], "verbs": ["get", "list", "watch"] },
             { "apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["get"] },
             { "apiGroups": ["batch"], "resources": ["jobs", "cronjobs"], "verbs": ["get"] },
             events,
@@ -121,23 +122,6 @@ async fn delete_cluster_rbac(client: &kube::Client, ns: &str) {
     }
 }
 
-fn gpu(uuid: &str, pod_label: &'static str, pod: &str, ns: &str, node: &str, watts: f64) -> Gpu {
-    Gpu {
-        uuid: uuid.into(),
-        pod_label,
-        pod: pod.into(),
-        namespace_label: if pod_label == "pod" {
-            "namespace"
-        } else {
-            "exported_namespace"
-        },
-        namespace: ns.into(),
-        hostname: node.into(),
-        watts,
-        clock: 1380.0,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn policies_drive_node_frequencies_with_chart_rbac() -> anyhow::Result<()> {
     let cluster = climatik_test_support::cluster().await?;
@@ -177,7 +161,9 @@ async fn run_loop_test(
         gpu("GPU-A1", "pod", "a2", ns, &nodes[1], 150.0),
     ];
     dcgm.set(series.clone());
-    cluster.register_prometheus_target(ns, &dcgm.addr, &[])?;
+    scrape_dcgm(cluster, ns, &dcgm)?;
+    report_inventory(&admin, &nodes[0], &["GPU-A0"]).await?;
+    report_inventory(&admin, &nodes[1], &["GPU-A1"]).await?;
 
     // The components run as their ServiceAccounts, with leader election.
     let monitor_client = service_account_client(cluster, ns, "monitor").await?;
@@ -193,14 +179,8 @@ async fn run_loop_test(
     let monitor_task = tokio::spawn(monitor::run(
         monitor_client,
         MonitorConfig {
-            prometheus_url: cluster.prometheus_url().to_string(),
-            prometheus_timeout: Duration::from_secs(3),
-            kepler: false,
-            interval: Duration::from_secs(1),
             lease: Some(lease("monitor")),
-            namespace: Some(ns.to_string()),
-            identity: "test-monitor".into(),
-            generator_resync: None,
+            ..monitor_config(cluster.prometheus_url(), ns)
         },
         Metrics::new("powercapping-controller"),
         async move {
@@ -395,7 +375,8 @@ async fn invalid_algorithm_changes_no_frequencies_and_annotated_workloads_get_th
         let dcgm = DcgmServer::start().await?;
         create_pod(&admin, &ns_name, "x0", &node, "x").await?;
         dcgm.set(vec![gpu("GPU-X0", "pod", "x0", &ns_name, &node, 250.0)]);
-        cluster.register_prometheus_target(&ns_name, &dcgm.addr, &[])?;
+        scrape_dcgm(&cluster, &ns_name, &dcgm)?;
+        report_inventory(&admin, &node, &["GPU-X0"]).await?;
         let running = InProcessLoop::start(&admin, cluster.prometheus_url(), Duration::from_secs(3), Duration::from_secs(60), &ns_name);
         // `/readyz` follows the policy watches: both sync on an empty list.
         wait_for("both controllers ready", TIMEOUT, || async {

@@ -25,7 +25,7 @@ async fn private_prometheus(
         .local_addr()?
         .port();
     let config = format!(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: dcgm\n    honor_labels: true\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    static_configs:\n      - targets: ['{target}']\n"
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: {DCGM_JOB}\n    honor_labels: true\n    scrape_interval: 1s\n    scrape_timeout: 1s\n    static_configs:\n      - targets: ['{target}']\n"
     );
     let config_file = dir.join("prometheus.yml");
     std::fs::write(&config_file, config)?;
@@ -66,16 +66,8 @@ async fn prometheus_outage_holds_targets_and_reports_it() -> anyhow::Result<()> 
     let result = async {
         let dcgm = DcgmServer::start().await?;
         create_pod(&admin, &ns_name, "o0", &node, "o").await?;
-        dcgm.set(vec![Gpu {
-            uuid: "GPU-O0".into(),
-            pod_label: "pod",
-            pod: "o0".into(),
-            namespace_label: "namespace",
-            namespace: ns_name.clone(),
-            hostname: node.clone(),
-            watts: 250.0,
-            clock: 1380.0,
-        }]);
+        dcgm.set(vec![gpu("GPU-O0", "pod", "o0", &ns_name, &node, 250.0)]);
+        report_inventory(&admin, &node, &["GPU-O0"]).await?;
         let (mut prometheus, url) = private_prometheus(dir.path(), &dcgm.addr).await?;
 
         let running = InProcessLoop::start(

@@ -105,6 +105,8 @@ reject "additional properties 'replica' not allowed" --set webhook.replica=3
 reject "/controller/interval" --set controller.interval=often
 reject "/freqtuner/maxEntryTtl" --set freqtuner.maxEntryTtl=0s
 reject "/controller/prometheus/url" --set controller.prometheus.url=prometheus:9090
+# A job name with a comma would split into two in --dcgm-jobs.
+reject "/controller/prometheus/dcgmJobs/0" --set-json 'controller.prometheus.dcgmJobs=["a,b"]'
 reject "/webhook/timeoutSeconds" --set webhook.timeoutSeconds=60
 reject "/webhook/tls/certManager/issuerRef" --set webhook.tls.certManager.issuerRef.kind=ClusterIssuer
 

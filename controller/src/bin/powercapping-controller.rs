@@ -4,7 +4,12 @@
 use std::time::Duration;
 
 use clap::Parser;
-use climatik_controller::{app, cli::ControllerArgs, monitor};
+use climatik_controller::{
+    app,
+    cli::ControllerArgs,
+    monitor,
+    observe::{DEFAULT_DCGM_JOBS, DEFAULT_KEPLER_JOBS},
+};
 use climatik_runtime::{args::admin_default, duration::parse_duration};
 
 #[derive(Debug, Parser)]
@@ -24,6 +29,14 @@ struct Args {
     /// Read CPU power from Kepler (kepler_pod_cpu_watts).
     #[arg(long, env = "KEPLER_ENABLED")]
     kepler: bool,
+    /// Prometheus jobs (the `job` label) of the DCGM exporter, comma
+    /// separated; series of other jobs are ignored, as anyone who can be
+    /// scraped could export them. An empty value believes every job.
+    #[arg(long, env = "DCGM_JOBS", value_delimiter = ',', default_values_t = default_jobs(DEFAULT_DCGM_JOBS))]
+    dcgm_jobs: Vec<String>,
+    /// Prometheus jobs of Kepler, comma separated; as --dcgm-jobs.
+    #[arg(long, env = "KEPLER_JOBS", value_delimiter = ',', default_values_t = default_jobs(DEFAULT_KEPLER_JOBS))]
+    kepler_jobs: Vec<String>,
     /// How often each policy is measured.
     #[arg(long, env = "INTERVAL", default_value = "15s", value_parser = parse_duration)]
     interval: Duration,
@@ -39,6 +52,16 @@ struct Args {
     common: ControllerArgs,
 }
 
+fn default_jobs(jobs: &[&str]) -> Vec<String> {
+    jobs.iter().map(|j| j.to_string()).collect()
+}
+
+/// The jobs to believe: an empty value (`--dcgm-jobs=`) leaves one empty
+/// name, which means every job.
+fn jobs(names: Vec<String>) -> Vec<String> {
+    names.into_iter().filter(|n| !n.is_empty()).collect()
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -47,6 +70,8 @@ async fn main() -> anyhow::Result<()> {
             prometheus_url: args.prometheus_url,
             prometheus_timeout: args.prometheus_timeout,
             kepler: args.kepler,
+            dcgm_jobs: jobs(args.dcgm_jobs),
+            kepler_jobs: jobs(args.kepler_jobs),
             interval: args.interval,
             lease: s.lease,
             namespace: s.namespace,
@@ -56,4 +81,34 @@ async fn main() -> anyhow::Result<()> {
         monitor::run_with_readiness(s.client, config, s.metrics, s.shutdown.wait(), s.ready)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut argv = vec![
+            "powercapping-controller",
+            "--prometheus-url",
+            "http://p:9090",
+        ];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+    }
+
+    #[test]
+    fn job_flags_default_split_and_empty_means_any_job() -> Result<(), clap::Error> {
+        let defaults = parse(&[])?;
+        assert_eq!(
+            jobs(defaults.dcgm_jobs),
+            ["nvidia-dcgm-exporter", "dcgm-exporter"]
+        );
+        assert_eq!(jobs(defaults.kepler_jobs), ["kepler"]);
+        // As the chart renders them.
+        let set = parse(&["--dcgm-jobs=a,b.c", "--kepler-jobs="])?;
+        assert_eq!(jobs(set.dcgm_jobs), ["a", "b.c"]);
+        assert!(jobs(set.kepler_jobs).is_empty());
+        Ok(())
+    }
 }

@@ -1,6 +1,7 @@
 //! Shared pieces of the integration tests: a DCGM-format metrics endpoint
-//! whose values the test controls, exclusive Node objects, pods bound to
-//! them, policies, and polling.
+//! whose values the test controls, scraped under the exporter's job, the
+//! GPU inventory a node agent would report, exclusive Node objects, pods
+//! bound to them, policies, and polling.
 
 #![allow(dead_code)]
 
@@ -13,6 +14,7 @@ use std::{
 use anyhow::{Context, bail};
 use axum::{Router, routing::get};
 use climatik_api::{NodeFrequencies, PowerCappingPolicy};
+use climatik_controller::observe::DEFAULT_DCGM_JOBS;
 use climatik_sim_gpu::dcgm;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
@@ -98,6 +100,119 @@ fn render(gpus: &[Gpu]) -> String {
         })
         .collect();
     dcgm::render(&[dcgm::POWER_USAGE, dcgm::SM_CLOCK], &series)
+}
+
+/// The Prometheus job the test DCGM endpoints are scraped under: the
+/// controller's default, as in a standard install.
+pub const DCGM_JOB: &str = DEFAULT_DCGM_JOBS[0];
+
+/// One DCGM series of GPU `uuid` on `node`, for `pod` in `ns` under the
+/// label spelling `pod_label` (`pod` or `exported_pod`), at 1380 MHz.
+pub fn gpu(
+    uuid: &str,
+    pod_label: &'static str,
+    pod: &str,
+    ns: &str,
+    node: &str,
+    watts: f64,
+) -> Gpu {
+    Gpu {
+        uuid: uuid.into(),
+        pod_label,
+        pod: pod.into(),
+        namespace_label: if pod_label == "pod" {
+            "namespace"
+        } else {
+            "exported_namespace"
+        },
+        namespace: ns.into(),
+        hostname: node.into(),
+        watts,
+        clock: 1380.0,
+    }
+}
+
+/// The monitor as these tests run it: policies of `namespace`, a 1 s
+/// period, a 3 s query timeout, the default DCGM jobs, no Kepler, no leader
+/// election, no policy generator.
+pub fn monitor_config(
+    prometheus_url: &str,
+    namespace: &str,
+) -> climatik_controller::monitor::MonitorConfig {
+    climatik_controller::monitor::MonitorConfig {
+        prometheus_url: prometheus_url.to_string(),
+        prometheus_timeout: Duration::from_secs(3),
+        kepler: false,
+        dcgm_jobs: DEFAULT_DCGM_JOBS.iter().map(|j| j.to_string()).collect(),
+        kepler_jobs: vec![],
+        interval: Duration::from_secs(1),
+        lease: None,
+        namespace: Some(namespace.to_string()),
+        identity: "test-monitor".into(),
+        generator_resync: None,
+    }
+}
+
+/// Makes the cluster's Prometheus scrape `dcgm` as target `name` under the
+/// exporter's job.
+pub fn scrape_dcgm(
+    cluster: &climatik_test_support::TestCluster,
+    name: &str,
+    dcgm: &DcgmServer,
+) -> anyhow::Result<()> {
+    cluster.register_prometheus_target(name, &dcgm.addr, &[("job", DCGM_JOB)])?;
+    Ok(())
+}
+
+/// Reports `gpus` (UUIDs, indexed in order) as the GPU inventory of `node`,
+/// as its agent would: creates the node's NodeFrequencies if needed and
+/// writes its status. The clock range is the recommender's fallback, so
+/// plans come out as without an inventory.
+pub async fn report_inventory(
+    client: &kube::Client,
+    node: &str,
+    gpus: &[&str],
+) -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let nfs = Api::<NodeFrequencies>::all(client.clone());
+    let created = nfs
+        .create(
+            &PostParams::default(),
+            &NodeFrequencies::new(
+                node,
+                climatik_api::NodeFrequenciesSpec {
+                    node_name: node.to_string(),
+                    gpu_frequencies: vec![],
+                    cpu_frequencies: vec![],
+                },
+            ),
+        )
+        .await;
+    match created {
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        other => {
+            other.with_context(|| format!("creating the NodeFrequencies of {node}"))?;
+        }
+    }
+    let gpus: Vec<serde_json::Value> = gpus
+        .iter()
+        .enumerate()
+        .map(|(index, uuid)| {
+            json!({ "gpuId": uuid, "index": index, "minFrequency": 210, "maxFrequency": 2100 })
+        })
+        .collect();
+    nfs.patch_status(
+        node,
+        &PatchParams::apply("climatik-test-agent").force(),
+        &Patch::Apply(json!({
+            "apiVersion": "climatik.io/v1alpha1",
+            "kind": "NodeFrequencies",
+            "status": { "gpus": gpus, "backend": "sim" },
+        })),
+    )
+    .await
+    .with_context(|| format!("reporting the inventory of {node}"))?;
+    Ok(())
 }
 
 /// Creates a Node object (no kubelet behind it) with `cpus` CPUs.
@@ -411,16 +526,11 @@ impl InProcessLoop {
         let monitor = tokio::spawn(monitor::run_with_readiness(
             admin.clone(),
             MonitorConfig {
-                prometheus_url: prometheus_url.to_string(),
                 prometheus_timeout,
-                kepler: false,
-                interval: Duration::from_secs(1),
-                lease: None,
-                namespace: Some(namespace.to_string()),
-                identity: "test".into(),
                 // Generated policies come from annotated workloads; tests
                 // that write policies by hand have none.
                 generator_resync: Some(Duration::from_secs(60)),
+                ..monitor_config(prometheus_url, namespace)
             },
             Metrics::new("powercapping-controller"),
             async move {

@@ -280,6 +280,13 @@ impl Stack {
             &[
                 "--prometheus-url",
                 &prometheus_url,
+                // The local Prometheus scrapes every target, the agents'
+                // DCGM series and any Kepler series included, under this
+                // one job.
+                "--dcgm-jobs",
+                "climatik",
+                "--kepler-jobs",
+                "climatik",
                 "--interval",
                 &interval,
                 "--metrics-listen",

@@ -132,7 +132,10 @@ fn render(series: &[Series], store: &Store<NodeFrequencies>, clocks: &[i32]) -> 
 /// renamed, so Prometheus never reads half a file).
 pub fn register(sd_dir: &Path, addr: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(sd_dir)?;
-    let body = json!([{ "targets": [addr], "labels": { "exporter": "scale-bench" } }]);
+    // Under the DCGM exporter's default job, as in a standard install: the
+    // monitor believes no other job's GPU series.
+    let job = climatik_controller::observe::DEFAULT_DCGM_JOBS[0];
+    let body = json!([{ "targets": [addr], "labels": { "exporter": "scale-bench", "job": job } }]);
     climatik_runtime::fs::write_atomic(&sd_dir.join(SD_FILE), &serde_json::to_vec(&body)?, 0o644)?;
     Ok(())
 }
