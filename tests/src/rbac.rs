@@ -198,6 +198,8 @@ struct AuditEvent {
 #[derive(Deserialize)]
 struct ResponseStatus {
     code: Option<u16>,
+    #[serde(default)]
+    message: String,
 }
 
 #[derive(Deserialize)]
@@ -245,7 +247,10 @@ pub fn requested(
             Some(sub) => format!("{resource}/{sub}"),
             None => resource,
         };
-        let code = event.response_status.and_then(|s| s.code);
+        let (code, message) = event
+            .response_status
+            .map(|s| (s.code, s.message))
+            .unwrap_or_default();
         let permission = Permission {
             group: object.api_group,
             resource,
@@ -259,12 +264,14 @@ pub fn requested(
         });
         let entry = requests.entry(event.user.username).or_default();
         // Refused by the authoriser, or by the create check of a patch
-        // that would have created its object.
+        // that would have created its object ("User ... cannot create
+        // resource"). Other 403s are not about rights: content refused in
+        // a namespace being deleted, say.
         let refused = event
             .annotations
             .get("authorization.k8s.io/decision")
             .is_some_and(|d| d == "forbid")
-            || code == Some(403);
+            || (code == Some(403) && message.contains(" cannot "));
         let into = if refused {
             &mut entry.denied
         } else {
@@ -376,6 +383,18 @@ subjects: [{kind: ServiceAccount, name: agent}]
             .to_string()
         };
         let log = [
+            serde_json::json!({"kind": "Event", "stage": "ResponseComplete", "verb": "create",
+                "user": {"username": user},
+                "responseStatus": {"code": 403, "message": "events.events.k8s.io \"e\" is forbidden: unable to create new content in namespace n because it is being terminated"},
+                "objectRef": {"resource": "events", "apiGroup": "events.k8s.io"},
+                "annotations": {"authorization.k8s.io/decision": "allow"}})
+            .to_string(),
+            serde_json::json!({"kind": "Event", "stage": "ResponseComplete", "verb": "patch",
+                "user": {"username": user},
+                "responseStatus": {"code": 403, "message": "powercappingpolicies.climatik.io \"p\" is forbidden: User \"u\" cannot create resource \"powercappingpolicies\""},
+                "objectRef": {"resource": "powercappingpolicies", "apiGroup": "climatik.io"},
+                "annotations": {"authorization.k8s.io/decision": "allow"}})
+            .to_string(),
             line("ResponseStarted", "watch", "nodefrequencies", None, "allow"),
             line(
                 "ResponseComplete",
@@ -421,12 +440,17 @@ subjects: [{kind: ServiceAccount, name: agent}]
                 permission("patch", "climatik.io", "nodefrequencies/status"),
                 permission("patch", "climatik.io", "powercappingpolicies"),
                 permission("create", "climatik.io", "powercappingpolicies"),
+                permission("create", "events.k8s.io", "events"),
             ]
             .into()
         );
         assert_eq!(
             agent.denied,
-            [permission("delete", "climatik.io", "nodefrequencies")].into()
+            [
+                permission("delete", "climatik.io", "nodefrequencies"),
+                permission("patch", "climatik.io", "powercappingpolicies"),
+            ]
+            .into()
         );
         assert_eq!(requests.len(), 1);
     }

@@ -113,11 +113,15 @@ async fn each_component_is_granted_exactly_the_verbs_it_uses() -> anyhow::Result
                 join(&unused)
             ));
         }
-        if !missing.is_empty() || !asked.denied.is_empty() {
+        if !missing.is_empty() {
             problems.push(format!(
                 "{component} needs what the chart does not grant: {}",
                 join(&missing)
             ));
+        }
+        if !asked.denied.is_empty() {
+            let denied: Vec<&Permission> = asked.denied.iter().collect();
+            problems.push(format!("{component} was refused: {}", join(&denied)));
         }
     }
     if !problems.is_empty() {
