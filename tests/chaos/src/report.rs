@@ -29,6 +29,8 @@ pub struct FaultResult {
     /// processes during the fault).
     pub peak_rss_mib: BTreeMap<String, f64>,
     pub forged: Option<Answers>,
+    /// `(seconds since the fault began, watts)` of the capped workload.
+    pub trace: Vec<(f64, f64)>,
     pub notes: Vec<String>,
     pub passed: bool,
     /// Why it failed; empty when it passed.
