@@ -17,7 +17,7 @@ if [[ ${1:-} == --short ]]; then
   shift
   # One round, a short Prometheus outage and fewer forged reviews: a few
   # minutes, for make test.
-  export CHAOS_ROUNDS=1 CHAOS_PROMETHEUS_OUTAGE=10 CHAOS_FORGED=2000
+  export CHAOS_ROUNDS=1 CHAOS_PROMETHEUS_OUTAGE=10 CHAOS_FORGED=2000 CHAOS_OUTAGE=3 CHAOS_PARTITION=15
 fi
 
 echo "chaos: building the components (first build takes several minutes)"
