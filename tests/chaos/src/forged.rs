@@ -17,13 +17,18 @@ pub struct Answers {
     pub sent: usize,
     /// 2xx with an AdmissionReview response.
     pub decided: usize,
-    /// 4xx: refused as malformed or too large.
+    /// 4xx: refused as malformed or too large; also a body over the size
+    /// limit whose connection the webhook closed before reading all of it
+    /// (the client then sees its send cut off instead of the 413).
     pub refused: usize,
     /// 5xx: the webhook failed on its input.
     pub server_errors: usize,
     /// No HTTP answer at all (reset, timeout).
     pub unanswered: usize,
 }
+
+/// Bodies larger than this are over the webhook's 4 MiB limit.
+const OVER_LIMIT_BYTES: usize = 4 * 1024 * 1024;
 
 /// Requests in flight at once.
 const CONCURRENCY: usize = 32;
@@ -42,6 +47,7 @@ pub async fn send(addr: &str, namespace: &str, count: usize) -> anyhow::Result<A
             let http = http.clone();
             let url = url.clone();
             let body = body(i, namespace);
+            let oversized = body.len() > OVER_LIMIT_BYTES;
             async move {
                 match http
                     .post(&url)
@@ -62,6 +68,7 @@ pub async fn send(addr: &str, namespace: &str, count: usize) -> anyhow::Result<A
                             Outcome::ServerError
                         }
                     }
+                    Err(_) if oversized => Outcome::Refused,
                     Err(_) => Outcome::Unanswered,
                 }
             }
@@ -95,7 +102,7 @@ enum Outcome {
 fn body(i: usize, namespace: &str) -> Vec<u8> {
     if i % 1000 == 999 {
         // Over the webhook's 4 MiB body limit.
-        return vec![b'{'; 5 * 1024 * 1024];
+        return vec![b'{'; OVER_LIMIT_BYTES + 1024 * 1024];
     }
     match i % 9 {
         0 => (0..512).map(|k| ((i * 31 + k * 7) % 251) as u8).collect(),
@@ -175,7 +182,7 @@ mod tests {
     fn every_kind_of_body_is_produced() {
         let bodies: Vec<Vec<u8>> = (0..1000).map(|i| body(i, "ns")).collect();
         assert!(bodies.iter().any(Vec::is_empty));
-        assert!(bodies.iter().any(|b| b.len() > 4 * 1024 * 1024));
+        assert!(bodies.iter().any(|b| b.len() > OVER_LIMIT_BYTES));
         let reviews = bodies
             .iter()
             .filter_map(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
