@@ -19,7 +19,7 @@ CARGO ?= cargo
 STAMPS := $(CACHE_DIR)/stamps
 
 .PHONY: help setup setup-apt setup-rust setup-go setup-deny build crds test test-rust test-cluster \
-	lint fmt demo bench cluster-up cluster-down prometheus-up prometheus-down clean image
+	lint fmt demo chaos bench cluster-up cluster-down prometheus-up prometheus-down clean image
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ cluster-down: ## stop the local control plane and Prometheus
 
 demo: setup ## run the whole loop on simulated GPU nodes
 	@scripts/demo.sh
+
+chaos: setup ## inject faults into the running loop; report in target/chaos/
+	@scripts/chaos.sh
 
 bench: setup ## benchmarks; JSON under target/bench/
 	@scripts/bench.sh

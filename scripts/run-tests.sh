@@ -16,6 +16,10 @@ cluster_session_up
 echo "== cargo test (workspace)"
 cargo test --workspace --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"
 
+# Faults injected into the whole loop, one round (make chaos runs more).
+echo "== fault injection (short)"
+scripts/chaos.sh --short
+
 # The chart tests install and remove the CRDs cluster-wide, so they run
 # after every other test.
 echo "== chart tests"

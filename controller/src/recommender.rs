@@ -448,13 +448,32 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
         .as_ref()
         .map(|s| s.nodes.as_slice())
         .unwrap_or_default();
+    let key = policy_key(
+        policy.namespace().as_deref().unwrap_or_default(),
+        &policy.name_any(),
+    );
     for node in nodes {
-        let inventory = ctx
-            .node_frequencies
-            .get(&ObjectRef::new(&node.node_name))
+        let node_frequencies = ctx.node_frequencies.get(&ObjectRef::new(&node.node_name));
+        let inventory = node_frequencies
+            .as_ref()
             .and_then(|nf| nf.status.clone())
             .map(|s| s.gpus)
             .unwrap_or_default();
+        // What this policy's entries hold on the node now.
+        let entry_of = |device_id: &str| {
+            let spec = &node_frequencies.as_ref()?.spec;
+            if device_id == CPU_DEVICE {
+                spec.cpu_frequencies
+                    .iter()
+                    .find(|e| e.policy == key)
+                    .map(|e| e.target_frequency)
+            } else {
+                spec.gpu_frequencies
+                    .iter()
+                    .find(|e| e.policy == key && e.gpu_id == device_id)
+                    .map(|e| e.target_frequency)
+            }
+        };
         for device in &node.devices {
             // What the node agent reports of this GPU (none for the CPU).
             let reported = inventory.iter().find(|g| g.gpu_id == device.device_id);
@@ -496,6 +515,7 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
                 clock_mhz: device.frequency_mhz,
                 clocks,
                 min_power_limit_watts: reported.and_then(|g| g.min_power_limit_watts),
+                entry_mhz: entry_of(&device.device_id),
             });
         }
     }

@@ -5,7 +5,10 @@
 //! goes silent: nothing is refused, nothing answers, so only the
 //! component's own timeouts notice.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Context;
 use kube::config::Kubeconfig;
@@ -92,18 +95,32 @@ impl TestCluster {
     /// [`Forwarder`]'s): the API server's certificate names 127.0.0.1, so
     /// TLS still verifies. Written under the cluster's state directory.
     pub fn kubeconfig_via(&self, addr: SocketAddr) -> anyhow::Result<PathBuf> {
-        let mut kubeconfig = Kubeconfig::read_from(self.kubeconfig())
-            .with_context(|| format!("reading {}", self.kubeconfig().display()))?;
-        for cluster in &mut kubeconfig.clusters {
+        self.kubeconfig_with_server(self.kubeconfig(), addr)
+    }
+
+    /// A copy of any kubeconfig (a ServiceAccount's, say) whose server is
+    /// `addr`, written next to [`TestCluster::kubeconfig_via`]'s.
+    pub fn kubeconfig_with_server(
+        &self,
+        kubeconfig: &Path,
+        addr: SocketAddr,
+    ) -> anyhow::Result<PathBuf> {
+        let mut config = Kubeconfig::read_from(kubeconfig)
+            .with_context(|| format!("reading {}", kubeconfig.display()))?;
+        for cluster in &mut config.clusters {
             if let Some(cluster) = cluster.cluster.as_mut() {
                 cluster.server = Some(format!("https://{addr}"));
             }
         }
         let dir = self.state_dir().join("forwarded-kubeconfigs");
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let path = dir.join(format!("{}.kubeconfig", addr.port()));
+        let stem = kubeconfig
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("kubeconfig");
+        let path = dir.join(format!("{stem}.{}.kubeconfig", addr.port()));
         // JSON is YAML, and every kubeconfig reader accepts it.
-        std::fs::write(&path, serde_json::to_string_pretty(&kubeconfig)?)
+        std::fs::write(&path, serde_json::to_string_pretty(&config)?)
             .with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }

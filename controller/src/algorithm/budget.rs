@@ -222,6 +222,7 @@ mod tests {
                 clock_mhz: None,
                 clocks: clocks.clone(),
                 min_power_limit_watts: floor,
+                entry_mhz: None,
             })
             .collect();
         let observation = Observation {

@@ -66,14 +66,18 @@ impl Feedback {
         })
     }
 
-    /// The ceiling the device runs under now: what was last commanded, or
-    /// the maximum for a device not yet tuned. The observed SM clock is not
+    /// The ceiling the device runs under now: what was last commanded, else
+    /// the target its entry already holds (set before this algorithm
+    /// existed: a restarted recommender or a new leader must not start from
+    /// the maximum, which would lift the cap for a period), else the
+    /// maximum for a device not yet tuned. The observed SM clock is not
     /// used as the ceiling: an idle GPU reports its idle clock, and taking
     /// that for the operating point would lock it there.
     fn ceiling(&self, device: &Device) -> f64 {
         self.devices
             .get(&device.key())
             .and_then(|s| s.commanded)
+            .or(device.entry_mhz)
             .map(f64::from)
             .unwrap_or_else(|| f64::from(device.clocks.max()))
     }
@@ -237,6 +241,24 @@ mod tests {
             tail.windows(2).all(|w| (w[0] - w[1]).abs() < 1e-9),
             "{trace:?}"
         );
+    }
+
+    /// A recommender restarted (or a new leader) builds the algorithm
+    /// afresh; it must continue from the entries on the nodes, not lift
+    /// every clock to the maximum for a period.
+    #[test]
+    fn a_new_instance_continues_from_the_entries_and_keeps_the_cap() {
+        for (loads, cap) in [(vec![1.0], 150.0), (vec![1.0, 1.0, 0.8, 0.6], 600.0)] {
+            let mut rig = rig(&loads, cap);
+            let settled = rig.run(12);
+            assert_settles(&settled, cap);
+            rig.restart_algorithm(FEEDBACK);
+            let after = rig.run(6);
+            assert!(
+                after.iter().all(|p| *p <= cap),
+                "over {cap} W after a restart: {after:?} (settled {settled:?})"
+            );
+        }
     }
 
     #[test]

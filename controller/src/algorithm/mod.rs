@@ -162,6 +162,10 @@ pub struct Device {
     pub clocks: Clocks,
     /// Lowest power limit the device enforces by itself, when reported.
     pub min_power_limit_watts: Option<f64>,
+    /// The clock target this policy's entry holds on the device now, when
+    /// it has one: what an earlier recommender (before a restart or a
+    /// change of leader) commanded, so a new algorithm continues from it.
+    pub entry_mhz: Option<i32>,
 }
 
 impl Device {

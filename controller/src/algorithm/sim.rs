@@ -15,6 +15,8 @@ pub(crate) struct Rig {
     pub clocks: Vec<i32>,
     /// The budgets of the last plan.
     pub budgets: Vec<Option<f64>>,
+    /// The clock targets of the last plan: the entries on the nodes.
+    pub entries: Vec<Option<i32>>,
     supported: Clocks,
     pub cap: f64,
     pub threshold: f64,
@@ -48,6 +50,7 @@ impl Rig {
             gpus: loads.iter().map(|l| GpuPlant::with_load(*l)).collect(),
             clocks: vec![supported.max(); loads.len()],
             budgets: vec![None; loads.len()],
+            entries: vec![None; loads.len()],
             supported,
             cap,
             threshold: 90.0,
@@ -83,6 +86,7 @@ impl Rig {
                     clock_mhz: Some(f64::from(*c)),
                     clocks: self.supported.clone(),
                     min_power_limit_watts: None,
+                    entry_mhz: self.entries[i],
                 })
                 .collect(),
         };
@@ -103,6 +107,7 @@ impl Rig {
                 "{target:?} is not a supported clock"
             );
             self.budgets[i] = target.power_budget_watts;
+            self.entries[i] = Some(target.frequency_mhz);
             self.clocks[i] = match target.power_budget_watts {
                 Some(budget) => {
                     let fits = self.gpus[i].clock_for_budget(self.supported.as_slice(), budget);
@@ -112,6 +117,20 @@ impl Rig {
             };
         }
         self.power()
+    }
+
+    /// A new instance of the named algorithm takes over, as after a
+    /// recommender restart or a change of leader: the clocks and the
+    /// entries stay as the old one left them.
+    pub fn restart_algorithm(&mut self, name: &str) {
+        let spec = CustomAlgorithm {
+            name: name.to_string(),
+            parameters: Default::default(),
+        };
+        match from_spec(Some(&spec)) {
+            Ok(algorithm) => self.algorithm = algorithm,
+            Err(e) => panic!("{e}"),
+        }
     }
 
     /// Runs `periods` steps, returning the power of each following period.

@@ -491,6 +491,7 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
                             clock_mhz: Some(f64::from(applied_clock[i])),
                             clocks: clocks.clone(),
                             min_power_limit_watts: Some(scenario.gpu.min_power_limit_watts()),
+                            entry_mhz: None,
                         })
                         .collect(),
                 };

@@ -6,7 +6,7 @@
 
 use std::{
     collections::BTreeMap,
-    net::TcpListener,
+    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -42,9 +42,19 @@ pub struct StackConfig {
     pub gpu_power_limit: bool,
 }
 
+/// How a component is started, kept so it can be started again.
+struct Launch {
+    name: String,
+    program: PathBuf,
+    kubeconfig: PathBuf,
+    args: Vec<String>,
+    /// Its `/healthz` address and whether it serves TLS.
+    health: (String, bool),
+}
+
 /// A running component.
 struct Component {
-    name: String,
+    launch: Launch,
     child: Child,
 }
 
@@ -62,6 +72,8 @@ pub struct Stack {
     namespaces: Vec<String>,
     /// `node name -> freqtuner metrics address`.
     pub freqtuners: BTreeMap<String, String>,
+    /// The webhook's HTTPS address (`127.0.0.1:PORT`).
+    pub webhook_addr: String,
     cluster: TestCluster,
     config: StackConfig,
 }
@@ -182,6 +194,7 @@ impl Stack {
             accounts: accounts.clone(),
             namespaces: Vec::new(),
             freqtuners: BTreeMap::new(),
+            webhook_addr: String::new(),
             cluster: cluster.clone(),
             config: config.clone(),
         };
@@ -223,6 +236,7 @@ impl Stack {
                 "freqtuner",
                 &freqtuner_kubeconfig,
                 &args,
+                (&addr, false),
             )?;
             let target = format!("{}-freqtuner-{node}", self.config.scope);
             cluster.register_prometheus_target(&target, &addr, &[])?;
@@ -262,8 +276,10 @@ impl Stack {
                 "--tls-key-file",
                 path_str(&tls_dir.join("tls.key"))?,
             ],
+            (&webhook_addr, true),
         )?;
         wait_healthy(&webhook_addr, true).await?;
+        self.webhook_addr = webhook_addr.clone();
         self.register_webhook(&webhook_addr, &tls_dir.join("ca.crt"))
             .await?;
 
@@ -300,6 +316,7 @@ impl Stack {
                 // controller.kepler would.
                 "--kepler",
             ],
+            (&controller_addr, false),
         )?;
         wait_healthy(&controller_addr, false).await?;
 
@@ -324,6 +341,7 @@ impl Stack {
                 "--lease-name",
                 &format!("{}-recommender", self.config.scope),
             ],
+            (&recommender_addr, false),
         )?;
         wait_healthy(&recommender_addr, false).await?;
         Ok(())
@@ -335,30 +353,107 @@ impl Stack {
         binary: &str,
         kubeconfig: &Path,
         args: &[&str],
+        health: (&str, bool),
     ) -> anyhow::Result<()> {
-        let log_path = self
-            .config
-            .work_dir
-            .join("logs")
-            .join(format!("{name}.log"));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
-        let program = self.config.bin_dir.join(binary);
-        let child = Command::new(&program)
-            .args(args)
-            .env("KUBECONFIG", kubeconfig)
+        let launch = Launch {
+            name: name.to_string(),
+            program: self.config.bin_dir.join(binary),
+            kubeconfig: kubeconfig.to_path_buf(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            health: (health.0.to_string(), health.1),
+        };
+        let child = self.launch(&launch, false)?;
+        self.components.push(Component { launch, child });
+        Ok(())
+    }
+
+    /// Starts `component`'s process; a restart appends to its log.
+    fn launch(&self, launch: &Launch, append: bool) -> anyhow::Result<Child> {
+        let log_path = self.log_path(&launch.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(append)
+            .truncate(!append)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        Command::new(&launch.program)
+            .args(&launch.args)
+            .env("KUBECONFIG", &launch.kubeconfig)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {}", program.display()))?;
-        self.components.push(Component {
-            name: name.to_string(),
-            child,
-        });
-        Ok(())
+            .with_context(|| format!("starting {}", launch.program.display()))
+    }
+
+    fn log_path(&self, name: &str) -> PathBuf {
+        log_path(&self.config.work_dir, name)
+    }
+
+    fn component_mut(&mut self, name: &str) -> anyhow::Result<&mut Component> {
+        self.components
+            .iter_mut()
+            .find(|c| c.launch.name == name)
+            .with_context(|| format!("no component named {name}"))
+    }
+
+    /// The names of the running components, in start order: one
+    /// `freqtuner-<node>` per node, `webhook`, `powercapping-controller`,
+    /// `freqtuning-recommender`.
+    pub fn component_names(&self) -> Vec<String> {
+        self.components
+            .iter()
+            .map(|c| c.launch.name.clone())
+            .collect()
+    }
+
+    /// The process id of component `name`, while it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.components
+            .iter()
+            .find(|c| c.launch.name == name)
+            .and_then(|c| c.child.id())
+    }
+
+    /// Kills component `name` with SIGKILL (no chance to restore or hand
+    /// over anything) and reaps it.
+    pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let component = self.component_mut(name)?;
+        component
+            .child
+            .kill()
+            .await
+            .with_context(|| format!("killing {name}"))
+    }
+
+    /// Starts component `name` again with the arguments it first had, as a
+    /// kubelet restarts a crashed container, and waits until it is healthy.
+    pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self
+            .components
+            .iter()
+            .position(|c| c.launch.name == name)
+            .with_context(|| format!("no component named {name}"))?;
+        let child = self.launch(&self.components[index].launch, true)?;
+        let component = &mut self.components[index];
+        component.child = child;
+        let (addr, tls) = component.launch.health.clone();
+        wait_healthy(&addr, tls).await
+    }
+
+    /// Stops component `name` with SIGTERM and starts it again talking to
+    /// the API server at `addr` (a [`climatik_test_support::Forwarder`]'s),
+    /// so a test can partition it from the API server.
+    pub async fn restart_via(&mut self, name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+        let cluster = self.cluster.clone();
+        let component = self.component_mut(name)?;
+        terminate(&mut component.child).await;
+        component.launch.kubeconfig =
+            cluster.kubeconfig_with_server(&component.launch.kubeconfig, addr)?;
+        self.restart(name).await
     }
 
     async fn run_to_completion(&self, binary: &str, args: &[&str]) -> anyhow::Result<()> {
@@ -439,12 +534,8 @@ impl Stack {
             if let Some(status) = component.child.try_wait()? {
                 bail!(
                     "{} exited ({status}); see {}",
-                    component.name,
-                    self.config
-                        .work_dir
-                        .join("logs")
-                        .join(format!("{}.log", component.name))
-                        .display()
+                    component.launch.name,
+                    log_path(&self.config.work_dir, &component.launch.name).display()
                 );
             }
         }
@@ -507,6 +598,11 @@ async fn terminate(child: &mut Child) {
         }
     }
     let _ = child.kill().await;
+}
+
+/// Where component `name` logs.
+fn log_path(work_dir: &Path, name: &str) -> PathBuf {
+    work_dir.join("logs").join(format!("{name}.log"))
 }
 
 fn path_str(path: &Path) -> anyhow::Result<&str> {
