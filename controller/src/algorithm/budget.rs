@@ -325,6 +325,7 @@ mod tests {
             kind,
             power_watts,
             clock_mhz: None,
+            entry_mhz: None,
             clocks: clocks.clone(),
             min_power_limit_watts,
         };
