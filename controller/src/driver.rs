@@ -15,6 +15,7 @@ use kube::{
         Controller, WatchStreamExt,
         controller::Action,
         reflector::{self, Store},
+        utils::Backoff,
         watcher,
     },
 };
@@ -23,6 +24,45 @@ use crate::{
     lease::{self, Leadership, LeaseConfig},
     metrics::Metrics,
 };
+
+/// How the controllers' watches wait before trying the API server again:
+/// from 0.5 s, doubling, at most 5 s, back to the start after an event.
+/// kube's default grows to 30 s, so a watch could come back up to half a
+/// minute after a long API-server outage ended, and entries the recommender
+/// renews could expire meanwhile (make chaos, restart of the API server).
+/// Only the few controller replicas use it; the per-node agents keep
+/// kube's gentler default.
+#[derive(Debug, Clone)]
+pub(crate) struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(500);
+    const LONGEST: Duration = Duration::from_secs(5);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let wait = self.next;
+        self.next = (wait * 2).min(Self::LONGEST);
+        Some(wait)
+    }
+}
+
+impl Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
 
 /// Leadership for this replica: elected through `lease`, or always the
 /// leader when election is off. The task, when there is one, ends after
@@ -72,6 +112,7 @@ pub(crate) fn policy_controller(
         watcher::Config::default().any_semantic(),
     )
     .with_config(crate::controller_config())
+    .trigger_backoff(WatchBackoff::default())
     .graceful_shutdown_on(shutdown.wait())
 }
 
@@ -137,7 +178,7 @@ pub(crate) fn node_frequencies(
             Api::<NodeFrequencies>::all(client.clone()),
             watcher::Config::default(),
         )
-        .default_backoff(),
+        .backoff(WatchBackoff::default()),
     )
     .for_each(|_| async {});
     let stop = shutdown.wait();
@@ -199,5 +240,19 @@ where
 pub(crate) async fn stop_election(election: Option<tokio::task::JoinHandle<()>>) {
     if let Some(task) = election {
         let _ = task.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_backoff_doubles_to_five_seconds_and_starts_over_after_a_reset() {
+        let mut backoff = WatchBackoff::default();
+        let waits: Vec<u128> = backoff.by_ref().take(6).map(|d| d.as_millis()).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 5000, 5000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(Duration::from_millis(500)));
     }
 }

@@ -264,7 +264,7 @@ where
     };
     let (reader, writer) = reflector::store();
     let keys = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
+        .backoff(crate::driver::WatchBackoff::default())
         .reflect(writer)
         .touched_objects()
         .filter_map(move |event| async move {
@@ -307,7 +307,7 @@ pub async fn run(
             .labels(&format!("{LABEL_GENERATED}=true"))
             .any_semantic(),
     )
-    .default_backoff()
+    .backoff(crate::driver::WatchBackoff::default())
     .reflect(writer)
     .filter_map(|event| async move {
         // A generated policy edited or deleted by hand: put it back.
