@@ -1,12 +1,13 @@
 //! The whole loop, end to end, at minute scale: one simulated GPU node, one
 //! annotated workload, every component as a local process with its chart
-//! ServiceAccount. Power must converge under the cap, and deleting the
-//! policy must return the GPUs to their default clocks.
+//! ServiceAccount. Power must converge under the cap, and removing the cap
+//! annotation must delete the generated policy and return the GPUs to
+//! their default clocks.
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use climatik_api::PowerCappingPolicy;
+use climatik_api::{NodeFrequencies, PowerCappingPolicy};
 use climatik_demo::{
     scenario::{Sampler, clocks},
     stack::{Stack, StackConfig},
@@ -17,9 +18,11 @@ const NODE: &str = "gpu-node-2";
 const CAP_WATTS: f64 = 900.0;
 /// The simulated H100-class GPU's maximum (default) SM clock.
 const DEFAULT_CLOCK_MHZ: f64 = 1980.0;
+/// Above any idle GPU's draw, below a fully loaded one's (700 W uncapped).
+const LOADED_WATTS: f64 = 300.0;
 
 #[tokio::test]
-async fn power_converges_under_the_cap_and_clocks_restore_after_delete() -> anyhow::Result<()> {
+async fn power_converges_under_the_cap_and_clocks_restore_once_the_cap_is_removed() -> anyhow::Result<()> {
     let cluster = climatik_test_support::cluster().await?;
     let work_dir = climatik_test_support::repo_root().join("target/e2e");
     let _ = std::fs::remove_dir_all(&work_dir);
@@ -141,28 +144,61 @@ spec:
     );
     assert!(capped.iter().any(|c| *c < DEFAULT_CLOCK_MHZ), "{capped:?}");
 
-    // ...and restored once the policy is gone.
-    let policies = Api::<PowerCappingPolicy>::namespaced(cluster.client.clone(), &namespace);
-    policies
-        .delete("deployment-serve", &Default::default())
+    // ...and restored once the cap is gone. The annotation is what a user
+    // removes: the generator then deletes its policy (deleting the policy
+    // by hand would only see it put back, the annotation still asking).
+    cluster
+        .kubectl([
+            "-n",
+            &namespace,
+            "annotate",
+            "deployment",
+            "serve",
+            "climatik.io/power-cap-",
+        ])
         .await
-        .context("deleting the policy")?;
+        .context("removing the cap annotation")?;
+    // The webhook drops the policy label with the annotation, so the pod is
+    // replaced; its GPUs may differ. Restored means: the policy is gone, no
+    // NodeFrequencies entry of it is left (the agent then restores every
+    // GPU it locked), and the GPUs under load run at their default clock.
+    let policies = Api::<PowerCappingPolicy>::namespaced(cluster.client.clone(), &namespace);
+    let node_frequencies = Api::<NodeFrequencies>::all(cluster.client.clone());
     let deadline = sampler.elapsed() + 60.0;
     loop {
+        let gone = policies.get_opt("deployment-serve").await?.is_none();
+        let entries_left = node_frequencies
+            .get_opt(NODE)
+            .await?
+            .map(|nf| {
+                nf.spec
+                    .gpu_frequencies
+                    .iter()
+                    .filter(|e| e.policy == policy_key)
+                    .count()
+            })
+            .unwrap_or(0);
         let (_, gpus) = sampler.sample().await?;
-        // Only the workload's GPUs: others on the node may idle at low
-        // clocks, as real GPUs do.
-        let ours: Vec<_> = gpus
+        // Only GPUs under load: idle ones may sit at low clocks, as real
+        // GPUs do.
+        let loaded: Vec<_> = gpus
             .iter()
-            .filter(|g| g.policy.as_deref() == Some(policy_key.as_str()))
+            .filter(|g| g.power_watts > LOADED_WATTS)
             .cloned()
             .collect();
-        let restored = clocks(&ours);
-        if restored.len() == 2 && restored.values().all(|c| *c >= DEFAULT_CLOCK_MHZ) {
+        let clocks = clocks(&loaded);
+        if gone
+            && entries_left == 0
+            && clocks.len() == 2
+            && clocks.values().all(|c| *c >= DEFAULT_CLOCK_MHZ)
+        {
             break;
         }
         if sampler.elapsed() > deadline {
-            bail!("clocks not restored within 60 s of deleting the policy: {restored:?}");
+            bail!(
+                "not restored within 60 s of removing the cap: policy gone {gone}, \
+                 {entries_left} entries left, loaded GPUs' clocks {clocks:?}"
+            );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
