@@ -23,7 +23,10 @@ use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, time::Duratio
 use anyhow::Context;
 use clap::Parser;
 use climatik_api::{PowerCappingPolicy, names};
-use climatik_demo::stack::{Stack, StackConfig};
+use climatik_demo::{
+    scenario::sim_deployment,
+    stack::{Stack, StackConfig},
+};
 use climatik_test_support::{Forwarder, TestCluster, eventually, repo_root};
 use kube::Api;
 
@@ -269,52 +272,16 @@ fn faults(args: &Args, agent: &str) -> Vec<Fault> {
 /// The steady workload (capped, two GPUs) and the victim (one GPU, its cap
 /// set and removed by each fault), both fully loaded on [`NODE`].
 async fn apply_workloads(cluster: &TestCluster, namespace: &str) -> anyhow::Result<()> {
-    let deployment = |name: &str, gpus: u32, cap: Option<f64>| {
-        let annotations = match cap {
-            Some(watts) => format!(
-                "\n  annotations:\n    {}: \"{watts}W\"",
-                names::ANNOTATION_POWER_CAP
-            ),
-            None => String::new(),
-        };
-        format!(
-            r#"apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: {name}
-  namespace: {namespace}{annotations}
-spec:
-  replicas: 1
-  # Recreate: a changed cap label restarts the pod on the GPU it had.
-  strategy: {{type: Recreate}}
-  selector:
-    matchLabels: {{app: {name}}}
-  template:
-    metadata:
-      labels: {{app: {name}}}
-      annotations:
-        climatik.io/sim-load: "full"
-    spec:
-      nodeSelector:
-        kubernetes.io/hostname: {NODE}
-      containers:
-      - name: {name}
-        image: vllm/vllm-openai:v0.6.3
-        resources:
-          limits:
-            nvidia.com/gpu: {gpus}
-"#
-        )
-    };
-    let manifest = format!(
-        "{}---\n{}",
-        deployment(STEADY, 2, Some(STEADY_CAP_WATTS)),
-        deployment(VICTIM, 1, None)
-    );
-    cluster
-        .kubectl_with_stdin(["apply", "-f", "-"], &manifest)
-        .await
-        .context("applying the workloads")?;
+    let steady_cap = format!("{STEADY_CAP_WATTS}W");
+    for manifest in [
+        sim_deployment(namespace, STEADY, NODE, 2, Some(&steady_cap)),
+        sim_deployment(namespace, VICTIM, NODE, 1, None),
+    ] {
+        cluster
+            .kubectl_with_stdin(["apply", "-f", "-"], &manifest)
+            .await
+            .context("applying the workloads")?;
+    }
     Ok(())
 }
 

@@ -130,3 +130,46 @@ pub fn clocks(gpus: &[GpuPoint]) -> BTreeMap<String, f64> {
         .filter_map(|g| g.clock_mhz.map(|c| (g.uuid.clone(), c)))
         .collect()
 }
+
+/// A Deployment of one pod pinned to `node` that keeps `gpus` simulated
+/// GPUs fully loaded, capped by the `climatik.io/power-cap` annotation
+/// when `cap` is given (e.g. `"900W"`). Its strategy is Recreate: a
+/// changed cap relabels the pod template, and the new pod then takes the
+/// GPUs the old one had. JSON, which `kubectl apply -f -` reads as well.
+pub fn sim_deployment(
+    namespace: &str,
+    name: &str,
+    node: &str,
+    gpus: u32,
+    cap: Option<&str>,
+) -> String {
+    let annotations = match cap {
+        Some(cap) => serde_json::json!({ names::ANNOTATION_POWER_CAP: cap }),
+        None => serde_json::json!({}),
+    };
+    serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "annotations": annotations},
+        "spec": {
+            "replicas": 1,
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": name},
+                    "annotations": {"climatik.io/sim-load": "full"}
+                },
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/hostname": node},
+                    "containers": [{
+                        "name": name,
+                        "image": "vllm/vllm-openai:v0.6.3",
+                        "resources": {"limits": {"nvidia.com/gpu": gpus}}
+                    }]
+                }
+            }
+        }
+    })
+    .to_string()
+}

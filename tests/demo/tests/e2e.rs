@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use climatik_api::{NodeFrequencies, PowerCappingPolicy};
 use climatik_demo::{
-    scenario::{Sampler, clocks},
+    scenario::{Sampler, clocks, sim_deployment},
     stack::{Stack, StackConfig},
 };
 use kube::Api;
@@ -22,7 +22,8 @@ const DEFAULT_CLOCK_MHZ: f64 = 1980.0;
 const LOADED_WATTS: f64 = 300.0;
 
 #[tokio::test]
-async fn power_converges_under_the_cap_and_clocks_restore_once_the_cap_is_removed() -> anyhow::Result<()> {
+async fn power_converges_under_the_cap_and_clocks_restore_once_the_cap_is_removed()
+-> anyhow::Result<()> {
     let cluster = climatik_test_support::cluster().await?;
     let work_dir = climatik_test_support::repo_root().join("target/e2e");
     let _ = std::fs::remove_dir_all(&work_dir);
@@ -56,35 +57,7 @@ async fn scenario(
 ) -> anyhow::Result<()> {
     let namespace = namespace.to_string();
     stack.namespace(&namespace).await?;
-    let manifest = format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: serve
-  namespace: {namespace}
-  annotations:
-    climatik.io/power-cap: "{CAP_WATTS}W"
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {{app: serve}}
-  template:
-    metadata:
-      labels: {{app: serve}}
-      annotations:
-        climatik.io/sim-load: "full"
-    spec:
-      nodeSelector:
-        kubernetes.io/hostname: {NODE}
-      containers:
-      - name: serve
-        image: vllm/vllm-openai:v0.6.3
-        resources:
-          limits:
-            nvidia.com/gpu: 2
-"#
-    );
+    let manifest = sim_deployment(&namespace, "serve", NODE, 2, Some(&format!("{CAP_WATTS}W")));
     cluster
         .kubectl_with_stdin(["apply", "-f", "-"], &manifest)
         .await?;

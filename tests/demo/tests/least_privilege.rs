@@ -10,7 +10,10 @@ use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context, bail};
 use climatik_api::{NodeFrequencies, PowerCappingPolicy, names::LEGACY_FINALIZER_POLICY};
-use climatik_demo::stack::{SYSTEM_NAMESPACE, Stack, StackConfig};
+use climatik_demo::{
+    scenario::sim_deployment,
+    stack::{SYSTEM_NAMESPACE, Stack, StackConfig},
+};
 use climatik_test_support::{
     TestCluster, eventually,
     rbac::{self, Permission},
@@ -353,43 +356,7 @@ async fn apply_workload(
     namespace: &str,
     cap: Option<&str>,
 ) -> anyhow::Result<()> {
-    let annotations = match cap {
-        Some(cap) => format!("climatik.io/power-cap: \"{cap}\""),
-        None => "{}".to_string(),
-    };
-    let annotations = if cap.is_some() {
-        format!("\n    {annotations}")
-    } else {
-        format!(" {annotations}")
-    };
-    let manifest = format!(
-        r#"
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: serve
-  namespace: {namespace}
-  annotations:{annotations}
-spec:
-  replicas: 1
-  selector:
-    matchLabels: {{app: serve}}
-  template:
-    metadata:
-      labels: {{app: serve}}
-      annotations:
-        climatik.io/sim-load: "full"
-    spec:
-      nodeSelector:
-        kubernetes.io/hostname: {NODE}
-      containers:
-      - name: serve
-        image: vllm/vllm-openai:v0.6.3
-        resources:
-          limits:
-            nvidia.com/gpu: 2
-"#
-    );
+    let manifest = sim_deployment(namespace, "serve", NODE, 2, cap);
     // Server-side apply with one field manager: removing the annotation
     // from the manifest removes it from the object.
     cluster
