@@ -25,7 +25,7 @@ use clap::Parser;
 use climatik_api::{PowerCappingPolicy, names};
 use climatik_demo::{
     scenario::sim_deployment,
-    stack::{Stack, StackConfig},
+    stack::{self, Stack, StackConfig},
 };
 use climatik_test_support::{Forwarder, TestCluster, eventually, repo_root};
 use kube::Api;
@@ -94,13 +94,7 @@ async fn main() -> anyhow::Result<ExitCode> {
         root.join(&args.out)
     };
     let _ = std::fs::remove_dir_all(out.join("logs"));
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("binary has no directory")?
-            .to_path_buf(),
-    };
+    let bin_dir = stack::bin_dir(args.bin_dir.as_deref())?;
     let limits = Limits::from_values(&root.join("charts/climatik/values.yaml"))?;
     let cluster = climatik_test_support::cluster().await?;
     let interval = Duration::from_secs(args.interval.max(1));

@@ -11,7 +11,7 @@ use climatik_demo::{
     plot,
     samples::Recording,
     scenario::Sampler,
-    stack::{Stack, StackConfig},
+    stack::{self, Stack, StackConfig},
     view,
 };
 use climatik_test_support::repo_root;
@@ -60,13 +60,7 @@ async fn main() -> anyhow::Result<()> {
     } else {
         root.join(&args.out)
     };
-    let bin_dir = match &args.bin_dir {
-        Some(dir) => dir.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("binary has no directory")?
-            .to_path_buf(),
-    };
+    let bin_dir = stack::bin_dir(args.bin_dir.as_deref())?;
 
     eprintln!("demo: bringing up the local control plane and Prometheus");
     let cluster = climatik_test_support::cluster().await?;

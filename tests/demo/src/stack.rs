@@ -22,6 +22,28 @@ pub const SYSTEM_NAMESPACE: &str = "climatik-project";
 /// Label that selects the namespaces this stack's webhook serves.
 pub const WEBHOOK_SCOPE_LABEL: &str = "climatik.io/demo-stack";
 
+/// The binaries a [`Stack`] starts (tests build them with
+/// `climatik_test_support::workspace_binaries`).
+pub const BINARIES: [&str; 5] = [
+    "freqtuner",
+    "climatik-webhook",
+    "climatik-certs",
+    "powercapping-controller",
+    "freqtuning-recommender",
+];
+
+/// Where a driver binary finds the component binaries: `given`, else its
+/// own directory (cargo builds every binary of the workspace into one).
+pub fn bin_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(dir) => Ok(dir.to_path_buf()),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("binary has no directory")?
+            .to_path_buf()),
+    }
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct StackConfig {

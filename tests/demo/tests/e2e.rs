@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use climatik_api::{NodeFrequencies, PowerCappingPolicy};
 use climatik_demo::{
     scenario::{Sampler, clocks, sim_deployment},
-    stack::{Stack, StackConfig},
+    stack::{self, Stack, StackConfig},
 };
 use kube::Api;
 
@@ -29,13 +29,7 @@ async fn power_converges_under_the_cap_and_clocks_restore_once_the_cap_is_remove
     let _ = std::fs::remove_dir_all(&work_dir);
     let config = StackConfig {
         nodes: vec![NODE.to_string()],
-        bin_dir: climatik_test_support::workspace_binaries(&[
-            "freqtuner",
-            "climatik-webhook",
-            "climatik-certs",
-            "powercapping-controller",
-            "freqtuning-recommender",
-        ])?,
+        bin_dir: climatik_test_support::workspace_binaries(&stack::BINARIES)?,
         work_dir,
         interval: Duration::from_secs(3),
         entry_ttl: Duration::from_secs(30),

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use climatik_api::{NodeFrequencies, PowerCappingPolicy, names::LEGACY_FINALIZER_POLICY};
 use climatik_demo::{
     scenario::sim_deployment,
-    stack::{SYSTEM_NAMESPACE, Stack, StackConfig},
+    stack::{self, SYSTEM_NAMESPACE, Stack, StackConfig},
 };
 use climatik_test_support::{
     TestCluster, eventually,
@@ -57,13 +57,7 @@ async fn each_component_is_granted_exactly_the_verbs_it_uses() -> anyhow::Result
     let scope = format!("rbac-{}", std::process::id());
     let config = StackConfig {
         nodes: vec![NODE.to_string()],
-        bin_dir: climatik_test_support::workspace_binaries(&[
-            "freqtuner",
-            "climatik-webhook",
-            "climatik-certs",
-            "powercapping-controller",
-            "freqtuning-recommender",
-        ])?,
+        bin_dir: climatik_test_support::workspace_binaries(&stack::BINARIES)?,
         work_dir,
         interval: Duration::from_secs(2),
         entry_ttl: Duration::from_secs(20),
