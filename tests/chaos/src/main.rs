@@ -88,11 +88,7 @@ async fn main() -> anyhow::Result<ExitCode> {
     climatik_runtime::crypto::install();
     let args = Args::parse();
     let root = repo_root();
-    let out = if args.out.is_absolute() {
-        args.out.clone()
-    } else {
-        root.join(&args.out)
-    };
+    let out = stack::out_dir(&args.out);
     let _ = std::fs::remove_dir_all(out.join("logs"));
     let bin_dir = stack::bin_dir(args.bin_dir.as_deref())?;
     let limits = Limits::from_values(&root.join("charts/climatik/values.yaml"))?;

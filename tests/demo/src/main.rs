@@ -54,12 +54,7 @@ const LOWERED_CAP: &str = "1800W";
 async fn main() -> anyhow::Result<()> {
     climatik_runtime::crypto::install();
     let args = Args::parse();
-    let root = repo_root();
-    let out = if args.out.is_absolute() {
-        args.out.clone()
-    } else {
-        root.join(&args.out)
-    };
+    let out = stack::out_dir(&args.out);
     let bin_dir = stack::bin_dir(args.bin_dir.as_deref())?;
 
     eprintln!("demo: bringing up the local control plane and Prometheus");

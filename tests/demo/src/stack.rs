@@ -44,6 +44,16 @@ pub fn bin_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Where a driver binary writes: `out` as given when absolute, else under
+/// the repository root (the driver may run from any directory).
+pub fn out_dir(out: &Path) -> PathBuf {
+    if out.is_absolute() {
+        out.to_path_buf()
+    } else {
+        climatik_test_support::repo_root().join(out)
+    }
+}
+
 /// What to start.
 #[derive(Debug, Clone)]
 pub struct StackConfig {
