@@ -109,11 +109,18 @@ impl Agent {
     }
 
     /// Runs until `shutdown` completes, then restores every device it
-    /// changed. Leftovers of a killed predecessor are restored first.
+    /// changed. What a killed predecessor left changed is kept until the
+    /// first pass (which sets what the entries want and restores the rest)
+    /// or until the time the predecessor recorded ([`crate::hold`]),
+    /// whichever is first; without such a time it is restored at once.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        let restored = self.actuator.restore_leftovers();
-        if restored > 0 {
-            tracing::info!(restored, "restored devices a previous agent left changed");
+        let mut held = self.actuator.leftovers_held_until(Timestamp::now());
+        match held {
+            Some(until) => tracing::info!(
+                %until,
+                "keeping what a previous agent left set until this node's entries are read, or until their recorded end"
+            ),
+            None => self.restore_leftovers(),
         }
         let watch_config =
             watcher::Config::default().fields(&format!("metadata.name={}", self.config.node));
@@ -149,6 +156,10 @@ impl Agent {
                 _ = tick.tick() => {
                     if self.synced {
                         self.pass(&status, true);
+                    } else if held.is_some_and(|until| Timestamp::now() >= until) {
+                        tracing::warn!("the entries behind what a previous agent left set have ended before they could be read");
+                        self.restore_leftovers();
+                        held = None;
                     }
                     self.heartbeat.beat();
                 }
@@ -165,6 +176,13 @@ impl Agent {
             tracing::warn!(grace = ?FINAL_WRITE_GRACE, "the last status was not written in time");
         }
         Ok(())
+    }
+
+    fn restore_leftovers(&mut self) {
+        let restored = self.actuator.restore_leftovers();
+        if restored > 0 {
+            tracing::info!(restored, "restored devices a previous agent left changed");
+        }
     }
 
     /// Applies a watch event to `current`; true when a pass is due.

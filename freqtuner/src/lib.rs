@@ -11,6 +11,7 @@ pub mod error;
 pub mod expiry;
 pub mod fastloop;
 pub mod gpu;
+pub mod hold;
 pub mod http;
 pub mod kubelet;
 pub mod merge;
@@ -33,6 +34,7 @@ use crate::{
     config::{Cli, CpuBackendKind, GpuBackendKind},
     cpu::{CpuBackend, cpufreq::Cpufreq, sim::SimCpus},
     gpu::{GpuBackend, nvml::open_real, sim::SimGpus},
+    hold::HoldRecord,
     kubelet::{device_plugin::PluginConfig, pod_resources::Poller},
     metrics::Metrics,
     sim::{Assignment, Scenario, SharedWorld, SimConfig, SimWorld, model::GpuModel, pods},
@@ -65,7 +67,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             .counting_quarantines(metrics.state_quarantined.clone())
     };
     let gpu: Option<Box<dyn GpuBackend>> = match (cli.backends.gpu_backend, &world) {
-        (GpuBackendKind::Sim, Some(world)) => Some(Box::new(SimGpus::new(world.clone())?)),
+        (GpuBackendKind::Sim, Some(world)) => {
+            Some(Box::new(SimGpus::new(world.clone(), state_file("sim"))?))
+        }
         (GpuBackendKind::Nvml, _) => Some(Box::new(
             retry.open("NVML", || open_real(state_file("nvml"))).await?,
         )),
@@ -140,8 +144,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         ));
     }
 
+    let hold = HoldRecord::open(
+        HoldRecord::for_node(&cli.agent.state_dir, &node)
+            .counting_quarantines(metrics.state_quarantined.clone()),
+    )?;
     let actuator = Actuator::new(gpu, cpu, cli.backends.gpu_power_limit, metrics.clone())
-        .with_max_entry_ttl(cli.agent.max_entry_ttl);
+        .with_max_entry_ttl(cli.agent.max_entry_ttl)
+        .with_hold(hold);
     let agent = Agent::new(
         client,
         AgentConfig {

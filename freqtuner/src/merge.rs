@@ -38,6 +38,16 @@ pub struct Desired {
     pub inactive_cpus: BTreeSet<u32>,
     /// Entries that name no device this agent could ever act on.
     pub invalid: Vec<String>,
+    /// When the first live entry stops counting (its deadline after the
+    /// lifetime cap): until then, every device setting wanted now is
+    /// still wanted. `None` when no entry is live.
+    pub first_deadline: Option<Timestamp>,
+}
+
+impl Desired {
+    fn live_until(&mut self, deadline: Timestamp) {
+        self.first_deadline = Some(self.first_deadline.map_or(deadline, |d| d.min(deadline)));
+    }
 }
 
 /// Why a capped entry still counts, for the device's status message.
@@ -105,6 +115,7 @@ pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp, lifetimes: &mut Lifetim
         if deadline.at <= now {
             continue;
         }
+        desired.live_until(deadline.at);
         add(
             &mut desired.gpus,
             entry.gpu_id.clone(),
@@ -143,6 +154,7 @@ pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp, lifetimes: &mut Lifetim
         if deadline.at <= now {
             continue;
         }
+        desired.live_until(deadline.at);
         add(
             &mut cpus,
             cpu.to_string(),
@@ -256,6 +268,31 @@ mod tests {
         assert_eq!(d.inactive_gpus, ["GPU-b".to_string()].into());
         assert!(d.cpus.is_empty());
         assert_eq!(d.inactive_cpus, [3].into());
+        assert_eq!(
+            d.first_deadline,
+            Some(at(1_001).0),
+            "only live entries count"
+        );
+    }
+
+    #[test]
+    fn the_first_deadline_is_the_earliest_live_one_after_the_lifetime_cap() {
+        let far = 1_000_000;
+        let spec = NodeFrequenciesSpec {
+            node_name: "n".into(),
+            gpu_frequencies: vec![gpu("GPU-a", 1500, None, "manual", far)],
+            cpu_frequencies: vec![cpu(0, 2000, "ns/p", 1_000 + 700)],
+        };
+        let d = merge(&spec, now());
+        // The far entry counts until the cap (600 s after it was seen).
+        assert_eq!(d.first_deadline, Some(at(1_600).0));
+        let empty = NodeFrequenciesSpec {
+            node_name: "n".into(),
+            gpu_frequencies: vec![],
+            cpu_frequencies: vec![],
+        };
+        let none = merge(&empty, now());
+        assert_eq!(none.first_deadline, None);
     }
 
     #[test]

@@ -714,7 +714,8 @@ async fn a_restarted_agent_restores_what_a_killed_one_left() -> anyhow::Result<(
     assert_eq!(fx.sysfs.scaling_max_khz(3)?, 800_000);
 
     // The entries go away while no agent runs; only the state file
-    // remembers what to put back.
+    // remembers what to put back. The successor keeps the caps until it
+    // has read that they are gone, then restores them.
     fx.apply("", "").await?;
     let second = fx.spawn().await?;
     fx.wait_khz(0, DEFAULT_KHZ, "CPU 0 restored at start-up")
@@ -725,9 +726,87 @@ async fn a_restarted_agent_restores_what_a_killed_one_left() -> anyhow::Result<(
     assert!(
         second
             .logs()
-            .contains("restored a CPU a previous agent left capped")
+            .contains("keeping what a previous agent left set")
     );
     drop(second);
+    fx.cleanup().await
+}
+
+#[tokio::test]
+async fn a_restarted_agent_keeps_what_a_killed_one_set_only_while_its_entries_last()
+-> anyhow::Result<()> {
+    let fx = Fixture::new("ft-hold").await?;
+    let forwarder = Forwarder::start(fx.cluster.apiserver_authority()?).await?;
+    let kubeconfig = fx.cluster.kubeconfig_via(forwarder.addr())?;
+    let mut first = AgentProcess::spawn(&fx, &kubeconfig, &[]).await?;
+    fx.gpu_uuids().await.with_context(|| first.logs())?;
+    // CPU 1 capped for a short while, CPU 3 for longer than the test.
+    let expires = Timestamp::now() + Duration::from_secs(25);
+    fx.apply(
+        "",
+        &format!(
+            "{{cpuId: 1, targetFrequency: 2000, policy: ns/p, expiresAt: \"{expires}\"}}, {}",
+            manual_cpu(3, 1000)
+        ),
+    )
+    .await?;
+    fx.wait_khz(1, 2_000_000, "CPU 1 capped")
+        .await
+        .with_context(|| first.logs())?;
+    fx.wait_khz(3, 1_000_000, "CPU 3 capped").await?;
+    first.signal("-KILL").await?;
+    first.wait_exit().await?;
+
+    // The successor cannot reach the API server: it keeps both caps
+    // (restoring them would lift them until it can read its entries)...
+    forwarder.cut();
+    let second = AgentProcess::spawn(&fx, &kubeconfig, &[]).await?;
+    eventually("the successor holds", Duration::from_secs(30), || {
+        let held = second
+            .logs()
+            .contains("keeping what a previous agent left set");
+        async move { Ok(held.then_some(())) }
+    })
+    .await
+    .with_context(|| second.logs())?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    anyhow::ensure!(
+        Timestamp::now() < expires,
+        "the entry expired before the check: nothing would be tested"
+    );
+    assert_eq!(
+        fx.sysfs.scaling_max_khz(1)?,
+        2_000_000,
+        "CPU 1 lost its cap"
+    );
+    assert_eq!(
+        fx.sysfs.scaling_max_khz(3)?,
+        1_000_000,
+        "CPU 3 lost its cap"
+    );
+
+    // ...but no longer than the first of their entries lasts.
+    fx.wait_khz_within(
+        1,
+        DEFAULT_KHZ,
+        Duration::from_secs(60),
+        "CPU 1 restored once its entry ended, the API server unreachable",
+    )
+    .await
+    .with_context(|| second.logs())?;
+    assert!(
+        Timestamp::now() >= expires,
+        "restored before the entry expired"
+    );
+    assert_eq!(fx.sysfs.scaling_max_khz(3)?, DEFAULT_KHZ);
+
+    // Back online: what is still wanted is set again.
+    forwarder.restore();
+    fx.wait_khz(3, 1_000_000, "CPU 3 capped again once the entries are read")
+        .await
+        .with_context(|| second.logs())?;
+    drop(second);
+    drop(forwarder);
     fx.cleanup().await
 }
 

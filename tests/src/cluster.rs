@@ -12,8 +12,19 @@ use tokio::{io::AsyncWriteExt, process::Command, sync::OnceCell};
 
 use crate::env::ClusterEnv;
 
-/// The repository root: this crate lives in `<repo>/tests`.
+/// The repository root: the checkout the process runs in (the nearest
+/// directory at or above the working directory holding the chart), else
+/// the one this crate was built from (`<repo>/tests`). The working
+/// directory comes first because cargo reuses a build of this crate from
+/// another checkout of the same repository with a shared target directory,
+/// and the path compiled in would then name that other checkout.
 pub fn repo_root() -> PathBuf {
+    let is_root = |dir: &Path| dir.join("charts/climatik/Chart.yaml").is_file();
+    if let Ok(cwd) = std::env::current_dir()
+        && let Some(root) = cwd.ancestors().find(|dir| is_root(dir))
+    {
+        return root.to_path_buf();
+    }
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest.parent().unwrap_or(manifest).to_path_buf()
 }

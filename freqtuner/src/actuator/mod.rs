@@ -26,6 +26,7 @@ use crate::{
     expiry::Lifetimes,
     fastloop::BudgetLoop,
     gpu::GpuBackend,
+    hold::HoldRecord,
     merge::{Desired, Want, merge},
     metrics::Metrics,
 };
@@ -72,6 +73,8 @@ pub struct Actuator {
     reporter: Reporter,
     /// When entries beyond the lifetime cap were first seen.
     lifetimes: Lifetimes,
+    /// Until when the settings in force are wanted, for a successor.
+    hold: Option<HoldRecord>,
 }
 
 impl Actuator {
@@ -90,7 +93,26 @@ impl Actuator {
             power_limit_mode,
             reporter: Reporter::new(metrics),
             lifetimes: Lifetimes::default(),
+            hold: None,
         }
+    }
+
+    /// Keeps `hold` current, so an agent that follows a killed one knows
+    /// how long it may leave the devices as this one set them.
+    pub fn with_hold(mut self, hold: HoldRecord) -> Self {
+        self.hold = Some(hold);
+        self
+    }
+
+    /// Until when the settings a killed predecessor left may be kept while
+    /// this agent has not yet read its entries: the time the predecessor
+    /// recorded, if it is still ahead and anything was left changed.
+    /// `None`: restore them now.
+    pub fn leftovers_held_until(&self, now: Timestamp) -> Option<Timestamp> {
+        let until = self.hold.as_ref()?.until(now)?;
+        let left = self.gpu.as_ref().is_some_and(|g| !g.touched().is_empty())
+            || self.cpu.as_ref().is_some_and(|c| !c.touched().is_empty());
+        left.then_some(until)
     }
 
     /// Caps every entry's lifetime at `max_ttl` after it was first seen
@@ -180,6 +202,9 @@ impl Actuator {
         let desired = spec
             .map(|s| merge(s, now, &mut self.lifetimes))
             .unwrap_or_default();
+        // Before any device is set: a successor must never find a record
+        // longer than the entries behind the settings it finds.
+        self.record_hold(&desired);
         let mut report = Report {
             invalid: desired.invalid.clone(),
             ..Report::default()
@@ -187,6 +212,17 @@ impl Actuator {
         self.reconcile_gpus(&desired, step_budget, &mut report);
         self.reconcile_cpus(&desired, &mut report);
         report
+    }
+
+    fn record_hold(&mut self, desired: &Desired) {
+        let Some(hold) = self.hold.as_mut() else {
+            return;
+        };
+        let in_force = !desired.gpus.is_empty() || !desired.cpus.is_empty();
+        if let Err(e) = hold.record(desired.first_deadline.filter(|_| in_force)) {
+            tracing::warn!(error = %e, "could not record until when the settings in force are wanted");
+            self.reporter.metrics.error("hold", &e);
+        }
     }
 
     fn reconcile_gpus(&mut self, desired: &Desired, step_budget: bool, report: &mut Report) {
@@ -337,6 +373,7 @@ mod tests {
     use crate::{
         cpu::cpufreq::Cpufreq,
         gpu::sim::SimGpus,
+        hold::HoldRecord,
         sim::{
             SharedWorld,
             tests::{busy_pod, world},
@@ -365,19 +402,49 @@ mod tests {
             StateFile::for_backend(state.path(), "cpufreq", "n"),
         )
         .expect("cpufreq");
-        let gpu = SimGpus::new(world.clone()).expect("sim");
+        let gpu = SimGpus::new(
+            world.clone(),
+            StateFile::for_backend(state.path(), "sim", "n"),
+        )
+        .expect("sim");
         Rig {
             actuator: Actuator::new(
                 Some(Box::new(gpu)),
                 Some(Box::new(cpu)),
                 false,
                 Arc::new(Metrics::default()),
-            ),
+            )
+            .with_hold(HoldRecord::open(HoldRecord::for_node(state.path(), "n")).expect("hold")),
             world,
             sysfs,
             uuids,
             _dirs: (root, state),
         }
+    }
+
+    /// The actuator an agent started after `rig`'s would build: a new
+    /// simulated node (the old one lived in the killed process), the same
+    /// state directory and CPUs.
+    fn successor(rig: &Rig) -> (Actuator, SharedWorld) {
+        let mut w = world(2);
+        w.set_pods(&[busy_pod("a", Some("1.0"))], Instant::now());
+        let world = w.shared();
+        let state = rig._dirs.1.path();
+        let gpu =
+            SimGpus::new(world.clone(), StateFile::for_backend(state, "sim", "n")).expect("sim");
+        let cpu = Cpufreq::new(
+            rig.sysfs.root(),
+            StateFile::for_backend(state, "cpufreq", "n"),
+        )
+        .expect("cpufreq");
+        let actuator = Actuator::new(
+            Some(Box::new(gpu)),
+            Some(Box::new(cpu)),
+            false,
+            Arc::new(Metrics::default()),
+        )
+        .with_hold(HoldRecord::open(HoldRecord::for_node(state, "n")).expect("hold"));
+        (actuator, world)
     }
 
     fn locked(rig: &Rig, gpu: usize) -> Option<u32> {
@@ -641,7 +708,11 @@ mod tests {
     fn a_power_limit_reset_by_someone_else_is_set_again() {
         let rig = rig(FakeCpu::uniform(1));
         let uuid = rig.uuids[0].clone();
-        let gpu = SimGpus::new(rig.world.clone()).expect("sim");
+        let gpu = SimGpus::new(
+            rig.world.clone(),
+            StateFile::for_backend(rig._dirs.1.path(), "sim", "second"),
+        )
+        .expect("sim");
         let mut actuator = Actuator::new(
             Some(Box::new(gpu)),
             None,
@@ -690,5 +761,49 @@ mod tests {
         // Restoring still puts back the value found before the first change.
         rig.actuator.restore_all();
         assert_eq!(rig.sysfs.scaling_max_khz(1).expect("read"), 4_800_000);
+    }
+
+    #[test]
+    fn a_killed_agents_settings_are_held_only_until_their_entries_end() {
+        let mut rig = rig(FakeCpu::uniform(2));
+        let second = |s: i64| Timestamp::from_second(s).expect("ts");
+        let now = second(Timestamp::now().as_second());
+        let soon = second(now.as_second() + 60);
+        let later = second(now.as_second() + 120);
+        let s = spec(
+            vec![gpu_entry(&rig.uuids[0], 990, None, Some(later))],
+            vec![cpu_entry(1, 2000, Some(soon))],
+        );
+        rig.actuator.reconcile(Some(&s), now, true);
+
+        // Killed without restoring: its successor finds the GPU still
+        // locked (kept in the state directory, as hardware keeps it) and
+        // may keep both settings until the first entry ends.
+        let (mut next, world) = successor(&rig);
+        assert_eq!(
+            world.lock().expect("world").locked(&rig.uuids[0]),
+            Some(990)
+        );
+        assert_eq!(rig.sysfs.scaling_max_khz(1).expect("read"), 2_000_000);
+        assert_eq!(next.leftovers_held_until(now), Some(soon));
+        assert_eq!(next.leftovers_held_until(soon), None);
+
+        // Its first pass keeps what is still wanted and restores the rest.
+        let gpu_only = spec(
+            vec![gpu_entry(&rig.uuids[0], 990, None, Some(later))],
+            vec![],
+        );
+        next.reconcile(Some(&gpu_only), now, true);
+        assert_eq!(
+            world.lock().expect("world").locked(&rig.uuids[0]),
+            Some(990)
+        );
+        assert_eq!(rig.sysfs.scaling_max_khz(1).expect("read"), 4_800_000);
+
+        // A clean stop leaves nothing to hold or restore.
+        next.restore_all();
+        let (after_stop, world) = successor(&rig);
+        assert_eq!(after_stop.leftovers_held_until(now), None);
+        assert_eq!(world.lock().expect("world").locked(&rig.uuids[0]), None);
     }
 }

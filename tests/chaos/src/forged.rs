@@ -25,7 +25,13 @@ pub struct Answers {
     pub server_errors: usize,
     /// No HTTP answer at all (reset, timeout).
     pub unanswered: usize,
+    /// Why requests went unanswered: the client's error (with its causes)
+    /// and the kind of body, up to a few distinct ones.
+    pub unanswered_reasons: Vec<String>,
 }
+
+/// Distinct reasons kept in the report.
+const REASONS_KEPT: usize = 10;
 
 /// Bodies larger than this are over the webhook's 4 MiB limit.
 const OVER_LIMIT_BYTES: usize = 4 * 1024 * 1024;
@@ -36,18 +42,34 @@ const CONCURRENCY: usize = 32;
 /// Sends `count` forged reviews to `https://addr/mutate`.
 pub async fn send(addr: &str, namespace: &str, count: usize) -> anyhow::Result<Answers> {
     // The webhook's dev certificate is not what is tested here.
-    let http = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .context("building an HTTP client")?;
+    let client = |pooled: bool| {
+        let builder = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(10));
+        let builder = if pooled {
+            builder
+        } else {
+            builder.pool_max_idle_per_host(0)
+        };
+        builder.build().context("building an HTTP client")
+    };
+    // A body over the limit is refused before it is all read, and the
+    // webhook then closes its connection (the rest of the body is never
+    // read). Such bodies get connections of their own, as an attacker's
+    // would: a connection closed under requests that shared it with one
+    // would say nothing about the webhook.
+    let (http, oversized_http) = (client(true)?, client(false)?);
     let url = format!("https://{addr}/mutate");
     let results: Vec<Outcome> = stream::iter(0..count)
         .map(|i| {
-            let http = http.clone();
-            let url = url.clone();
             let body = body(i, namespace);
             let oversized = body.len() > OVER_LIMIT_BYTES;
+            let http = if oversized {
+                oversized_http.clone()
+            } else {
+                http.clone()
+            };
+            let url = url.clone();
             async move {
                 match http
                     .post(&url)
@@ -69,7 +91,7 @@ pub async fn send(addr: &str, namespace: &str, count: usize) -> anyhow::Result<A
                         }
                     }
                     Err(_) if oversized => Outcome::Refused,
-                    Err(_) => Outcome::Unanswered,
+                    Err(e) => Outcome::Unanswered(format!("{} (body {})", chain(&e), kind(i))),
                 }
             }
         })
@@ -85,7 +107,14 @@ pub async fn send(addr: &str, namespace: &str, count: usize) -> anyhow::Result<A
             Outcome::Decided => answers.decided += 1,
             Outcome::Refused => answers.refused += 1,
             Outcome::ServerError => answers.server_errors += 1,
-            Outcome::Unanswered => answers.unanswered += 1,
+            Outcome::Unanswered(reason) => {
+                answers.unanswered += 1;
+                if answers.unanswered_reasons.len() < REASONS_KEPT
+                    && !answers.unanswered_reasons.contains(&reason)
+                {
+                    answers.unanswered_reasons.push(reason);
+                }
+            }
         }
     }
     Ok(answers)
@@ -95,7 +124,37 @@ enum Outcome {
     Decided,
     Refused,
     ServerError,
-    Unanswered,
+    Unanswered(String),
+}
+
+/// An error and its causes, one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// The kind of the `i`-th body, as [`body`] makes it.
+fn kind(i: usize) -> &'static str {
+    if i % 1000 == 999 {
+        return "over the size limit";
+    }
+    match i % 9 {
+        0 => "random bytes",
+        1 => "empty",
+        2 => "truncated JSON",
+        3 => "review without a request",
+        4 => "negative cap",
+        5 => "huge values",
+        6 => "a Pod",
+        7 => "deep nesting",
+        _ => "StatefulSet",
+    }
 }
 
 /// The `i`-th forged body: one of several kinds, in turn.

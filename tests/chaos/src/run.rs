@@ -89,8 +89,10 @@ impl Run<'_> {
             && (answers.server_errors > 0 || answers.unanswered > 0)
         {
             result.reasons.push(format!(
-                "the webhook failed {} forged reviews and left {} unanswered",
-                answers.server_errors, answers.unanswered
+                "the webhook failed {} forged reviews and left {} unanswered ({})",
+                answers.server_errors,
+                answers.unanswered,
+                answers.unanswered_reasons.join("; ")
             ));
         }
         result.forged = forged;
