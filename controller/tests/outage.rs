@@ -68,7 +68,7 @@ async fn prometheus_outage_holds_targets_and_reports_it() -> anyhow::Result<()> 
         create_pod(&admin, &ns_name, "o0", &node, "o").await?;
         dcgm.set(vec![gpu("GPU-O0", "pod", "o0", &ns_name, &node, 250.0)]);
         report_inventory(&admin, &node, &["GPU-O0"]).await?;
-        let (mut prometheus, url) = private_prometheus(dir.path(), &dcgm.addr).await?;
+        let (mut prometheus, url) = private_prometheus(dir.path(), dcgm.addr()).await?;
 
         let running = InProcessLoop::start(
             &admin,

@@ -78,7 +78,7 @@ async fn run(
         &nodes[0],
         SPOOFED_WATTS,
     )]);
-    cluster.register_prometheus_target(tenant, &spoofer.addr, &[("job", "tenant-metrics")])?;
+    cluster.register_prometheus_target(tenant, spoofer.addr(), &[("job", "tenant-metrics")])?;
     // Every series is in Prometheus before the first measurement.
     for uuid in ["GPU-V0", "GPU-W0", "GPU-FAKE", "GPU-V1"] {
         cluster

@@ -29,7 +29,8 @@
 //! (its audit log) compare as sets of permissions ([`rbac`]).
 //!
 //! Also the pieces tests without a cluster share: a strict reader of the
-//! Prometheus text format ([`exposition`]) and a fake cpufreq sysfs tree
+//! Prometheus text format ([`exposition`]), a scrape target serving
+//! hand-made series ([`ScrapeTarget`]), a fake cpufreq sysfs tree
 //! ([`fake_sysfs`]), and the workloads admission tests send ([`fixtures`]).
 
 mod binaries;
@@ -44,6 +45,7 @@ mod namespace;
 mod partition;
 mod prometheus;
 pub mod rbac;
+mod scrape_target;
 mod service_account;
 mod wait;
 
@@ -52,4 +54,5 @@ pub use cluster::{TestCluster, cluster, repo_root};
 pub use namespace::TestNamespace;
 pub use partition::Forwarder;
 pub use prometheus::Sample;
+pub use scrape_target::ScrapeTarget;
 pub use wait::eventually;

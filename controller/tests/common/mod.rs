@@ -5,17 +5,13 @@
 
 #![allow(dead_code)]
 
-use std::{
-    future::Future,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{future::Future, time::Duration};
 
 use anyhow::{Context, bail};
-use axum::{Router, routing::get};
 use climatik_api::{NodeFrequencies, PowerCappingPolicy};
 use climatik_controller::observe::DEFAULT_DCGM_JOBS;
 use climatik_sim_gpu::dcgm;
+use climatik_test_support::ScrapeTarget;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api,
@@ -37,36 +33,25 @@ pub struct Gpu {
     pub clock: f64,
 }
 
-/// A tiny dcgm-exporter: serves `/metrics` from a list the test edits.
-#[derive(Clone)]
+/// A tiny dcgm-exporter: serves the series of the GPUs the test last set.
 pub struct DcgmServer {
-    pub addr: String,
-    gpus: Arc<Mutex<Vec<Gpu>>>,
+    target: ScrapeTarget,
 }
 
 impl DcgmServer {
     pub async fn start() -> anyhow::Result<Self> {
-        let gpus: Arc<Mutex<Vec<Gpu>>> = Arc::default();
-        let shared = gpus.clone();
-        let app = Router::new().route(
-            "/metrics",
-            get(move || {
-                let gpus = shared.clone();
-                async move { render(&gpus.lock().map(|g| g.clone()).unwrap_or_default()) }
-            }),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?.to_string();
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Ok(Self { addr, gpus })
+        Ok(Self {
+            target: ScrapeTarget::start(render(&[])).await?,
+        })
+    }
+
+    /// `host:port`, to register with Prometheus.
+    pub fn addr(&self) -> &str {
+        &self.target.addr
     }
 
     pub fn set(&self, gpus: Vec<Gpu>) {
-        if let Ok(mut g) = self.gpus.lock() {
-            *g = gpus;
-        }
+        self.target.set(render(&gpus));
     }
 }
 
@@ -160,7 +145,7 @@ pub fn scrape_dcgm(
     name: &str,
     dcgm: &DcgmServer,
 ) -> anyhow::Result<()> {
-    cluster.register_prometheus_target(name, &dcgm.addr, &[("job", DCGM_JOB)])?;
+    cluster.register_prometheus_target(name, dcgm.addr(), &[("job", DCGM_JOB)])?;
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use climatik_demo::{
     stack::{self, SYSTEM_NAMESPACE, Stack, StackConfig},
 };
 use climatik_test_support::{
-    TestCluster, eventually,
+    ScrapeTarget, TestCluster, eventually,
     rbac::{self, Permission},
 };
 use k8s_openapi::api::core::v1::Pod;
@@ -23,7 +23,6 @@ use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const NODE: &str = "gpu-node-1";
 
@@ -240,7 +239,7 @@ async fn lifecycle(
         .next()
         .map(|p| p.name_any())
         .context("the workload has no pod")?;
-    let kepler = StaticExporter::start(format!(
+    let kepler = ScrapeTarget::start(format!(
         "kepler_pod_cpu_watts{{zone=\"package\",pod_namespace=\"{namespace}\",pod_name=\"{pod}\",node_name=\"{NODE}\"}} 150\n"
     ))
     .await?;
@@ -366,39 +365,4 @@ async fn apply_workload(
         )
         .await?;
     Ok(())
-}
-
-/// A scrape target serving one fixed exposition, as an exporter would.
-struct StaticExporter {
-    addr: String,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl StaticExporter {
-    async fn start(body: String) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?.to_string();
-        let task = tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let body = body.clone();
-                tokio::spawn(async move {
-                    // One request per connection: read its head, answer, close.
-                    let mut head = [0u8; 4096];
-                    let _ = stream.read(&mut head).await;
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                    let _ = stream.write_all(response.as_bytes()).await;
-                });
-            }
-        });
-        Ok(Self { addr, task })
-    }
-}
-
-impl Drop for StaticExporter {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
