@@ -2,6 +2,8 @@
 # Installs the Debian packages the tests and the demo need, once per machine.
 set -euo pipefail
 
+# prometheus: the local cluster's Prometheus, and promtool for the chart's alert
+# tests (charts/climatik/tests/alerts.sh).
 # buildah builds the image (make image); containerd, runc, the CNI plugins and
 # iptables run the local cluster's real node (kubelet, kube-proxy).
 packages=(prometheus openssl iproute2 curl fonts-dejavu-core buildah containerd runc containernetworking-plugins iptables)

@@ -20,6 +20,7 @@ pub mod lease;
 pub mod metrics;
 pub mod monitor;
 pub mod observe;
+pub mod policy_metrics;
 pub mod prom;
 pub mod recommender;
 

@@ -1,16 +1,15 @@
 //! Our own `/metrics`: reconciliations, errors, leadership and (monitor)
-//! the power each policy draws.
+//! the per-policy series of [`crate::policy_metrics`].
 
-use std::{
-    sync::{Arc, atomic::AtomicU64},
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
+
+use crate::policy_metrics::PolicyMetrics;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -62,8 +61,8 @@ pub struct Metrics {
     failures: Family<ErrorLabels, Counter>,
     duration: Family<ControllerLabels, Histogram>,
     leader: Family<ControllerLabels, Gauge>,
-    /// Measured power per policy, in watts (monitor).
-    pub policy_power: Family<PolicyLabels, Gauge<f64, AtomicU64>>,
+    /// Cap, power, energy and capping time per policy (monitor).
+    pub policies: PolicyMetrics,
     /// NodeFrequencies server-side applies (recommender).
     pub node_frequency_applies: Family<ControllerLabels, Counter>,
     /// Writes of generated policies (monitor's policy generator).
@@ -83,7 +82,7 @@ impl Metrics {
             Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         });
         let leader = Family::<ControllerLabels, Gauge>::default();
-        let policy_power = Family::<PolicyLabels, Gauge<f64, AtomicU64>>::default();
+        let policies = PolicyMetrics::default();
         let node_frequency_applies = Family::<ControllerLabels, Counter>::default();
         let generated_policy_writes = Family::<ActionLabels, Counter>::default();
         let generator_skips = Family::<ActionLabels, Counter>::default();
@@ -119,11 +118,7 @@ impl Metrics {
             "1 while this replica is the leader",
             leader.clone(),
         );
-        registry.register(
-            "policy_power_watts",
-            "Measured power of a policy's devices",
-            policy_power.clone(),
-        );
+        policies.register(&mut registry);
         registry.register(
             "nodefrequencies_applies",
             "Server-side applies of NodeFrequencies entries",
@@ -136,7 +131,7 @@ impl Metrics {
             failures,
             duration,
             leader,
-            policy_power,
+            policies,
             node_frequency_applies,
             generated_policy_writes,
             generator_skips,

@@ -4,7 +4,12 @@
 //! reported (see [`observe`]). The same process runs the [`generator`] of
 //! policies from workload annotations.
 
-use std::{collections::BTreeMap, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use climatik_api::{
     DeviceKind, NodeFrequencies, PowerCappingPolicy, PowerCappingPolicyStatus,
@@ -35,9 +40,15 @@ use crate::{
     lease::{Leadership, LeaseConfig},
     metrics::{Metrics, PolicyLabels},
     observe::{self, GpuReading, Ignored, Inventory, PodOnNode},
+    policy_metrics::PolicyReading,
     prom::Prometheus,
 };
 use climatik_runtime::{ReadyFlag, Shutdown};
+
+/// Intervals between two measurements of a policy longer than this many
+/// periods are left out of its energy and capping time: the power in
+/// between is unknown.
+const MAX_GAP_PERIODS: u32 = 3;
 
 /// Most pod names listed in `status.matchedPods`: what the schema allows.
 const MAX_LISTED_PODS: usize = climatik_api::bounds::MAX_MATCHED_PODS;
@@ -139,20 +150,51 @@ pub async fn run_with_readiness(
         leadership: context.leadership.clone(),
         stepped_down: Action::requeue(context.config.interval),
     };
-    driver::run_policies(
-        driver::policy_controller(client, namespace.as_deref(), &shutdown),
-        reconciler,
-        error_policy,
-        context,
-        ready,
-    )
-    .await;
+    let controller = driver::policy_controller(client, namespace.as_deref(), &shutdown);
+    let sweep = tokio::spawn(sweep_policy_series(
+        controller.store(),
+        context.clone(),
+        shutdown.wait(),
+    ));
+    driver::run_policies(controller, reconciler, error_policy, context, ready).await;
     if let Some(generator) = generator {
         let _ = generator.await;
     }
+    sweep.abort();
     reflector_task.abort();
     driver::stop_election(election).await;
     Ok(())
+}
+
+/// Every period until `shutdown`, removes the per-policy series of
+/// policies the watch no longer lists (policies carry no finalizer, so no
+/// reconcile sees them go), and all of them while this replica does not
+/// lead. Nothing is removed before the watch has listed every policy.
+async fn sweep_policy_series(
+    policies: Store<PowerCappingPolicy>,
+    ctx: Arc<Context>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let sweep = async {
+        if !driver::synced(&policies).await {
+            return;
+        }
+        let mut ticks = tokio::time::interval(ctx.config.interval);
+        loop {
+            ticks.tick().await;
+            let leading = ctx.leadership.is_leader();
+            ctx.metrics.policies.retain(|p| {
+                leading
+                    && policies
+                        .get(&ObjectRef::new(&p.policy).within(&p.namespace))
+                        .is_some()
+            });
+        }
+    };
+    tokio::select! {
+        _ = sweep => {}
+        _ = shutdown => {}
+    }
 }
 
 fn error_policy(policy: Arc<PowerCappingPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
@@ -212,17 +254,43 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
     .await?;
 
     publish_transitions(&ctx, &policy, &previous.conditions, &decided).await;
-    if let Some(watts) = status.current_power {
-        ctx.metrics
-            .policy_power
-            .get_or_create(&PolicyLabels {
-                namespace: namespace.clone(),
-                policy: policy.name_any(),
-            })
-            .set(watts);
-    }
+    ctx.metrics.policies.record(
+        &PolicyLabels {
+            namespace: namespace.clone(),
+            policy: policy.name_any(),
+        },
+        &reading(&policy, &status, &measurement),
+        Instant::now(),
+        ctx.config.interval * MAX_GAP_PERIODS,
+    );
     ctx.metrics.reconciled();
     Ok(requeue)
+}
+
+/// The per-policy series' figures from the status just written for
+/// `measurement`.
+fn reading(
+    policy: &PowerCappingPolicy,
+    status: &PowerCappingPolicyStatus,
+    measurement: &Measurement,
+) -> PolicyReading {
+    let is_true = |type_: &str| {
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == type_ && c.status == "True")
+    };
+    PolicyReading {
+        cap_watts: policy.spec.power_cap_limit as f64,
+        power_watts: status.current_power,
+        fresh: matches!(
+            measurement,
+            Measurement::Measured { .. } | Measurement::NoPods
+        ),
+        metrics_available: is_true(conditions::METRICS_AVAILABLE),
+        capping: is_true(conditions::CAPPING),
+        matched_pods: usize::try_from(status.matched_pod_count).unwrap_or(0),
+    }
 }
 
 /// Pods the selector matches that are not finished or being deleted.

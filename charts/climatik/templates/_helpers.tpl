@@ -200,12 +200,18 @@ spec:
 {{- end }}
 {{- end }}
 
+{{/* The name of a component's metrics Service: the Prometheus job of its
+series when the ServiceMonitor scrapes it. */}}
+{{- define "climatik.metricsServiceName" -}}
+{{- include "climatik.componentName" . }}-metrics
+{{- end }}
+
 {{/* ClusterIP Service for a component's plain-HTTP /metrics. */}}
 {{- define "climatik.metricsService" -}}
 apiVersion: v1
 kind: Service
 metadata:
-  name: {{ include "climatik.componentName" . }}-metrics
+  name: {{ include "climatik.metricsServiceName" . }}
   namespace: {{ .root.Release.Namespace }}
   labels:
     {{- include "climatik.componentLabels" . | nindent 4 }}

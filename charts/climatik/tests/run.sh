@@ -2,9 +2,11 @@
 # Chart tests, run by `make test` once the local control plane is up:
 #   1. helm lint --strict, default values and every values file in values/
 #   2. values.schema.json rejects bad values with a message naming the value
-#   3. golden render of the default values (UPDATE_GOLDEN=1 rewrites it)
-#   4. every rendered object (CRDs, cert-manager objects, ServiceMonitor and
-#      the sample manifests included) passes a server-side dry-run apply
+#   3. golden render of the default values (UPDATE_GOLDEN=1 rewrites it),
+#      and promtool unit tests of the PrometheusRule's alerts (alerts.sh)
+#   4. every rendered object (CRDs, cert-manager objects, ServiceMonitor,
+#      PrometheusRule and the sample manifests included) passes a server-side
+#      dry-run apply
 #   5. webhook.tls.mode=generated keeps its certificate across upgrades and
 #      puts its CA into the webhook configuration
 #   6. helm install, then every `kubectl auth can-i` line of
@@ -125,6 +127,13 @@ else
   cat "$work/golden.diff" >&2
 fi
 
+step "alerts: promtool test rules"
+if out=$(HELM=$HELM "$tests_dir/alerts.sh" 2>&1); then
+  ok "every alert in charts/climatik/tests/alerts"
+else
+  fail "alerts.sh: $out"
+fi
+
 # --- 4. server-side dry-run ----------------------------------------------------------
 step "third-party CRDs (cert-manager $CERT_MANAGER_VERSION, prometheus-operator $PROMETHEUS_OPERATOR_VERSION)"
 # Their CRD YAML ships in the Go module zips; go mod download puts them into
@@ -137,13 +146,15 @@ cm_dir=$(module_dir "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION"
   { echo "go mod download of cert-manager failed" >&2; exit 1; }
 po_dir=$(module_dir "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION") ||
   { echo "go mod download of prometheus-operator failed" >&2; exit 1; }
-third_party=("$cm_dir"/deploy/crds/*.yaml "$po_dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml")
+po_crds="$po_dir/example/prometheus-operator-crd"
+third_party=("$cm_dir"/deploy/crds/*.yaml "$po_crds/monitoring.coreos.com_servicemonitors.yaml" "$po_crds/monitoring.coreos.com_prometheusrules.yaml")
 for f in "${third_party[@]}"; do
   # Server-side: the CRDs are too large for client-side apply's annotation.
   k apply --server-side --force-conflicts --field-manager=climatik-chart-test -f "$f" >/dev/null
 done
 k wait --for condition=Established --timeout=60s \
-  crd/certificates.cert-manager.io crd/issuers.cert-manager.io crd/servicemonitors.monitoring.coreos.com >/dev/null
+  crd/certificates.cert-manager.io crd/issuers.cert-manager.io crd/servicemonitors.monitoring.coreos.com \
+  crd/prometheusrules.monitoring.coreos.com >/dev/null
 ok "installed ${#third_party[@]} CRDs"
 # Our own CRDs for real too: the sample PowerCappingPolicy needs them.
 k apply --server-side --force-conflicts --field-manager=climatik-chart-test -f "$chart/crds/" >/dev/null
