@@ -54,7 +54,8 @@ test: setup ## run every test (unit, integration against the local control plane
 # from GitHub, so they are left out unless asked for: CARGO_DENY_CHECKS="advisories licenses bans sources".
 CARGO_DENY_CHECKS ?= licenses bans sources
 
-lint: setup-deny ## rustfmt check, clippy with warnings denied, cargo deny (licences, bans, sources)
+lint: setup-deny ## rustfmt check, clippy with warnings denied, cargo deny (licences, bans, sources), chart README up to date
+	scripts/chart-readme.sh --check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	"$$(scripts/setup-cargo-deny.sh)" --locked check --hide-inclusion-graph $(CARGO_DENY_CHECKS)

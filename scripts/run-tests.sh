@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 # shellcheck source=tests/cluster/session.sh
 source tests/cluster/session.sh
 
+echo "== chart README generator"
+scripts/test-chart-readme.sh
+
 echo "== cluster up/down twice"
 tests/cluster/test-updown.sh
 
