@@ -9,7 +9,7 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use climatik_api::PowerCappingPolicy;
-use climatik_controller::{metrics::Metrics, monitor};
+use climatik_controller::metrics::Metrics;
 use climatik_test_support::exposition::{self, Exposition};
 use common::*;
 use kube::{
@@ -17,7 +17,6 @@ use kube::{
     api::{DeleteParams, PostParams},
 };
 use serde_json::json;
-use tokio::sync::oneshot;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -70,29 +69,16 @@ async fn run(
         gpu("GPU-COOL", "pod", "cool", ns, node, 50.0),
     ]);
     scrape_dcgm(cluster, exporter, &dcgm)?;
-    for uuid in ["GPU-HOT", "GPU-COOL"] {
-        cluster
-            .wait_for_prometheus(
-                &format!("DCGM_FI_DEV_POWER_USAGE{{UUID=\"{uuid}\",namespace=\"{ns}\"}}"),
-                TIMEOUT,
-            )
-            .await?;
-    }
-
+    wait_for_power_series(cluster, ns, &["GPU-HOT", "GPU-COOL"]).await?;
     let metrics = Metrics::new("powercapping-controller");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let monitor_task = tokio::spawn(monitor::run(
-        admin.clone(),
-        monitor_config(cluster.prometheus_url(), ns),
-        metrics.clone(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let checked = check(&admin, ns, &metrics).await;
-    let _ = stop.send(());
-    monitor_task.await??;
-    checked
+    while_monitoring(
+        &admin,
+        cluster.prometheus_url(),
+        ns,
+        &metrics,
+        check(&admin, ns, &metrics),
+    )
+    .await
 }
 
 /// The one sample of `family` for policy `policy`, if the page has it.

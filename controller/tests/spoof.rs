@@ -10,11 +10,10 @@ mod common;
 use std::{sync::Arc, time::Duration};
 
 use climatik_api::PowerCappingPolicy;
-use climatik_controller::{metrics::Metrics, monitor};
+use climatik_controller::metrics::Metrics;
 use common::*;
 use kube::{Api, api::PostParams};
 use serde_json::json;
-use tokio::sync::oneshot;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// What the spoofed series claim the victim draws.
@@ -80,29 +79,16 @@ async fn run(
     )]);
     cluster.register_prometheus_target(tenant, spoofer.addr(), &[("job", "tenant-metrics")])?;
     // Every series is in Prometheus before the first measurement.
-    for uuid in ["GPU-V0", "GPU-W0", "GPU-FAKE", "GPU-V1"] {
-        cluster
-            .wait_for_prometheus(
-                &format!("DCGM_FI_DEV_POWER_USAGE{{UUID=\"{uuid}\",namespace=\"{ns}\"}}"),
-                TIMEOUT,
-            )
-            .await?;
-    }
-
+    wait_for_power_series(cluster, ns, &["GPU-V0", "GPU-W0", "GPU-FAKE", "GPU-V1"]).await?;
     let metrics = Metrics::new("powercapping-controller");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let monitor_task = tokio::spawn(monitor::run(
-        admin.clone(),
-        monitor_config(cluster.prometheus_url(), ns),
-        metrics.clone(),
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let checked = check(cluster, ns, nodes, &metrics).await;
-    let _ = stop.send(());
-    monitor_task.await??;
-    checked
+    while_monitoring(
+        &admin,
+        cluster.prometheus_url(),
+        ns,
+        &metrics,
+        check(cluster, ns, nodes, &metrics),
+    )
+    .await
 }
 
 async fn check(

@@ -149,6 +149,49 @@ pub fn scrape_dcgm(
     Ok(())
 }
 
+/// Waits until the cluster's Prometheus has a power series of each GPU of
+/// `uuids` in namespace `ns`, so the first measurement sees them all.
+pub async fn wait_for_power_series(
+    cluster: &climatik_test_support::TestCluster,
+    ns: &str,
+    uuids: &[&str],
+) -> anyhow::Result<()> {
+    for uuid in uuids {
+        cluster
+            .wait_for_prometheus(
+                &format!("DCGM_FI_DEV_POWER_USAGE{{UUID=\"{uuid}\",namespace=\"{ns}\"}}"),
+                Duration::from_secs(60),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Runs the monitor as [`monitor_config`] sets it up for `ns` while
+/// `check` runs, then stops it: the check's result, else the monitor's
+/// error.
+pub async fn while_monitoring<T>(
+    client: &kube::Client,
+    prometheus_url: &str,
+    ns: &str,
+    metrics: &std::sync::Arc<climatik_controller::metrics::Metrics>,
+    check: impl Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let monitor = tokio::spawn(climatik_controller::monitor::run(
+        client.clone(),
+        monitor_config(prometheus_url, ns),
+        metrics.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let checked = check.await;
+    let _ = stop.send(());
+    monitor.await??;
+    checked
+}
+
 /// Reports `gpus` (UUIDs, indexed in order) as the GPU inventory of `node`,
 /// as its agent would: creates the node's NodeFrequencies if needed and
 /// writes its status. The clock range is the recommender's fallback, so
