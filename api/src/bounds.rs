@@ -48,6 +48,14 @@ pub const MAX_DEVICE_WATTS: f64 = 100_000.0;
 /// may overshoot it).
 pub const MAX_MEASURED_WATTS: f64 = 1e9;
 
+/// Most joules a policy's status reports for the last hour: the highest
+/// reading for a whole hour.
+pub const MAX_HOUR_JOULES: f64 = MAX_MEASURED_WATTS * 3600.0;
+
+/// Most joules a policy's status reports over its life: the highest
+/// reading for about 300 years, so no real policy reaches it.
+pub const MAX_LIFETIME_JOULES: f64 = 1e19;
+
 /// Most nodes a policy's status lists: Kubernetes' largest supported
 /// cluster.
 pub const MAX_POLICY_NODES: usize = 5000;
