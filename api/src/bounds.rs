@@ -53,8 +53,10 @@ pub const MAX_MEASURED_WATTS: f64 = 1e9;
 pub const MAX_HOUR_JOULES: f64 = MAX_MEASURED_WATTS * 3600.0;
 
 /// Most joules a policy's status reports over its life: the highest
-/// reading for about 300 years, so no real policy reaches it.
-pub const MAX_LIFETIME_JOULES: f64 = 1e19;
+/// reading for about 30 years, so no real policy reaches it. Not more: the
+/// API server reads a schema's `maximum` as an int64 when it is whole, and
+/// 1e19 overflows it.
+pub const MAX_LIFETIME_JOULES: f64 = 1e18;
 
 /// Most nodes a policy's status lists: Kubernetes' largest supported
 /// cluster.
