@@ -48,6 +48,16 @@ pub const MAX_DEVICE_WATTS: f64 = 100_000.0;
 /// may overshoot it).
 pub const MAX_MEASURED_WATTS: f64 = 1e9;
 
+/// Most joules a policy's status reports for the last hour: the highest
+/// reading for a whole hour.
+pub const MAX_HOUR_JOULES: f64 = MAX_MEASURED_WATTS * 3600.0;
+
+/// Most joules a policy's status reports over its life: the highest
+/// reading for about 30 years, so no real policy reaches it. Not more: the
+/// API server reads a schema's `maximum` as an int64 when it is whole, and
+/// 1e19 overflows it.
+pub const MAX_LIFETIME_JOULES: f64 = 1e18;
+
 /// Most nodes a policy's status lists: Kubernetes' largest supported
 /// cluster.
 pub const MAX_POLICY_NODES: usize = 5000;

@@ -21,7 +21,7 @@ pub use nodefrequencies::{
     NodeFrequencies, NodeFrequenciesSpec, NodeFrequenciesStatus,
 };
 pub use policy::{
-    CustomAlgorithm, DeviceKind, DevicePower, NodePower, PowerCappingPolicy,
+    CustomAlgorithm, DeviceKind, DevicePower, NodePower, PolicyEnergy, PowerCappingPolicy,
     PowerCappingPolicySpec, PowerCappingPolicyStatus,
 };
 pub use power::{MAX_POWER_WATTS, PowerParseError, parse_power};

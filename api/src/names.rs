@@ -60,6 +60,8 @@ pub mod conditions {
     pub const METRICS_AVAILABLE: &str = "MetricsAvailable";
     /// Power is above the threshold and frequencies are being lowered.
     pub const CAPPING: &str = "Capping";
+    /// The cap is within what the selected devices can be held to.
+    pub const CAP_REACHABLE: &str = "CapReachable";
     /// The configured algorithm and parameters are valid.
     pub const ALGORITHM_VALID: &str = "AlgorithmValid";
 }

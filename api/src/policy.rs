@@ -11,8 +11,8 @@ use crate::{
     MAX_POWER_WATTS,
     bounds::{
         self, MAX_ALGORITHMS, MAX_CLOCK_MHZ, MAX_DEVICE_ID_LENGTH, MAX_DEVICE_WATTS,
-        MAX_LABEL_LENGTH, MAX_MATCHED_POD_COUNT, MAX_MATCHED_PODS, MAX_MEASURED_WATTS,
-        MAX_NAME_LENGTH, MAX_NODE_DEVICES, MAX_POLICY_NODES,
+        MAX_HOUR_JOULES, MAX_LABEL_LENGTH, MAX_LIFETIME_JOULES, MAX_MATCHED_POD_COUNT,
+        MAX_MATCHED_PODS, MAX_MEASURED_WATTS, MAX_NAME_LENGTH, MAX_NODE_DEVICES, MAX_POLICY_NODES,
     },
 };
 
@@ -29,7 +29,10 @@ use crate::{
     namespaced,
     doc = "A watt budget for the GPUs and CPUs of the pods a selector matches.",
     status = "PowerCappingPolicyStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","description":"The policy is observed and acted on","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Algorithm","type":"string","description":"The algorithm asked for; empty means the default feedback controller","jsonPath":".spec.customAlgorithms[0].name"}"#,
     printcolumn = r#"{"name":"Cap","type":"integer","description":"Power cap in watts","jsonPath":".spec.powerCapLimit"}"#,
+    printcolumn = r#"{"name":"Effective","type":"integer","description":"The cap the monitor enforces, in watts","jsonPath":".status.effectiveCapWatts"}"#,
     printcolumn = r#"{"name":"Power","type":"number","description":"Measured power in watts","jsonPath":".status.currentPower"}"#,
     printcolumn = r#"{"name":"Capping","type":"boolean","description":"Power is above the threshold","jsonPath":".status.cappingActionRequired"}"#,
     printcolumn = r#"{"name":"DryRun","type":"boolean","priority":1,"jsonPath":".spec.dryRun"}"#,
@@ -132,6 +135,16 @@ pub struct PowerCappingPolicyStatus {
     #[schemars(range(min = 1, max = MAX_POWER_WATTS))]
     pub power_cap_limit: Option<i64>,
 
+    /// The cap the monitor enforces, in watts. Today this is the policy's
+    /// own cap; budgets shared between policies will lower it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_POWER_WATTS))]
+    pub effective_cap_watts: Option<i64>,
+
+    /// Energy the selected devices used and time the policy was capping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy: Option<PolicyEnergy>,
+
     /// Power per node and device.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_POLICY_NODES))]
@@ -156,11 +169,36 @@ pub struct PowerCappingPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_updated: Option<Time>,
 
-    /// Ready, MetricsAvailable, Capping, AlgorithmValid.
+    /// Ready, MetricsAvailable, Capping, CapReachable, AlgorithmValid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "bounds::conditions_schema")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Energy of a policy's devices: measured power times the time between
+/// two measurements in a row (an interval longer than three periods is
+/// left out: the power in between is unknown).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyEnergy {
+    /// Joules over the policy's life. Kept across controller restarts and
+    /// leader changes: each measurement adds to the stored value.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = MAX_LIFETIME_JOULES))]
+    pub lifetime_joules: f64,
+    /// Joules over the last hour, in one-minute steps. Held in the
+    /// controller's memory; a controller that starts (or becomes the
+    /// leader) takes the stored value as the hour so far, which ages out
+    /// an hour after it was written.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = MAX_HOUR_JOULES))]
+    pub last_hour_joules: f64,
+    /// Share of the last hour (0–1) the Capping condition was True; time
+    /// not measured counts as not capping.
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub throttled_fraction: f64,
 }
 
 /// Power observed on one node.

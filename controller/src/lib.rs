@@ -13,6 +13,7 @@ pub mod app;
 pub mod cli;
 pub mod conditions;
 mod driver;
+mod energy;
 mod error;
 pub mod generator;
 pub mod http;
@@ -22,6 +23,7 @@ pub mod monitor;
 pub mod observe;
 pub mod policy_metrics;
 pub mod prom;
+mod reachable;
 pub mod recommender;
 
 pub use error::{Error, Result};

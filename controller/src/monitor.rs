@@ -36,12 +36,14 @@ use crate::{
     Error, Result,
     conditions::{Decided, render, transitions},
     driver,
+    energy::{self, Interval},
     generator::{self, GeneratorConfig},
     lease::{Leadership, LeaseConfig},
     metrics::{Metrics, PolicyLabels},
     observe::{self, GpuReading, Ignored, Inventory, PodOnNode},
     policy_metrics::PolicyReading,
     prom::Prometheus,
+    reachable,
 };
 use climatik_runtime::{ReadyFlag, Shutdown};
 
@@ -87,6 +89,8 @@ struct Context {
     leadership: Leadership,
     /// The node agents' GPU inventories (NodeFrequencies status).
     node_frequencies: Store<NodeFrequencies>,
+    /// The last hour of each policy's energy (`status.energy`).
+    energy: energy::Windows,
 }
 
 /// Runs the monitor until `shutdown` resolves.
@@ -126,6 +130,7 @@ pub async fn run_with_readiness(
         metrics,
         leadership,
         node_frequencies: node_frequencies.clone(),
+        energy: energy::Windows::default(),
     });
     // Before the inventories are listed every GPU series would be ignored.
     tokio::select! {
@@ -166,10 +171,12 @@ pub async fn run_with_readiness(
     Ok(())
 }
 
-/// Every period until `shutdown`, removes the per-policy series of
-/// policies the watch no longer lists (policies carry no finalizer, so no
-/// reconcile sees them go), and all of them while this replica does not
-/// lead. Nothing is removed before the watch has listed every policy.
+/// Every period until `shutdown`, removes the per-policy series and energy
+/// windows of policies the watch no longer lists (policies carry no
+/// finalizer, so no reconcile sees them go), and all of them while this
+/// replica does not lead (on leading again, a window starts from the
+/// stored status). Nothing is removed before the watch has listed every
+/// policy.
 async fn sweep_policy_series(
     policies: Store<PowerCappingPolicy>,
     ctx: Arc<Context>,
@@ -183,12 +190,14 @@ async fn sweep_policy_series(
         loop {
             ticks.tick().await;
             let leading = ctx.leadership.is_leader();
-            ctx.metrics.policies.retain(|p| {
+            let keep = |p: &PolicyLabels| {
                 leading
                     && policies
                         .get(&ObjectRef::new(&p.policy).within(&p.namespace))
                         .is_some()
-            });
+            };
+            ctx.metrics.policies.retain(keep);
+            ctx.energy.retain(keep);
         }
     };
     tokio::select! {
@@ -238,7 +247,23 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
     };
     let now = Time(Timestamp::now());
     let previous = policy.status.clone().unwrap_or_default();
-    let (status, decided) = build_status(&policy, &pods, &measurement, ctx.config.kepler, &now);
+    let (mut status, decided) = build_status(&policy, &pods, &measurement, ctx.config.kepler, &now);
+    let labels = PolicyLabels {
+        namespace: namespace.clone(),
+        policy: policy.name_any(),
+    };
+    let max_gap = ctx.config.interval * MAX_GAP_PERIODS;
+    let fresh = matches!(measurement, Measurement::Measured { .. });
+    let counted = energy::interval(&previous, fresh, now.0, max_gap).map(|(from, to)| Interval {
+        from,
+        to,
+        watts: status.current_power.unwrap_or(0.0),
+        capping: status.capping_action_required,
+    });
+    status.energy = Some(
+        ctx.energy
+            .update(&labels, &previous, counted.as_ref(), now.0),
+    );
 
     let api = Api::<PowerCappingPolicy>::namespaced(ctx.client.clone(), &namespace);
     let patch = json!({
@@ -255,13 +280,10 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
 
     publish_transitions(&ctx, &policy, &previous.conditions, &decided).await;
     ctx.metrics.policies.record(
-        &PolicyLabels {
-            namespace: namespace.clone(),
-            policy: policy.name_any(),
-        },
+        &labels,
         &reading(&policy, &status, &measurement),
         Instant::now(),
-        ctx.config.interval * MAX_GAP_PERIODS,
+        max_gap,
     );
     ctx.metrics.reconciled();
     Ok(requeue)
@@ -448,6 +470,9 @@ pub(crate) fn build_status(
     let threshold = cap * f64::from(policy.spec.capping_threshold) / 100.0;
     let mut status = PowerCappingPolicyStatus {
         power_cap_limit: Some(policy.spec.power_cap_limit),
+        // Budgets shared between policies will lower it; today it is the
+        // policy's own cap.
+        effective_cap_watts: Some(policy.spec.power_cap_limit),
         matched_pods: pods
             .iter()
             .take(MAX_LISTED_PODS)
@@ -458,7 +483,7 @@ pub(crate) fn build_status(
         last_updated: Some(now.clone()),
         ..Default::default()
     };
-    let decided = match measurement {
+    let mut decided = match measurement {
         Measurement::NoPods => {
             status.current_power = Some(0.0);
             let message = format!(
@@ -572,6 +597,30 @@ pub(crate) fn build_status(
             ]
         }
     };
+    // Without a GPU reading there is nothing new to tell about the cap:
+    // the last verdict stands, so it does not flap (and re-announce
+    // itself) with every gap in the metrics.
+    let reachable = match measurement {
+        Measurement::Measured { gpus, .. } => {
+            reachable::decide(policy.spec.power_cap_limit, gpus, &previous)
+        }
+        _ => None,
+    }
+    .or_else(|| {
+        previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == conditions::CAP_REACHABLE)
+            .map(|c| {
+                Decided::new(
+                    conditions::CAP_REACHABLE,
+                    c.status == "True",
+                    &c.reason,
+                    c.message.clone(),
+                )
+            })
+    });
+    decided.extend(reachable);
     status.conditions = decided
         .iter()
         .map(|d| render(&previous.conditions, d, policy.meta().generation, now))
@@ -603,6 +652,14 @@ async fn publish_transitions(
             (conditions::READY, false) if d.reason == "NoMatchingPods" => {
                 (EventType::Warning, "NoMatchingPods")
             }
+            (conditions::CAP_REACHABLE, false) => (EventType::Warning, d.reason.as_str()),
+            (conditions::CAP_REACHABLE, true)
+                if previous
+                    .iter()
+                    .any(|c| c.type_ == conditions::CAP_REACHABLE) =>
+            {
+                (EventType::Normal, "CapReachable")
+            }
             _ => continue,
         };
         let event = Event {
@@ -621,6 +678,7 @@ async fn publish_transitions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::GpuFloor;
     use climatik_api::PowerCappingPolicySpec;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
@@ -684,6 +742,7 @@ mod tests {
             uuid: uuid.into(),
             power_watts: watts,
             clock_mhz: Some(1380.0),
+            floor: GpuFloor::default(),
         }
     }
 
@@ -769,6 +828,43 @@ mod tests {
         // Capping did not change, so its transition time is the first one.
         assert_eq!(condition(&held, "Capping").last_transition_time, time(10));
         assert_eq!(condition(&held, "Capping").status, "True");
+    }
+
+    #[test]
+    fn the_cap_verdict_and_effective_cap_are_in_the_status() {
+        let mut p = policy(vec![DeviceKind::Gpu]);
+        let mut below = gpu("n1", "GPU-1", 150.0);
+        below.floor.min_power_limit_watts = Some(400.0);
+        let measured = Measurement::Measured {
+            gpus: vec![below],
+            cpu: BTreeMap::new(),
+            ignored: Ignored::default(),
+        };
+        let (first, decided) = build_status(&p, &pods(), &measured, false, &time(10));
+        assert_eq!(first.effective_cap_watts, Some(300));
+        let reachable = condition(&first, "CapReachable");
+        assert_eq!(
+            (reachable.status.as_str(), reachable.reason.as_str()),
+            ("False", "BelowMinimumPowerLimit")
+        );
+        assert!(decided.iter().any(|d| d.type_ == "CapReachable"));
+        // Without a measurement the verdict stands, transition time and all.
+        p.status = Some(first);
+        let (held, _) = build_status(
+            &p,
+            &pods(),
+            &Measurement::NoData("gone".into()),
+            false,
+            &time(20),
+        );
+        let reachable = condition(&held, "CapReachable");
+        assert_eq!(
+            (
+                reachable.status.as_str(),
+                reachable.last_transition_time.clone()
+            ),
+            ("False", time(10))
+        );
     }
 
     #[test]

@@ -97,8 +97,25 @@ fn regex_literal(value: &str) -> String {
 /// only these are measured.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inventory {
-    /// Node -> (index on the node, UUID) of each GPU.
-    nodes: BTreeMap<String, Vec<(i32, String)>>,
+    /// Node -> each GPU the agent listed.
+    nodes: BTreeMap<String, Vec<KnownGpu>>,
+}
+
+/// One GPU of an inventory, with the limits a cap has to respect.
+#[derive(Debug, Clone, PartialEq)]
+struct KnownGpu {
+    index: i32,
+    uuid: String,
+    floor: GpuFloor,
+}
+
+/// The least a GPU can be held to, as its agent reported it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GpuFloor {
+    /// Lowest power limit the GPU accepts, in watts.
+    pub min_power_limit_watts: Option<f64>,
+    /// Lowest supported SM clock, in MHz.
+    pub min_clock_mhz: Option<f64>,
 }
 
 impl Inventory {
@@ -110,25 +127,32 @@ impl Inventory {
         }
         self.nodes.insert(
             node.to_string(),
-            gpus.iter().map(|g| (g.index, g.gpu_id.clone())).collect(),
+            gpus.iter()
+                .map(|g| KnownGpu {
+                    index: g.index,
+                    uuid: g.gpu_id.clone(),
+                    floor: GpuFloor {
+                        min_power_limit_watts: g.min_power_limit_watts,
+                        min_clock_mhz: Some(f64::from(g.min_frequency)),
+                    },
+                })
+                .collect(),
         );
     }
 
-    /// The UUID of the GPU a series names on `node`: its `UUID` label if the
-    /// node has that GPU; without one (exporters that leave it out) the GPU
-    /// with the series' `gpu` index.
-    fn resolve(&self, node: &str, sample: &Sample) -> Result<String, IgnoredReason> {
+    /// The GPU a series names on `node`: by its `UUID` label if the node
+    /// has that GPU; without one (exporters that leave it out) the GPU with
+    /// the series' `gpu` index.
+    fn resolve(&self, node: &str, sample: &Sample) -> Result<&KnownGpu, IgnoredReason> {
         let gpus = self.nodes.get(node).ok_or(IgnoredReason::NoInventory)?;
         let found = match sample.label(&["UUID", "uuid"]) {
-            Some(uuid) => gpus.iter().find(|(_, id)| id == uuid),
+            Some(uuid) => gpus.iter().find(|g| g.uuid == uuid),
             None => {
                 let index = sample.label(&["gpu"]).and_then(|i| i.parse::<i32>().ok());
-                gpus.iter().find(|(i, _)| Some(*i) == index)
+                gpus.iter().find(|g| Some(g.index) == index)
             }
         };
-        found
-            .map(|(_, uuid)| uuid.clone())
-            .ok_or(IgnoredReason::UnknownGpu)
+        found.ok_or(IgnoredReason::UnknownGpu)
     }
 }
 
@@ -210,6 +234,8 @@ pub struct GpuReading {
     pub uuid: String,
     pub power_watts: f64,
     pub clock_mhz: Option<f64>,
+    /// What its node's inventory says the GPU can be held to.
+    pub floor: GpuFloor,
 }
 
 /// The GPUs the pods use, each once, with power and SM clock, and the
@@ -227,8 +253,8 @@ pub fn gpus(
     let mut devices: BTreeMap<(String, String), GpuReading> = BTreeMap::new();
     let mut ignored = Ignored::default();
     for sample in power {
-        let (node, uuid) = match locate(namespace, &by_name, inventory, sample) {
-            Located::Gpu(node, uuid) => (node, uuid),
+        let (node, uuid, floor) = match locate(namespace, &by_name, inventory, sample) {
+            Located::Gpu(node, uuid, floor) => (node, uuid, floor),
             Located::NotOurs => continue,
             Located::Ignored(reason) => {
                 ignored.add(reason);
@@ -242,10 +268,11 @@ pub fn gpus(
                 uuid,
                 power_watts: sample.value,
                 clock_mhz: None,
+                floor,
             });
     }
     for sample in clock {
-        if let Located::Gpu(node, uuid) = locate(namespace, &by_name, inventory, sample)
+        if let Located::Gpu(node, uuid, _) = locate(namespace, &by_name, inventory, sample)
             && let Some(reading) = devices.get_mut(&(node, uuid))
         {
             reading.clock_mhz.get_or_insert(sample.value);
@@ -256,8 +283,8 @@ pub fn gpus(
 
 /// What a DCGM series is to a policy.
 enum Located {
-    /// GPU `.1` on node `.0` of one of the pods.
-    Gpu(String, String),
+    /// GPU `.1` on node `.0` of one of the pods, and its floor.
+    Gpu(String, String, GpuFloor),
     /// About another namespace or pod.
     NotOurs,
     /// About one of the pods, but not believed.
@@ -282,7 +309,7 @@ fn locate(
         return Located::Ignored(IgnoredReason::UnscheduledPod);
     };
     match inventory.resolve(node, sample) {
-        Ok(uuid) => Located::Gpu(node.to_string(), uuid),
+        Ok(gpu) => Located::Gpu(node.to_string(), gpu.uuid.clone(), gpu.floor),
         Err(reason) => Located::Ignored(reason),
     }
 }

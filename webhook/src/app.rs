@@ -12,6 +12,7 @@ use climatik_runtime::{Shutdown, args::RuntimeArgs};
 use tracing::info;
 
 use crate::{
+    floor::{Checks, DEFAULT_MIN_WATTS_PER_GPU, parse_min_watts},
     metrics::Metrics,
     server::{AppState, Limits, start},
 };
@@ -48,6 +49,11 @@ pub struct ServerArgs {
     /// answered by then are dropped.
     #[arg(long, env = "ADMISSION_TIMEOUT", default_value = "10s", value_parser = parse_admission_timeout)]
     pub admission_timeout: Duration,
+    /// Least power one GPU can be held to, in watts: a cap below the
+    /// pod template's `nvidia.com/gpu` count times this gets an admission
+    /// warning. 0 turns the warning off.
+    #[arg(long, env = "MIN_WATTS_PER_GPU", default_value_t = DEFAULT_MIN_WATTS_PER_GPU, value_parser = parse_min_watts)]
+    pub min_watts_per_gpu: f64,
 }
 
 /// `timeoutSeconds` may be 1 to 30 seconds.
@@ -96,7 +102,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_in_flight_bytes: args.server.max_in_flight_bytes,
         deadline: args.server.admission_timeout,
     };
-    let state = AppState::new(Metrics::new(), limits, Some(resolver.clone()));
+    let checks = Checks {
+        min_watts_per_gpu: args.server.min_watts_per_gpu,
+    };
+    let state = AppState::with_checks(Metrics::new(), limits, Some(resolver.clone()), checks);
     let listener = std::net::TcpListener::bind(args.server.listen)
         .with_context(|| format!("listening on {}", args.server.listen))?;
     let server = start(listener, resolver, state, args.tls.tls_reload_interval)?;
@@ -124,6 +133,8 @@ mod tests {
             "1024",
             "--admission-timeout",
             "5s",
+            "--min-watts-per-gpu",
+            "0",
             "--log-format",
             "text",
         ]);

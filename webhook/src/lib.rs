@@ -10,10 +10,12 @@
 //!
 //! - [`review`]: the request body read as a typed AdmissionReview;
 //! - [`mutate`]: the decision, a pure function of the AdmissionRequest;
+//! - [`floor`]: the warning for a cap the workload's GPUs cannot reach;
 //! - [`server`]: the axum router and the TLS server around it.
 
 pub mod app;
 pub mod error;
+pub mod floor;
 pub mod metrics;
 pub mod mutate;
 pub mod patch;

@@ -20,6 +20,7 @@ use kube::core::{
 };
 use serde_json::Value;
 
+use crate::floor::{Checks, unreachable_cap_warning};
 use crate::patch::{MetaMap, template_metadata_ops, template_mutable, template_pointer};
 
 /// Why a request was denied, for metrics.
@@ -79,8 +80,9 @@ impl Decision {
 
 /// Decides how to admit a workload: validate the cap annotations, label the
 /// pod template for the generated policy (or unlabel it once the annotation
-/// is gone) and record the normalised cap on the workload.
-pub fn mutate(req: &AdmissionRequest<DynamicObject>) -> Decision {
+/// is gone), record the normalised cap on the workload and warn about a cap
+/// its GPUs cannot reach (`checks`).
+pub fn mutate(req: &AdmissionRequest<DynamicObject>, checks: &Checks) -> Decision {
     if !matches!(req.operation, Operation::Create | Operation::Update) || req.sub_resource.is_some()
     {
         return Decision::unchanged();
@@ -216,6 +218,9 @@ pub fn mutate(req: &AdmissionRequest<DynamicObject>) -> Decision {
             )
         });
     }
+    if let Some(settings) = &settings {
+        warnings.extend(unreachable_cap_warning(checks, settings.watts, template));
+    }
     patch.extend(recorded_cap_ops(&annotations, settings.as_ref()));
     Decision::Allow { patch, warnings }
 }
@@ -277,6 +282,11 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
+
+    /// The decision with the default checks.
+    fn mutate(req: &AdmissionRequest<DynamicObject>) -> Decision {
+        super::mutate(req, &Checks::default())
+    }
 
     fn request(
         operation: &str,

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::{
     error::ApiError,
+    floor::Checks,
     metrics::Metrics,
     metrics::{ReasonLabels, RequestLabels},
     mutate::{Decision, mutate},
@@ -103,21 +104,33 @@ pub struct AppState {
 struct Inner {
     metrics: Metrics,
     limits: Limits,
+    checks: Checks,
     in_flight: InFlight,
     certificate: Option<Arc<ReloadingCertResolver>>,
 }
 
 impl AppState {
+    /// A state with the default [`Checks`].
     pub fn new(
         metrics: Metrics,
         limits: Limits,
         certificate: Option<Arc<ReloadingCertResolver>>,
+    ) -> Self {
+        Self::with_checks(metrics, limits, certificate, Checks::default())
+    }
+
+    pub fn with_checks(
+        metrics: Metrics,
+        limits: Limits,
+        certificate: Option<Arc<ReloadingCertResolver>>,
+        checks: Checks,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 metrics,
                 in_flight: InFlight::new(&limits),
                 limits,
+                checks,
                 certificate,
             }),
         }
@@ -251,7 +264,7 @@ fn decide(
             .inc();
     };
     let ns = req.namespace.as_deref().unwrap_or("");
-    match mutate(req) {
+    match mutate(req, &state.inner.checks) {
         Decision::Deny { reason, message } => {
             count("denied");
             metrics

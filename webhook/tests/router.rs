@@ -10,6 +10,7 @@ use axum::{
     http::{Request, StatusCode},
 };
 use climatik_webhook::{
+    floor::Checks,
     metrics::Metrics,
     server::{AppState, Limits, router},
 };
@@ -103,6 +104,42 @@ async fn dry_run_deployment_is_patched_with_label_and_watts() -> TestResult {
     // Idempotent: the same review yields the same patch.
     let again = review(app(), &body).await?;
     assert_eq!(patch_of(&again)?, patch);
+    Ok(())
+}
+
+/// Four GPUs per pod under a 500 W cap: below 4 × 200 W, so kubectl
+/// shows a warning; the workload is still admitted and labelled. With the
+/// floor set to 0 the warning is off.
+#[tokio::test]
+async fn a_cap_below_the_gpus_floor_is_admitted_with_a_warning() -> TestResult {
+    let body = fixture("deployment-gpus-over-cap.json")?;
+    let response = review(app(), &body).await?;
+    assert_eq!(response["allowed"], true);
+    let warnings: Vec<String> = serde_json::from_value(response["warnings"].clone())?;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("500 W is below 800 W") && warnings[0].contains("4 GPU(s)"),
+        "{warnings:?}"
+    );
+    let patched = apply_patch(&body["request"]["object"], &patch_of(&response)?)?;
+    assert_eq!(
+        patched["spec"]["template"]["metadata"]["labels"]["climatik.io/policy"],
+        "deployment-trainer"
+    );
+
+    let off = router(AppState::with_checks(
+        Metrics::new(),
+        Limits::default(),
+        None,
+        Checks {
+            min_watts_per_gpu: 0.0,
+        },
+    ));
+    let response = review(off, &body).await?;
+    assert!(response.get("warnings").is_none(), "{response}");
+    // One GPU under a 300 W cap is within reach.
+    let response = review(app(), &fixture("deployment-create.json")?).await?;
+    assert!(response.get("warnings").is_none(), "{response}");
     Ok(())
 }
 

@@ -182,6 +182,30 @@ for f in "$repo"/manifests/*.yaml; do
   dry_run "${f#"$repo"/}" "$f" -n "$dryrun_ns"
 done
 
+step "kubectl get pcp: printer columns"
+k apply -n "$dryrun_ns" -f - >/dev/null <<'EOF'
+apiVersion: climatik.io/v1alpha1
+kind: PowerCappingPolicy
+metadata:
+  name: columns
+spec:
+  powerCapLimit: 300
+  selector: { matchLabels: { app: columns } }
+  customAlgorithms: [{ name: feedback-budget }]
+EOF
+# The status as the monitor writes it (no monitor runs here).
+k patch pcp columns -n "$dryrun_ns" --subresource=status --type=merge -p '{"status": {
+  "effectiveCapWatts": 300, "currentPower": 123.5, "cappingActionRequired": false,
+  "conditions": [{"type": "Ready", "status": "True", "reason": "Observed", "message": "",
+                  "lastTransitionTime": "2026-01-01T00:00:00Z"}]}}' >/dev/null
+pcp_table=$(k get pcp columns -n "$dryrun_ns")
+check "columns: name, Ready, algorithm, cap, effective cap, power, capping" same \
+  "$(awk 'NR == 1 { print $1, $2, $3, $4, $5, $6, $7 }' <<<"$pcp_table")" \
+  "NAME READY ALGORITHM CAP EFFECTIVE POWER CAPPING"
+check "the row shows the status" same \
+  "$(awk 'NR == 2 { print $1, $2, $3, $4, $5, $6, $7 }' <<<"$pcp_table")" \
+  "columns True feedback-budget 300 300 123.5 false"
+
 # --- 5. generated certificates -----------------------------------------------------
 step "webhook.tls.mode=generated: certificate kept across upgrades"
 gen_args=(chart-gen "$chart" -n "$gen_ns" --create-namespace -f "$tests_dir/values/generated.yaml"

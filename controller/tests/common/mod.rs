@@ -201,6 +201,17 @@ pub async fn report_inventory(
     node: &str,
     gpus: &[&str],
 ) -> anyhow::Result<()> {
+    report_gpus(client, node, gpus, None).await
+}
+
+/// [`report_inventory`], each GPU accepting no power limit below
+/// `min_power_limit_watts`.
+pub async fn report_gpus(
+    client: &kube::Client,
+    node: &str,
+    gpus: &[&str],
+    min_power_limit_watts: Option<f64>,
+) -> anyhow::Result<()> {
     use kube::api::{Patch, PatchParams};
     let nfs = Api::<NodeFrequencies>::all(client.clone());
     let created = nfs
@@ -226,7 +237,12 @@ pub async fn report_inventory(
         .iter()
         .enumerate()
         .map(|(index, uuid)| {
-            json!({ "gpuId": uuid, "index": index, "minFrequency": 210, "maxFrequency": 2100 })
+            let mut gpu =
+                json!({ "gpuId": uuid, "index": index, "minFrequency": 210, "maxFrequency": 2100 });
+            if let Some(watts) = min_power_limit_watts {
+                gpu["minPowerLimitWatts"] = json!(watts);
+            }
+            gpu
         })
         .collect();
     nfs.patch_status(
