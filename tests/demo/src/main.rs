@@ -8,7 +8,7 @@ use std::{io::IsTerminal, path::PathBuf, time::Duration};
 use anyhow::Context;
 use clap::Parser;
 use climatik_demo::{
-    plot,
+    dashboard, plot,
     samples::Recording,
     scenario::Sampler,
     stack::{self, Stack, StackConfig},
@@ -179,7 +179,32 @@ async fn run(
         out.join("samples.json").display(),
         png.display()
     );
+    println!(
+        "dashboard queries ({}) on the local Prometheus:\n  {}",
+        dashboard::DASHBOARD_PATH,
+        dashboard_url(cluster)?
+    );
     Ok(())
+}
+
+/// Prometheus' graph page with the queries of the dashboard's key panels,
+/// for this demo's namespace and every policy in it.
+fn dashboard_url(cluster: &climatik_test_support::TestCluster) -> anyhow::Result<String> {
+    let dashboard = dashboard::Dashboard::load()?;
+    let values = std::collections::BTreeMap::from([
+        ("namespace", NAMESPACE.to_string()),
+        ("policy", ".*".to_string()),
+        ("__rate_interval", "1m".to_string()),
+        ("__interval", "15s".to_string()),
+        ("__range", "1h".to_string()),
+    ]);
+    let mut exprs = Vec::new();
+    for title in dashboard::KEY_PANELS {
+        for target in dashboard.panel(title)? {
+            exprs.push(dashboard::substitute(&target.expr, &values)?);
+        }
+    }
+    dashboard::graph_url(cluster.prometheus_url(), &exprs)
 }
 
 /// A previous run's namespace may still be terminating; wait it out.

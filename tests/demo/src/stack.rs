@@ -351,6 +351,11 @@ impl Stack {
             (&controller_addr, false),
         )?;
         wait_healthy(&controller_addr, false).await?;
+        // Its per-policy series (climatik_policy_*) are what the chart's
+        // dashboard and alerts read, as the chart's ServiceMonitor scrapes.
+        let target = format!("{}-powercapping-controller", self.config.scope);
+        cluster.register_prometheus_target(&target, &controller_addr, &[])?;
+        self.prometheus_targets.push(target);
 
         let recommender_addr = format!("127.0.0.1:{}", free_port()?);
         let recommender_kubeconfig = cluster

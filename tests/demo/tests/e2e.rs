@@ -2,13 +2,15 @@
 //! annotated workload, every component as a local process with its chart
 //! ServiceAccount. Power must converge under the cap, and removing the cap
 //! annotation must delete the generated policy and return the GPUs to
-//! their default clocks.
+//! their default clocks. While it is capped, every query of the chart's
+//! Grafana dashboard must run on the local Prometheus and find data.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{Context, bail};
 use climatik_api::{NodeFrequencies, PowerCappingPolicy};
 use climatik_demo::{
+    dashboard::{Dashboard, substitute},
     scenario::{Sampler, clocks, sim_deployment},
     stack::{self, Stack, StackConfig},
 };
@@ -20,6 +22,25 @@ const CAP_WATTS: f64 = 900.0;
 const DEFAULT_CLOCK_MHZ: f64 = 1980.0;
 /// Above any idle GPU's draw, below a fully loaded one's (700 W uncapped).
 const LOADED_WATTS: f64 = 300.0;
+/// The dashboard's queries that may rightly return nothing in this run,
+/// by (panel, refId), and why.
+const MAY_BE_EMPTY: [(&str, &str, &str); 3] = [
+    (
+        "GPU power and budget by GPU",
+        "B",
+        "budgets exist only with the agents' --gpu-power-limit, which this stack leaves off",
+    ),
+    (
+        "Actuation errors by reason and device",
+        "A",
+        "the simulated GPUs accept every setting, so no error is counted",
+    ),
+    (
+        "Drift re-applied",
+        "A",
+        "nothing changes the simulated GPUs behind the agent's back",
+    ),
+];
 
 #[tokio::test]
 async fn power_converges_under_the_cap_and_clocks_restore_once_the_cap_is_removed()
@@ -111,6 +132,8 @@ async fn scenario(
     );
     assert!(capped.iter().any(|c| *c < DEFAULT_CLOCK_MHZ), "{capped:?}");
 
+    dashboard_queries_find_data(cluster, namespace.as_str(), "deployment-serve").await?;
+
     // ...and restored once the cap is gone. The annotation is what a user
     // removes: the generator then deletes its policy (deleting the policy
     // by hand would only see it put back, the annotation still asking).
@@ -170,4 +193,104 @@ async fn scenario(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     Ok(())
+}
+
+/// Runs every query of the chart's dashboard, with its variables set to this
+/// run's policy, until each one that must find data does. A query
+/// Prometheus rejects fails at once; one still empty after the deadline
+/// fails with every empty query named.
+async fn dashboard_queries_find_data(
+    cluster: &climatik_test_support::TestCluster,
+    namespace: &str,
+    policy: &str,
+) -> anyhow::Result<()> {
+    let dashboard = Dashboard::load()?;
+    for (panel, ref_id, _) in MAY_BE_EMPTY {
+        if !dashboard
+            .targets
+            .iter()
+            .any(|t| t.panel == panel && t.ref_id == ref_id)
+        {
+            bail!("MAY_BE_EMPTY names {panel:?} {ref_id}, which the dashboard does not have");
+        }
+    }
+    let values = BTreeMap::from([
+        ("namespace", namespace.to_string()),
+        ("policy", policy.to_string()),
+        // Prometheus scrapes every second here: a window of 30 s holds
+        // enough samples for rate() and increase().
+        ("__rate_interval", "30s".to_string()),
+        ("__interval", "15s".to_string()),
+        // The whole run so far.
+        ("__range", "10m".to_string()),
+    ]);
+    // (what, query, the label value a variable query must offer)
+    let mut queries: Vec<(String, String, Option<String>)> = Vec::new();
+    for v in &dashboard.variables {
+        let want = match v.label.as_str() {
+            "namespace" => namespace,
+            "policy" => policy,
+            other => bail!(
+                "variable {} lists label {other}, which this test cannot check",
+                v.name
+            ),
+        };
+        queries.push((
+            format!("variable {}", v.name),
+            substitute(&v.query(), &values)?,
+            Some(want.to_string()),
+        ));
+    }
+    for t in &dashboard.targets {
+        if MAY_BE_EMPTY
+            .iter()
+            .any(|(panel, ref_id, _)| t.panel == *panel && t.ref_id == *ref_id)
+        {
+            // Still run: a query Prometheus rejects is wrong even when empty.
+            let expr = substitute(&t.expr, &values)?;
+            cluster
+                .prometheus_query(&expr)
+                .await
+                .with_context(|| format!("panel {:?} {}", t.panel, t.ref_id))?;
+            continue;
+        }
+        queries.push((
+            format!("panel {:?} {}", t.panel, t.ref_id),
+            substitute(&t.expr, &values)?,
+            None,
+        ));
+    }
+
+    // The empty ones of the latest round, for the failure message.
+    let last_empty = std::sync::Mutex::new(Vec::<String>::new());
+    climatik_test_support::eventually(
+        "every dashboard query to find data",
+        Duration::from_secs(60),
+        || async {
+            let mut empty = Vec::new();
+            for (what, expr, want) in &queries {
+                let samples = cluster
+                    .prometheus_query(expr)
+                    .await
+                    .with_context(|| format!("{what}: {expr}"))?;
+                let found = match want {
+                    Some(value) => samples
+                        .iter()
+                        .any(|s| s.labels.values().any(|v| v == value)),
+                    None => !samples.is_empty(),
+                };
+                if !found {
+                    empty.push(format!("{what}: {expr}"));
+                }
+            }
+            let done = empty.is_empty();
+            *last_empty.lock().unwrap_or_else(|e| e.into_inner()) = empty;
+            Ok(done.then_some(()))
+        },
+    )
+    .await
+    .with_context(|| {
+        let empty = last_empty.lock().unwrap_or_else(|e| e.into_inner());
+        format!("without data:\n  {}", empty.join("\n  "))
+    })
 }
