@@ -204,7 +204,7 @@ fn schemas_are_structural() {
 }
 
 #[test]
-fn printer_columns_show_cap_power_capping_age() {
+fn printer_columns_show_readiness_algorithm_caps_power_capping_age() {
     let crd = climatik_api::crd::all()
         .into_iter()
         .find(|(file, _)| *file == "powercappingpolicies.yaml")
@@ -217,7 +217,18 @@ fn printer_columns_show_cap_power_capping_age() {
         .filter(|c| c.priority.unwrap_or(0) == 0)
         .map(|c| c.name.clone())
         .collect();
-    assert_eq!(columns, ["Cap", "Power", "Capping", "Age"]);
+    assert_eq!(
+        columns,
+        [
+            "Ready",
+            "Algorithm",
+            "Cap",
+            "Effective",
+            "Power",
+            "Capping",
+            "Age"
+        ]
+    );
     assert_eq!(crd.spec.names.short_names, Some(vec!["pcp".to_string()]));
 }
 
