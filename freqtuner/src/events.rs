@@ -5,8 +5,8 @@
 //! delivers those notices. Like the status, delivery happens off the agent
 //! loop: the loop hands a notice to a bounded queue without waiting, and a
 //! task publishes it through kube's [`Recorder`] (which patches an Event
-//! that repeats instead of creating another), each call bounded by a
-//! timeout. A full queue drops the notice: the status and the log carry
+//! that repeats, same device and reason, instead of creating another; the
+//! patch keeps the first note), each call bounded by a timeout. A full queue drops the notice: the status and the log carry
 //! it too.
 
 use std::time::Duration;
@@ -25,8 +25,13 @@ const QUEUE: usize = 64;
 /// Longest Event note the API server accepts (events.k8s.io/v1: 1 kB).
 const MAX_NOTE_BYTES: usize = 1024;
 
-/// The Event's action: what the agent was doing when the device failed.
-const ACTION: &str = "Actuate";
+/// The Event's action: setting the device. It names the device because
+/// the Recorder tells Events apart by regarding, reason and action, not by
+/// note: with one action for all, every device's failure would be counted
+/// as a repeat of the first one's Event.
+pub fn action(notice: &Notice) -> String {
+    format!("Set {}", notice.device)
+}
 
 /// The note of `notice`: the device, then its error, within the API
 /// server's limit.
@@ -67,7 +72,7 @@ impl EventHandle {
                     type_: EventType::Warning,
                     reason: notice.reason.to_string(),
                     note: Some(note(&notice)),
-                    action: ACTION.to_string(),
+                    action: action(&notice),
                     secondary: None,
                 };
                 match tokio::time::timeout(timeout, recorder.publish(&event, &regarding)).await {

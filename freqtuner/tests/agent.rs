@@ -641,13 +641,21 @@ async fn a_device_failure_is_one_event_on_the_nodefrequencies_and_counted_in_its
     let agent = fx.spawn().await?;
     let uuids = fx.gpu_uuids().await.with_context(|| agent.logs())?;
     // The fake node has CPUs 0-3: CPU 9 cannot be capped.
-    fx.apply(&manual_gpu(&uuids[0], 1200), &manual_cpu(9, 1500))
-        .await?;
+    fx.apply(
+        &manual_gpu(&uuids[0], 1200),
+        &format!("{}, {}", manual_cpu(9, 1500), manual_cpu(11, 1500)),
+    )
+    .await?;
 
     let found = eventually(
         "an Event about the NodeFrequencies",
         Duration::from_secs(30),
-        || async { Ok(events_on(&fx).await?.into_iter().next()) },
+        || async {
+            Ok(events_on(&fx)
+                .await?
+                .into_iter()
+                .find(|e| e.note.as_deref().is_some_and(|n| n.starts_with("cpu 9: "))))
+        },
     )
     .await
     .with_context(|| agent.logs())?;
@@ -657,6 +665,7 @@ async fn a_device_failure_is_one_event_on_the_nodefrequencies_and_counted_in_its
         found.reporting_controller.as_deref(),
         Some(climatik_api::names::MANAGER_FREQTUNER)
     );
+    assert_eq!(found.action.as_deref(), Some("Set cpu 9"));
     let note = found.note.clone().unwrap_or_default();
     assert!(
         note.starts_with("cpu 9: ") && note.contains("no CPU 9"),
@@ -703,7 +712,8 @@ async fn a_device_failure_is_one_event_on_the_nodefrequencies_and_counted_in_its
         .collect();
     assert_eq!(row[2..6], ["sim,cpufreq", "1", "1", "0"], "{table}");
 
-    // Passes go on failing the same way: still one Event, never repeated.
+    // Passes go on failing the same way: one Event per device (CPU 11's
+    // its own, not a repeat of CPU 9's), never repeated.
     let reconciles = |m: &Exposition| {
         m.find("climatik_freqtuner_reconciles_total", &[])
             .first()
@@ -715,8 +725,14 @@ async fn a_device_failure_is_one_event_on_the_nodefrequencies_and_counted_in_its
     })
     .await?;
     let events = events_on(&fx).await?;
-    assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].series, None, "{events:?}");
+    let mut notes: Vec<&str> = events.iter().filter_map(|e| e.note.as_deref()).collect();
+    notes.sort_unstable();
+    assert_eq!(notes.len(), 2, "{events:?}");
+    assert!(
+        notes[0].starts_with("cpu 11: ") && notes[1].starts_with("cpu 9: "),
+        "{notes:?}"
+    );
+    assert!(events.iter().all(|e| e.series.is_none()), "{events:?}");
     fx.cleanup().await
 }
 
