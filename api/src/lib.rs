@@ -18,7 +18,7 @@ pub mod workload;
 
 pub use nodefrequencies::{
     CpuFrequency, CpuFrequencyStatus, DeviceState, GpuFrequency, GpuFrequencyStatus, GpuInventory,
-    NodeFrequencies, NodeFrequenciesSpec, NodeFrequenciesStatus,
+    NodeFrequencies, NodeFrequenciesSpec, NodeFrequenciesStatus, NodeFrequenciesSummary,
 };
 pub use policy::{
     CustomAlgorithm, DeviceKind, DevicePower, NodePower, PolicyEnergy, PowerCappingPolicy,

@@ -25,7 +25,11 @@ use crate::bounds::{
     doc = "Frequency targets for the devices of one node, applied by the node agent.",
     status = "NodeFrequenciesStatus",
     printcolumn = r#"{"name":"Node","type":"string","jsonPath":".spec.nodeName"}"#,
-    printcolumn = r#"{"name":"Updated","type":"date","jsonPath":".status.lastUpdated"}"#,
+    printcolumn = r#"{"name":"Backend","type":"string","jsonPath":".status.backend"}"#,
+    printcolumn = r#"{"name":"GPU Entries","type":"integer","jsonPath":".status.summary.gpuEntries"}"#,
+    printcolumn = r#"{"name":"Applied","type":"integer","jsonPath":".status.summary.applied"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.summary.failed"}"#,
+    printcolumn = r#"{"name":"Updated","type":"date","jsonPath":".status.lastUpdated","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -119,6 +123,10 @@ pub struct NodeFrequenciesStatus {
     #[schemars(length(max = MAX_GPUS_PER_NODE))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["gpuId"]))]
     pub gpus: Vec<GpuInventory>,
+    /// How many entries and device results the lists above hold, for
+    /// `kubectl get nodefrequencies`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<NodeFrequenciesSummary>,
     /// Backend in use: `nvml`, `cpufreq`, `sim`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_LABEL_LENGTH))]
@@ -134,6 +142,23 @@ pub struct NodeFrequenciesStatus {
     #[schemars(schema_with = "bounds::conditions_schema")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Counts over one status, so `kubectl get` shows at a glance whether a
+/// node's targets are in force.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFrequenciesSummary {
+    /// GPU entries in the spec, live or not.
+    #[schemars(range(min = 0, max = MAX_GPU_ENTRIES))]
+    pub gpu_entries: i32,
+    /// Devices (GPUs and CPUs) with a live target whose state is
+    /// `Applied`; a device restored after its entries ended is not counted.
+    #[schemars(range(min = 0, max = MAX_GPUS_PER_NODE + MAX_CPUS_PER_NODE))]
+    pub applied: i32,
+    /// Devices (GPUs and CPUs) whose state is `Failed`.
+    #[schemars(range(min = 0, max = MAX_GPUS_PER_NODE + MAX_CPUS_PER_NODE))]
+    pub failed: i32,
 }
 
 /// One GPU of the node and the clocks it supports.

@@ -1,10 +1,12 @@
 //! The agent loop: watches the NodeFrequencies named after the node, runs
 //! the actuator on every change and every fast-loop tick (expiry and power
 //! budgets are time-driven, not event-driven), hands the status (or the
-//! missing object) to the status writer, and restores everything on the way
-//! out. The loop never waits on the API server: the writer
-//! ([`crate::status_writer`]) does, with a timeout, so a slow or
-//! unreachable API server cannot hold back expiry, budgets or shutdown.
+//! missing object) to the status writer and the device failures that are
+//! news to the Event publisher, and restores everything on the way out.
+//! The loop never waits on the API server: the writer
+//! ([`crate::status_writer`]) and the publisher ([`crate::events`]) do,
+//! with a timeout, so a slow or unreachable API server cannot hold back
+//! expiry, budgets or shutdown.
 
 use std::{
     future::Future,
@@ -20,7 +22,7 @@ use climatik_runtime::ReadyFlag;
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use kube::{
-    Api,
+    Api, Resource,
     runtime::{WatchStreamExt, watcher},
 };
 use tokio::time::MissedTickBehavior;
@@ -28,6 +30,7 @@ use tokio::time::MissedTickBehavior;
 use crate::{
     actuator::Actuator,
     error::Result,
+    events::EventHandle,
     metrics::Metrics,
     status_writer::{Draft, Intent, KubeStatusApi, StatusHandle, StatusWriter},
 };
@@ -43,7 +46,8 @@ pub struct AgentConfig {
     pub node: String,
     pub fast_loop_interval: Duration,
     pub status_interval: Duration,
-    /// The bound on each status write (and on creating the object).
+    /// The bound on each status write (and on creating the object), and
+    /// on each Event.
     pub status_write_timeout: Duration,
 }
 
@@ -136,6 +140,11 @@ impl Agent {
             self.config.status_interval,
             self.metrics.clone(),
         ));
+        let notices = EventHandle::spawn(
+            self.client.clone(),
+            &self.config.node,
+            self.config.status_write_timeout,
+        );
         tokio::pin!(shutdown);
         tracing::info!(node = %self.config.node, backend = %self.actuator.backend_name(), "agent started");
 
@@ -146,7 +155,7 @@ impl Agent {
                     match event {
                         Some(Ok(event)) => {
                             if self.on_event(event, &mut pending) {
-                                self.pass(&status, false);
+                                self.pass(&status, &notices, false);
                             }
                         }
                         Some(Err(e)) => tracing::warn!(error = %e, "watching NodeFrequencies"),
@@ -155,7 +164,7 @@ impl Agent {
                 }
                 _ = tick.tick() => {
                     if self.synced {
-                        self.pass(&status, true);
+                        self.pass(&status, &notices, true);
                     } else if held.is_some_and(|until| Timestamp::now() >= until) {
                         tracing::warn!("the entries behind what a previous agent left set have ended before they could be read");
                         self.restore_leftovers();
@@ -219,7 +228,8 @@ impl Agent {
     }
 
     /// One actuator pass, then its status (or the missing object) handed
-    /// to the writer, which decides whether it is worth a write; one span
+    /// to the writer, which decides whether it is worth a write, and its
+    /// news to the Event publisher; one span
     /// per pass, named after the node's NodeFrequencies.
     #[tracing::instrument(
         name = "reconcile",
@@ -230,11 +240,23 @@ impl Agent {
             step_budget,
         )
     )]
-    fn pass(&mut self, status: &StatusHandle, step_budget: bool) {
+    fn pass(&mut self, status: &StatusHandle, notices: &EventHandle, step_budget: bool) {
         let spec: Option<NodeFrequenciesSpec> = self.current.as_ref().map(|o| o.spec.clone());
         let report = self
             .actuator
             .reconcile(spec.as_ref(), Timestamp::now(), step_budget);
+        // Without an object there is nothing to attach an Event to; the
+        // log has the failure.
+        if let Some(obj) = &self.current {
+            let mut regarding = obj.object_ref(&());
+            // The Recorder tells a repeat from news by the whole reference:
+            // without the version, an Event that recurs after a spec change
+            // is patched rather than created anew.
+            regarding.resource_version = None;
+            for notice in report.notices.iter().cloned() {
+                notices.publish(&regarding, notice);
+            }
+        }
         let intent = match &self.current {
             Some(obj) => Intent::Status(Box::new(Draft::new(
                 obj.metadata.uid.clone(),

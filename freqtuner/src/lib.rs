@@ -8,6 +8,7 @@ pub mod agent;
 pub mod config;
 pub mod cpu;
 pub mod error;
+pub mod events;
 pub mod expiry;
 pub mod fastloop;
 pub mod gpu;

@@ -12,7 +12,7 @@ use std::{
 use climatik_api::NodeFrequenciesSpec;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::expiry::{Deadline, Device, Lifetimes};
+use crate::expiry::{Deadline, Device, EntryKey, Lifetimes};
 
 /// The merged wish for one device.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +42,11 @@ pub struct Desired {
     /// lifetime cap): until then, every device setting wanted now is
     /// still wanted. `None` when no entry is live.
     pub first_deadline: Option<Timestamp>,
+    /// The entries that count now.
+    pub live: BTreeSet<EntryKey>,
+    /// The entries still in the spec whose deadline has passed: one that
+    /// was live in the pass before expired without being renewed.
+    pub lapsed: BTreeSet<EntryKey>,
 }
 
 impl Desired {
@@ -111,10 +116,12 @@ pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp, lifetimes: &mut Lifetim
             continue;
         }
         let key = (Device::Gpu(entry.gpu_id.clone()), entry.policy.clone());
-        let deadline = pass.deadline(key, entry.expires_at.0);
+        let deadline = pass.deadline(key.clone(), entry.expires_at.0);
         if deadline.at <= now {
+            desired.lapsed.insert(key);
             continue;
         }
+        desired.live.insert(key);
         desired.live_until(deadline.at);
         add(
             &mut desired.gpus,
@@ -150,10 +157,12 @@ pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp, lifetimes: &mut Lifetim
             continue;
         }
         let key = (Device::Cpu(cpu), entry.policy.clone());
-        let deadline = pass.deadline(key, entry.expires_at.0);
+        let deadline = pass.deadline(key.clone(), entry.expires_at.0);
         if deadline.at <= now {
+            desired.lapsed.insert(key);
             continue;
         }
+        desired.live.insert(key);
         desired.live_until(deadline.at);
         add(
             &mut cpus,

@@ -1,5 +1,7 @@
-//! The agent's own metrics: targets in force, actuation errors, restores,
-//! drift re-applied, quarantined state files and status writes.
+//! The agent's own metrics: per-device targets, settings in force and
+//! power readings, actuation errors, restores, entries that expired
+//! without renewal, drift re-applied, quarantined state files and status
+//! writes.
 
 use std::sync::atomic::AtomicU64;
 
@@ -43,6 +45,10 @@ pub struct Metrics {
     registry: Registry,
     pub gpu_locked_mhz: Family<GpuLabels, Gauge>,
     pub gpu_budget_watts: Family<GpuLabels, Gauge<f64, AtomicU64>>,
+    pub gpu_target_mhz: Family<GpuLabels, Gauge>,
+    pub gpu_power_limit_watts: Family<GpuLabels, Gauge<f64, AtomicU64>>,
+    pub gpu_power_watts: Family<GpuLabels, Gauge<f64, AtomicU64>>,
+    pub entries_expired: Family<DeviceLabels, Counter>,
     pub cpu_max_mhz: Family<CpuLabels, Gauge>,
     pub actuation_errors: Family<ErrorLabels, Counter>,
     pub restores: Counter,
@@ -66,6 +72,30 @@ impl Default for Metrics {
             "gpu_power_budget_watts",
             "Power budget the fast loop holds, by GPU UUID",
             gpu_budget_watts.clone(),
+        );
+        let gpu_target_mhz = Family::<GpuLabels, Gauge>::default();
+        registry.register(
+            "gpu_target_mhz",
+            "Merged SM clock target after snapping to a supported clock, by GPU UUID (absent when no live entry)",
+            gpu_target_mhz.clone(),
+        );
+        let gpu_power_limit_watts = Family::<GpuLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "gpu_power_limit_watts",
+            "Power limit the agent has set and the GPU took, by GPU UUID (absent when the agent set none)",
+            gpu_power_limit_watts.clone(),
+        );
+        let gpu_power_watts = Family::<GpuLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "gpu_power_watts",
+            "Last power reading of a GPU the agent holds a target on, by GPU UUID",
+            gpu_power_watts.clone(),
+        );
+        let entries_expired = Family::<DeviceLabels, Counter>::default();
+        registry.register(
+            "entries_expired",
+            "Live entries whose deadline passed while still in the spec, i.e. nobody renewed them",
+            entries_expired.clone(),
         );
         let cpu_max_mhz = Family::<CpuLabels, Gauge>::default();
         registry.register(
@@ -113,6 +143,10 @@ impl Default for Metrics {
             registry,
             gpu_locked_mhz,
             gpu_budget_watts,
+            gpu_target_mhz,
+            gpu_power_limit_watts,
+            gpu_power_watts,
+            entries_expired,
             cpu_max_mhz,
             actuation_errors,
             restores,
@@ -132,6 +166,27 @@ impl Metrics {
                 device: device.to_string(),
             })
             .inc();
+    }
+
+    /// Counts `n` entries for `device` that expired without renewal.
+    pub fn expired(&self, device: &str, n: u64) {
+        self.entries_expired
+            .get_or_create(&DeviceLabels {
+                device: device.to_string(),
+            })
+            .inc_by(n);
+    }
+
+    /// Removes every series of a GPU the agent no longer holds.
+    pub fn forget_gpu(&self, uuid: &str) {
+        let labels = GpuLabels {
+            gpu: uuid.to_string(),
+        };
+        self.gpu_locked_mhz.remove(&labels);
+        self.gpu_budget_watts.remove(&labels);
+        self.gpu_target_mhz.remove(&labels);
+        self.gpu_power_limit_watts.remove(&labels);
+        self.gpu_power_watts.remove(&labels);
     }
 
     pub fn error(&self, device: &str, error: &crate::error::Error) {

@@ -84,6 +84,7 @@ impl Draft {
                 gpu_frequencies: report.gpus.clone(),
                 cpu_frequencies: report.cpus.clone(),
                 gpus,
+                summary: Some(report.summary()),
                 backend,
                 observed_generation: generation,
                 last_updated: None,

@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use climatik_api::{DeviceState, NodeFrequencies};
+use climatik_api::{DeviceState, NodeFrequencies, NodeFrequenciesSummary};
 use climatik_test_support::{
     Forwarder, TestCluster, TestNamespace, cluster,
     exposition::{self, Exposition},
@@ -21,13 +21,14 @@ use climatik_test_support::{
 use k8s_openapi::{
     api::{
         core::v1::{Node, Pod, ServiceAccount},
+        events::v1::Event,
         rbac::v1::{ClusterRole, ClusterRoleBinding},
     },
     jiff::Timestamp,
 };
 use kube::{
     Api,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -79,6 +80,8 @@ impl Fixture {
                 {"apiGroups": ["climatik.io"], "resources": ["nodefrequencies/status"],
                  "verbs": ["patch"]},
                 {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get"]},
+                {"apiGroups": ["events.k8s.io"], "resources": ["events"],
+                 "verbs": ["create", "patch"]},
                 // gpuBackend sim: the pods on the node.
                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
             ],
@@ -611,6 +614,125 @@ async fn applies_a_kubectl_applied_target_reports_it_and_restores_on_delete() ->
         },
     )
     .await?;
+    fx.cleanup().await
+}
+
+/// The Events about the NodeFrequencies of `fx`'s node. A cluster-scoped
+/// object's Events live in `default`.
+async fn events_on(fx: &Fixture) -> anyhow::Result<Vec<Event>> {
+    let events = Api::<Event>::namespaced(fx.cluster.client.clone(), "default");
+    Ok(events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding.as_ref().is_some_and(|r| {
+                r.kind.as_deref() == Some("NodeFrequencies") && r.name.as_deref() == Some(&fx.node)
+            })
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn a_device_failure_is_one_event_on_the_nodefrequencies_and_counted_in_its_summary()
+-> anyhow::Result<()> {
+    let fx = Fixture::new("ft-events").await?;
+    let agent = fx.spawn().await?;
+    let uuids = fx.gpu_uuids().await.with_context(|| agent.logs())?;
+    // The fake node has CPUs 0-3: CPU 9 cannot be capped.
+    fx.apply(
+        &manual_gpu(&uuids[0], 1200),
+        &format!("{}, {}", manual_cpu(9, 1500), manual_cpu(11, 1500)),
+    )
+    .await?;
+
+    let found = eventually(
+        "an Event about the NodeFrequencies",
+        Duration::from_secs(30),
+        || async {
+            Ok(events_on(&fx)
+                .await?
+                .into_iter()
+                .find(|e| e.note.as_deref().is_some_and(|n| n.starts_with("cpu 9: "))))
+        },
+    )
+    .await
+    .with_context(|| agent.logs())?;
+    assert_eq!(found.type_.as_deref(), Some("Warning"));
+    assert_eq!(found.reason.as_deref(), Some("DeviceUnsupported"));
+    assert_eq!(
+        found.reporting_controller.as_deref(),
+        Some(climatik_api::names::MANAGER_FREQTUNER)
+    );
+    assert_eq!(found.action.as_deref(), Some("Set cpu 9"));
+    let note = found.note.clone().unwrap_or_default();
+    assert!(
+        note.starts_with("cpu 9: ") && note.contains("no CPU 9"),
+        "{note}"
+    );
+
+    let nf = eventually("the status summary", Duration::from_secs(30), || async {
+        Ok(fx.nf().await?.filter(|nf| {
+            nf.status.as_ref().and_then(|s| s.summary.as_ref())
+                == Some(&NodeFrequenciesSummary {
+                    gpu_entries: 1,
+                    applied: 1,
+                    failed: 0,
+                })
+        }))
+    })
+    .await
+    .with_context(|| agent.logs())?;
+    assert_eq!(
+        nf.status.and_then(|s| s.backend).as_deref(),
+        Some("sim,cpufreq")
+    );
+    let table = fx
+        .cluster
+        .kubectl(["get", "nodefrequencies", fx.node.as_str()])
+        .await?;
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "NODE", "BACKEND", "GPU", "ENTRIES", "APPLIED", "FAILED", "AGE"
+        ],
+        "{table}"
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[2..6], ["sim,cpufreq", "1", "1", "0"], "{table}");
+
+    // Passes go on failing the same way: one Event per device (CPU 11's
+    // its own, not a repeat of CPU 9's), never repeated.
+    let reconciles = |m: &Exposition| {
+        m.find("climatik_freqtuner_reconciles_total", &[])
+            .first()
+            .map_or(0.0, |s| s.value)
+    };
+    let start = reconciles(&agent.metrics().await?);
+    eventually("ten more passes", Duration::from_secs(30), || async {
+        Ok((reconciles(&agent.metrics().await?) >= start + 10.0).then_some(()))
+    })
+    .await?;
+    let events = events_on(&fx).await?;
+    let mut notes: Vec<&str> = events.iter().filter_map(|e| e.note.as_deref()).collect();
+    notes.sort_unstable();
+    assert_eq!(notes.len(), 2, "{events:?}");
+    assert!(
+        notes[0].starts_with("cpu 11: ") && notes[1].starts_with("cpu 9: "),
+        "{notes:?}"
+    );
+    assert!(events.iter().all(|e| e.series.is_none()), "{events:?}");
     fx.cleanup().await
 }
 

@@ -14,16 +14,20 @@ mod execute;
 mod plan;
 mod report;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use climatik_api::{
     CpuFrequencyStatus, DeviceState, GpuFrequencyStatus, GpuInventory, NodeFrequenciesSpec,
+    NodeFrequenciesSummary,
 };
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
     cpu::{CpuApplied, CpuBackend},
-    expiry::Lifetimes,
+    expiry::{Device, EntryKey, Lifetimes},
     fastloop::BudgetLoop,
     gpu::GpuBackend,
     hold::HoldRecord,
@@ -31,6 +35,7 @@ use crate::{
     metrics::Metrics,
 };
 
+pub use self::report::Notice;
 use self::{
     plan::{CpuPlan, GpuSet},
     report::Reporter,
@@ -43,9 +48,36 @@ pub struct Report {
     pub cpus: Vec<CpuFrequencyStatus>,
     /// Entries that could not be understood.
     pub invalid: Vec<String>,
+    /// GPU entries in the spec, live or not.
+    pub gpu_entries: usize,
+    /// Device failures that are news in this pass (first seen or changed).
+    pub notices: Vec<Notice>,
 }
 
 impl Report {
+    /// The counts `kubectl get nodefrequencies` shows.
+    pub fn summary(&self) -> NodeFrequenciesSummary {
+        let states = self
+            .gpus
+            .iter()
+            .map(|g| (g.state, g.target_frequency))
+            .chain(self.cpus.iter().map(|c| (c.state, c.target_frequency)));
+        let (mut applied, mut failed) = (0, 0);
+        for (state, target) in states {
+            match state {
+                DeviceState::Applied if target.is_some() => applied += 1,
+                DeviceState::Failed => failed += 1,
+                _ => {}
+            }
+        }
+        let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
+        NodeFrequenciesSummary {
+            gpu_entries: count(self.gpu_entries),
+            applied: count(applied),
+            failed: count(failed),
+        }
+    }
+
     /// Whether any device failed.
     pub fn failures(&self) -> usize {
         self.gpus
@@ -75,6 +107,9 @@ pub struct Actuator {
     lifetimes: Lifetimes,
     /// Until when the settings in force are wanted, for a successor.
     hold: Option<HoldRecord>,
+    /// The entries live in the last pass, to tell an expiry (live then,
+    /// lapsed now) from an entry that was already over when first read.
+    live: BTreeSet<EntryKey>,
 }
 
 impl Actuator {
@@ -94,6 +129,7 @@ impl Actuator {
             reporter: Reporter::new(metrics),
             lifetimes: Lifetimes::default(),
             hold: None,
+            live: BTreeSet::new(),
         }
     }
 
@@ -202,16 +238,39 @@ impl Actuator {
         let desired = spec
             .map(|s| merge(s, now, &mut self.lifetimes))
             .unwrap_or_default();
+        self.count_expired(&desired);
         // Before any device is set: a successor must never find a record
         // longer than the entries behind the settings it finds.
         self.record_hold(&desired);
         let mut report = Report {
             invalid: desired.invalid.clone(),
+            gpu_entries: spec.map_or(0, |s| s.gpu_frequencies.len()),
             ..Report::default()
         };
         self.reconcile_gpus(&desired, step_budget, &mut report);
         self.reconcile_cpus(&desired, &mut report);
+        report.notices = self.reporter.finish_pass();
         report
+    }
+
+    /// Counts the entries live in the last pass that lapsed in this one
+    /// while still in the spec: their writer stopped renewing them. An
+    /// entry removed from the spec, or a deleted object, is no expiry.
+    fn count_expired(&mut self, desired: &Desired) {
+        let (mut gpus, mut cpus) = (0, 0);
+        for (device, _) in self.live.intersection(&desired.lapsed) {
+            match device {
+                Device::Gpu(_) => gpus += 1,
+                Device::Cpu(_) => cpus += 1,
+            }
+        }
+        let metrics = &self.reporter.metrics;
+        for (kind, n) in [("gpu", gpus), ("cpu", cpus)] {
+            if n > 0 {
+                metrics.expired(kind, n);
+            }
+        }
+        self.live.clone_from(&desired.live);
     }
 
     fn record_hold(&mut self, desired: &Desired) {
@@ -272,11 +331,18 @@ impl Actuator {
     /// Plan, execute and report one wanted GPU.
     fn apply_gpu(&mut self, uuid: &str, want: &Want, step_budget: bool) -> GpuFrequencyStatus {
         let Some(backend) = self.gpu.as_mut() else {
-            return report::gpu_without_backend(uuid, want);
+            let status = report::gpu_without_backend(uuid, want);
+            self.reporter
+                .refused(uuid, "gpu", status.state, &status.message);
+            return status;
         };
         let target = match plan::gpu_target(uuid, want, backend.device(uuid)) {
             Ok(target) => target,
-            Err(refusal) => return report::refused_gpu(uuid, want, refusal),
+            Err(refusal) => {
+                self.reporter
+                    .refused(uuid, "gpu", refusal.state, &refusal.message);
+                return report::refused_gpu(uuid, want, refusal);
+            }
         };
         let previous = self.gpus.get(uuid).copied().unwrap_or_default();
         let mut errors = Vec::new();
@@ -298,7 +364,7 @@ impl Actuator {
         }
         let outcome = execute::gpu(backend.as_mut(), uuid, &plan, previous, sample, errors);
         self.gpus.insert(uuid.to_string(), outcome.set);
-        self.reporter.gpu(uuid, want, &outcome);
+        self.reporter.gpu(uuid, want, &plan, &outcome);
         report::gpu(uuid, want, &plan, &outcome)
     }
 
@@ -338,7 +404,10 @@ impl Actuator {
     /// Plan, execute and report one wanted CPU.
     fn apply_cpu(&mut self, cpu: u32, want: &Want) -> CpuFrequencyStatus {
         let Some(backend) = self.cpu.as_mut() else {
-            return report::cpu_without_backend(cpu);
+            let status = report::cpu_without_backend(cpu);
+            self.reporter
+                .refused(&report::cpu_key(cpu), "cpu", status.state, &status.message);
+            return status;
         };
         let mut plan = plan::cpu_plan(want, self.cpus.get(&cpu));
         if let CpuPlan::Keep(applied) = &plan
@@ -517,6 +586,14 @@ mod tests {
         );
         assert_eq!(locked(&rig, 0), Some(345));
         assert_eq!(locked(&rig, 1), None);
+        assert_eq!(
+            report.summary(),
+            NodeFrequenciesSummary {
+                gpu_entries: 1,
+                applied: 2,
+                failed: 0
+            }
+        );
 
         let cpu = &report.cpus[0];
         assert_eq!((cpu.cpu_id, cpu.state), (1, DeviceState::Applied));
@@ -579,6 +656,15 @@ mod tests {
             report.gpus[0]
         );
         assert!(report.cpus[0].message.contains("default restored"));
+        // Restored devices are no targets in force.
+        assert_eq!(
+            report.summary(),
+            NodeFrequenciesSummary {
+                gpu_entries: 1,
+                applied: 0,
+                failed: 0
+            }
+        );
     }
 
     #[test]
@@ -652,6 +738,34 @@ mod tests {
         );
         assert!(report.cpus[1].message.contains("read-only"));
         assert_eq!(report.failures(), 1);
+        // Each is news once: the refusal as much as the failed write.
+        let news: Vec<(&str, &str)> = report
+            .notices
+            .iter()
+            .map(|n| (n.device.as_str(), n.reason))
+            .collect();
+        assert_eq!(
+            news,
+            vec![
+                (
+                    "gpu GPU-00000000-0000-0000-0000-000000000000",
+                    "DeviceUnsupported"
+                ),
+                ("cpu 1", "DeviceUnsupported"),
+                ("cpu 2", "ActuationFailed"),
+                ("cpu 7", "DeviceUnsupported"),
+            ]
+        );
+        let again = rig.actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(again.notices, vec![]);
+        assert_eq!(
+            report.summary(),
+            NodeFrequenciesSummary {
+                gpu_entries: 1,
+                applied: 0,
+                failed: 1
+            }
+        );
         assert_eq!(locked(&rig, 0), None);
         assert_eq!(locked(&rig, 1), None);
 
@@ -730,6 +844,148 @@ mod tests {
         assert_eq!(limit(&rig), Some(450.0));
         assert!(locked(&rig, 0).is_some());
         assert_eq!(drift_count(&actuator), 1);
+    }
+
+    /// The value of the agent's series `name` for GPU `uuid`, as a scrape
+    /// reads it; `None` when the series is absent.
+    fn gpu_series(actuator: &Actuator, name: &str, uuid: &str) -> Option<f64> {
+        let text = actuator.reporter.metrics.encode();
+        let scrape = climatik_test_support::exposition::parse(&text).expect("valid exposition");
+        scrape.find(name, &[("gpu", uuid)]).first().map(|s| s.value)
+    }
+
+    #[test]
+    fn each_gpu_exports_its_target_settings_and_power_until_restored() {
+        let rig = rig(FakeCpu::uniform(1));
+        let uuid = rig.uuids[0].clone();
+        let gpu = SimGpus::new(
+            rig.world.clone(),
+            StateFile::for_backend(rig._dirs.1.path(), "sim", "gauges"),
+        )
+        .expect("sim");
+        let mut actuator = Actuator::new(
+            Some(Box::new(gpu)),
+            None,
+            true,
+            Arc::new(Metrics::default()),
+        );
+        let series = |actuator: &Actuator, name: &str| gpu_series(actuator, name, &uuid);
+        let s = spec(vec![gpu_entry(&uuid, 1250, Some(450.0), None)], vec![]);
+        let report = actuator.reconcile(Some(&s), Timestamp::now(), true);
+        let status = &report.gpus[0];
+
+        let target = series(&actuator, "climatik_freqtuner_gpu_target_mhz");
+        assert_eq!(target, status.target_frequency.map(f64::from));
+        assert!(target.is_some_and(|t| t != 1250.0), "snapped: {target:?}");
+        let locked_now = locked(&rig, 0).map(f64::from);
+        assert!(locked_now.is_some());
+        assert_eq!(
+            series(&actuator, "climatik_freqtuner_gpu_locked_clock_mhz"),
+            locked_now
+        );
+        let limit = rig.world.lock().expect("world").power_limit(&uuid);
+        assert_eq!(limit, Some(450.0));
+        assert_eq!(
+            series(&actuator, "climatik_freqtuner_gpu_power_limit_watts"),
+            limit
+        );
+        assert_eq!(
+            series(&actuator, "climatik_freqtuner_gpu_power_budget_watts"),
+            Some(450.0)
+        );
+        let watts = series(&actuator, "climatik_freqtuner_gpu_power_watts");
+        let reported = status.power_watts.expect("a reading");
+        assert!(
+            watts.is_some_and(|w| w > 0.0 && (w - reported).abs() <= 0.05),
+            "{watts:?} vs {reported}"
+        );
+
+        // A pass that keeps the limit keeps its series.
+        actuator.reconcile(Some(&s), Timestamp::now(), true);
+        assert_eq!(
+            series(&actuator, "climatik_freqtuner_gpu_power_limit_watts"),
+            limit
+        );
+
+        // The entry gone, the GPU is restored and its series with it.
+        actuator.reconcile(Some(&spec(vec![], vec![])), Timestamp::now(), true);
+        assert_eq!(locked(&rig, 0), None);
+        for name in [
+            "climatik_freqtuner_gpu_target_mhz",
+            "climatik_freqtuner_gpu_locked_clock_mhz",
+            "climatik_freqtuner_gpu_power_limit_watts",
+            "climatik_freqtuner_gpu_power_budget_watts",
+            "climatik_freqtuner_gpu_power_watts",
+        ] {
+            assert_eq!(series(&actuator, name), None, "{name} after restore");
+        }
+    }
+
+    fn expired_count(actuator: &Actuator, device: &str) -> u64 {
+        actuator
+            .reporter
+            .metrics
+            .entries_expired
+            .get_or_create(&crate::metrics::DeviceLabels {
+                device: device.into(),
+            })
+            .get()
+    }
+
+    #[test]
+    fn entries_that_lapse_without_renewal_are_counted_once() {
+        let mut rig = rig(FakeCpu::uniform(2));
+        let (a, b) = (rig.uuids[0].clone(), rig.uuids[1].clone());
+        let t0 = Timestamp::now();
+        let soon = Some(t0 + std::time::Duration::from_secs(10));
+        let over = Some(t0 - std::time::Duration::from_secs(1));
+        let s = spec(
+            // `b`'s entry was over before the agent read it: no expiry
+            // this agent saw happen.
+            vec![
+                gpu_entry(&a, 990, None, soon),
+                gpu_entry(&b, 990, None, over),
+            ],
+            vec![cpu_entry(1, 1200, soon)],
+        );
+        rig.actuator.reconcile(Some(&s), t0, true);
+        assert_eq!(
+            (
+                expired_count(&rig.actuator, "gpu"),
+                expired_count(&rig.actuator, "cpu")
+            ),
+            (0, 0)
+        );
+
+        let at = |secs| t0 + std::time::Duration::from_secs(secs);
+        rig.actuator.reconcile(Some(&s), at(11), true);
+        rig.actuator.reconcile(Some(&s), at(12), true);
+        assert_eq!(
+            (
+                expired_count(&rig.actuator, "gpu"),
+                expired_count(&rig.actuator, "cpu")
+            ),
+            (1, 1)
+        );
+
+        // Renewed, then removed from the spec or deleted with the object:
+        // taken back, not expired.
+        let renewed_spec = spec(
+            vec![gpu_entry(&a, 990, None, None)],
+            vec![cpu_entry(1, 1200, None)],
+        );
+        rig.actuator.reconcile(Some(&renewed_spec), at(13), true);
+        rig.actuator
+            .reconcile(Some(&spec(vec![], vec![])), at(14), true);
+        rig.actuator.reconcile(Some(&renewed_spec), at(15), true);
+        rig.actuator.reconcile(None, at(16), true);
+        assert_eq!(
+            (
+                expired_count(&rig.actuator, "gpu"),
+                expired_count(&rig.actuator, "cpu")
+            ),
+            (1, 1)
+        );
     }
 
     #[test]

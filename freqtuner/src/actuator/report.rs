@@ -3,7 +3,10 @@
 //! [`Reporter`] that keeps the gauges in line with what is in force and
 //! logs a persistent failure once rather than on every tick.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use climatik_api::{CpuFrequencyStatus, DeviceState, GpuFrequencyStatus};
 
@@ -210,14 +213,33 @@ pub fn inactive_cpu(cpu: u32, restore: Option<&Option<String>>) -> CpuFrequencyS
     }
 }
 
-/// Gauges, error counters and de-duplicated failure logs.
+/// A device failure worth telling operators about: its first error, or a
+/// different one than before (an Event, see [`crate::events`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// `gpu <uuid>` or `cpu <n>`.
+    pub device: String,
+    /// `ActuationFailed`, or `DeviceUnsupported` when the device cannot do
+    /// what the entry asks.
+    pub reason: &'static str,
+    pub error: String,
+}
+
+/// Gauges, error counters and de-duplicated failure logs and notices.
 pub struct Reporter {
     pub metrics: Arc<Metrics>,
     /// Last error logged per device, so a persistent failure logs once.
     last_errors: BTreeMap<String, String>,
+    /// Devices reported on in this pass; a device no pass acts on any more
+    /// (its entry removed) is forgotten, so a failure when it comes back
+    /// is news again.
+    seen: BTreeSet<String>,
+    /// The failures that are news in this pass.
+    notices: Vec<Notice>,
 }
 
-fn cpu_key(cpu: u32) -> String {
+/// A CPU's key among the devices: `cpu<n>`, where GPUs have their UUID.
+pub fn cpu_key(cpu: u32) -> String {
     format!("cpu{cpu}")
 }
 
@@ -226,20 +248,55 @@ impl Reporter {
         Self {
             metrics,
             last_errors: BTreeMap::new(),
+            seen: BTreeSet::new(),
+            notices: Vec::new(),
         }
+    }
+
+    /// Ends a pass: forgets the devices it did not act on and returns the
+    /// failures that are news.
+    pub fn finish_pass(&mut self) -> Vec<Notice> {
+        let seen = std::mem::take(&mut self.seen);
+        self.last_errors.retain(|key, _| seen.contains(key));
+        std::mem::take(&mut self.notices)
     }
 
     /// Counts `error`; logs it unless it is what `key` failed with last.
     fn failed(&mut self, key: &str, kind: &str, error: &Error) {
         self.metrics.error(kind, error);
-        let text = error.to_string();
-        if self.last_errors.get(key) != Some(&text) {
-            tracing::warn!(device = key, error = %text, "actuation failed");
-            self.last_errors.insert(key.to_string(), text);
+        self.news(key, kind, error.is_unsupported(), error.to_string());
+    }
+
+    /// An entry for the `kind` device `key` that was not acted on (no such
+    /// device, no backend, a target it cannot take): nothing was tried, so
+    /// nothing is counted, but operators hear of it like of a failure.
+    pub fn refused(&mut self, key: &str, kind: &str, state: DeviceState, why: &str) {
+        self.news(key, kind, state != DeviceState::Failed, why.to_string());
+    }
+
+    /// Logs `error` of the `kind` device `key`, and keeps it as a notice,
+    /// unless it is what `key` failed with last.
+    fn news(&mut self, key: &str, kind: &str, unsupported: bool, error: String) {
+        self.seen.insert(key.to_string());
+        if self.last_errors.get(key) == Some(&error) {
+            return;
         }
+        tracing::warn!(device = key, error = %error, "actuation failed");
+        let id = key.strip_prefix(kind).unwrap_or(key);
+        self.notices.push(Notice {
+            device: format!("{kind} {id}"),
+            reason: if unsupported {
+                "DeviceUnsupported"
+            } else {
+                "ActuationFailed"
+            },
+            error: error.clone(),
+        });
+        self.last_errors.insert(key.to_string(), error);
     }
 
     fn ok(&mut self, key: &str) {
+        self.seen.insert(key.to_string());
         self.last_errors.remove(key);
     }
 
@@ -250,11 +307,7 @@ impl Reporter {
             tracing::info!(gpu = %uuid, "restored the GPU's default clocks");
             self.metrics.restores.inc();
         }
-        let labels = GpuLabels {
-            gpu: uuid.to_string(),
-        };
-        self.metrics.gpu_locked_mhz.remove(&labels);
-        self.metrics.gpu_budget_watts.remove(&labels);
+        self.metrics.forget_gpu(uuid);
         self.ok(uuid);
     }
 
@@ -279,10 +332,36 @@ impl Reporter {
     }
 
     /// The gauges and logs of a GPU pass.
-    pub fn gpu(&mut self, uuid: &str, want: &Want, outcome: &GpuOutcome) {
+    pub fn gpu(&mut self, uuid: &str, want: &Want, plan: &GpuPlan, outcome: &GpuOutcome) {
         let labels = GpuLabels {
             gpu: uuid.to_string(),
         };
+        self.metrics
+            .gpu_target_mhz
+            .get_or_create(&labels)
+            .set(i64::from(plan.target_mhz));
+        // A pass that kept the limit has nothing new to say about it: the
+        // value the GPU took when it was set stays.
+        match (outcome.set.power_limit, outcome.limit_taken) {
+            (None, _) => {
+                self.metrics.gpu_power_limit_watts.remove(&labels);
+            }
+            (Some(_), Some(taken)) => {
+                self.metrics
+                    .gpu_power_limit_watts
+                    .get_or_create(&labels)
+                    .set(taken);
+            }
+            (Some(_), None) => {}
+        }
+        match outcome.power_watts {
+            Some(p) => {
+                self.metrics.gpu_power_watts.get_or_create(&labels).set(p);
+            }
+            None => {
+                self.metrics.gpu_power_watts.remove(&labels);
+            }
+        }
         match outcome.set.locked {
             Some(c) => {
                 self.metrics
@@ -309,12 +388,9 @@ impl Reporter {
         for e in &outcome.errors {
             self.metrics.error("gpu", e);
         }
-        // One log line per change of the first error, not one per tick.
-        let first = first.to_string();
-        if self.last_errors.get(uuid) != Some(&first) {
-            tracing::warn!(gpu = uuid, error = %first, "actuation failed");
-            self.last_errors.insert(uuid.to_string(), first);
-        }
+        // One log line and notice per change of the first error, not one
+        // per tick.
+        self.news(uuid, "gpu", first.is_unsupported(), first.to_string());
     }
 
     /// A CPU no longer wanted has its ceiling back; see [`Self::gpu_restored`].
@@ -434,7 +510,16 @@ mod tests {
         let mut reporter = Reporter::new(metrics.clone());
         let err = Err(Error::ReadOnly("scaling_max_freq".into()));
         reporter.cpu(3, &err);
+        assert_eq!(
+            reporter.finish_pass(),
+            vec![Notice {
+                device: "cpu 3".into(),
+                reason: "ActuationFailed",
+                error: "scaling_max_freq is read-only".into(),
+            }]
+        );
         reporter.cpu(3, &err);
+        assert_eq!(reporter.finish_pass(), vec![], "the same failure again");
         assert_eq!(reporter.last_errors.len(), 1);
         let text = metrics.encode();
         assert!(
@@ -445,5 +530,20 @@ mod tests {
         );
         reporter.cpu_restored(3, false);
         assert!(reporter.last_errors.is_empty());
+    }
+
+    #[test]
+    fn a_failure_is_news_again_after_its_device_was_left_alone() {
+        let mut reporter = Reporter::new(Arc::new(Metrics::default()));
+        let missing = Err(Error::Unsupported("no CPU 9 on this node".into()));
+        reporter.cpu(9, &missing);
+        let first = reporter.finish_pass();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].reason, "DeviceUnsupported");
+        // The entry is removed: a pass without CPU 9.
+        assert_eq!(reporter.finish_pass(), vec![]);
+        // It comes back and fails the same way: news again.
+        reporter.cpu(9, &missing);
+        assert_eq!(reporter.finish_pass(), first);
     }
 }

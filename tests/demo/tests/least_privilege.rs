@@ -1,8 +1,9 @@
 //! Least privilege, proven on the real API server: every component runs as
 //! its chart ServiceAccount through a workload's whole life (annotated,
 //! capped, re-capped, un-annotated), a CPU policy (CPU targets read the
-//! Node), and a policy of an older version (its finalizer lifted, its
-//! events repeated). What each component asked of the API server, read
+//! Node), a policy of an older version (its finalizer lifted, its
+//! events repeated) and a hand-written entry the node agent cannot apply
+//! (its Event, then the same Event again). What each component asked of the API server, read
 //! from the audit log, must equal what the chart grants it: a verb never
 //! used is a grant too many, a refused request one too few.
 
@@ -18,7 +19,7 @@ use climatik_test_support::{
     ScrapeTarget, TestCluster, eventually,
     rbac::{self, Permission},
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::{core::v1::Pod, events::v1::Event};
 use kube::{
     Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
@@ -313,6 +314,8 @@ async fn lifecycle(
         },
     )
     .await?;
+    agent_failure_events(cluster).await?;
+
     let _ = policies
         .patch(
             "legacy",
@@ -320,6 +323,86 @@ async fn lifecycle(
             &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
         )
         .await;
+    Ok(())
+}
+
+/// A hand-written entry for a GPU the node lacks: the agent reports it in
+/// an Event on the NodeFrequencies. The entry removed and written again,
+/// the same failure is reported again, which patches that Event.
+async fn agent_failure_events(cluster: &TestCluster) -> anyhow::Result<()> {
+    const MISSING_GPU: &str = "GPU-00000000-0000-0000-0000-000000000000";
+    let node_frequencies = Api::<NodeFrequencies>::all(cluster.client.clone());
+    let events = Api::<Event>::namespaced(cluster.client.clone(), "default");
+    let event = || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok::<_, anyhow::Error>(list.items.into_iter().find(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.name.as_deref() == Some(NODE))
+                && e.note.as_deref().is_some_and(|n| n.contains(MISSING_GPU))
+        }))
+    };
+    apply_manual_entry(cluster, Some(MISSING_GPU)).await?;
+    eventually(
+        "an Event about the missing GPU",
+        Duration::from_secs(60),
+        event,
+    )
+    .await?;
+    apply_manual_entry(cluster, None).await?;
+    eventually(
+        "the agent to drop the missing GPU",
+        Duration::from_secs(60),
+        || async {
+            let status = node_frequencies
+                .get_opt(NODE)
+                .await?
+                .and_then(|nf| nf.status);
+            Ok(status
+                .filter(|s| !s.gpu_frequencies.iter().any(|g| g.gpu_id == MISSING_GPU))
+                .map(|_| ()))
+        },
+    )
+    .await?;
+    apply_manual_entry(cluster, Some(MISSING_GPU)).await?;
+    eventually(
+        "the Event about the missing GPU repeated",
+        Duration::from_secs(60),
+        || async { Ok(event().await?.filter(|e| e.series.is_some()).map(|_| ())) },
+    )
+    .await?;
+    apply_manual_entry(cluster, None).await
+}
+
+/// Server-side applies the node's hand-written GPU entry: one for `gpu`,
+/// or none.
+async fn apply_manual_entry(cluster: &TestCluster, gpu: Option<&str>) -> anyhow::Result<()> {
+    let expires = k8s_openapi::jiff::Timestamp::now() + Duration::from_secs(300);
+    let entries: Vec<serde_json::Value> = gpu
+        .into_iter()
+        .map(|gpu| {
+            serde_json::json!({"gpuId": gpu, "targetFrequency": 1200,
+                               "policy": "manual", "expiresAt": expires.to_string()})
+        })
+        .collect();
+    let manifest = serde_json::json!({
+        "apiVersion": "climatik.io/v1alpha1",
+        "kind": "NodeFrequencies",
+        "metadata": {"name": NODE},
+        "spec": {"nodeName": NODE, "gpuFrequencies": entries}
+    });
+    cluster
+        .kubectl_with_stdin(
+            [
+                "apply",
+                "--server-side",
+                "--field-manager=least-privilege-manual",
+                "-f",
+                "-",
+            ],
+            &manifest.to_string(),
+        )
+        .await?;
     Ok(())
 }
 
