@@ -33,6 +33,14 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    /// What was asked: `gpu_power`, `gpu_clock`, `cpu_power`.
+    pub query: &'static str,
+    /// `ok` or `error` (Prometheus down, timed out, or a bad answer).
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub namespace: String,
     pub policy: String,
@@ -71,6 +79,8 @@ pub struct Metrics {
     generator_skips: Family<ActionLabels, Counter>,
     /// GPU series about a policy's pods that were not believed (monitor).
     ignored_series: Family<ReasonLabels, Counter>,
+    /// Time of each Prometheus query, by query and result (monitor).
+    prometheus_queries: Family<QueryLabels, Histogram>,
 }
 
 impl Metrics {
@@ -119,6 +129,14 @@ impl Metrics {
             leader.clone(),
         );
         policies.register(&mut registry);
+        let prometheus_queries = Family::<QueryLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+        });
+        registry.register(
+            "prometheus_query_duration_seconds",
+            "Time of each Prometheus query, by query (gpu_power, gpu_clock, cpu_power) and result (ok, error)",
+            prometheus_queries.clone(),
+        );
         registry.register(
             "nodefrequencies_applies",
             "Server-side applies of NodeFrequencies entries",
@@ -136,6 +154,7 @@ impl Metrics {
             generated_policy_writes,
             generator_skips,
             ignored_series,
+            prometheus_queries,
         })
     }
 
@@ -188,6 +207,14 @@ impl Metrics {
             .inc_by(count);
     }
 
+    /// Records one Prometheus query named `query` that took `seconds`.
+    pub fn prometheus_query(&self, query: &'static str, ok: bool, seconds: f64) {
+        let result = if ok { "ok" } else { "error" };
+        self.prometheus_queries
+            .get_or_create(&QueryLabels { query, result })
+            .observe(seconds);
+    }
+
     pub fn set_leader(&self, leader: bool) {
         self.leader
             .get_or_create(&self.labels())
@@ -229,5 +256,18 @@ mod tests {
         assert_eq!(count(&metrics, series).as_deref(), Some("2"));
         let done = "climatik_reconcile_total{controller=\"test\"}";
         assert_eq!(count(&metrics, done).as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn prometheus_queries_are_timed_by_query_and_result() {
+        let metrics = Metrics::new("test");
+        metrics.prometheus_query("gpu_power", true, 0.02);
+        metrics.prometheus_query("gpu_power", false, 3.0);
+        metrics.prometheus_query("gpu_power", false, 3.0);
+        let ok =
+            "climatik_prometheus_query_duration_seconds_count{query=\"gpu_power\",result=\"ok\"}";
+        let failed = "climatik_prometheus_query_duration_seconds_count{query=\"gpu_power\",result=\"error\"}";
+        assert_eq!(count(&metrics, ok).as_deref(), Some("1"));
+        assert_eq!(count(&metrics, failed).as_deref(), Some("2"));
     }
 }

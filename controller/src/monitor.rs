@@ -42,7 +42,7 @@ use crate::{
     metrics::{Metrics, PolicyLabels},
     observe::{self, GpuReading, Ignored, Inventory, PodOnNode},
     policy_metrics::PolicyReading,
-    prom::Prometheus,
+    prom::{Prometheus, Sample},
     reachable,
 };
 use climatik_runtime::{ReadyFlag, Shutdown};
@@ -359,6 +359,16 @@ pub(crate) enum Measurement {
     },
 }
 
+/// One Prometheus query, timed into
+/// `climatik_prometheus_query_duration_seconds{query=name}`.
+async fn query(ctx: &Context, name: &'static str, promql: &str) -> Result<Vec<Sample>, Error> {
+    let started = Instant::now();
+    let answer = ctx.prometheus.instant(promql).await;
+    ctx.metrics
+        .prometheus_query(name, answer.is_ok(), started.elapsed().as_secs_f64());
+    answer
+}
+
 async fn measure(
     ctx: &Context,
     namespace: &str,
@@ -371,14 +381,18 @@ async fn measure(
     let mut ignored = Ignored::default();
     if wants_gpu {
         let jobs = &ctx.config.dcgm_jobs;
-        let power = ctx
-            .prometheus
-            .instant(&observe::dcgm_query(observe::GPU_POWER, namespace, jobs))
-            .await;
-        let clock = ctx
-            .prometheus
-            .instant(&observe::dcgm_query(observe::GPU_CLOCK, namespace, jobs))
-            .await;
+        let power = query(
+            ctx,
+            "gpu_power",
+            &observe::dcgm_query(observe::GPU_POWER, namespace, jobs),
+        )
+        .await;
+        let clock = query(
+            ctx,
+            "gpu_clock",
+            &observe::dcgm_query(observe::GPU_CLOCK, namespace, jobs),
+        )
+        .await;
         match (power, clock) {
             (Ok(power), Ok(clock)) => {
                 let inventory = inventory(&ctx.node_frequencies, pods);
@@ -392,10 +406,12 @@ async fn measure(
     }
     let mut cpu = BTreeMap::new();
     if wants_cpu {
-        match ctx
-            .prometheus
-            .instant(&observe::kepler_query(namespace, &ctx.config.kepler_jobs))
-            .await
+        match query(
+            ctx,
+            "cpu_power",
+            &observe::kepler_query(namespace, &ctx.config.kepler_jobs),
+        )
+        .await
         {
             Ok(samples) => cpu = observe::cpu(pods, &samples),
             Err(e) => return Measurement::Failed(e.to_string()),
