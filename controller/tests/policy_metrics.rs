@@ -32,22 +32,7 @@ const FAMILIES: [&str; 6] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn per_policy_series_follow_the_status_and_go_with_the_policy() -> anyhow::Result<()> {
-    let cluster = climatik_test_support::cluster().await?;
-    cluster.install_crds().await?;
-    let ns = cluster.namespace("ctrl-policy-metrics").await?;
-    let ns_name = ns.name().to_string();
-    let admin = cluster.client.clone();
-    let node = format!("{ns_name}-node-0");
-    create_node(&admin, &node, 4).await?;
-    let exporter = format!("{ns_name}-exporter");
-    let result = run(&cluster, &ns_name, &node, &exporter).await;
-    delete_all_pods(&admin, &ns_name).await;
-    delete_nodes(&admin, std::slice::from_ref(&node)).await;
-    cluster.remove_prometheus_target(&exporter)?;
-    if result.is_ok() {
-        ns.cleanup().await?;
-    }
-    result
+    with_one_node("ctrl-policy-metrics", run).await
 }
 
 async fn run(

@@ -259,6 +259,33 @@ pub async fn report_gpus(
     Ok(())
 }
 
+/// Runs `body(cluster, namespace, node, exporter)` in a throwaway
+/// namespace named after `prefix`, with one node of 4 CPUs and the name of
+/// a Prometheus target for its exporter; removes the pods, the node and
+/// the target afterwards, and the namespace when the body passed (a failed
+/// one is kept to look at).
+pub async fn with_one_node(
+    prefix: &str,
+    body: impl AsyncFnOnce(&climatik_test_support::TestCluster, &str, &str, &str) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let cluster = climatik_test_support::cluster().await?;
+    cluster.install_crds().await?;
+    let ns = cluster.namespace(prefix).await?;
+    let ns_name = ns.name().to_string();
+    let admin = cluster.client.clone();
+    let node = format!("{ns_name}-node-0");
+    create_node(&admin, &node, 4).await?;
+    let exporter = format!("{ns_name}-exporter");
+    let result = body(&cluster, &ns_name, &node, &exporter).await;
+    delete_all_pods(&admin, &ns_name).await;
+    delete_nodes(&admin, std::slice::from_ref(&node)).await;
+    cluster.remove_prometheus_target(&exporter)?;
+    if result.is_ok() {
+        ns.cleanup().await?;
+    }
+    result
+}
+
 /// Creates a Node object (no kubelet behind it) with `cpus` CPUs.
 pub async fn create_node(client: &kube::Client, name: &str, cpus: u32) -> anyhow::Result<()> {
     let node: Node = serde_json::from_value(json!({
