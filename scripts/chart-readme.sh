@@ -150,13 +150,18 @@ def parse_block(lines, i, indent):
     mapping = {}
     while i < len(lines) and lines[i].indent == indent:
         line = lines[i]
-        m = KEY_LINE.match(line.text)
-        if not m:
-            fail(line, "expected `key: value`")
-        key = unquote(m.group("key").strip())
+        key, m = key_line(line)
         value, i = parse_value(lines, i, indent, m.group("value"))
         mapping[key] = value
     return mapping, i
+
+
+def key_line(line):
+    """The key of a `key: value` line, and its match (for the value)."""
+    m = KEY_LINE.match(line.text)
+    if not m:
+        fail(line, "expected `key: value`")
+    return unquote(m.group("key").strip()), m
 
 
 def parse_value(lines, i, indent, text):
@@ -191,10 +196,7 @@ def rows(lines, docs):
     def walk(i, indent, prefix):
         while i < len(lines) and lines[i].indent == indent:
             line = lines[i]
-            m = KEY_LINE.match(line.text)
-            if not m:
-                fail(line, "expected `key: value`")
-            key = unquote(m.group("key").strip())
+            key, m = key_line(line)
             path = f"{prefix}{key}"
             doc = docs.get(line.number, "")
             value_text = strip_comment(m.group("value") or "")

@@ -66,14 +66,7 @@ async fn run(
         gpu("GPU-S1", "pod", "small", ns, node, 100.0),
     ]);
     scrape_dcgm(cluster, exporter, &dcgm)?;
-    for uuid in ["GPU-B1", "GPU-B2", "GPU-S1"] {
-        cluster
-            .wait_for_prometheus(
-                &format!("DCGM_FI_DEV_POWER_USAGE{{UUID=\"{uuid}\",namespace=\"{ns}\"}}"),
-                TIMEOUT,
-            )
-            .await?;
-    }
+    wait_for_power_series(cluster, ns, &["GPU-B1", "GPU-B2", "GPU-S1"]).await?;
     let policies = Api::<PowerCappingPolicy>::namespaced(admin.clone(), ns);
     for (name, cap) in [("big", 300), ("small", 1000)] {
         policies

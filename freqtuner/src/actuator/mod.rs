@@ -516,6 +516,22 @@ mod tests {
         (actuator, world)
     }
 
+    /// A second actuator on `rig`'s simulated GPUs, in power-limit mode,
+    /// without CPUs; `name` keeps its state file apart from the rig's.
+    fn power_limit_actuator(rig: &Rig, name: &str) -> Actuator {
+        let gpu = SimGpus::new(
+            rig.world.clone(),
+            StateFile::for_backend(rig._dirs.1.path(), "sim", name),
+        )
+        .expect("sim");
+        Actuator::new(
+            Some(Box::new(gpu)),
+            None,
+            true,
+            Arc::new(Metrics::default()),
+        )
+    }
+
     fn locked(rig: &Rig, gpu: usize) -> Option<u32> {
         rig.world.lock().expect("world").locked(&rig.uuids[gpu])
     }
@@ -822,17 +838,7 @@ mod tests {
     fn a_power_limit_reset_by_someone_else_is_set_again() {
         let rig = rig(FakeCpu::uniform(1));
         let uuid = rig.uuids[0].clone();
-        let gpu = SimGpus::new(
-            rig.world.clone(),
-            StateFile::for_backend(rig._dirs.1.path(), "sim", "second"),
-        )
-        .expect("sim");
-        let mut actuator = Actuator::new(
-            Some(Box::new(gpu)),
-            None,
-            true,
-            Arc::new(Metrics::default()),
-        );
+        let mut actuator = power_limit_actuator(&rig, "second");
         let s = spec(vec![gpu_entry(&uuid, 1980, Some(450.0), None)], vec![]);
         actuator.reconcile(Some(&s), Timestamp::now(), true);
         let limit = |rig: &Rig| rig.world.lock().expect("world").power_limit(&uuid);
@@ -858,17 +864,7 @@ mod tests {
     fn each_gpu_exports_its_target_settings_and_power_until_restored() {
         let rig = rig(FakeCpu::uniform(1));
         let uuid = rig.uuids[0].clone();
-        let gpu = SimGpus::new(
-            rig.world.clone(),
-            StateFile::for_backend(rig._dirs.1.path(), "sim", "gauges"),
-        )
-        .expect("sim");
-        let mut actuator = Actuator::new(
-            Some(Box::new(gpu)),
-            None,
-            true,
-            Arc::new(Metrics::default()),
-        );
+        let mut actuator = power_limit_actuator(&rig, "gauges");
         let series = |actuator: &Actuator, name: &str| gpu_series(actuator, name, &uuid);
         let s = spec(vec![gpu_entry(&uuid, 1250, Some(450.0), None)], vec![]);
         let report = actuator.reconcile(Some(&s), Timestamp::now(), true);
