@@ -25,6 +25,7 @@ pub mod policy_metrics;
 pub mod prom;
 mod reachable;
 pub mod recommender;
+pub mod shed;
 
 pub use error::{Error, Result};
 

@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::policy_metrics::PolicyMetrics;
+use crate::{policy_metrics::PolicyMetrics, shed::ShedMetrics};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -46,6 +46,17 @@ pub struct PolicyLabels {
     pub policy: String,
 }
 
+impl PolicyLabels {
+    /// The labels of a policy's series.
+    pub fn of(policy: &climatik_api::PowerCappingPolicy) -> Self {
+        use kube::ResourceExt;
+        Self {
+            namespace: policy.namespace().unwrap_or_default(),
+            policy: policy.name_any(),
+        }
+    }
+}
+
 /// Observes the time since it was made into `reconcile_duration_seconds`
 /// when dropped, so a reconciliation that returns early with an error (or
 /// is cancelled) is measured like one that succeeds.
@@ -71,6 +82,8 @@ pub struct Metrics {
     leader: Family<ControllerLabels, Gauge>,
     /// Cap, power, energy and capping time per policy (monitor).
     pub policies: PolicyMetrics,
+    /// Estimated watts shed per policy (recommender).
+    pub shed: ShedMetrics,
     /// NodeFrequencies server-side applies (recommender).
     pub node_frequency_applies: Family<ControllerLabels, Counter>,
     /// Writes of generated policies (monitor's policy generator).
@@ -93,6 +106,7 @@ impl Metrics {
         });
         let leader = Family::<ControllerLabels, Gauge>::default();
         let policies = PolicyMetrics::default();
+        let shed = ShedMetrics::default();
         let node_frequency_applies = Family::<ControllerLabels, Counter>::default();
         let generated_policy_writes = Family::<ActionLabels, Counter>::default();
         let generator_skips = Family::<ActionLabels, Counter>::default();
@@ -129,6 +143,7 @@ impl Metrics {
             leader.clone(),
         );
         policies.register(&mut registry);
+        shed.register(&mut registry);
         let prometheus_queries = Family::<QueryLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
         });
@@ -150,6 +165,7 @@ impl Metrics {
             duration,
             leader,
             policies,
+            shed,
             node_frequency_applies,
             generated_policy_writes,
             generator_skips,

@@ -49,8 +49,9 @@ use crate::{
     conditions::{Decided, is_true, render},
     driver,
     lease::{Leadership, LeaseConfig},
-    metrics::Metrics,
+    metrics::{Metrics, PolicyLabels},
     observe::CPU_DEVICE,
+    shed,
 };
 use climatik_runtime::{ReadyFlag, Shutdown};
 
@@ -189,6 +190,8 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
         // Held by someone else's finalizer: stop acting for it now rather
         // than when it is gone.
         remove_entries(&ctx, &policy, &BTreeSet::new(), "policy deleted").await?;
+        let labels = PolicyLabels::of(&policy);
+        ctx.metrics.shed.retain(|l| *l != labels);
         Action::await_change()
     } else {
         apply(&ctx, &policy).await?
@@ -310,6 +313,8 @@ async fn apply(ctx: &Context, policy: &PowerCappingPolicy) -> Result<Action> {
     match decision {
         Decision::Remove(why) => {
             remove_entries(ctx, policy, &BTreeSet::new(), why).await?;
+            // Its devices are no longer held back by this policy.
+            ctx.metrics.shed.set(PolicyLabels::of(policy), 0.0);
             if let Some(state) = ctx
                 .policies
                 .lock()
@@ -329,6 +334,10 @@ async fn apply(ctx: &Context, policy: &PowerCappingPolicy) -> Result<Action> {
     }
 
     let observation = observe(ctx, policy);
+    ctx.metrics.shed.set(
+        PolicyLabels::of(policy),
+        shed::estimate_shed_watts(&observation.devices),
+    );
     let last_updated = policy.status.as_ref().and_then(|s| s.last_updated.clone());
     let targets = {
         let mut states = ctx.policies.lock().unwrap_or_else(|e| e.into_inner());
@@ -366,6 +375,8 @@ async fn collect_garbage_each_period(
             _ = &mut shutdown => return,
         }
         if !ctx.leadership.is_leader() {
+            // A follower acts on nothing: its estimates would only go stale.
+            ctx.metrics.shed.retain(|_| false);
             continue;
         }
         if let Err(error) = collect_garbage(&ctx, &policies).await {
@@ -389,6 +400,9 @@ async fn collect_garbage(ctx: &Context, policies: &Store<PowerCappingPolicy>) ->
         .filter_map(|p| Some(policy_key(&p.namespace()?, &p.name_any())))
         .collect();
     let uids: BTreeSet<String> = policies.iter().filter_map(|p| p.uid()).collect();
+    ctx.metrics
+        .shed
+        .retain(|l| live.contains(&policy_key(&l.namespace, &l.policy)));
     ctx.policies
         .lock()
         .unwrap_or_else(|e| e.into_inner())

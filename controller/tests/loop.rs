@@ -187,6 +187,7 @@ async fn run_loop_test(
             let _ = monitor_stopped.await;
         },
     ));
+    let recommender_metrics = Metrics::new("freqtuning-recommender");
     let recommender_task = tokio::spawn(recommender::run(
         recommender_client,
         RecommenderConfig {
@@ -196,7 +197,7 @@ async fn run_loop_test(
             namespace: Some(ns.to_string()),
             identity: "test-recommender".into(),
         },
-        Metrics::new("freqtuning-recommender"),
+        recommender_metrics.clone(),
         async move {
             let _ = recommender_stopped.await;
         },
@@ -311,12 +312,29 @@ async fn run_loop_test(
         vec![("GPU-A1", key.as_str()), ("GPU-A1", key_b.as_str())]
     );
 
-    // Deleting b removes exactly its entries, a's stay.
+    // The recommender estimates what capping sheds: a's GPUs run at
+    // 1380 MHz of the fallback range's highest clock, so more than 0 W.
+    const SHED: &str = "climatik_policy_shed_watts";
+    let shed = wait_for("watts shed estimated for a and b", TIMEOUT, || async {
+        let page = read_page(&recommender_metrics)?;
+        Ok(value(&page, SHED, "a")
+            .zip(value(&page, SHED, "b"))
+            .filter(|(a, _)| *a > 0.0))
+    })
+    .await?;
+    assert!(shed.0 < 350.0 * 2.0, "{shed:?}");
+
+    // Deleting b removes exactly its entries, a's stay, and its series.
     policies.delete("b", &DeleteParams::default()).await?;
     wait_for("policy b gone with its entries", TIMEOUT, || async {
         let e1 = gpu_entries(&admin, &nodes[1]).await?;
         let gone = policies.get_opt("b").await?.is_none();
         Ok((gone && e1.iter().all(|e| e.1 == key) && e1.len() == 1).then_some(()))
+    })
+    .await?;
+    wait_for("b's estimate removed, a's kept", TIMEOUT, || async {
+        let page = read_page(&recommender_metrics)?;
+        Ok((value(&page, SHED, "b").is_none() && value(&page, SHED, "a").is_some()).then_some(()))
     })
     .await?;
 

@@ -10,7 +10,6 @@ use std::{sync::Arc, time::Duration};
 
 use climatik_api::PowerCappingPolicy;
 use climatik_controller::metrics::Metrics;
-use climatik_test_support::exposition::{self, Exposition};
 use common::*;
 use kube::{
     Api,
@@ -64,18 +63,6 @@ async fn run(
         check(&admin, ns, &metrics),
     )
     .await
-}
-
-/// The one sample of `family` for policy `policy`, if the page has it.
-fn value(page: &Exposition, family: &str, policy: &str) -> Option<f64> {
-    match page.find(family, &[("policy", policy)]).as_slice() {
-        [sample] => Some(sample.value),
-        _ => None,
-    }
-}
-
-fn read_page(metrics: &Metrics) -> anyhow::Result<Exposition> {
-    exposition::parse(&metrics.encode()).map_err(anyhow::Error::msg)
 }
 
 async fn check(admin: &kube::Client, ns: &str, metrics: &Arc<Metrics>) -> anyhow::Result<()> {

@@ -13,6 +13,7 @@
 #   2. cert-manager issued the webhook certificate, cainjector put the CA into
 #      the MutatingWebhookConfiguration, and the API server calls the webhook
 #      through its Service (an annotated Deployment comes back labelled);
+#      the README's `helm test` (climatik-check) passes;
 #   3. that Deployment's pods (sim-workload from our image, holding simulated
 #      GPUs through the agent's device plugin) really run, its generated
 #      policy appears, its GPU power converges under the cap, a cap change is
@@ -163,6 +164,9 @@ injected_ca=$(k get mutatingwebhookconfiguration "$webhook" -o jsonpath='{.webho
 [[ $(k get mutatingwebhookconfiguration "$webhook" -o jsonpath='{.webhooks[0].clientConfig.service.name}') == "$webhook" ]] ||
   fail "the API server does not reach the webhook through its Service"
 log "ok: CA injected, webhook reached through Service $NS/$webhook"
+
+step "helm test (README): CRDs served, webhook reachable, agents reporting"
+run_readme check
 
 # --- a capped workload that really runs --------------------------------------
 step "an annotated Deployment on the real node"

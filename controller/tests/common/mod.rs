@@ -9,9 +9,12 @@ use std::{future::Future, time::Duration};
 
 use anyhow::{Context, bail};
 use climatik_api::{NodeFrequencies, PowerCappingPolicy};
-use climatik_controller::observe::DEFAULT_DCGM_JOBS;
+use climatik_controller::{metrics::Metrics, observe::DEFAULT_DCGM_JOBS};
 use climatik_sim_gpu::dcgm;
-use climatik_test_support::ScrapeTarget;
+use climatik_test_support::{
+    ScrapeTarget,
+    exposition::{self, Exposition},
+};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api,
@@ -634,4 +637,17 @@ impl InProcessLoop {
         self.monitor.await??;
         recommender
     }
+}
+
+/// The one sample of `family` for policy `policy`, if the page has it.
+pub fn value(page: &Exposition, family: &str, policy: &str) -> Option<f64> {
+    match page.find(family, &[("policy", policy)]).as_slice() {
+        [sample] => Some(sample.value),
+        _ => None,
+    }
+}
+
+/// A component's `/metrics` page, parsed.
+pub fn read_page(metrics: &Metrics) -> anyhow::Result<Exposition> {
+    exposition::parse(&metrics.encode()).map_err(anyhow::Error::msg)
 }
