@@ -9,4 +9,5 @@
 //!
 //! No binary here goes into the image (`scripts/image.sh` skips `*-bench`).
 
+pub mod bound;
 pub mod closed_loop;
