@@ -21,6 +21,8 @@ use serde::Serialize;
 use climatik_controller::algorithm::{self, Algorithm, Clocks, Device, Observation};
 use climatik_sim_gpu::plant::MeasuredCurve;
 
+use crate::bound::Clairvoyant;
+
 /// Seconds between recommender decisions.
 pub const PERIOD_S: usize = 15;
 /// Age of the power the recommender sees (scrape + exporter interval).
@@ -76,6 +78,9 @@ pub enum Strategy {
     /// (`--gpu-power-limit`): each GPU's `powerBudgetWatts` becomes its
     /// NVML power limit, which the GPU enforces within milliseconds.
     OursPowerLimit(&'static str),
+    /// Not a controller: the most any controller could serve, knowing each
+    /// second's load ([`crate::bound`]). Every strategy is measured against it.
+    ClairvoyantBound,
 }
 
 impl Strategy {
@@ -87,6 +92,7 @@ impl Strategy {
             Strategy::ThresholdOnly => "threshold-only (prototype)".into(),
             Strategy::Ours(name) => format!("climatik {name}"),
             Strategy::OursPowerLimit(name) => format!("climatik {name} + power limit"),
+            Strategy::ClairvoyantBound => "clairvoyant bound".into(),
         }
     }
 }
@@ -112,6 +118,16 @@ pub struct RunResult {
     pub throughput_percent_of_uncapped: f64,
     /// Energy over the run, kJ.
     pub energy_kj: f64,
+    /// The clairvoyant bound's tokens relative to the uncapped run,
+    /// percent: a feasible allocation, so the true optimum is at least this.
+    pub bound_throughput_percent_of_uncapped: Option<f64>,
+    /// No allocation under the cap serves more than this (percent of the
+    /// uncapped run; the bound's linear relaxation): the gap to the bound
+    /// above is all its discretisation could hide.
+    pub bound_upper_throughput_percent_of_uncapped: Option<f64>,
+
+    /// This strategy's tokens relative to the clairvoyant bound, percent.
+    pub throughput_percent_of_bound: Option<f64>,
 }
 
 /// A scenario of one `serving` policy on `gpu`, from its per-GPU loads and
@@ -294,6 +310,7 @@ impl Rng {
 type Command = (i32, Option<f64>);
 
 /// Per-second trace of one policy under one strategy.
+#[derive(Clone)]
 struct Trace {
     power: Vec<f64>,
     tokens: Vec<f64>,
@@ -306,29 +323,114 @@ fn supported(gpu: MeasuredCurve) -> Clocks {
     }
 }
 
-/// Runs `strategy` on `scenario`.
+/// Runs `strategy` on `scenario`, measured against the uncapped run only
+/// (the bound's figures are `None`) unless it is the bound itself:
+/// [`run_all`] solves the bound once for many strategies.
 pub fn run(scenario: &Scenario, strategy: Strategy) -> RunResult {
-    let traces: Vec<Trace> = scenario
-        .policies
-        .iter()
-        .map(|policy| match strategy {
-            Strategy::Uncapped => run_fixed(scenario.gpu, policy, scenario.gpu.max_clock()),
-            Strategy::StaticClockOracle => {
-                let clock = oracle_clock(scenario.gpu, policy);
-                run_fixed(scenario.gpu, policy, clock)
-            }
-            Strategy::EqualSplitPowerLimit => run_equal_split(scenario.gpu, policy),
-            Strategy::ThresholdOnly | Strategy::Ours(_) | Strategy::OursPowerLimit(_) => {
-                run_loop(scenario, policy, strategy)
-            }
-        })
-        .collect();
-    let uncapped: Vec<Trace> = scenario
+    if strategy == Strategy::ClairvoyantBound {
+        let mut results = run_all(scenario, &[strategy], &mut Clairvoyant::default());
+        return match results.pop() {
+            Some(result) => result,
+            None => unreachable!("one result per strategy"),
+        };
+    }
+    let uncapped = uncapped_traces(scenario);
+    let reference = Reference {
+        uncapped: &uncapped,
+        bound: None,
+    };
+    summarise(
+        scenario,
+        strategy,
+        &run_policies(scenario, strategy),
+        &reference,
+    )
+}
+
+fn uncapped_traces(scenario: &Scenario) -> Vec<Trace> {
+    scenario
         .policies
         .iter()
         .map(|p| run_fixed(scenario.gpu, p, scenario.gpu.max_clock()))
+        .collect()
+}
+
+fn run_policies(scenario: &Scenario, strategy: Strategy) -> Vec<Trace> {
+    scenario
+        .policies
+        .iter()
+        .map(|policy| run_policy(scenario, policy, strategy))
+        .collect()
+}
+
+/// Runs every one of `strategies` on `scenario`, each measured against the
+/// uncapped run and the clairvoyant bound (solved once, through `bound`).
+pub fn run_all(
+    scenario: &Scenario,
+    strategies: &[Strategy],
+    bound: &mut Clairvoyant,
+) -> Vec<RunResult> {
+    let uncapped = uncapped_traces(scenario);
+    let (best, upper_tokens) = run_bound(scenario, bound);
+    let reference = Reference {
+        uncapped: &uncapped,
+        bound: Some(BoundTokens {
+            tokens: best.iter().map(|t| t.tokens.iter().sum::<f64>()).sum(),
+            upper_tokens,
+        }),
+    };
+    strategies
+        .iter()
+        .map(|strategy| {
+            let traces = match strategy {
+                Strategy::ClairvoyantBound => best.clone(),
+                _ => run_policies(scenario, *strategy),
+            };
+            summarise(scenario, *strategy, &traces, &reference)
+        })
+        .collect()
+}
+
+fn run_policy(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Trace {
+    match strategy {
+        Strategy::Uncapped => run_fixed(scenario.gpu, policy, scenario.gpu.max_clock()),
+        Strategy::StaticClockOracle => {
+            let clock = oracle_clock(scenario.gpu, policy);
+            run_fixed(scenario.gpu, policy, clock)
+        }
+        Strategy::EqualSplitPowerLimit => run_equal_split(scenario.gpu, policy),
+        Strategy::ThresholdOnly | Strategy::Ours(_) | Strategy::OursPowerLimit(_) => {
+            run_loop(scenario, policy, strategy)
+        }
+        Strategy::ClairvoyantBound => unreachable!("the bound is solved once per scenario"),
+    }
+}
+
+/// The clairvoyant bound's trace per policy (each policy's own cap over its
+/// own GPUs), and the tokens of its upper bound.
+fn run_bound(scenario: &Scenario, bound: &mut Clairvoyant) -> (Vec<Trace>, f64) {
+    let mut upper_tokens = 0.0;
+    let traces = scenario
+        .policies
+        .iter()
+        .map(|policy| {
+            let mut trace = Trace {
+                power: Vec::with_capacity(policy.cap.len()),
+                tokens: Vec::with_capacity(policy.cap.len()),
+            };
+            let mut loads = Vec::with_capacity(policy.loads.len());
+            for (t, cap) in policy.cap.iter().enumerate() {
+                loads.clear();
+                loads.extend(policy.loads.iter().map(|l| l[t]));
+                let second = bound.second(scenario.gpu, &loads, *cap);
+                trace.power.push(second.watts);
+                trace.tokens.push(second.tokens);
+                upper_tokens += second.upper_tokens;
+            }
+            trace
+        })
         .collect();
-    summarise(scenario, strategy, &traces, &uncapped)
+    (traces, upper_tokens)
 }
 
 fn run_fixed(gpu: MeasuredCurve, policy: &PolicyLoad, clock: i32) -> Trace {
@@ -515,11 +617,27 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
     trace
 }
 
+/// What every strategy of a scenario is measured against.
+struct Reference<'a> {
+    /// Per policy, the run at the maximum clock.
+    uncapped: &'a [Trace],
+    /// The clairvoyant bound, when solved.
+    bound: Option<BoundTokens>,
+}
+
+/// The clairvoyant bound's tokens over a whole scenario.
+struct BoundTokens {
+    /// Of its allocation (feasible: a lower bound on the optimum).
+    tokens: f64,
+    /// No allocation under the caps serves more than this.
+    upper_tokens: f64,
+}
+
 fn summarise(
     scenario: &Scenario,
     strategy: Strategy,
     traces: &[Trace],
-    uncapped: &[Trace],
+    reference: &Reference,
 ) -> RunResult {
     let mut longest = 0usize;
     let mut overshoot = 0.0_f64;
@@ -529,7 +647,11 @@ fn summarise(
     let mut tokens = 0.0;
     let mut tokens_uncapped = 0.0;
     let mut energy = 0.0;
-    for ((trace, base), policy) in traces.iter().zip(uncapped).zip(&scenario.policies) {
+    for ((trace, base), policy) in traces
+        .iter()
+        .zip(reference.uncapped)
+        .zip(&scenario.policies)
+    {
         longest = longest.max(longest_excursion(&trace.power, &policy.cap));
         for t in WARMUP_S.min(trace.power.len())..trace.power.len() {
             let cap = policy.cap[t];
@@ -561,6 +683,18 @@ fn summarise(
         mean_power_percent_of_cap: mean_percent / scenario.policies.len().max(1) as f64,
         throughput_percent_of_uncapped: 100.0 * tokens / tokens_uncapped.max(f64::EPSILON),
         energy_kj: energy,
+        bound_throughput_percent_of_uncapped: reference
+            .bound
+            .as_ref()
+            .map(|b| 100.0 * b.tokens / tokens_uncapped.max(f64::EPSILON)),
+        bound_upper_throughput_percent_of_uncapped: reference
+            .bound
+            .as_ref()
+            .map(|b| 100.0 * b.upper_tokens / tokens_uncapped.max(f64::EPSILON)),
+        throughput_percent_of_bound: reference
+            .bound
+            .as_ref()
+            .map(|b| 100.0 * tokens / b.tokens.max(f64::EPSILON)),
     }
 }
 
@@ -587,6 +721,7 @@ pub fn strategies() -> Vec<Strategy> {
         Strategy::Ours(algorithm::DYNAMIC_FREQUENCY_SCALER),
         Strategy::OursPowerLimit(algorithm::BUDGET_ALLOCATOR),
         Strategy::OursPowerLimit(algorithm::FEEDBACK_BUDGET),
+        Strategy::ClairvoyantBound,
     ]
 }
 
@@ -641,6 +776,35 @@ mod tests {
                 scenario.name
             );
             assert!(ours.samples_over_cap_percent < 1.0, "{ours:?}");
+        }
+    }
+
+    /// The bound never goes over a cap, and no strategy that stays under
+    /// the cap every second serves more than its upper bound.
+    #[test]
+    fn nothing_that_keeps_the_cap_beats_the_bound() {
+        for gpu in [MeasuredCurve::V100Opt125m, MeasuredCurve::H200Compute] {
+            // The step load and the cap cut: few distinct seconds to solve.
+            for scenario in [0, 4].map(|i| scenarios(42, gpu).swap_remove(i)) {
+                let results = run_all(&scenario, &strategies(), &mut Clairvoyant::default());
+                for r in &results {
+                    let (Some(bound), Some(upper), Some(share)) = (
+                        r.bound_throughput_percent_of_uncapped,
+                        r.bound_upper_throughput_percent_of_uncapped,
+                        r.throughput_percent_of_bound,
+                    ) else {
+                        panic!("run_all measures against the bound: {r:?}");
+                    };
+                    assert!(bound <= upper && upper < 100.0, "{r:?}");
+                    if r.strategy == Strategy::ClairvoyantBound.label() {
+                        assert_eq!(r.samples_over_cap_percent, 0.0, "{r:?}");
+                        assert_eq!(r.time_to_cap_seconds, 0.0, "{r:?}");
+                        assert!((share - 100.0).abs() < 1e-9, "{r:?}");
+                    } else if r.time_to_cap_seconds == 0.0 {
+                        assert!(r.throughput_percent_of_uncapped <= upper + 1e-9, "{r:?}");
+                    }
+                }
+            }
         }
     }
 
