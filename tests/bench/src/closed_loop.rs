@@ -39,9 +39,11 @@ pub const THRESHOLD_LOW_CLOCK_MHZ: i32 = 840;
 /// One policy of a scenario: its GPUs and cap over time.
 #[derive(Debug, Clone)]
 pub struct PolicyLoad {
-    pub name: &'static str,
+    pub name: String,
     /// Per GPU, per second: utilisation 0..=1.
     pub loads: Vec<Vec<f64>>,
+    /// Per GPU, the node it is on (the algorithms group by node).
+    pub nodes: Vec<String>,
     /// Per second: the cap in watts.
     pub cap: Vec<f64>,
 }
@@ -49,7 +51,7 @@ pub struct PolicyLoad {
 /// A reproducible situation to control.
 #[derive(Debug, Clone)]
 pub struct Scenario {
-    pub name: &'static str,
+    pub name: String,
     pub seconds: usize,
     pub policies: Vec<PolicyLoad>,
     /// Seconds during which Prometheus answers nothing.
@@ -133,24 +135,27 @@ pub struct RunResult {
 /// A scenario of one `serving` policy on `gpu`, from its per-GPU loads and
 /// its cap per second: no outage, no restart, uneven load. Scenarios that
 /// differ override fields with struct update syntax.
-fn serving(
-    name: &'static str,
-    gpu: MeasuredCurve,
-    loads: Vec<Vec<f64>>,
-    cap: Vec<f64>,
-) -> Scenario {
+fn serving(name: &str, gpu: MeasuredCurve, loads: Vec<Vec<f64>>, cap: Vec<f64>) -> Scenario {
     Scenario {
-        name,
+        name: name.to_string(),
         seconds: cap.len(),
-        policies: vec![PolicyLoad {
-            name: "serving",
-            loads,
-            cap,
-        }],
+        policies: vec![policy("serving", loads, cap)],
         outage: None,
         restart_at: None,
         uneven: true,
         gpu,
+    }
+}
+
+/// A policy of a generated scenario: its GPUs four to a node.
+fn policy(name: &str, loads: Vec<Vec<f64>>, cap: Vec<f64>) -> PolicyLoad {
+    PolicyLoad {
+        name: name.to_string(),
+        nodes: (0..loads.len())
+            .map(|i| format!("node-{}", i / 4))
+            .collect(),
+        loads,
+        cap,
     }
 }
 
@@ -213,19 +218,19 @@ pub fn scenarios(seed: u64, gpu: MeasuredCurve) -> Vec<Scenario> {
 
     let len = minutes(10);
     let shared = Scenario {
-        name: "two policies, shared nodes",
+        name: "two policies, shared nodes".into(),
         seconds: len,
         policies: vec![
-            PolicyLoad {
-                name: "training",
-                loads: (0..4).map(|_| vec![0.95; len]).collect(),
-                cap: vec![650.0 * scale; len],
-            },
-            PolicyLoad {
-                name: "serving",
-                loads: (0..4).map(|_| bursty_trace(&mut rng, len)).collect(),
-                cap: vec![500.0 * scale; len],
-            },
+            policy(
+                "training",
+                (0..4).map(|_| vec![0.95; len]).collect(),
+                vec![650.0 * scale; len],
+            ),
+            policy(
+                "serving",
+                (0..4).map(|_| bursty_trace(&mut rng, len)).collect(),
+                vec![500.0 * scale; len],
+            ),
         ],
         outage: None,
         restart_at: None,
@@ -268,6 +273,53 @@ pub fn scenarios(seed: u64, gpu: MeasuredCurve) -> Vec<Scenario> {
     };
 
     vec![step, bursty, diurnal, shared, lowered, outage, restart]
+}
+
+/// Share of a policy's GPUs' peak power a replayed trace is capped at by
+/// default: the bursty scenarios' 1000 W over eight 250 W parts.
+pub const TRACE_CAP_SHARE_OF_PEAK: f64 = 0.5;
+
+/// A user's trace as a scenario on `gpu`: one policy per `policy` column
+/// value (in order of first appearance), each capped at `cap_watts` or, by
+/// default, [`TRACE_CAP_SHARE_OF_PEAK`] of its GPUs' peak power. No outage,
+/// no restart.
+pub fn from_trace(
+    name: &str,
+    trace: &crate::trace::LoadTrace,
+    gpu: MeasuredCurve,
+    cap_watts: Option<f64>,
+) -> Scenario {
+    let mut policies: Vec<PolicyLoad> = Vec::new();
+    for g in &trace.gpus {
+        let at = match policies.iter().position(|p| p.name == g.policy) {
+            Some(at) => at,
+            None => {
+                policies.push(PolicyLoad {
+                    name: g.policy.clone(),
+                    loads: Vec::new(),
+                    nodes: Vec::new(),
+                    cap: Vec::new(),
+                });
+                policies.len() - 1
+            }
+        };
+        policies[at].loads.push(g.loads.clone());
+        policies[at].nodes.push(g.node.clone());
+    }
+    for p in &mut policies {
+        let cap =
+            cap_watts.unwrap_or(TRACE_CAP_SHARE_OF_PEAK * gpu.peak_watts() * p.loads.len() as f64);
+        p.cap = vec![cap; trace.seconds];
+    }
+    Scenario {
+        name: name.to_string(),
+        seconds: trace.seconds,
+        policies,
+        outage: None,
+        restart_at: None,
+        uneven: true,
+        gpu,
+    }
 }
 
 /// Mostly light load with bursts, as an inference server sees: a seeded
@@ -587,7 +639,7 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
                     devices: (0..n)
                         .map(|i| Device {
                             id: format!("GPU-{i}"),
-                            node: format!("node-{}", i / 4),
+                            node: policy.nodes[i].clone(),
                             kind: DeviceKind::Gpu,
                             power_watts: per_gpu_power[i][seen_at],
                             clock_mhz: Some(f64::from(applied_clock[i])),
@@ -673,7 +725,7 @@ fn summarise(
         energy += trace.power.iter().sum::<f64>() / 1000.0;
     }
     RunResult {
-        scenario: scenario.name.to_string(),
+        scenario: scenario.name.clone(),
         gpu: scenario.gpu,
         strategy: strategy.label(),
         time_to_cap_seconds: longest as f64,

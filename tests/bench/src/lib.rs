@@ -13,3 +13,4 @@
 pub mod bound;
 pub mod closed_loop;
 pub mod report;
+pub mod trace;

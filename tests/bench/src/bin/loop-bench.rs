@@ -1,15 +1,17 @@
 //! `make bench` (loop part): every scenario under every strategy on each
 //! simulated GPU model, for several seeds, each strategy also measured
 //! against the clairvoyant bound; writes `target/bench/loop.json` and
-//! `loop.md`.
+//! `loop.md`. With `--trace FILE.csv`, the same on a user's own load trace
+//! instead (`loop-trace.json`, `loop-trace.md`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use clap::Parser;
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
 use climatik_bench::{
     bound::{Clairvoyant, RESOLUTION_WATTS},
     closed_loop::{self as bench, RunResult},
-    report,
+    report, trace,
 };
 use climatik_sim_gpu::plant::MeasuredCurve;
 
@@ -24,10 +26,39 @@ struct Args {
     /// Output directory.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
+    /// Replay this load trace (CSV: second,gpu,utilisation[,policy][,node])
+    /// instead of the scenarios.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// GPU model the trace runs on.
+    #[arg(long, value_enum, default_value_t = Gpu::H200, requires = "trace")]
+    gpu: Gpu,
+    /// Cap of each of the trace's policies, in watts (default: half its
+    /// GPUs' peak power).
+    #[arg(long, requires = "trace")]
+    cap: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Gpu {
+    H200,
+    V100,
+}
+
+impl From<Gpu> for MeasuredCurve {
+    fn from(gpu: Gpu) -> Self {
+        match gpu {
+            Gpu::H200 => MeasuredCurve::H200Compute,
+            Gpu::V100 => MeasuredCurve::V100Opt125m,
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(file) = &args.trace {
+        return replay(file, args.gpu.into(), args.cap, &args.out);
+    }
     anyhow::ensure!(!args.seeds.is_empty(), "--seeds needs at least one seed");
     let mut bound = Clairvoyant::default();
     let strategies = bench::strategies();
@@ -66,6 +97,50 @@ fn main() -> anyhow::Result<()> {
     table.push('\n');
     table.push_str(&report::seeds_markdown(&args.seeds, &summary));
     std::fs::write(args.out.join("loop.md"), &table)?;
+    print!("{table}");
+    Ok(())
+}
+
+/// Every strategy and the bound on the trace in `file`.
+fn replay(file: &Path, gpu: MeasuredCurve, cap: Option<f64>, out: &Path) -> anyhow::Result<()> {
+    if let Some(cap) = cap {
+        anyhow::ensure!(
+            cap.is_finite() && cap > 0.0,
+            "--cap must be a positive number of watts"
+        );
+    }
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let parsed =
+        trace::parse(&text).with_context(|| format!("{} is not a load trace", file.display()))?;
+    let name = file
+        .file_name()
+        .map_or_else(|| "trace".into(), |n| n.to_string_lossy().into_owned());
+    let scenario = bench::from_trace(&name, &parsed, gpu, cap);
+    let results = bench::run_all(&scenario, &bench::strategies(), &mut Clairvoyant::default());
+    std::fs::create_dir_all(out)?;
+    let json = serde_json::json!({
+        "trace": name,
+        "first_second": parsed.first_second,
+        "seconds": parsed.seconds,
+        "gpus": parsed.gpus.len(),
+        "caps_watts": scenario
+            .policies
+            .iter()
+            .map(|p| (p.name.clone(), p.cap.first().copied().unwrap_or_default()))
+            .collect::<std::collections::BTreeMap<_, _>>(),
+        "control_period_s": bench::PERIOD_S,
+        "staleness_s": bench::STALENESS_S,
+        "actuation_delay_s": bench::ACTUATION_S,
+        "bound_resolution_watts": RESOLUTION_WATTS,
+        "results": results,
+    });
+    std::fs::write(
+        out.join("loop-trace.json"),
+        serde_json::to_vec_pretty(&json)?,
+    )?;
+    let table = report::markdown(&results);
+    std::fs::write(out.join("loop-trace.md"), &table)?;
     print!("{table}");
     Ok(())
 }
