@@ -21,7 +21,7 @@ use serde::Serialize;
 use climatik_controller::algorithm::{self, Algorithm, Clocks, Device, Observation};
 use climatik_sim_gpu::plant::MeasuredCurve;
 
-use crate::bound::Clairvoyant;
+use crate::{bound::Clairvoyant, resplit};
 
 /// Seconds between recommender decisions.
 pub const PERIOD_S: usize = 15;
@@ -80,6 +80,10 @@ pub enum Strategy {
     /// (`--gpu-power-limit`): each GPU's `powerBudgetWatts` becomes its
     /// NVML power limit, which the GPU enforces within milliseconds.
     OursPowerLimit(&'static str),
+    /// A model, not what the agent does: [`OursPowerLimit`](Self::OursPowerLimit)
+    /// with each node's budgets for the policy's GPUs there summed and
+    /// re-split every second by measured demand ([`crate::resplit`]).
+    OursNodeResplit(&'static str),
     /// Not a controller: the most any controller could serve, knowing each
     /// second's load ([`crate::bound`]). Every strategy is measured against it.
     ClairvoyantBound,
@@ -94,6 +98,9 @@ impl Strategy {
             Strategy::ThresholdOnly => "threshold-only (prototype)".into(),
             Strategy::Ours(name) => format!("climatik {name}"),
             Strategy::OursPowerLimit(name) => format!("climatik {name} + power limit"),
+            Strategy::OursNodeResplit(name) => {
+                format!("climatik {name} + node re-split (model)")
+            }
             Strategy::ClairvoyantBound => "clairvoyant bound".into(),
         }
     }
@@ -451,9 +458,10 @@ fn run_policy(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> T
             run_fixed(scenario.gpu, policy, clock)
         }
         Strategy::EqualSplitPowerLimit => run_equal_split(scenario.gpu, policy),
-        Strategy::ThresholdOnly | Strategy::Ours(_) | Strategy::OursPowerLimit(_) => {
-            run_loop(scenario, policy, strategy)
-        }
+        Strategy::ThresholdOnly
+        | Strategy::Ours(_)
+        | Strategy::OursPowerLimit(_)
+        | Strategy::OursNodeResplit(_) => run_loop(scenario, policy, strategy),
         Strategy::ClairvoyantBound => unreachable!("the bound is solved once per scenario"),
     }
 }
@@ -546,7 +554,7 @@ fn run_equal_split(model: MeasuredCurve, policy: &PolicyLoad) -> Trace {
 
 fn build(strategy: Strategy) -> Option<Box<dyn Algorithm>> {
     match strategy {
-        Strategy::Ours(name) | Strategy::OursPowerLimit(name) => {
+        Strategy::Ours(name) | Strategy::OursPowerLimit(name) | Strategy::OursNodeResplit(name) => {
             algorithm::from_spec(Some(&CustomAlgorithm {
                 name: name.to_string(),
                 parameters: Default::default(),
@@ -583,15 +591,22 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
             // A new process: fresh algorithm state, no decision this period.
             algorithm = build(strategy);
         }
+        let budgets: Vec<Option<f64>> = match strategy {
+            Strategy::OursNodeResplit(_) => node_resplit(scenario.gpu, policy, &commanded, t),
+            _ => commanded.iter().map(|c| c.1).collect(),
+        };
         for (i, loads) in policy.loads.iter().enumerate() {
             let gpu = scenario.gpu.plant(loads[t]);
-            let (ceiling, budget) = commanded[i];
-            let clock = match budget {
+            let (ceiling, _) = commanded[i];
+            let clock = match budgets[i] {
                 Some(budget) => {
                     // The agent's 1 Hz clock loop sees the previous second's load.
                     let seen = scenario.gpu.plant(loads[t.saturating_sub(1)]);
                     let mut fits = seen.clock_for_budget(clocks.as_slice(), budget);
-                    if matches!(strategy, Strategy::OursPowerLimit(_)) {
+                    if matches!(
+                        strategy,
+                        Strategy::OursPowerLimit(_) | Strategy::OursNodeResplit(_)
+                    ) {
                         // The GPU's own limiter acts within milliseconds, but
                         // accepts no limit below its minimum.
                         let limit = budget.max(scenario.gpu.min_power_limit_watts());
@@ -685,6 +700,53 @@ struct BoundTokens {
     upper_tokens: f64,
 }
 
+/// Each GPU's budget in second `t` under the modelled node re-split: per
+/// node, when every GPU of the policy there has a budget, their sum split
+/// by the demand of the previous second (the agent's 1 Hz loop reads its
+/// GPUs' last second); otherwise the budgets as commanded.
+fn node_resplit(
+    model: MeasuredCurve,
+    policy: &PolicyLoad,
+    commanded: &[Command],
+    t: usize,
+) -> Vec<Option<f64>> {
+    let mut budgets: Vec<Option<f64>> = commanded.iter().map(|c| c.1).collect();
+    let mut nodes: Vec<&str> = Vec::new();
+    for node in &policy.nodes {
+        if !nodes.contains(&node.as_str()) {
+            nodes.push(node);
+        }
+    }
+    for node in nodes {
+        let on_node: Vec<usize> = (0..policy.loads.len())
+            .filter(|i| policy.nodes[*i] == node)
+            .collect();
+        let Some(total) = on_node.iter().map(|i| commanded[*i].1).sum::<Option<f64>>() else {
+            continue;
+        };
+        let demands: Vec<resplit::Demand> = on_node
+            .iter()
+            .map(|i| {
+                let seen = model.plant(policy.loads[*i][t.saturating_sub(1)]);
+                resplit::Demand {
+                    full_watts: seen.power(f64::from(model.max_clock())),
+                    idle_watts: seen.idle_watts,
+                }
+            })
+            .collect();
+        let limits = resplit::split(
+            total,
+            &demands,
+            model.min_power_limit_watts(),
+            model.peak_watts(),
+        );
+        for (i, limit) in on_node.into_iter().zip(limits) {
+            budgets[i] = Some(limit);
+        }
+    }
+    budgets
+}
+
 fn summarise(
     scenario: &Scenario,
     strategy: Strategy,
@@ -773,6 +835,7 @@ pub fn strategies() -> Vec<Strategy> {
         Strategy::Ours(algorithm::DYNAMIC_FREQUENCY_SCALER),
         Strategy::OursPowerLimit(algorithm::BUDGET_ALLOCATOR),
         Strategy::OursPowerLimit(algorithm::FEEDBACK_BUDGET),
+        Strategy::OursNodeResplit(algorithm::FEEDBACK_BUDGET),
         Strategy::ClairvoyantBound,
     ]
 }
@@ -831,6 +894,35 @@ mod tests {
         }
     }
 
+    /// Re-splitting a node's budget every second (the model) moves watts
+    /// to the GPUs in a burst without giving up the cap: on uneven
+    /// compute-bound load it serves at least what per-GPU budgets serve.
+    #[test]
+    fn the_modelled_node_resplit_serves_more_under_the_same_cap() {
+        for scenario in scenarios(42, MeasuredCurve::H200Compute)
+            .iter()
+            .filter(|s| s.uneven)
+        {
+            let resplit = run(
+                scenario,
+                Strategy::OursNodeResplit(algorithm::FEEDBACK_BUDGET),
+            );
+            let per_gpu = run(
+                scenario,
+                Strategy::OursPowerLimit(algorithm::FEEDBACK_BUDGET),
+            );
+            assert!(
+                resplit.throughput_percent_of_uncapped >= per_gpu.throughput_percent_of_uncapped,
+                "{}: {resplit:?} vs {per_gpu:?}",
+                scenario.name
+            );
+            assert!(
+                resplit.samples_over_cap_percent <= per_gpu.samples_over_cap_percent,
+                "{resplit:?} vs {per_gpu:?}"
+            );
+        }
+    }
+
     /// The bound never goes over a cap, and no strategy that stays under
     /// the cap every second serves more than its upper bound.
     #[test]
@@ -866,8 +958,12 @@ mod tests {
             .into_iter()
             .flat_map(|gpu| scenarios(3, gpu))
         {
-            for name in [algorithm::BUDGET_ALLOCATOR, algorithm::FEEDBACK_BUDGET] {
-                let result = run(&scenario, Strategy::OursPowerLimit(name));
+            for strategy in [
+                Strategy::OursPowerLimit(algorithm::BUDGET_ALLOCATOR),
+                Strategy::OursPowerLimit(algorithm::FEEDBACK_BUDGET),
+                Strategy::OursNodeResplit(algorithm::FEEDBACK_BUDGET),
+            ] {
+                let result = run(&scenario, strategy);
                 // Until the first decision every GPU is uncapped, so only the
                 // first period may exceed.
                 assert!(

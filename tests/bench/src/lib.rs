@@ -13,4 +13,5 @@
 pub mod bound;
 pub mod closed_loop;
 pub mod report;
+pub mod resplit;
 pub mod trace;
