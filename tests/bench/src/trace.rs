@@ -107,6 +107,26 @@ fn columns(header: &str) -> Result<Columns, TraceError> {
     })
 }
 
+/// Refuses `second`, which started on line `started`, when one of `gpus`
+/// had no row in it (`seen` per GPU).
+fn every_gpu_seen(
+    seen: &[bool],
+    gpus: &[TraceGpu],
+    second: u64,
+    started: usize,
+) -> Result<(), TraceError> {
+    match seen.iter().position(|seen| !seen) {
+        Some(missing) => Err(TraceError {
+            line: started,
+            message: format!(
+                "second {second} (from this line on) has no row for gpu {:?}",
+                gpus[missing].id
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Parses a trace from the CSV `text`.
 pub fn parse(text: &str) -> Result<LoadTrace, TraceError> {
     let mut lines = text
@@ -186,15 +206,7 @@ pub fn parse(text: &str) -> Result<LoadTrace, TraceError> {
                         second - 1
                     )));
                 }
-                if let Some(missing) = seen_now.iter().position(|seen| !seen) {
-                    return Err(TraceError {
-                        line: started,
-                        message: format!(
-                            "second {now} (from this line on) has no row for gpu {:?}",
-                            gpus[missing].id
-                        ),
-                    });
-                }
+                every_gpu_seen(&seen_now, &gpus, now, started)?;
                 current = Some((second, line));
                 seen_now.iter_mut().for_each(|s| *s = false);
             }
@@ -239,15 +251,7 @@ pub fn parse(text: &str) -> Result<LoadTrace, TraceError> {
             message: "no rows after the header".into(),
         });
     };
-    if let Some(missing) = seen_now.iter().position(|seen| !seen) {
-        return Err(TraceError {
-            line: started,
-            message: format!(
-                "second {last} (from this line on) has no row for gpu {:?}",
-                gpus[missing].id
-            ),
-        });
-    }
+    every_gpu_seen(&seen_now, &gpus, last, started)?;
     Ok(LoadTrace {
         first_second,
         seconds: (last - first_second) as usize + 1,
