@@ -60,22 +60,42 @@ fn main() -> anyhow::Result<()> {
         return replay(file, args.gpu.into(), args.cap, &args.out);
     }
     anyhow::ensure!(!args.seeds.is_empty(), "--seeds needs at least one seed");
-    let mut bound = Clairvoyant::default();
     let strategies = bench::strategies();
+    // One thread per model (the bound dominates the run time and its
+    // solved seconds are per model anyway): per model, per seed, results.
+    let per_model: Vec<Vec<Vec<RunResult>>> = std::thread::scope(|scope| {
+        let runs = [MeasuredCurve::V100Opt125m, MeasuredCurve::H200Compute].map(|gpu| {
+            let (seeds, strategies) = (&args.seeds, &strategies);
+            scope.spawn(move || {
+                let mut bound = Clairvoyant::default();
+                seeds
+                    .iter()
+                    .map(|seed| {
+                        bench::scenarios(*seed, gpu)
+                            .iter()
+                            .flat_map(|scenario| bench::run_all(scenario, strategies, &mut bound))
+                            .collect()
+                    })
+                    .collect()
+            })
+        });
+        runs.into_iter()
+            .map(|run| {
+                run.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    });
     let runs: Vec<report::SeedRun> = args
         .seeds
         .iter()
-        .map(|seed| {
-            let mut results: Vec<RunResult> = Vec::new();
-            for gpu in [MeasuredCurve::V100Opt125m, MeasuredCurve::H200Compute] {
-                for scenario in bench::scenarios(*seed, gpu) {
-                    results.extend(bench::run_all(&scenario, &strategies, &mut bound));
-                }
-            }
-            report::SeedRun {
-                seed: *seed,
-                results,
-            }
+        .enumerate()
+        .map(|(k, seed)| report::SeedRun {
+            seed: *seed,
+            results: per_model
+                .iter()
+                .flat_map(|model| model[k].clone())
+                .collect(),
         })
         .collect();
     let summary = report::summarise_seeds(&runs);
