@@ -12,7 +12,7 @@
 //! reported as "the bound". Its linear [`relaxation`] is an *upper* bound;
 //! the gap between the two says how much the discretisation (and the
 //! integrality) can hide. (A second DP with watts rounded down is also an
-//! exact upper bound; on the benchmark's scenarios it was no tighter than
+//! exact upper bound; on seed 42's scenarios it was no tighter than
 //! the relaxation, within 0.05 points, and cost as much again.)
 //! Only the clocks a real controller can lock are offered; power-limit
 //! operating points of this plant are those same clocks
