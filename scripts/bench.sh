@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark, JSON (and Markdown tables) under target/bench/.
-#   loop.json / loop.md   closed-loop scenarios x strategies on the simulated plant
+#   loop.json / loop.md   closed-loop scenarios x strategies x seeds on the simulated plant, against the clairvoyant bound
 #   webhook.json          admission latency in-process and through the API server
 #   freqtuner.json        node agent memory (RSS) in steady state
 #   scale.json            controllers at 1000 policies over 500 nodes: reconcile latency, API writes/s, RSS
@@ -15,7 +15,8 @@ echo "bench: building (release)"
 cargo build --release --bins -p climatik-controller -p climatik-webhook -p climatik-freqtuner -p climatik-bench
 
 echo "bench: closed loop (scenarios x strategies)"
-"$CARGO_TARGET_DIR/release/loop-bench" --seed "${BENCH_SEED:-42}" --out target/bench
+# BENCH_SEEDS (comma-separated) replaces the default seeds; the first is the detailed table.
+"$CARGO_TARGET_DIR/release/loop-bench" ${BENCH_SEEDS:+--seeds "$BENCH_SEEDS"} --out target/bench
 
 cluster_session_up
 echo "bench: webhook latency"

@@ -21,6 +21,8 @@ use serde::Serialize;
 use climatik_controller::algorithm::{self, Algorithm, Clocks, Device, Observation};
 use climatik_sim_gpu::plant::MeasuredCurve;
 
+use crate::{bound::Clairvoyant, resplit};
+
 /// Seconds between recommender decisions.
 pub const PERIOD_S: usize = 15;
 /// Age of the power the recommender sees (scrape + exporter interval).
@@ -37,9 +39,11 @@ pub const THRESHOLD_LOW_CLOCK_MHZ: i32 = 840;
 /// One policy of a scenario: its GPUs and cap over time.
 #[derive(Debug, Clone)]
 pub struct PolicyLoad {
-    pub name: &'static str,
+    pub name: String,
     /// Per GPU, per second: utilisation 0..=1.
     pub loads: Vec<Vec<f64>>,
+    /// Per GPU, the node it is on (the algorithms group by node).
+    pub nodes: Vec<String>,
     /// Per second: the cap in watts.
     pub cap: Vec<f64>,
 }
@@ -47,7 +51,7 @@ pub struct PolicyLoad {
 /// A reproducible situation to control.
 #[derive(Debug, Clone)]
 pub struct Scenario {
-    pub name: &'static str,
+    pub name: String,
     pub seconds: usize,
     pub policies: Vec<PolicyLoad>,
     /// Seconds during which Prometheus answers nothing.
@@ -76,6 +80,13 @@ pub enum Strategy {
     /// (`--gpu-power-limit`): each GPU's `powerBudgetWatts` becomes its
     /// NVML power limit, which the GPU enforces within milliseconds.
     OursPowerLimit(&'static str),
+    /// A model, not what the agent does: [`OursPowerLimit`](Self::OursPowerLimit)
+    /// with each node's budgets for the policy's GPUs there summed and
+    /// re-split every second by measured demand ([`crate::resplit`]).
+    OursNodeResplit(&'static str),
+    /// Not a controller: the most any controller could serve, knowing each
+    /// second's load ([`crate::bound`]). Every strategy is measured against it.
+    ClairvoyantBound,
 }
 
 impl Strategy {
@@ -87,6 +98,10 @@ impl Strategy {
             Strategy::ThresholdOnly => "threshold-only (prototype)".into(),
             Strategy::Ours(name) => format!("climatik {name}"),
             Strategy::OursPowerLimit(name) => format!("climatik {name} + power limit"),
+            Strategy::OursNodeResplit(name) => {
+                format!("climatik {name} + node re-split (model)")
+            }
+            Strategy::ClairvoyantBound => "clairvoyant bound".into(),
         }
     }
 }
@@ -112,29 +127,42 @@ pub struct RunResult {
     pub throughput_percent_of_uncapped: f64,
     /// Energy over the run, kJ.
     pub energy_kj: f64,
+    /// The clairvoyant bound's tokens relative to the uncapped run,
+    /// percent: a feasible allocation, so the true optimum is at least this.
+    pub bound_throughput_percent_of_uncapped: Option<f64>,
+    /// No allocation under the cap serves more than this (percent of the
+    /// uncapped run; the bound's linear relaxation): the gap to the bound
+    /// above is all its discretisation could hide.
+    pub bound_upper_throughput_percent_of_uncapped: Option<f64>,
+
+    /// This strategy's tokens relative to the clairvoyant bound, percent.
+    pub throughput_percent_of_bound: Option<f64>,
 }
 
 /// A scenario of one `serving` policy on `gpu`, from its per-GPU loads and
 /// its cap per second: no outage, no restart, uneven load. Scenarios that
 /// differ override fields with struct update syntax.
-fn serving(
-    name: &'static str,
-    gpu: MeasuredCurve,
-    loads: Vec<Vec<f64>>,
-    cap: Vec<f64>,
-) -> Scenario {
+fn serving(name: &str, gpu: MeasuredCurve, loads: Vec<Vec<f64>>, cap: Vec<f64>) -> Scenario {
     Scenario {
-        name,
+        name: name.to_string(),
         seconds: cap.len(),
-        policies: vec![PolicyLoad {
-            name: "serving",
-            loads,
-            cap,
-        }],
+        policies: vec![policy("serving", loads, cap)],
         outage: None,
         restart_at: None,
         uneven: true,
         gpu,
+    }
+}
+
+/// A policy of a generated scenario: its GPUs four to a node.
+fn policy(name: &str, loads: Vec<Vec<f64>>, cap: Vec<f64>) -> PolicyLoad {
+    PolicyLoad {
+        name: name.to_string(),
+        nodes: (0..loads.len())
+            .map(|i| format!("node-{}", i / 4))
+            .collect(),
+        loads,
+        cap,
     }
 }
 
@@ -197,19 +225,19 @@ pub fn scenarios(seed: u64, gpu: MeasuredCurve) -> Vec<Scenario> {
 
     let len = minutes(10);
     let shared = Scenario {
-        name: "two policies, shared nodes",
+        name: "two policies, shared nodes".into(),
         seconds: len,
         policies: vec![
-            PolicyLoad {
-                name: "training",
-                loads: (0..4).map(|_| vec![0.95; len]).collect(),
-                cap: vec![650.0 * scale; len],
-            },
-            PolicyLoad {
-                name: "serving",
-                loads: (0..4).map(|_| bursty_trace(&mut rng, len)).collect(),
-                cap: vec![500.0 * scale; len],
-            },
+            policy(
+                "training",
+                (0..4).map(|_| vec![0.95; len]).collect(),
+                vec![650.0 * scale; len],
+            ),
+            policy(
+                "serving",
+                (0..4).map(|_| bursty_trace(&mut rng, len)).collect(),
+                vec![500.0 * scale; len],
+            ),
         ],
         outage: None,
         restart_at: None,
@@ -254,6 +282,53 @@ pub fn scenarios(seed: u64, gpu: MeasuredCurve) -> Vec<Scenario> {
     vec![step, bursty, diurnal, shared, lowered, outage, restart]
 }
 
+/// Share of a policy's GPUs' peak power a replayed trace is capped at by
+/// default: the bursty scenarios' 1000 W over eight 250 W parts.
+pub const TRACE_CAP_SHARE_OF_PEAK: f64 = 0.5;
+
+/// A user's trace as a scenario on `gpu`: one policy per `policy` column
+/// value (in order of first appearance), each capped at `cap_watts` or, by
+/// default, [`TRACE_CAP_SHARE_OF_PEAK`] of its GPUs' peak power. No outage,
+/// no restart.
+pub fn from_trace(
+    name: &str,
+    trace: &crate::trace::LoadTrace,
+    gpu: MeasuredCurve,
+    cap_watts: Option<f64>,
+) -> Scenario {
+    let mut policies: Vec<PolicyLoad> = Vec::new();
+    for g in &trace.gpus {
+        let at = match policies.iter().position(|p| p.name == g.policy) {
+            Some(at) => at,
+            None => {
+                policies.push(PolicyLoad {
+                    name: g.policy.clone(),
+                    loads: Vec::new(),
+                    nodes: Vec::new(),
+                    cap: Vec::new(),
+                });
+                policies.len() - 1
+            }
+        };
+        policies[at].loads.push(g.loads.clone());
+        policies[at].nodes.push(g.node.clone());
+    }
+    for p in &mut policies {
+        let cap =
+            cap_watts.unwrap_or(TRACE_CAP_SHARE_OF_PEAK * gpu.peak_watts() * p.loads.len() as f64);
+        p.cap = vec![cap; trace.seconds];
+    }
+    Scenario {
+        name: name.to_string(),
+        seconds: trace.seconds,
+        policies,
+        outage: None,
+        restart_at: None,
+        uneven: true,
+        gpu,
+    }
+}
+
 /// Mostly light load with bursts, as an inference server sees: a seeded
 /// version of the reference trace's shape.
 fn bursty_trace(rng: &mut Rng, seconds: usize) -> Vec<f64> {
@@ -294,6 +369,7 @@ impl Rng {
 type Command = (i32, Option<f64>);
 
 /// Per-second trace of one policy under one strategy.
+#[derive(Clone)]
 struct Trace {
     power: Vec<f64>,
     tokens: Vec<f64>,
@@ -306,29 +382,115 @@ fn supported(gpu: MeasuredCurve) -> Clocks {
     }
 }
 
-/// Runs `strategy` on `scenario`.
+/// Runs `strategy` on `scenario`, measured against the uncapped run only
+/// (the bound's figures are `None`) unless it is the bound itself:
+/// [`run_all`] solves the bound once for many strategies.
 pub fn run(scenario: &Scenario, strategy: Strategy) -> RunResult {
-    let traces: Vec<Trace> = scenario
-        .policies
-        .iter()
-        .map(|policy| match strategy {
-            Strategy::Uncapped => run_fixed(scenario.gpu, policy, scenario.gpu.max_clock()),
-            Strategy::StaticClockOracle => {
-                let clock = oracle_clock(scenario.gpu, policy);
-                run_fixed(scenario.gpu, policy, clock)
-            }
-            Strategy::EqualSplitPowerLimit => run_equal_split(scenario.gpu, policy),
-            Strategy::ThresholdOnly | Strategy::Ours(_) | Strategy::OursPowerLimit(_) => {
-                run_loop(scenario, policy, strategy)
-            }
-        })
-        .collect();
-    let uncapped: Vec<Trace> = scenario
+    if strategy == Strategy::ClairvoyantBound {
+        let mut results = run_all(scenario, &[strategy], &mut Clairvoyant::default());
+        return match results.pop() {
+            Some(result) => result,
+            None => unreachable!("one result per strategy"),
+        };
+    }
+    let uncapped = uncapped_traces(scenario);
+    let reference = Reference {
+        uncapped: &uncapped,
+        bound: None,
+    };
+    summarise(
+        scenario,
+        strategy,
+        &run_policies(scenario, strategy),
+        &reference,
+    )
+}
+
+fn uncapped_traces(scenario: &Scenario) -> Vec<Trace> {
+    scenario
         .policies
         .iter()
         .map(|p| run_fixed(scenario.gpu, p, scenario.gpu.max_clock()))
+        .collect()
+}
+
+fn run_policies(scenario: &Scenario, strategy: Strategy) -> Vec<Trace> {
+    scenario
+        .policies
+        .iter()
+        .map(|policy| run_policy(scenario, policy, strategy))
+        .collect()
+}
+
+/// Runs every one of `strategies` on `scenario`, each measured against the
+/// uncapped run and the clairvoyant bound (solved once, through `bound`).
+pub fn run_all(
+    scenario: &Scenario,
+    strategies: &[Strategy],
+    bound: &mut Clairvoyant,
+) -> Vec<RunResult> {
+    let uncapped = uncapped_traces(scenario);
+    let (best, upper_tokens) = run_bound(scenario, bound);
+    let reference = Reference {
+        uncapped: &uncapped,
+        bound: Some(BoundTokens {
+            tokens: best.iter().map(|t| t.tokens.iter().sum::<f64>()).sum(),
+            upper_tokens,
+        }),
+    };
+    strategies
+        .iter()
+        .map(|strategy| {
+            let traces = match strategy {
+                Strategy::ClairvoyantBound => best.clone(),
+                _ => run_policies(scenario, *strategy),
+            };
+            summarise(scenario, *strategy, &traces, &reference)
+        })
+        .collect()
+}
+
+fn run_policy(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Trace {
+    match strategy {
+        Strategy::Uncapped => run_fixed(scenario.gpu, policy, scenario.gpu.max_clock()),
+        Strategy::StaticClockOracle => {
+            let clock = oracle_clock(scenario.gpu, policy);
+            run_fixed(scenario.gpu, policy, clock)
+        }
+        Strategy::EqualSplitPowerLimit => run_equal_split(scenario.gpu, policy),
+        Strategy::ThresholdOnly
+        | Strategy::Ours(_)
+        | Strategy::OursPowerLimit(_)
+        | Strategy::OursNodeResplit(_) => run_loop(scenario, policy, strategy),
+        Strategy::ClairvoyantBound => unreachable!("the bound is solved once per scenario"),
+    }
+}
+
+/// The clairvoyant bound's trace per policy (each policy's own cap over its
+/// own GPUs), and the tokens of its upper bound.
+fn run_bound(scenario: &Scenario, bound: &mut Clairvoyant) -> (Vec<Trace>, f64) {
+    let mut upper_tokens = 0.0;
+    let traces = scenario
+        .policies
+        .iter()
+        .map(|policy| {
+            let mut trace = Trace {
+                power: Vec::with_capacity(policy.cap.len()),
+                tokens: Vec::with_capacity(policy.cap.len()),
+            };
+            let mut loads = Vec::with_capacity(policy.loads.len());
+            for (t, cap) in policy.cap.iter().enumerate() {
+                loads.clear();
+                loads.extend(policy.loads.iter().map(|l| l[t]));
+                let second = bound.second(scenario.gpu, &loads, *cap);
+                trace.power.push(second.watts);
+                trace.tokens.push(second.tokens);
+                upper_tokens += second.upper_tokens;
+            }
+            trace
+        })
         .collect();
-    summarise(scenario, strategy, &traces, &uncapped)
+    (traces, upper_tokens)
 }
 
 fn run_fixed(gpu: MeasuredCurve, policy: &PolicyLoad, clock: i32) -> Trace {
@@ -392,7 +554,7 @@ fn run_equal_split(model: MeasuredCurve, policy: &PolicyLoad) -> Trace {
 
 fn build(strategy: Strategy) -> Option<Box<dyn Algorithm>> {
     match strategy {
-        Strategy::Ours(name) | Strategy::OursPowerLimit(name) => {
+        Strategy::Ours(name) | Strategy::OursPowerLimit(name) | Strategy::OursNodeResplit(name) => {
             algorithm::from_spec(Some(&CustomAlgorithm {
                 name: name.to_string(),
                 parameters: Default::default(),
@@ -429,15 +591,22 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
             // A new process: fresh algorithm state, no decision this period.
             algorithm = build(strategy);
         }
+        let budgets: Vec<Option<f64>> = match strategy {
+            Strategy::OursNodeResplit(_) => node_resplit(scenario.gpu, policy, &commanded, t),
+            _ => commanded.iter().map(|c| c.1).collect(),
+        };
         for (i, loads) in policy.loads.iter().enumerate() {
             let gpu = scenario.gpu.plant(loads[t]);
-            let (ceiling, budget) = commanded[i];
-            let clock = match budget {
+            let (ceiling, _) = commanded[i];
+            let clock = match budgets[i] {
                 Some(budget) => {
                     // The agent's 1 Hz clock loop sees the previous second's load.
                     let seen = scenario.gpu.plant(loads[t.saturating_sub(1)]);
                     let mut fits = seen.clock_for_budget(clocks.as_slice(), budget);
-                    if matches!(strategy, Strategy::OursPowerLimit(_)) {
+                    if matches!(
+                        strategy,
+                        Strategy::OursPowerLimit(_) | Strategy::OursNodeResplit(_)
+                    ) {
                         // The GPU's own limiter acts within milliseconds, but
                         // accepts no limit below its minimum.
                         let limit = budget.max(scenario.gpu.min_power_limit_watts());
@@ -485,7 +654,7 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
                     devices: (0..n)
                         .map(|i| Device {
                             id: format!("GPU-{i}"),
-                            node: format!("node-{}", i / 4),
+                            node: policy.nodes[i].clone(),
                             kind: DeviceKind::Gpu,
                             power_watts: per_gpu_power[i][seen_at],
                             clock_mhz: Some(f64::from(applied_clock[i])),
@@ -515,11 +684,74 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
     trace
 }
 
+/// What every strategy of a scenario is measured against.
+struct Reference<'a> {
+    /// Per policy, the run at the maximum clock.
+    uncapped: &'a [Trace],
+    /// The clairvoyant bound, when solved.
+    bound: Option<BoundTokens>,
+}
+
+/// The clairvoyant bound's tokens over a whole scenario.
+struct BoundTokens {
+    /// Of its allocation (feasible: a lower bound on the optimum).
+    tokens: f64,
+    /// No allocation under the caps serves more than this.
+    upper_tokens: f64,
+}
+
+/// Each GPU's budget in second `t` under the modelled node re-split: per
+/// node, when every GPU of the policy there has a budget, their sum split
+/// by the demand of the previous second (the agent's 1 Hz loop reads its
+/// GPUs' last second); otherwise the budgets as commanded.
+fn node_resplit(
+    model: MeasuredCurve,
+    policy: &PolicyLoad,
+    commanded: &[Command],
+    t: usize,
+) -> Vec<Option<f64>> {
+    let mut budgets: Vec<Option<f64>> = commanded.iter().map(|c| c.1).collect();
+    let mut nodes: Vec<&str> = Vec::new();
+    for node in &policy.nodes {
+        if !nodes.contains(&node.as_str()) {
+            nodes.push(node);
+        }
+    }
+    for node in nodes {
+        let on_node: Vec<usize> = (0..policy.loads.len())
+            .filter(|i| policy.nodes[*i] == node)
+            .collect();
+        let Some(total) = on_node.iter().map(|i| commanded[*i].1).sum::<Option<f64>>() else {
+            continue;
+        };
+        let demands: Vec<resplit::Demand> = on_node
+            .iter()
+            .map(|i| {
+                let seen = model.plant(policy.loads[*i][t.saturating_sub(1)]);
+                resplit::Demand {
+                    full_watts: seen.power(f64::from(model.max_clock())),
+                    idle_watts: seen.idle_watts,
+                }
+            })
+            .collect();
+        let limits = resplit::split(
+            total,
+            &demands,
+            model.min_power_limit_watts(),
+            model.peak_watts(),
+        );
+        for (i, limit) in on_node.into_iter().zip(limits) {
+            budgets[i] = Some(limit);
+        }
+    }
+    budgets
+}
+
 fn summarise(
     scenario: &Scenario,
     strategy: Strategy,
     traces: &[Trace],
-    uncapped: &[Trace],
+    reference: &Reference,
 ) -> RunResult {
     let mut longest = 0usize;
     let mut overshoot = 0.0_f64;
@@ -529,7 +761,11 @@ fn summarise(
     let mut tokens = 0.0;
     let mut tokens_uncapped = 0.0;
     let mut energy = 0.0;
-    for ((trace, base), policy) in traces.iter().zip(uncapped).zip(&scenario.policies) {
+    for ((trace, base), policy) in traces
+        .iter()
+        .zip(reference.uncapped)
+        .zip(&scenario.policies)
+    {
         longest = longest.max(longest_excursion(&trace.power, &policy.cap));
         for t in WARMUP_S.min(trace.power.len())..trace.power.len() {
             let cap = policy.cap[t];
@@ -551,7 +787,7 @@ fn summarise(
         energy += trace.power.iter().sum::<f64>() / 1000.0;
     }
     RunResult {
-        scenario: scenario.name.to_string(),
+        scenario: scenario.name.clone(),
         gpu: scenario.gpu,
         strategy: strategy.label(),
         time_to_cap_seconds: longest as f64,
@@ -561,6 +797,18 @@ fn summarise(
         mean_power_percent_of_cap: mean_percent / scenario.policies.len().max(1) as f64,
         throughput_percent_of_uncapped: 100.0 * tokens / tokens_uncapped.max(f64::EPSILON),
         energy_kj: energy,
+        bound_throughput_percent_of_uncapped: reference
+            .bound
+            .as_ref()
+            .map(|b| 100.0 * b.tokens / tokens_uncapped.max(f64::EPSILON)),
+        bound_upper_throughput_percent_of_uncapped: reference
+            .bound
+            .as_ref()
+            .map(|b| 100.0 * b.upper_tokens / tokens_uncapped.max(f64::EPSILON)),
+        throughput_percent_of_bound: reference
+            .bound
+            .as_ref()
+            .map(|b| 100.0 * tokens / b.tokens.max(f64::EPSILON)),
     }
 }
 
@@ -587,6 +835,8 @@ pub fn strategies() -> Vec<Strategy> {
         Strategy::Ours(algorithm::DYNAMIC_FREQUENCY_SCALER),
         Strategy::OursPowerLimit(algorithm::BUDGET_ALLOCATOR),
         Strategy::OursPowerLimit(algorithm::FEEDBACK_BUDGET),
+        Strategy::OursNodeResplit(algorithm::FEEDBACK_BUDGET),
+        Strategy::ClairvoyantBound,
     ]
 }
 
@@ -644,14 +894,76 @@ mod tests {
         }
     }
 
+    /// Re-splitting a node's budget every second (the model) moves watts
+    /// to the GPUs in a burst without giving up the cap: on uneven
+    /// compute-bound load it serves more than per-GPU budgets do.
+    #[test]
+    fn the_modelled_node_resplit_serves_more_under_the_same_cap() {
+        for scenario in scenarios(42, MeasuredCurve::H200Compute)
+            .iter()
+            .filter(|s| s.uneven)
+        {
+            let resplit = run(
+                scenario,
+                Strategy::OursNodeResplit(algorithm::FEEDBACK_BUDGET),
+            );
+            let per_gpu = run(
+                scenario,
+                Strategy::OursPowerLimit(algorithm::FEEDBACK_BUDGET),
+            );
+            assert!(
+                resplit.throughput_percent_of_uncapped > per_gpu.throughput_percent_of_uncapped,
+                "{}: {resplit:?} vs {per_gpu:?}",
+                scenario.name
+            );
+            assert!(
+                resplit.samples_over_cap_percent <= per_gpu.samples_over_cap_percent,
+                "{resplit:?} vs {per_gpu:?}"
+            );
+        }
+    }
+
+    /// The bound never goes over a cap, and no strategy that stays under
+    /// the cap every second serves more than its upper bound.
+    #[test]
+    fn nothing_that_keeps_the_cap_beats_the_bound() {
+        for gpu in [MeasuredCurve::V100Opt125m, MeasuredCurve::H200Compute] {
+            // The step load and the cap cut: few distinct seconds to solve.
+            for scenario in [0, 4].map(|i| scenarios(42, gpu).swap_remove(i)) {
+                let results = run_all(&scenario, &strategies(), &mut Clairvoyant::default());
+                for r in &results {
+                    let (Some(bound), Some(upper), Some(share)) = (
+                        r.bound_throughput_percent_of_uncapped,
+                        r.bound_upper_throughput_percent_of_uncapped,
+                        r.throughput_percent_of_bound,
+                    ) else {
+                        panic!("run_all measures against the bound: {r:?}");
+                    };
+                    assert!(bound <= upper && upper < 100.0, "{r:?}");
+                    if r.strategy == Strategy::ClairvoyantBound.label() {
+                        assert_eq!(r.samples_over_cap_percent, 0.0, "{r:?}");
+                        assert_eq!(r.time_to_cap_seconds, 0.0, "{r:?}");
+                        assert!((share - 100.0).abs() < 1e-9, "{r:?}");
+                    } else if r.time_to_cap_seconds == 0.0 {
+                        assert!(r.throughput_percent_of_uncapped <= upper + 1e-9, "{r:?}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn power_limited_budgets_never_exceed_the_cap() {
         for scenario in [MeasuredCurve::V100Opt125m, MeasuredCurve::H200Compute]
             .into_iter()
             .flat_map(|gpu| scenarios(3, gpu))
         {
-            for name in [algorithm::BUDGET_ALLOCATOR, algorithm::FEEDBACK_BUDGET] {
-                let result = run(&scenario, Strategy::OursPowerLimit(name));
+            for strategy in [
+                Strategy::OursPowerLimit(algorithm::BUDGET_ALLOCATOR),
+                Strategy::OursPowerLimit(algorithm::FEEDBACK_BUDGET),
+                Strategy::OursNodeResplit(algorithm::FEEDBACK_BUDGET),
+            ] {
+                let result = run(&scenario, strategy);
                 // Until the first decision every GPU is uncapped, so only the
                 // first period may exceed.
                 assert!(

@@ -1,7 +1,8 @@
 //! `make bench`: the benchmarks, kept out of the shipped crates.
 //!
 //! - `loop-bench`: [`closed_loop`], every scenario under every strategy on
-//!   the simulated GPU (`climatik-sim-gpu`), second by second;
+//!   the simulated GPU (`climatik-sim-gpu`), second by second, against the
+//!   clairvoyant [`bound`], over several seeds ([`report`]);
 //! - `scale-bench`: both controllers, as the shipped binaries, against many
 //!   policies on many nodes of the local control plane;
 //! - `webhook-bench`: admission latency in-process and through the API
@@ -9,4 +10,8 @@
 //!
 //! No binary here goes into the image (`scripts/image.sh` skips `*-bench`).
 
+pub mod bound;
 pub mod closed_loop;
+pub mod report;
+pub mod resplit;
+pub mod trace;
