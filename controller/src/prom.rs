@@ -1,6 +1,7 @@
 //! Instant queries against Prometheus, with an HTTP timeout so a hung
 //! Prometheus cannot stall a reconciliation.
 
+use climatik_runtime::error_chain;
 use std::{collections::HashMap, time::Duration};
 
 use prometheus_http_query::response::Data;
@@ -49,7 +50,7 @@ impl Prometheus {
             .query(query)
             .get()
             .await
-            .map_err(|e| Error::Prometheus(describe(&e)))?;
+            .map_err(|e| Error::Prometheus(error_chain::describe(&e)))?;
         match result.data() {
             Data::Vector(series) => Ok(series
                 .iter()
@@ -64,20 +65,4 @@ impl Prometheus {
             ))),
         }
     }
-}
-
-/// reqwest hides the cause (connection refused, timeout) in the source
-/// chain; spell it out for the condition message.
-fn describe(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -8,7 +8,8 @@
 //!   handle the binary flips;
 //! - [`duration`]: the one duration grammar of flags and chart values;
 //! - [`crypto`]: the process-wide rustls provider;
-//! - [`fs`]: atomic file writes.
+//! - [`fs`]: atomic file writes;
+//! - [`error_chain`]: an error and its causes on one line.
 //!
 //! It depends on no other Climatik crate, so every crate (the test support
 //! included) can use it.
@@ -17,6 +18,7 @@ pub mod admin;
 pub mod args;
 pub mod crypto;
 pub mod duration;
+pub mod error_chain;
 pub mod fs;
 pub mod logging;
 pub mod shutdown;

@@ -6,6 +6,7 @@
 //! name, a Service without ready endpoints or a webhook that refuses all
 //! fail here, each with its own message.
 
+use climatik_runtime::error_chain;
 use std::{net::SocketAddr, time::Duration};
 
 use climatik_api::names::ANNOTATION_POWER_CAP;
@@ -60,7 +61,7 @@ pub async fn check(client: &kube::Client, configuration: &str) -> Result<String,
         .json(&review(&endpoint))
         .send()
         .await
-        .map_err(|e| format!("{}: {}", endpoint.url, chain(&e)))?;
+        .map_err(|e| format!("{}: {}", endpoint.url, error_chain::describe(&e)))?;
     let status = answer.status();
     let body = answer
         .text()
@@ -231,19 +232,6 @@ pub fn judge(body: &str) -> Result<String, String> {
     Ok(format!(
         "allowed and mutated an annotated Deployment ({operations} patch operations)"
     ))
-}
-
-/// reqwest keeps the cause (refused, timed out, certificate) in the source
-/// chain; an operator needs it spelled out.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

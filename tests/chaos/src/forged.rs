@@ -4,6 +4,7 @@
 //! nesting deep enough to exhaust a naive parser, and bodies over the size
 //! limit. The webhook must answer each one (4xx or a decision) and stay up.
 
+use climatik_runtime::error_chain;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -91,7 +92,11 @@ pub async fn send(addr: &str, namespace: &str, count: usize) -> anyhow::Result<A
                         }
                     }
                     Err(_) if oversized => Outcome::Refused,
-                    Err(e) => Outcome::Unanswered(format!("{} (body {})", chain(&e), kind(i))),
+                    Err(e) => Outcome::Unanswered(format!(
+                        "{} (body {})",
+                        error_chain::describe(&e),
+                        kind(i)
+                    )),
                 }
             }
         })
@@ -125,18 +130,6 @@ enum Outcome {
     Refused,
     ServerError,
     Unanswered(String),
-}
-
-/// An error and its causes, one line.
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The kind of the `i`-th body, as [`body`] makes it.
