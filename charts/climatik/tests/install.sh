@@ -167,6 +167,29 @@ log "ok: CA injected, webhook reached through Service $NS/$webhook"
 
 step "helm test (README): CRDs served, webhook reachable, agents reporting"
 run_readme check
+[[ -z $(k -n "$NS" get pod "$RELEASE-test" --ignore-not-found -o name) ]] ||
+  fail "the passing helm test left its pod behind"
+log "ok: helm test passed and left nothing behind"
+
+step "helm test fails, naming the check, while the webhook is down"
+k -n "$NS" scale deployment "$webhook" --replicas=0 >/dev/null
+k -n "$NS" wait --for=delete pod -l app.kubernetes.io/component=webhook --timeout=120s >/dev/null
+if "$HELM" test "$RELEASE" -n "$NS" >/dev/null 2>&1; then
+  fail "helm test passed with no webhook running"
+fi
+test_log=$(k -n "$NS" logs "$RELEASE-test")
+sed 's/^/    /' <<<"$test_log" >&2
+[[ $test_log == *"FAIL webhook reachable"* ]] || fail "the failed helm test does not name the webhook"
+[[ $test_log == *"ok   node agents Ready"* && $test_log == *"ok   CRDs served"* ]] ||
+  fail "one failed check hid the others"
+k -n "$NS" delete pod "$RELEASE-test" --wait >/dev/null
+k -n "$NS" scale deployment "$webhook" --replicas=2 >/dev/null
+k -n "$NS" rollout status deployment "$webhook" --timeout=180s >&2
+# Ready pods are not yet a Service that routes to them (endpoints, then
+# kube-proxy's rules): the check itself says when the webhook is back.
+helm_test_passes() { "$HELM" test "$RELEASE" -n "$NS" >/dev/null 2>&1; }
+eventually 120 "helm test to pass again with the webhook back" helm_test_passes
+log "ok: helm test failed on the webhook alone, and passed once it was back"
 
 # --- a capped workload that really runs --------------------------------------
 step "an annotated Deployment on the real node"

@@ -162,6 +162,9 @@ k wait --for condition=Established --timeout=60s crd/powercappingpolicies.climat
 
 step "server-side dry-run of every render"
 k create namespace "$dryrun_ns" >/dev/null
+# A Pod (the `helm test` hook's) is admitted only once its ServiceAccount
+# exists, and a dry run creates none: the hook's account, for real.
+k create serviceaccount "$dryrun_release-test" -n "$dryrun_ns" >/dev/null
 dry_run() { # NAME FILE [KUBECTL-ARGS...]
   local out
   if out=$(k apply --dry-run=server -f "$2" "${@:3}" 2>&1); then
