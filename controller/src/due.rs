@@ -1,14 +1,15 @@
 //! When a write to the API server is due: the material-change rules that
 //! keep the controllers quiet at scale. Every period each policy is
-//! measured, but its status is written only when something that matters
-//! changed, or when a heartbeat is due. Each rule is a pure function over the object as the
+//! measured and its targets computed, but a policy's status and a node's
+//! entries are written only when something that matters changed, or when
+//! a heartbeat is due. Each rule is a pure function over the object as the
 //! API server holds it (the last write) and what would be written now, so
 //! the rules are unit-tested and their answer names a reason for the
 //! `climatik_write_decisions_total` metric.
 
 use std::time::Duration;
 
-use climatik_api::PowerCappingPolicyStatus;
+use climatik_api::{CpuFrequency, GpuFrequency, PowerCappingPolicyStatus};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 
 /// The configurable part of [`StatusRules`], as the monitor's flags set it.
@@ -188,6 +189,73 @@ fn heartbeat_due(written: &Time, now: Timestamp, heartbeat: Duration, period: Du
     age + period / 2 >= heartbeat
 }
 
+/// Why one policy's entries on one node are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntriesReason {
+    /// A target, budget or device differs from what the node holds.
+    Changed,
+    /// Half the entries' lifetime has passed since they were renewed.
+    Renew,
+}
+
+impl EntriesReason {
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Self::Changed => "changed",
+            Self::Renew => "renew",
+        }
+    }
+}
+
+/// Whether one policy's entries on a node are worth writing: `held_*` are
+/// its entries the node's NodeFrequencies holds now, `wanted_*` this
+/// period's. Entries that ask for the same as the held ones are renewed
+/// only once the earliest of them is within half of `ttl` of expiring, so
+/// a renewal is written every half lifetime instead of every period, and a
+/// missed renewal still leaves half a lifetime to try again.
+pub fn entries_due(
+    held: (&[GpuFrequency], &[CpuFrequency]),
+    wanted: (&[GpuFrequency], &[CpuFrequency]),
+    now: Timestamp,
+    ttl: Duration,
+) -> Option<EntriesReason> {
+    let gpus = |entries: &[GpuFrequency]| {
+        let mut v: Vec<(String, i32, Option<u64>)> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.gpu_id.clone(),
+                    e.target_frequency,
+                    e.power_budget_watts.map(f64::to_bits),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let cpus = |entries: &[CpuFrequency]| {
+        let mut v: Vec<(i32, i32)> = entries
+            .iter()
+            .map(|e| (e.cpu_id, e.target_frequency))
+            .collect();
+        v.sort();
+        v
+    };
+    if gpus(held.0) != gpus(wanted.0) || cpus(held.1) != cpus(wanted.1) {
+        return Some(EntriesReason::Changed);
+    }
+    let earliest = held
+        .0
+        .iter()
+        .map(|e| &e.expires_at)
+        .chain(held.1.iter().map(|e| &e.expires_at))
+        .map(|t| t.0.as_millisecond())
+        .min()?;
+    let left_ms = earliest - now.as_millisecond();
+    let half_ms = i64::try_from(ttl.as_millis() / 2).unwrap_or(i64::MAX);
+    (left_ms <= half_ms).then_some(EntriesReason::Renew)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,5 +400,75 @@ mod tests {
             status_due(&previous, &next, at(115), &RULES),
             Some(StatusReason::Pods)
         );
+    }
+
+    fn gpu(id: &str, mhz: i32, expires: i64) -> GpuFrequency {
+        GpuFrequency {
+            gpu_id: id.into(),
+            target_frequency: mhz,
+            power_budget_watts: None,
+            policy: "ns/p".into(),
+            expires_at: Time(at(expires)),
+        }
+    }
+
+    fn cpu(id: i32, mhz: i32, expires: i64) -> CpuFrequency {
+        CpuFrequency {
+            cpu_id: id,
+            target_frequency: mhz,
+            policy: "ns/p".into(),
+            expires_at: Time(at(expires)),
+        }
+    }
+
+    #[test]
+    fn entries_are_written_when_they_change_or_half_their_life_is_gone() {
+        let ttl = Duration::from_secs(120);
+        let held = [gpu("GPU-0", 1400, 220), gpu("GPU-1", 1300, 220)];
+        let cpus = [cpu(0, 2000, 220)];
+        // Renewed at 100 for 120 s: the same targets wait until 160.
+        let same = [gpu("GPU-1", 1300, 235), gpu("GPU-0", 1400, 235)];
+        let wanted_cpus = [cpu(0, 2000, 235)];
+        assert_eq!(
+            entries_due((&held, &cpus), (&same, &wanted_cpus), at(115), ttl),
+            None
+        );
+        assert_eq!(
+            entries_due((&held, &cpus), (&same, &wanted_cpus), at(159), ttl),
+            None
+        );
+        assert_eq!(
+            entries_due((&held, &cpus), (&same, &wanted_cpus), at(160), ttl),
+            Some(EntriesReason::Renew)
+        );
+        // A CPU entry renewed earlier than the GPUs' counts.
+        let older = [cpu(0, 2000, 170)];
+        assert_eq!(
+            entries_due((&held, &older), (&same, &wanted_cpus), at(115), ttl),
+            Some(EntriesReason::Renew)
+        );
+        // A new target, budget, device or CPU target: at once.
+        let lower = [gpu("GPU-0", 1385, 235), gpu("GPU-1", 1300, 235)];
+        let mut budget = same.clone();
+        budget[0].power_budget_watts = Some(350.0);
+        let fewer = [gpu("GPU-0", 1400, 235)];
+        for wanted in [&lower[..], &budget[..], &fewer[..]] {
+            assert_eq!(
+                entries_due((&held, &cpus), (wanted, &wanted_cpus), at(115), ttl),
+                Some(EntriesReason::Changed)
+            );
+        }
+        let slower = [cpu(0, 1800, 235)];
+        assert_eq!(
+            entries_due((&held, &cpus), (&same, &slower), at(115), ttl),
+            Some(EntriesReason::Changed)
+        );
+        // Nothing held yet: written.
+        assert_eq!(
+            entries_due((&[], &[]), (&same, &wanted_cpus), at(115), ttl),
+            Some(EntriesReason::Changed)
+        );
+        // Nothing held and nothing wanted: nothing to write.
+        assert_eq!(entries_due((&[], &[]), (&[], &[]), at(115), ttl), None);
     }
 }

@@ -1,13 +1,15 @@
-//! The monitor is quiet at scale, against the real API server and the real
-//! Prometheus: a policy whose power holds steady is measured every period
-//! but its status is written only for the heartbeat, and a power move
-//! larger than the configured share of the cap is written for what it is.
+//! The controllers are quiet at scale, against the real API server and the
+//! real Prometheus: a policy whose power holds steady is measured every
+//! period but its status is written only for the heartbeat, and a power
+//! move larger than the configured share of the cap is written for what it
+//! is; the recommender leaves targets that did not change alone until half
+//! their lifetime has passed.
 
 mod common;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use climatik_api::PowerCappingPolicy;
+use climatik_api::{NodeFrequencies, PowerCappingPolicy, names::policy_key};
 use climatik_controller::{due::StatusWrites, metrics::Metrics};
 use climatik_test_support::exposition;
 use common::*;
@@ -21,6 +23,66 @@ const WATCHED_PERIODS: u32 = 8;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn steady_power_is_written_only_for_the_heartbeat() -> anyhow::Result<()> {
     with_one_node("ctrl-quiet", run).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn steady_targets_are_renewed_only_after_half_their_lifetime() -> anyhow::Result<()> {
+    with_one_node("ctrl-quiet-nf", renew).await
+}
+
+async fn renew(
+    cluster: &climatik_test_support::TestCluster,
+    ns: &str,
+    node: &str,
+    _exporter: &str,
+) -> anyhow::Result<()> {
+    let admin = cluster.client.clone();
+    report_inventory(&admin, node, &["GPU-R1"]).await?;
+    Api::<PowerCappingPolicy>::namespaced(admin.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &policy("steady", "steady", 1000, json!({}))?,
+        )
+        .await?;
+    // One measurement, standing for a monitor that saw nothing worth
+    // writing since.
+    write_status(&admin, ns, "steady", measured_status(node, "GPU-R1", 500.0)).await?;
+    // Entries live 60 s: none is due for renewal while we watch.
+    let recommender = InProcessRecommender::start(&admin, Duration::from_secs(60), ns);
+    let watched = watch_generations(&admin, node, &policy_key(ns, "steady")).await;
+    recommender.stop().await?;
+    let (first, later) = watched?;
+    assert!(
+        later.is_empty(),
+        "the NodeFrequencies went from generation {first} to {later:?} in {WATCHED_PERIODS} periods of unchanged targets"
+    );
+    Ok(())
+}
+
+/// The generation of `node`'s NodeFrequencies once it holds an entry of
+/// policy `key`, and every later generation seen over [`WATCHED_PERIODS`]
+/// periods.
+async fn watch_generations(
+    admin: &kube::Client,
+    node: &str,
+    key: &str,
+) -> anyhow::Result<(i64, BTreeSet<i64>)> {
+    let nfs = Api::<NodeFrequencies>::all(admin.clone());
+    let first = wait_for("the policy's entry", TIMEOUT, || async {
+        let nf = nfs.get(node).await?;
+        let held = nf.spec.gpu_frequencies.iter().any(|e| e.policy == key);
+        Ok(held.then_some(nf.metadata.generation.unwrap_or_default()))
+    })
+    .await?;
+    let mut later = BTreeSet::new();
+    for _ in 0..WATCHED_PERIODS * 5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let generation = nfs.get(node).await?.metadata.generation.unwrap_or_default();
+        if generation != first {
+            later.insert(generation);
+        }
+    }
+    Ok((first, later))
 }
 
 async fn run(
