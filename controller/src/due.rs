@@ -407,6 +407,7 @@ mod tests {
             gpu_id: id.into(),
             target_frequency: mhz,
             power_budget_watts: None,
+            budget_group: None,
             policy: "ns/p".into(),
             expires_at: Time(at(expires)),
         }

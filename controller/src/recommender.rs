@@ -566,6 +566,7 @@ async fn write_targets(
                 gpu_id: target.id.clone(),
                 target_frequency: target.frequency_mhz,
                 power_budget_watts: target.power_budget_watts,
+                budget_group: None,
                 policy: key.clone(),
                 expires_at: expires_at.clone(),
             }),
@@ -891,6 +892,7 @@ mod tests {
                     gpu_id: "GPU-0".into(),
                     target_frequency: 1200,
                     power_budget_watts: None,
+                    budget_group: None,
                     policy: p.to_string(),
                     expires_at: Time(Timestamp::UNIX_EPOCH),
                 })
