@@ -220,13 +220,14 @@ pub fn entries_due(
     ttl: Duration,
 ) -> Option<EntriesReason> {
     let gpus = |entries: &[GpuFrequency]| {
-        let mut v: Vec<(String, i32, Option<u64>)> = entries
+        let mut v: Vec<(String, i32, Option<u64>, Option<String>)> = entries
             .iter()
             .map(|e| {
                 (
                     e.gpu_id.clone(),
                     e.target_frequency,
                     e.power_budget_watts.map(f64::to_bits),
+                    e.budget_group.clone(),
                 )
             })
             .collect();
@@ -448,12 +449,14 @@ mod tests {
             entries_due((&held, &older), (&same, &wanted_cpus), at(115), ttl),
             Some(EntriesReason::Renew)
         );
-        // A new target, budget, device or CPU target: at once.
+        // A new target, budget, budget group, device or CPU target: at once.
         let lower = [gpu("GPU-0", 1385, 235), gpu("GPU-1", 1300, 235)];
         let mut budget = same.clone();
         budget[0].power_budget_watts = Some(350.0);
+        let mut grouped = same.clone();
+        grouped[0].budget_group = Some("ns/p".into());
         let fewer = [gpu("GPU-0", 1400, 235)];
-        for wanted in [&lower[..], &budget[..], &fewer[..]] {
+        for wanted in [&lower[..], &budget[..], &grouped[..], &fewer[..]] {
             assert_eq!(
                 entries_due((&held, &cpus), (wanted, &wanted_cpus), at(115), ttl),
                 Some(EntriesReason::Changed)

@@ -343,7 +343,7 @@ async fn apply(ctx: &Context, policy: &PowerCappingPolicy) -> Result<Action> {
         shed::estimate_shed_watts(&observation.devices),
     );
     let last_updated = policy.status.as_ref().and_then(|s| s.last_updated.clone());
-    let targets = {
+    let (targets, pooled) = {
         let mut states = ctx.policies.lock().unwrap_or_else(|e| e.into_inner());
         let Some(state) = states.get_mut(&uid) else {
             return Ok(requeue);
@@ -352,9 +352,9 @@ async fn apply(ctx: &Context, policy: &PowerCappingPolicy) -> Result<Action> {
             state.targets = state.algorithm.plan(&observation);
             state.planned_on = last_updated;
         }
-        state.targets.clone()
+        (state.targets.clone(), state.algorithm.pools_node_budgets())
     };
-    write_targets(ctx, policy, &targets).await?;
+    write_targets(ctx, policy, &targets, pooled).await?;
     Ok(requeue)
 }
 
@@ -545,11 +545,14 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
 }
 
 /// Applies the targets node by node and removes the policy's entries from
-/// nodes that no longer host it.
+/// nodes that no longer host it. `pooled`: the budgeted GPU entries carry
+/// the policy key as their `budgetGroup`, so each node's agent re-splits
+/// the policy's budget there.
 async fn write_targets(
     ctx: &Context,
     policy: &PowerCappingPolicy,
     targets: &[Target],
+    pooled: bool,
 ) -> Result<()> {
     let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
     let key = policy_key(&namespace, &policy.name_any());
@@ -566,7 +569,10 @@ async fn write_targets(
                 gpu_id: target.id.clone(),
                 target_frequency: target.frequency_mhz,
                 power_budget_watts: target.power_budget_watts,
-                budget_group: None,
+                budget_group: target
+                    .power_budget_watts
+                    .filter(|_| pooled)
+                    .map(|_| key.clone()),
                 policy: key.clone(),
                 expires_at: expires_at.clone(),
             }),
