@@ -74,6 +74,14 @@ pub struct GpuFrequency {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1.0, max = MAX_DEVICE_WATTS))]
     pub power_budget_watts: Option<f64>,
+    /// Optional budget group: this node's entries of the same policy with
+    /// the same group share the sum of their `powerBudgetWatts`, which the
+    /// agent re-splits across their GPUs about once a second by measured
+    /// demand (each within its power-limit range, never above its
+    /// `targetFrequency`). Without it the budget is this GPU's alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = MAX_POLICY_KEY_LENGTH))]
+    pub budget_group: Option<String>,
     /// `namespace/name` of the policy that wants this entry, or `manual`.
     #[serde(default = "manual_policy")]
     #[schemars(length(min = 1, max = MAX_POLICY_KEY_LENGTH))]

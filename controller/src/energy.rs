@@ -12,8 +12,14 @@
 //!
 //! Intervals follow the per-policy series' rule ([`crate::policy_metrics`]):
 //! an interval counts with the power of its later measurement, only when
-//! both measurements are fresh (the previous status had MetricsAvailable
-//! True) and no longer apart than the caller's `max_gap`.
+//! both measurements are fresh and no longer apart than the caller's
+//! `max_gap`.
+//!
+//! The status is not written after every measurement (see [`crate::due`]),
+//! so the window, not the stored status, knows when the previous
+//! measurement was taken and the lifetime that includes the measurements
+//! not written yet; the stored status only seeds a new window. A restart
+//! loses what was measured since the last write, at most a heartbeat.
 
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -50,6 +56,12 @@ pub struct HourWindow {
     /// epoch: an interval that overlaps it (a status read from a cache
     /// that had not seen our last write yet) counts only from there.
     counted_until_ms: Option<i64>,
+    /// The last measurement this window saw: when (milliseconds since the
+    /// epoch) and whether it was fresh. `None` for a window just seeded.
+    last_measured: Option<(i64, bool)>,
+    /// The lifetime joules last computed, measurements not yet written
+    /// included; `None` until the first one (the stored value counts).
+    lifetime_joules: Option<f64>,
 }
 
 impl Default for HourWindow {
@@ -60,6 +72,8 @@ impl Default for HourWindow {
                 ..Slot::default()
             }; SLOTS],
             counted_until_ms: None,
+            last_measured: None,
+            lifetime_joules: None,
         }
     }
 }
@@ -147,28 +161,45 @@ fn finite(value: f64) -> f64 {
     if value.is_finite() { value } else { 0.0 }
 }
 
+/// When the previous measurement was taken, if it was fresh: the last one
+/// `window` saw, or for a window that saw none, the one of the stored
+/// status (`previous`, fresh when its MetricsAvailable is True).
+pub fn previous_fresh(
+    window: &HourWindow,
+    previous: &PowerCappingPolicyStatus,
+) -> Option<Timestamp> {
+    match window.last_measured {
+        Some((at_ms, fresh)) => fresh
+            .then(|| Timestamp::from_millisecond(at_ms).ok())
+            .flatten(),
+        None => (is_true(&previous.conditions, conditions::METRICS_AVAILABLE) == Some(true))
+            .then(|| previous.last_updated.as_ref().map(|t| t.0))
+            .flatten(),
+    }
+}
+
 /// The interval since the previous measurement that counts towards
 /// energy: `None` when this measurement is not fresh, the previous one was
-/// not (MetricsAvailable not True) or is unknown, or they lie further
+/// not or is unknown (`previous_fresh` is `None`), or they lie further
 /// apart than `max_gap` (or in the wrong order: clock skew).
 pub fn interval(
-    previous: &PowerCappingPolicyStatus,
+    previous_fresh: Option<Timestamp>,
     fresh: bool,
     now: Timestamp,
     max_gap: Duration,
 ) -> Option<(Timestamp, Timestamp)> {
-    if !fresh || is_true(&previous.conditions, conditions::METRICS_AVAILABLE) != Some(true) {
+    if !fresh {
         return None;
     }
-    let from = previous.last_updated.as_ref()?.0;
+    let from = previous_fresh?;
     let elapsed_ms = now.as_millisecond() - from.as_millisecond();
     let max_ms = i64::try_from(max_gap.as_millis()).unwrap_or(i64::MAX);
     (elapsed_ms > 0 && elapsed_ms <= max_ms).then_some((from, now))
 }
 
-/// `status.energy` after `counted` (if any) was added: the stored lifetime
-/// plus what the window took, the window's hour, each within the schema's
-/// bounds.
+/// `status.energy` after `counted` (if any) was added: the lifetime the
+/// window last computed (the stored one for a new window) plus what the
+/// window took, the window's hour, each within the schema's bounds.
 pub fn next(
     stored: Option<&PolicyEnergy>,
     window: &mut HourWindow,
@@ -176,10 +207,17 @@ pub fn next(
     now: Timestamp,
 ) -> PolicyEnergy {
     let added = counted.map_or(0.0, |i| window.add(i));
-    let lifetime = finite(stored.map_or(0.0, |e| e.lifetime_joules)).max(0.0) + added;
+    let base = window
+        .lifetime_joules
+        .unwrap_or_else(|| stored.map_or(0.0, |e| e.lifetime_joules));
+    let lifetime = round(
+        (finite(base).max(0.0) + added).min(MAX_LIFETIME_JOULES),
+        100.0,
+    );
+    window.lifetime_joules = Some(lifetime);
     let (hour_joules, capping_seconds) = window.totals(now);
     PolicyEnergy {
-        lifetime_joules: round(lifetime.min(MAX_LIFETIME_JOULES), 100.0),
+        lifetime_joules: lifetime,
         last_hour_joules: round(hour_joules.clamp(0.0, MAX_HOUR_JOULES), 100.0),
         throttled_fraction: round((capping_seconds / HOUR_SECONDS).clamp(0.0, 1.0), 10_000.0),
     }
@@ -193,15 +231,29 @@ fn round(value: f64, per_unit: f64) -> f64 {
 #[derive(Default)]
 pub struct Windows(Mutex<HashMap<PolicyLabels, HourWindow>>);
 
+/// One measurement of a policy, as its energy counts it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    /// Prometheus answered about the policy's pods this time.
+    pub fresh: bool,
+    /// The policy's power, in watts.
+    pub watts: f64,
+    /// The Capping condition this measurement sets is True.
+    pub capping: bool,
+}
+
 impl Windows {
-    /// `policy`'s energy with `counted` added, seeding its window from
-    /// `previous` (the stored status) the first time.
+    /// `policy`'s energy after `reading`, taken at `now`, seeding its
+    /// window from `previous` (the stored status) the first time. The
+    /// interval since the previous fresh measurement counts when it is no
+    /// longer than `max_gap`.
     pub fn update(
         &self,
         policy: &PolicyLabels,
         previous: &PowerCappingPolicyStatus,
-        counted: Option<&Interval>,
+        reading: Reading,
         now: Timestamp,
+        max_gap: Duration,
     ) -> PolicyEnergy {
         let mut windows = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let window = windows.entry(policy.clone()).or_insert_with(|| {
@@ -210,7 +262,20 @@ impl Windows {
                 _ => HourWindow::default(),
             }
         });
-        next(previous.energy.as_ref(), window, counted, now)
+        let counted = interval(
+            previous_fresh(window, previous),
+            reading.fresh,
+            now,
+            max_gap,
+        )
+        .map(|(from, to)| Interval {
+            from,
+            to,
+            watts: reading.watts,
+            capping: reading.capping,
+        });
+        window.last_measured = Some((now.as_millisecond(), reading.fresh));
+        next(previous.energy.as_ref(), window, counted.as_ref(), now)
     }
 
     /// Drops the windows of every policy for which `keep` is false.
@@ -258,25 +323,59 @@ mod tests {
 
     #[test]
     fn only_intervals_between_fresh_measurements_close_together_count() {
-        let previous = measured_at(1000, true);
+        let new = HourWindow::default();
+        let previous = previous_fresh(&new, &measured_at(1000, true));
+        assert_eq!(previous, Some(at(1000)));
         assert_eq!(
-            interval(&previous, true, at(1015), GAP),
+            interval(previous, true, at(1015), GAP),
             Some((at(1000), at(1015)))
         );
         // This measurement held old readings.
-        assert_eq!(interval(&previous, false, at(1015), GAP), None);
+        assert_eq!(interval(previous, false, at(1015), GAP), None);
         // The previous one had no metrics.
+        assert_eq!(previous_fresh(&new, &measured_at(1000, false)), None);
         assert_eq!(
-            interval(&measured_at(1000, false), true, at(1015), GAP),
+            previous_fresh(&new, &PowerCappingPolicyStatus::default()),
             None
         );
         // Too far apart, or in the wrong order.
-        assert_eq!(interval(&previous, true, at(1100), GAP), None);
-        assert_eq!(interval(&previous, true, at(990), GAP), None);
+        assert_eq!(interval(previous, true, at(1100), GAP), None);
+        assert_eq!(interval(previous, true, at(990), GAP), None);
+        // A window that saw a measurement goes by it, not by the status.
+        let mut seen = HourWindow {
+            last_measured: Some((at(1030).as_millisecond(), true)),
+            ..HourWindow::default()
+        };
         assert_eq!(
-            interval(&PowerCappingPolicyStatus::default(), true, at(1), GAP),
-            None
+            previous_fresh(&seen, &measured_at(1000, true)),
+            Some(at(1030))
         );
+        seen.last_measured = Some((at(1030).as_millisecond(), false));
+        assert_eq!(previous_fresh(&seen, &measured_at(1000, true)), None);
+    }
+
+    #[test]
+    fn measurements_not_written_still_count_once() {
+        let windows = Windows::default();
+        let key = PolicyLabels {
+            namespace: "ns".into(),
+            policy: "p".into(),
+        };
+        let reading = Reading {
+            fresh: true,
+            watts: 100.0,
+            capping: false,
+        };
+        // Written at 1000; measured at 1015, 1030 and 1045 without a write
+        // in between: each 15 s counts once, the lifetime keeps them all.
+        let stored = measured_at(1000, true);
+        let mut e = None;
+        for second in [1015, 1030, 1045] {
+            e = Some(windows.update(&key, &stored, reading, at(second), GAP));
+        }
+        let e = e.expect("measured");
+        assert_eq!(e.lifetime_joules, 4500.0);
+        assert_eq!(e.last_hour_joules, 4500.0);
     }
 
     #[test]
@@ -314,15 +413,19 @@ mod tests {
         };
         let mut previous = measured_at(1000, true);
         previous.energy = Some(stored);
-        let counted = span(1000, 1010, 100.0, true);
-        let e = windows.update(&key, &previous, Some(&counted), at(1010));
+        let reading = Reading {
+            fresh: true,
+            watts: 100.0,
+            capping: true,
+        };
+        let e = windows.update(&key, &previous, reading, at(1010), GAP);
         assert_eq!(e.lifetime_joules, 1e6 + 1000.0);
         assert_eq!(e.last_hour_joules, 8200.0);
         assert_eq!(e.throttled_fraction, round(1810.0 / 3600.0, 10_000.0));
         // The seeded hour ages out an hour after it was written.
-        let e = windows.update(&key, &previous, None, at(1000 + 3660));
+        let e = windows.update(&key, &previous, reading, at(1000 + 3660), GAP);
         assert_eq!(e.last_hour_joules, 0.0);
-        assert_eq!(e.lifetime_joules, 1e6);
+        assert_eq!(e.lifetime_joules, 1e6 + 1000.0);
     }
 
     #[test]

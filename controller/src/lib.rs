@@ -13,6 +13,7 @@ pub mod app;
 pub mod cli;
 pub mod conditions;
 mod driver;
+pub mod due;
 mod energy;
 mod error;
 pub mod generator;

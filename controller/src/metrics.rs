@@ -41,6 +41,26 @@ pub struct QueryLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// The resource written, with its subresource:
+    /// `powercappingpolicies/status`, `nodefrequencies`.
+    pub resource: &'static str,
+    /// `apply` (server-side apply), `patch`.
+    pub verb: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub resource: &'static str,
+    /// `write` or `skip`.
+    pub decision: &'static str,
+    /// Why (see [`crate::due`]); `unchanged` for a skip.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PolicyLabels {
     pub namespace: String,
     pub policy: String,
@@ -94,6 +114,10 @@ pub struct Metrics {
     ignored_series: Family<ReasonLabels, Counter>,
     /// Time of each Prometheus query, by query and result (monitor).
     prometheus_queries: Family<QueryLabels, Histogram>,
+    /// Every write to the API server, by resource, verb and result.
+    api_writes: Family<WriteLabels, Counter>,
+    /// Each period's decision to write a status or entries, or not.
+    write_decisions: Family<DecisionLabels, Counter>,
 }
 
 impl Metrics {
@@ -152,6 +176,18 @@ impl Metrics {
             "Time of each Prometheus query, by query (gpu_power, gpu_clock, cpu_power) and result (ok, error)",
             prometheus_queries.clone(),
         );
+        let api_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "api_writes",
+            "Writes to the API server, by resource, verb (apply, patch) and result (ok, error)",
+            api_writes.clone(),
+        );
+        let write_decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "write_decisions",
+            "Policy statuses and NodeFrequencies entries written or skipped, by resource, decision (write, skip) and reason",
+            write_decisions.clone(),
+        );
         registry.register(
             "nodefrequencies_applies",
             "Server-side applies of NodeFrequencies entries",
@@ -171,6 +207,8 @@ impl Metrics {
             generator_skips,
             ignored_series,
             prometheus_queries,
+            api_writes,
+            write_decisions,
         })
     }
 
@@ -229,6 +267,30 @@ impl Metrics {
         self.prometheus_queries
             .get_or_create(&QueryLabels { query, result })
             .observe(seconds);
+    }
+
+    /// Counts one write of `resource` by `verb`.
+    pub fn api_write(&self, resource: &'static str, verb: &'static str, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.api_writes
+            .get_or_create(&WriteLabels {
+                resource,
+                verb,
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts one decision to write `resource` (or not), for `reason`.
+    pub fn write_decision(&self, resource: &'static str, write: bool, reason: &'static str) {
+        let decision = if write { "write" } else { "skip" };
+        self.write_decisions
+            .get_or_create(&DecisionLabels {
+                resource,
+                decision,
+                reason,
+            })
+            .inc();
     }
 
     pub fn set_leader(&self, leader: bool) {

@@ -36,7 +36,8 @@ use crate::{
     Error, Result,
     conditions::{Decided, render, transitions},
     driver,
-    energy::{self, Interval},
+    due::{self, StatusWrites},
+    energy::{self, Reading},
     generator::{self, GeneratorConfig},
     lease::{Leadership, LeaseConfig},
     metrics::{Metrics, PolicyLabels},
@@ -78,6 +79,8 @@ pub struct MonitorConfig {
     /// annotations) beside the monitor, under the same leadership, with
     /// this full-resync period; `None` runs the monitor alone.
     pub generator_resync: Option<Duration>,
+    /// When a measurement is worth a status write.
+    pub status_writes: StatusWrites,
 }
 
 struct Context {
@@ -253,32 +256,30 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
         policy: policy.name_any(),
     };
     let max_gap = ctx.config.interval * MAX_GAP_PERIODS;
-    let fresh = matches!(measurement, Measurement::Measured { .. });
-    let counted = energy::interval(&previous, fresh, now.0, max_gap).map(|(from, to)| Interval {
-        from,
-        to,
+    let energy_reading = Reading {
+        fresh: matches!(measurement, Measurement::Measured { .. }),
         watts: status.current_power.unwrap_or(0.0),
         capping: status.capping_action_required,
-    });
+    };
     status.energy = Some(
         ctx.energy
-            .update(&labels, &previous, counted.as_ref(), now.0),
+            .update(&labels, &previous, energy_reading, now.0, max_gap),
     );
 
-    let api = Api::<PowerCappingPolicy>::namespaced(ctx.client.clone(), &namespace);
-    let patch = json!({
-        "apiVersion": PowerCappingPolicy::api_version(&()),
-        "kind": PowerCappingPolicy::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &policy.name_any(),
-        &PatchParams::apply(MANAGER_CONTROLLER).force(),
-        &Patch::Apply(patch),
-    )
-    .await?;
-
-    publish_transitions(&ctx, &policy, &previous.conditions, &decided).await;
+    let rules = ctx.config.status_writes.rules(ctx.config.interval);
+    match due::status_due(&previous, &status, now.0, &rules) {
+        Some(reason) => {
+            write_status(&ctx, &namespace, &policy, &status).await?;
+            ctx.metrics
+                .write_decision(POLICY_STATUS, true, reason.metric_label());
+            // A condition that changes is always written, so each
+            // transition is seen (and announced) once.
+            publish_transitions(&ctx, &policy, &previous.conditions, &decided).await;
+        }
+        None => ctx
+            .metrics
+            .write_decision(POLICY_STATUS, false, "unchanged"),
+    }
     ctx.metrics.policies.record(
         &labels,
         &reading(&policy, &status, &measurement),
@@ -289,7 +290,36 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
     Ok(requeue)
 }
 
-/// The per-policy series' figures from the status just written for
+/// The resource a policy's status write is counted under.
+const POLICY_STATUS: &str = "powercappingpolicies/status";
+
+/// Server-side applies `status` as the monitor's field manager.
+async fn write_status(
+    ctx: &Context,
+    namespace: &str,
+    policy: &PowerCappingPolicy,
+    status: &PowerCappingPolicyStatus,
+) -> Result<()> {
+    let api = Api::<PowerCappingPolicy>::namespaced(ctx.client.clone(), namespace);
+    let patch = json!({
+        "apiVersion": PowerCappingPolicy::api_version(&()),
+        "kind": PowerCappingPolicy::kind(&()),
+        "status": status,
+    });
+    let written = api
+        .patch_status(
+            &policy.name_any(),
+            &PatchParams::apply(MANAGER_CONTROLLER).force(),
+            &Patch::Apply(patch),
+        )
+        .await;
+    ctx.metrics
+        .api_write(POLICY_STATUS, "apply", written.is_ok());
+    written?;
+    Ok(())
+}
+
+/// The per-policy series' figures from the status just measured for
 /// `measurement`.
 fn reading(
     policy: &PowerCappingPolicy,

@@ -5,8 +5,10 @@
 //! policy, keyed `(gpuId, policy)` / `(cpuId, policy)`, so policies sharing a
 //! node each own exactly their entries and the node agent merges them (the
 //! most restrictive wins). Applying an empty list under a policy's manager
-//! removes its entries. Every entry carries an `expiresAt` renewed each
-//! period: if the recommender stops, the node returns to defaults.
+//! removes its entries. Every entry carries an `expiresAt`, renewed once
+//! half of its lifetime has passed (targets are computed each period but
+//! written only when they change, see [`crate::due`]): if the recommender
+//! stops, the node returns to defaults.
 //!
 //! Policies carry no finalizer, so deleting one (or its namespace, or the
 //! CRD) never waits for the recommender. Instead the leader collects
@@ -47,7 +49,7 @@ use crate::{
     Error, Result,
     algorithm::{self, Algorithm, AlgorithmError, Clocks, Device, Observation, Target},
     conditions::{Decided, is_true, render},
-    driver,
+    driver, due,
     lease::{Leadership, LeaseConfig},
     metrics::{Metrics, PolicyLabels},
     observe::CPU_DEVICE,
@@ -228,6 +230,8 @@ async fn lift_legacy_finalizer(ctx: &Context, policy: &PowerCappingPolicy) -> Re
             &Patch::Merge(body),
         )
         .await;
+    ctx.metrics
+        .api_write("powercappingpolicies", "patch", result.is_ok());
     match result {
         Ok(_) => {
             tracing::info!(
@@ -339,7 +343,7 @@ async fn apply(ctx: &Context, policy: &PowerCappingPolicy) -> Result<Action> {
         shed::estimate_shed_watts(&observation.devices),
     );
     let last_updated = policy.status.as_ref().and_then(|s| s.last_updated.clone());
-    let targets = {
+    let (targets, pooled) = {
         let mut states = ctx.policies.lock().unwrap_or_else(|e| e.into_inner());
         let Some(state) = states.get_mut(&uid) else {
             return Ok(requeue);
@@ -348,9 +352,9 @@ async fn apply(ctx: &Context, policy: &PowerCappingPolicy) -> Result<Action> {
             state.targets = state.algorithm.plan(&observation);
             state.planned_on = last_updated;
         }
-        state.targets.clone()
+        (state.targets.clone(), state.algorithm.pools_node_budgets())
     };
-    write_targets(ctx, policy, &targets).await?;
+    write_targets(ctx, policy, &targets, pooled).await?;
     Ok(requeue)
 }
 
@@ -541,11 +545,14 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
 }
 
 /// Applies the targets node by node and removes the policy's entries from
-/// nodes that no longer host it.
+/// nodes that no longer host it. `pooled`: the budgeted GPU entries carry
+/// the policy key as their `budgetGroup`, so each node's agent re-splits
+/// the policy's budget there.
 async fn write_targets(
     ctx: &Context,
     policy: &PowerCappingPolicy,
     targets: &[Target],
+    pooled: bool,
 ) -> Result<()> {
     let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
     let key = policy_key(&namespace, &policy.name_any());
@@ -562,6 +569,10 @@ async fn write_targets(
                 gpu_id: target.id.clone(),
                 target_frequency: target.frequency_mhz,
                 power_budget_watts: target.power_budget_watts,
+                budget_group: target
+                    .power_budget_watts
+                    .filter(|_| pooled)
+                    .map(|_| key.clone()),
                 policy: key.clone(),
                 expires_at: expires_at.clone(),
             }),
@@ -578,18 +589,47 @@ async fn write_targets(
         }
     }
     let manager = recommender_manager(&namespace, &policy.name_any());
+    let now = Timestamp::now();
     for (node, (gpus, cpus)) in &by_node {
         // The node's agent creates its NodeFrequencies; the recommender
         // only adds entries to one that exists (it has no right to create
         // one: a node without an agent would apply nothing anyway).
-        if ctx.node_frequencies.get(&ObjectRef::new(node)).is_none() {
+        let Some(held) = ctx.node_frequencies.get(&ObjectRef::new(node)) else {
             tracing::warn!(
                 node,
                 "no NodeFrequencies for this node (is its freqtuner running?); no targets written there"
             );
             continue;
+        };
+        let held_gpus: Vec<GpuFrequency> = held
+            .spec
+            .gpu_frequencies
+            .iter()
+            .filter(|e| e.policy == key)
+            .cloned()
+            .collect();
+        let held_cpus: Vec<CpuFrequency> = held
+            .spec
+            .cpu_frequencies
+            .iter()
+            .filter(|e| e.policy == key)
+            .cloned()
+            .collect();
+        match due::entries_due(
+            (&held_gpus, &held_cpus),
+            (gpus, cpus),
+            now,
+            ctx.config.entry_ttl,
+        ) {
+            Some(reason) => {
+                apply_entries(ctx, &manager, node, gpus, cpus).await?;
+                ctx.metrics
+                    .write_decision(NODE_FREQUENCIES, true, reason.metric_label());
+            }
+            None => ctx
+                .metrics
+                .write_decision(NODE_FREQUENCIES, false, "unchanged"),
         }
-        apply_entries(ctx, &manager, node, gpus, cpus).await?;
     }
     let keep: BTreeSet<String> = by_node.keys().map(|n| n.to_string()).collect();
     remove_entries(ctx, policy, &keep, "node no longer hosts the workload").await
@@ -621,6 +661,9 @@ pub(crate) fn parse_cpus(quantity: &str) -> Option<i32> {
     i32::try_from(cpus.clamp(0, 4096)).ok()
 }
 
+/// The resource entry writes are counted under.
+const NODE_FREQUENCIES: &str = "nodefrequencies";
+
 /// Server-side applies one policy's entries (those of its field `manager`)
 /// for one node.
 async fn apply_entries(
@@ -640,13 +683,16 @@ async fn apply_entries(
             "cpuFrequencies": cpus,
         },
     });
-    Api::<NodeFrequencies>::all(ctx.client.clone())
+    let applied = Api::<NodeFrequencies>::all(ctx.client.clone())
         .patch(
             node,
             &PatchParams::apply(manager).force(),
             &Patch::Apply(body),
         )
-        .await?;
+        .await;
+    ctx.metrics
+        .api_write(NODE_FREQUENCIES, "apply", applied.is_ok());
+    applied?;
     ctx.metrics
         .node_frequency_applies
         .get_or_create(&ctx.metrics.labels())
@@ -752,13 +798,16 @@ async fn set_algorithm_condition(
         "status": { "conditions": [condition] },
     });
     let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
-    Api::<PowerCappingPolicy>::namespaced(ctx.client.clone(), &namespace)
+    let written = Api::<PowerCappingPolicy>::namespaced(ctx.client.clone(), &namespace)
         .patch_status(
             &policy.name_any(),
             &PatchParams::apply(MANAGER_STATUS).force(),
             &Patch::Apply(body),
         )
-        .await?;
+        .await;
+    ctx.metrics
+        .api_write("powercappingpolicies/status", "apply", written.is_ok());
+    written?;
     if !decided.status {
         let event = Event {
             type_: EventType::Warning,
@@ -849,6 +898,7 @@ mod tests {
                     gpu_id: "GPU-0".into(),
                     target_frequency: 1200,
                     power_budget_watts: None,
+                    budget_group: None,
                     policy: p.to_string(),
                     expires_at: Time(Timestamp::UNIX_EPOCH),
                 })

@@ -474,6 +474,37 @@ async fn invalid_algorithm_changes_no_frequencies_and_annotated_workloads_get_th
         .await?;
         assert!(budget <= 100.0 && clock >= 210, "{budget} W, {clock} MHz");
 
+        // node-resplit: the entries name the policy as their budget group,
+        // so the node agent re-splits the policy's watts on the node; a
+        // value that is not a flag is refused like any bad parameter.
+        let resplit = |value: &str| {
+            json!({ "spec": { "customAlgorithms": [{ "name": "feedback-budget", "parameters": { "node-resplit": value } }] } })
+        };
+        policies.patch("x", &PatchParams::default(), &Patch::Merge(resplit("yes"))).await?;
+        let p = wait_for("node-resplit=yes refused", TIMEOUT, || async {
+            let p = policies.get("x").await?;
+            Ok((condition(&p, "AlgorithmValid").map(|c| c.1).as_deref() == Some("InvalidParameter")).then_some(p))
+        })
+        .await?;
+        let message = p
+            .status
+            .iter()
+            .flat_map(|s| &s.conditions)
+            .find(|c| c.type_ == "AlgorithmValid")
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        assert!(message.contains("node-resplit") && message.contains("true or false"), "{message}");
+        policies.patch("x", &PatchParams::default(), &Patch::Merge(resplit("true"))).await?;
+        let group = wait_for("the entry's budget group", TIMEOUT, || async {
+            let nf = Api::<NodeFrequencies>::all(admin.clone()).get_opt(&node).await?;
+            Ok(nf
+                .and_then(|nf| nf.spec.gpu_frequencies.first().cloned())
+                .filter(|e| e.power_budget_watts.is_some())
+                .and_then(|e| e.budget_group))
+        })
+        .await?;
+        assert_eq!(group, format!("{ns_name}/x"));
+
         // An annotated workload gets its generated policy, owned by it, from
         // the monitor's policy generator; dropping the annotation removes it.
         let deployment: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(json!({

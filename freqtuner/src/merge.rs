@@ -2,7 +2,9 @@
 //! entries from different policies for the same device combine so the most
 //! restrictive wins (lowest `targetFrequency`, lowest `powerBudgetWatts`);
 //! entries whose `expiresAt` has passed, or whose lifetime reached the
-//! agent's cap ([`crate::expiry`]), are ignored.
+//! agent's cap ([`crate::expiry`]), are ignored. Entries of one policy
+//! that name the same `budgetGroup` pool their budgets into one
+//! [`BudgetGroup`], which the actuator re-splits by demand each second.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -27,11 +29,28 @@ pub struct Want {
     pub notes: Vec<String>,
 }
 
+/// A budget group on this node: the policy and the group's name, so two
+/// policies never pool each other's watts.
+pub type GroupKey = (String, String);
+
+/// The budget a group of GPUs shares.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BudgetGroup {
+    /// The sum of the live entries' `powerBudgetWatts`.
+    pub total_watts: f64,
+    /// The GPUs named, sorted, each once.
+    pub gpus: Vec<String>,
+}
+
 /// Merged targets for a node.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Desired {
+    /// Per GPU; a grouped entry's budget is not in its GPU's `budget_watts`
+    /// but in [`Self::groups`].
     pub gpus: BTreeMap<String, Want>,
     pub cpus: BTreeMap<u32, Want>,
+    /// The budget groups with at least one live entry.
+    pub groups: BTreeMap<GroupKey, BudgetGroup>,
     /// Devices named only by expired or invalid entries (their defaults are
     /// restored).
     pub inactive_gpus: BTreeSet<String>,
@@ -123,11 +142,26 @@ pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp, lifetimes: &mut Lifetim
         }
         desired.live.insert(key);
         desired.live_until(deadline.at);
+        let pooled = entry.budget_group.as_ref().zip(
+            entry
+                .power_budget_watts
+                .filter(|b| b.is_finite() && *b > 0.0),
+        );
+        if let Some((group, budget)) = pooled {
+            let group = desired
+                .groups
+                .entry((entry.policy.clone(), group.clone()))
+                .or_default();
+            group.total_watts += budget;
+            if let Err(at) = group.gpus.binary_search(&entry.gpu_id) {
+                group.gpus.insert(at, entry.gpu_id.clone());
+            }
+        }
         add(
             &mut desired.gpus,
             entry.gpu_id.clone(),
             entry.target_frequency,
-            entry.power_budget_watts,
+            entry.power_budget_watts.filter(|_| pooled.is_none()),
             &entry.policy,
         );
         let want = desired.gpus.get_mut(&entry.gpu_id);
@@ -209,6 +243,7 @@ mod tests {
             gpu_id: id.into(),
             target_frequency: target,
             power_budget_watts: budget,
+            budget_group: None,
             policy: policy.into(),
             expires_at: at(expires),
         }
@@ -257,6 +292,39 @@ mod tests {
         assert_eq!(d.gpus["GPU-b"].target_mhz, 900);
         assert_eq!(d.cpus[&0].target_mhz, 1800);
         assert!(d.inactive_gpus.is_empty() && d.inactive_cpus.is_empty());
+    }
+
+    #[test]
+    fn grouped_budgets_pool_per_policy_and_group_and_leave_the_gpu_budget_alone() {
+        let grouped =
+            |id: &str, budget: f64, policy: &str, group: &str, expires: i64| GpuFrequency {
+                budget_group: Some(group.into()),
+                ..gpu(id, 1500, Some(budget), policy, expires)
+            };
+        let spec = NodeFrequenciesSpec {
+            node_name: "n".into(),
+            gpu_frequencies: vec![
+                grouped("GPU-a", 300.0, "ns/p1", "g", RENEWED),
+                grouped("GPU-b", 400.0, "ns/p1", "g", RENEWED),
+                // Same group name, another policy: a group of its own.
+                grouped("GPU-b", 250.0, "ns/p2", "g", RENEWED),
+                // Expired: not in the total.
+                grouped("GPU-c", 500.0, "ns/p1", "g", 10),
+                gpu("GPU-b", 1500, Some(380.0), "manual", RENEWED),
+            ],
+            cpu_frequencies: vec![],
+        };
+        let d = merge(&spec, now());
+        let p1 = &d.groups[&("ns/p1".to_string(), "g".to_string())];
+        assert_eq!(p1.total_watts, 700.0);
+        assert_eq!(p1.gpus, vec!["GPU-a", "GPU-b"]);
+        assert_eq!(
+            d.groups[&("ns/p2".to_string(), "g".to_string())].total_watts,
+            250.0
+        );
+        // Only the ungrouped entry's budget is the GPU's own.
+        assert_eq!(d.gpus["GPU-a"].budget_watts, None);
+        assert_eq!(d.gpus["GPU-b"].budget_watts, Some(380.0));
     }
 
     #[test]

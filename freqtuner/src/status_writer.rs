@@ -112,7 +112,10 @@ pub trait StatusApi: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 struct Written {
     uid: Option<String>,
-    /// Without timestamps and power readings, which change every pass.
+    /// Without timestamps and power readings, which change every pass, and
+    /// without `observedGeneration`: the recommender's renewals of entries
+    /// bump the generation without changing any device, and writing each
+    /// one would echo every renewal back as a status write.
     comparable: NodeFrequenciesStatus,
     at: Instant,
     ready: Condition,
@@ -121,6 +124,7 @@ struct Written {
 fn comparable(status: &NodeFrequenciesStatus) -> NodeFrequenciesStatus {
     let mut s = status.clone();
     s.last_updated = None;
+    s.observed_generation = None;
     s.conditions.clear();
     for g in &mut s.gpu_frequencies {
         g.power_watts = None;
@@ -415,6 +419,11 @@ mod tests {
     }
 
     fn intent(uid: &str, mhz: i32) -> Option<Intent> {
+        intent_at(uid, 1, mhz)
+    }
+
+    /// [`intent`] for a pass over generation `generation` of the object.
+    fn intent_at(uid: &str, generation: i64, mhz: i32) -> Option<Intent> {
         let report = Report {
             cpus: vec![CpuFrequencyStatus {
                 cpu_id: 0,
@@ -425,7 +434,13 @@ mod tests {
             }],
             ..Report::default()
         };
-        let draft = Draft::new(Some(uid.into()), Some(1), &report, Vec::new(), None);
+        let draft = Draft::new(
+            Some(uid.into()),
+            Some(generation),
+            &report,
+            Vec::new(),
+            None,
+        );
         Some(Intent::Status(Box::new(draft)))
     }
 
@@ -486,6 +501,40 @@ mod tests {
         // recreated under the same name and has no status yet.
         assert_eq!(api.applied_mhz(), vec![Some(1000), Some(1000)]);
         assert_eq!(writes(&metrics, "ok"), 2);
+    }
+
+    #[tokio::test]
+    async fn a_new_generation_alone_is_not_written_a_device_change_is() {
+        // Each second intent is published while the first write is in
+        // flight, so the writer sees it once that write is done.
+        let run = async |second: Option<Intent>| {
+            let gate = Arc::new(Semaphore::new(10));
+            let (api, mut began) = FakeApi::new(Some(gate));
+            let (intents, task, metrics) = start(&api, Duration::from_secs(3600));
+            intents.send_replace(intent_at("a", 1, 1000));
+            began.recv().await.expect("the first write began");
+            intents.send_replace(second);
+            drop(intents);
+            task.await.expect("writer ended");
+            let generations: Vec<Option<i64>> = api
+                .applied
+                .lock()
+                .expect("not poisoned")
+                .iter()
+                .map(|s| s.observed_generation)
+                .collect();
+            (api.applied_mhz(), generations, writes(&metrics, "ok"))
+        };
+        // Renewed entries: a new generation, every device as it was.
+        assert_eq!(
+            run(intent_at("a", 2, 1000)).await,
+            (vec![Some(1000)], vec![Some(1)], 1)
+        );
+        // A device changed: written, with the generation it was seen at.
+        assert_eq!(
+            run(intent_at("a", 2, 1100)).await,
+            (vec![Some(1000), Some(1100)], vec![Some(1), Some(2)], 2)
+        );
     }
 
     #[tokio::test]

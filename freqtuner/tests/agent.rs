@@ -1172,3 +1172,96 @@ async fn a_gpu_reset_behind_the_agents_back_is_locked_again() -> anyhow::Result<
 fn state_file(dir: &Path, node: &str) -> PathBuf {
     dir.join(format!("cpufreq-{node}.json"))
 }
+
+/// An entry of policy `ns/p` with a budget, in budget group `group` when
+/// one is given.
+fn budgeted_gpu(uuid: &str, watts: f64, group: Option<&str>) -> String {
+    let group = group.map_or(String::new(), |g| format!(", budgetGroup: {g}"));
+    format!(
+        "{{gpuId: {uuid}, targetFrequency: 1980, powerBudgetWatts: {watts}, policy: ns/p{group}, expiresAt: \"{}\"}}",
+        in_five_minutes()
+    )
+}
+
+/// Each GPU's budget in force as the status reports it, once both GPUs
+/// have one that `settled` accepts.
+async fn budgets_once(
+    fx: &Fixture,
+    uuids: &[String],
+    what: &str,
+    settled: impl Fn(f64, f64) -> bool,
+) -> anyhow::Result<(f64, f64)> {
+    eventually(what, Duration::from_secs(30), || async {
+        let Some(nf) = fx.nf().await? else {
+            return Ok(None);
+        };
+        let budget = |i: usize| gpu_status(&nf, &uuids[i]).and_then(|g| g.power_budget_watts);
+        Ok(budget(0)
+            .zip(budget(1))
+            .filter(|(loaded, idle)| settled(*loaded, *idle)))
+    })
+    .await
+}
+
+/// Two GPUs of one policy in one budget group, GPU 0 fully loaded and GPU 1
+/// idle: the agent moves the group's watts to GPU 0, never handing out
+/// more than the group's sum; without the group each keeps its own.
+async fn a_budget_group_follows_the_load(prefix: &str, extra: &[&str]) -> anyhow::Result<()> {
+    let fx = Fixture::new(prefix).await?;
+    let scenario = fx.state_dir.path().join("scenario.yaml");
+    std::fs::write(&scenario, "gpus:\n  0: full\n")?;
+    let scenario = scenario.to_string_lossy().into_owned();
+    let mut args = vec!["--sim-scenario", scenario.as_str()];
+    args.extend_from_slice(extra);
+    let agent = AgentProcess::spawn(&fx, &fx.kubeconfig, &args).await?;
+    let uuids = fx.gpu_uuids().await.with_context(|| agent.logs())?;
+    let group = Some("ns/p");
+    fx.apply(
+        &format!(
+            "{}, {}",
+            budgeted_gpu(&uuids[0], 350.0, group),
+            budgeted_gpu(&uuids[1], 350.0, group)
+        ),
+        "",
+    )
+    .await?;
+    let (loaded, idle) = budgets_once(
+        &fx,
+        &uuids,
+        "the loaded GPU given most of the group's 700 W",
+        |l, _| l > 350.0,
+    )
+    .await
+    .with_context(|| agent.logs())?;
+    assert!(loaded + idle <= 700.0 + 1e-6, "{loaded} + {idle} W");
+    // The idle GPU keeps at least the lowest limit the GPU accepts.
+    assert!(idle >= 210.0, "{idle} W");
+
+    // The same entries without a group: each its own 350 W again.
+    fx.apply(
+        &format!(
+            "{}, {}",
+            budgeted_gpu(&uuids[0], 350.0, None),
+            budgeted_gpu(&uuids[1], 350.0, None)
+        ),
+        "",
+    )
+    .await?;
+    budgets_once(&fx, &uuids, "each GPU back at its own 350 W", |l, i| {
+        l == 350.0 && i == 350.0
+    })
+    .await
+    .with_context(|| agent.logs())?;
+    drop(agent);
+    fx.cleanup().await
+}
+
+#[tokio::test]
+async fn a_budget_group_is_resplit_by_load_with_the_clock_loop() -> anyhow::Result<()> {
+    a_budget_group_follows_the_load("ft-group-clock", &[]).await
+}
+
+#[tokio::test]
+async fn a_budget_group_is_resplit_by_load_with_power_limits() -> anyhow::Result<()> {
+    a_budget_group_follows_the_load("ft-group-limit", &["--gpu-power-limit"]).await
+}

@@ -37,6 +37,8 @@ const AT_BUDGET: f64 = 0.95;
 pub struct BudgetAllocator {
     target: f64,
     headroom: f64,
+    /// `node-resplit`: the node agent re-splits each node's budgets.
+    node_resplit: bool,
     budgets: HashMap<(String, String), f64>,
 }
 
@@ -55,6 +57,7 @@ impl BudgetAllocator {
         Ok(Self {
             target: params.number(key, default, 50.0..=100.0)? / 100.0,
             headroom: params.number("headroom", 10.0, 0.0..=100.0)? / 100.0,
+            node_resplit: params.flag("node-resplit", false)?,
             budgets: HashMap::new(),
         })
     }
@@ -73,6 +76,10 @@ impl BudgetAllocator {
 impl Algorithm for BudgetAllocator {
     fn name(&self) -> &'static str {
         super::BUDGET_ALLOCATOR
+    }
+
+    fn pools_node_budgets(&self) -> bool {
+        self.node_resplit
     }
 
     fn plan(&mut self, observation: &Observation) -> Vec<Target> {

@@ -11,7 +11,7 @@
 //! The budgets add up to `budget-target` percent of the cap (default 100),
 //! above feedback's `target` (default 97), so in steady state the clocks
 //! bind and the budgets only catch what arrives between periods. Other
-//! parameters are those of both.
+//! parameters are those of both, `node-resplit` included.
 
 use super::{Algorithm, AlgorithmError, BudgetAllocator, Feedback, Observation, Params, Target};
 
@@ -33,6 +33,10 @@ impl FeedbackBudget {
 impl Algorithm for FeedbackBudget {
     fn name(&self) -> &'static str {
         super::FEEDBACK_BUDGET
+    }
+
+    fn pools_node_budgets(&self) -> bool {
+        self.budgets.pools_node_budgets()
     }
 
     fn plan(&mut self, observation: &Observation) -> Vec<Target> {

@@ -210,6 +210,12 @@ pub trait Algorithm: Send + Sync {
     fn name(&self) -> &'static str;
     /// Targets for every device of the observation.
     fn plan(&mut self, observation: &Observation) -> Vec<Target>;
+    /// Whether the budgets of a node's GPUs form one node budget, which
+    /// the node agent re-splits across them each second by their demand
+    /// (the entries' `budgetGroup`); `false`: each GPU's budget is its own.
+    fn pools_node_budgets(&self) -> bool {
+        false
+    }
 }
 
 /// Builds the algorithm a policy asks for (`feedback` when none is named).
@@ -297,6 +303,17 @@ impl<'a> Params<'a> {
         }
     }
 
+    /// `true` or `false`, or `default` when absent.
+    pub(crate) fn flag(&self, key: &str, default: bool) -> Result<bool, AlgorithmError> {
+        self.read.borrow_mut().push(key.to_string());
+        match self.values.get(key).map(|v| v.trim()) {
+            None => Ok(default),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(_) => Err(self.fail(key, "must be true or false")),
+        }
+    }
+
     pub(crate) fn fail(&self, key: &str, why: &str) -> AlgorithmError {
         AlgorithmError::BadParameter {
             algorithm: self.algorithm,
@@ -379,6 +396,10 @@ mod tests {
             (FEEDBACK, "target", "140"),
             (FEEDBACK, "tagret", "95"),
             (BUDGET_ALLOCATOR, "target", "NaN"),
+            (BUDGET_ALLOCATOR, "node-resplit", "yes"),
+            (FEEDBACK_BUDGET, "node-resplit", "1"),
+            // Only the algorithms with budgets have a node budget to pool.
+            (FEEDBACK, "node-resplit", "true"),
         ] {
             let err = from_spec(Some(&spec(name, &[(key, value)]))).err();
             assert_eq!(
@@ -387,6 +408,27 @@ mod tests {
                 "{name} {key}={value}: {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn node_budgets_are_pooled_only_when_asked_for() {
+        let pools = |name: &str, params: &[(&str, &str)]| {
+            from_spec(Some(&spec(name, params))).map(|a| a.pools_node_budgets())
+        };
+        for name in [BUDGET_ALLOCATOR, FEEDBACK_BUDGET] {
+            assert_eq!(pools(name, &[]).ok(), Some(false), "{name}");
+            assert_eq!(
+                pools(name, &[("node-resplit", "true")]).ok(),
+                Some(true),
+                "{name}"
+            );
+            assert_eq!(
+                pools(name, &[("node-resplit", "false")]).ok(),
+                Some(false),
+                "{name}"
+            );
+        }
+        assert_eq!(pools(FEEDBACK, &[]).ok(), Some(false));
     }
 
     fn inventory(min: i32, max: i32, supported: Vec<i32>) -> GpuInventory {

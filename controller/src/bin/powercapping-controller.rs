@@ -7,6 +7,7 @@ use clap::Parser;
 use climatik_controller::{
     app,
     cli::ControllerArgs,
+    due::StatusWrites,
     monitor,
     observe::{DEFAULT_DCGM_JOBS, DEFAULT_KEPLER_JOBS},
 };
@@ -48,8 +49,27 @@ struct Args {
     /// policy (events act at once; this catches anything missed).
     #[arg(long, env = "POLICY_RESYNC", default_value = "5m", value_parser = parse_duration)]
     policy_resync: Duration,
+    /// Write a policy's status when its power (or one device's) moved by
+    /// more than this percentage of the cap since the last write; smaller
+    /// moves wait for the heartbeat. Condition, spec and pod changes, and
+    /// power over the cap, are written at once.
+    #[arg(long, env = "STATUS_POWER_CHANGE_PERCENT", default_value_t = 5.0, value_parser = percent)]
+    status_power_change_percent: f64,
+    /// Write each policy's status at least every this many periods.
+    #[arg(long, env = "STATUS_HEARTBEAT_PERIODS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
+    status_heartbeat_periods: u32,
     #[command(flatten)]
     common: ControllerArgs,
+}
+
+/// A percentage from 0 to 100.
+fn percent(value: &str) -> Result<f64, String> {
+    let p: f64 = value.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=100.0).contains(&p) {
+        Ok(p)
+    } else {
+        Err(format!("{p} is not between 0 and 100"))
+    }
 }
 
 fn default_jobs(jobs: &[&str]) -> Vec<String> {
@@ -77,6 +97,10 @@ async fn main() -> anyhow::Result<()> {
             namespace: s.namespace,
             identity: s.identity,
             generator_resync: args.generate_policies.then_some(args.policy_resync),
+            status_writes: StatusWrites {
+                power_fraction: args.status_power_change_percent / 100.0,
+                heartbeat_periods: args.status_heartbeat_periods,
+            },
         };
         monitor::run_with_readiness(s.client, config, s.metrics, s.shutdown.wait(), s.ready)
     })

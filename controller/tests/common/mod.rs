@@ -138,6 +138,7 @@ pub fn monitor_config(
         namespace: Some(namespace.to_string()),
         identity: "test-monitor".into(),
         generator_resync: None,
+        status_writes: Default::default(),
     }
 }
 

@@ -18,4 +18,5 @@
 pub mod dcgm;
 pub mod node;
 pub mod plant;
+pub mod resplit;
 pub mod sweep;

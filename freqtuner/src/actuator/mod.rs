@@ -8,9 +8,12 @@
 //! wish, the device and what is in force (pure, property-tested);
 //! [`execute`] makes those writes through the backends; [`report`] turns
 //! the outcome into status text, gauges and de-duplicated logs. This module
-//! only sequences them and keeps what is in force between passes.
+//! only sequences them and keeps what is in force between passes. Budget
+//! groups get their GPUs' budgets for the pass from [`groups`], which
+//! re-splits each group's total by the readings of the pass before.
 
 mod execute;
+mod groups;
 mod plan;
 mod report;
 
@@ -110,6 +113,8 @@ pub struct Actuator {
     /// The entries live in the last pass, to tell an expiry (live then,
     /// lapsed now) from an entry that was already over when first read.
     live: BTreeSet<EntryKey>,
+    /// The last reading of each grouped GPU, its demand for the next split.
+    seen: BTreeMap<String, groups::Seen>,
 }
 
 impl Actuator {
@@ -130,6 +135,7 @@ impl Actuator {
             lifetimes: Lifetimes::default(),
             hold: None,
             live: BTreeSet::new(),
+            seen: BTreeMap::new(),
         }
     }
 
@@ -307,8 +313,28 @@ impl Actuator {
             }
         }
 
+        let backend = self.gpu.as_deref();
+        let shares = groups::shares(
+            &desired.groups,
+            &desired.gpus,
+            |uuid| backend.and_then(|b| b.device(uuid)).cloned(),
+            &self.seen,
+        );
+        self.seen.retain(|uuid, _| shares.contains_key(uuid));
         for (uuid, want) in &desired.gpus {
-            let status = self.apply_gpu(uuid, want, step_budget);
+            let status = match shares.get(uuid) {
+                Some(share) => {
+                    // The group's share, unless an ungrouped entry for the
+                    // GPU wants less.
+                    let budget = want.budget_watts.map_or(*share, |b| b.min(*share));
+                    let grouped = Want {
+                        budget_watts: Some(budget),
+                        ..want.clone()
+                    };
+                    self.apply_gpu(uuid, &grouped, step_budget, true)
+                }
+                None => self.apply_gpu(uuid, want, step_budget, false),
+            };
             report.gpus.push(status);
         }
 
@@ -328,8 +354,15 @@ impl Actuator {
         }
     }
 
-    /// Plan, execute and report one wanted GPU.
-    fn apply_gpu(&mut self, uuid: &str, want: &Want, step_budget: bool) -> GpuFrequencyStatus {
+    /// Plan, execute and report one wanted GPU; a `grouped` GPU's reading
+    /// is kept for the next split of its group.
+    fn apply_gpu(
+        &mut self,
+        uuid: &str,
+        want: &Want,
+        step_budget: bool,
+        grouped: bool,
+    ) -> GpuFrequencyStatus {
         let Some(backend) = self.gpu.as_mut() else {
             let status = report::gpu_without_backend(uuid, want);
             self.reporter
@@ -352,6 +385,17 @@ impl Actuator {
             target.samples_power(step_budget),
             &mut errors,
         );
+        if let (Some(power_watts), true) = (sample, grouped)
+            && let Ok(clock_mhz) = backend.current_clock(uuid)
+        {
+            self.seen.insert(
+                uuid.to_string(),
+                groups::Seen {
+                    power_watts,
+                    clock_mhz,
+                },
+            );
+        }
         let mut plan = target.plan(previous, sample, self.power_limit_mode, &self.control);
         if let Some(what) = execute::drift(backend.as_mut(), uuid, previous) {
             // Someone else changed the GPU: write again what is planned,
@@ -555,6 +599,7 @@ mod tests {
             gpu_id: uuid.into(),
             target_frequency: target,
             power_budget_watts: budget,
+            budget_group: None,
             policy: "ns/p".into(),
             expires_at: Time(expires.unwrap_or_else(renewed)),
         }

@@ -192,6 +192,7 @@ fn spec_for(gpus: &[GpuInfo], mhz: u32, budget: Option<f64>) -> NodeFrequenciesS
                 gpu_id: g.uuid.clone(),
                 target_frequency: i32::try_from(mhz).unwrap_or(i32::MAX),
                 power_budget_watts: budget,
+                budget_group: None,
                 policy: "probe/nvml".to_string(),
                 expires_at: expires_at.clone(),
             })

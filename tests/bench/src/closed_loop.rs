@@ -19,9 +19,9 @@ use climatik_api::{CustomAlgorithm, DeviceKind};
 use serde::Serialize;
 
 use climatik_controller::algorithm::{self, Algorithm, Clocks, Device, Observation};
-use climatik_sim_gpu::plant::MeasuredCurve;
+use climatik_sim_gpu::{plant::MeasuredCurve, resplit};
 
-use crate::{bound::Clairvoyant, resplit};
+use crate::bound::Clairvoyant;
 
 /// Seconds between recommender decisions.
 pub const PERIOD_S: usize = 15;
@@ -82,7 +82,8 @@ pub enum Strategy {
     OursPowerLimit(&'static str),
     /// A model, not what the agent does: [`OursPowerLimit`](Self::OursPowerLimit)
     /// with each node's budgets for the policy's GPUs there summed and
-    /// re-split every second by measured demand ([`crate::resplit`]).
+    /// re-split every second by measured demand: the node agent's own rule
+    /// ([`climatik_sim_gpu::resplit`]).
     OursNodeResplit(&'static str),
     /// Not a controller: the most any controller could serve, knowing each
     /// second's load ([`crate::bound`]). Every strategy is measured against it.
@@ -731,15 +732,12 @@ fn node_resplit(
                 resplit::Demand {
                     full_watts: seen.power(f64::from(model.max_clock())),
                     idle_watts: seen.idle_watts,
+                    lowest_watts: model.min_power_limit_watts(),
+                    highest_watts: model.peak_watts(),
                 }
             })
             .collect();
-        let limits = resplit::split(
-            total,
-            &demands,
-            model.min_power_limit_watts(),
-            model.peak_watts(),
-        );
+        let limits = resplit::split(total, &demands);
         for (i, limit) in on_node.into_iter().zip(limits) {
             budgets[i] = Some(limit);
         }

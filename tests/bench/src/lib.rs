@@ -13,5 +13,4 @@
 pub mod bound;
 pub mod closed_loop;
 pub mod report;
-pub mod resplit;
 pub mod trace;
