@@ -114,16 +114,15 @@ pub fn status_due(
     {
         return Some(StatusReason::Spec);
     }
-    let verdicts = |s: &PowerCappingPolicyStatus| {
-        let mut v: Vec<(String, String, String)> = s
+    // Only the conditions this write carries: the stored status also holds
+    // other writers' (the recommender's AlgorithmValid).
+    let changed = next.conditions.iter().any(|c| {
+        !previous
             .conditions
             .iter()
-            .map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone()))
-            .collect();
-        v.sort();
-        v
-    };
-    if verdicts(previous) != verdicts(next) {
+            .any(|p| p.type_ == c.type_ && p.status == c.status && p.reason == c.reason)
+    });
+    if changed {
         return Some(StatusReason::Condition);
     }
     if previous.matched_pod_count != next.matched_pod_count
@@ -384,6 +383,23 @@ mod tests {
         );
         let mut next = steady();
         next.conditions[1] = condition("Capping", "False", "BelowThreshold", "");
+        assert_eq!(
+            status_due(&previous, &next, at(115), &RULES),
+            Some(StatusReason::Condition)
+        );
+        // Another writer's condition in the stored status is none of ours.
+        let mut theirs = previous.clone();
+        theirs
+            .conditions
+            .push(condition("AlgorithmValid", "True", "Valid", ""));
+        assert_eq!(status_due(&theirs, &steady(), at(115), &RULES), None);
+        let mut next = steady();
+        next.conditions.push(condition(
+            "CapReachable",
+            "True",
+            "AboveMinimumPowerLimit",
+            "",
+        ));
         assert_eq!(
             status_due(&previous, &next, at(115), &RULES),
             Some(StatusReason::Condition)

@@ -155,6 +155,17 @@ pub fn reconcile_rates(before: &[Line], after: &[Line], seconds: f64, expected: 
             })
             .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // "resource decision reason" -> per second: what each period decided
+    // to write, and what it left alone.
+    let decisions: BTreeMap<String, f64> = deltas(before, after, "climatik_write_decisions_total")
+        .into_iter()
+        .map(|(l, d)| {
+            let key = ["resource", "decision", "reason"]
+                .map(|k| label(&l, k))
+                .join(" ");
+            (key, round3(d / seconds.max(1e-9)))
+        })
+        .collect();
     let duration_sum = sum("climatik_reconcile_duration_seconds_sum");
     let duration_count = sum("climatik_reconcile_duration_seconds_count");
     json!({
@@ -163,6 +174,7 @@ pub fn reconcile_rates(before: &[Line], after: &[Line], seconds: f64, expected: 
         "policies_per_interval_per_s": round3(expected),
         "errors": errors,
         "nodefrequencies_applies_per_s": round3(sum("climatik_nodefrequencies_applies_total") / seconds.max(1e-9)),
+        "write_decisions_per_s": decisions,
         "duration": {
             "p50_s": quantile(&buckets, 0.5).map(round3),
             "p99_s": quantile(&buckets, 0.99).map(round3),
