@@ -6,7 +6,7 @@
 //! node each own exactly their entries and the node agent merges them (the
 //! most restrictive wins). Applying an empty list under a policy's manager
 //! removes its entries. Every entry carries an `expiresAt`, renewed once
-//! half of its lifetime has passed (targets are computed each period but
+//! a quarter of its lifetime has passed (targets are computed each period but
 //! written only when they change, see [`crate::due`]): if the recommender
 //! stops, the node returns to defaults.
 //!

@@ -156,6 +156,6 @@ pub async fn freshness(
     Ok(json!({
         "status_age": distribution(ages),
         "entry_age": distribution(renewals),
-        "note": "age at the end of the window of each policy's status.lastUpdated (its last write: on a material change or the heartbeat, by default every 3 intervals) and of each NodeFrequencies entry's last write (a changed target, or a renewal once half the entry TTL has passed); with every policy served each interval they stay under the heartbeat and half the TTL, plus an interval and the reconcile time; whether every policy is measured each interval shows in reconciles_per_s against policies_per_interval_per_s",
+        "note": "age at the end of the window of each policy's status.lastUpdated (its last write: on a material change or the heartbeat, by default every 3 intervals) and of each NodeFrequencies entry's last write (a changed target, or a renewal once a quarter of the entry TTL has passed); with every policy served each interval they stay under the heartbeat and a quarter of the TTL, plus an interval and the reconcile time; whether every policy is measured each interval shows in reconciles_per_s against policies_per_interval_per_s",
     }))
 }
