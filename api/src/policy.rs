@@ -233,6 +233,24 @@ pub struct DevicePower {
     pub frequency_mhz: Option<f64>,
 }
 
+impl PowerCappingPolicyStatus {
+    /// `(node, device, watts)` of every device measured, ordered by node
+    /// and device.
+    pub fn device_powers(&self) -> Vec<(&str, &str, f64)> {
+        let mut all: Vec<(&str, &str, f64)> = self
+            .nodes
+            .iter()
+            .flat_map(|n| {
+                n.devices
+                    .iter()
+                    .map(|d| (n.node_name.as_str(), d.device_id.as_str(), d.power_watts))
+            })
+            .collect();
+        all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        all
+    }
+}
+
 impl PowerCappingPolicy {
     /// The first configured algorithm, if any.
     pub fn algorithm(&self) -> Option<&CustomAlgorithm> {

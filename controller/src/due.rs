@@ -144,9 +144,10 @@ pub fn status_due(
         (None, None) => false,
         _ => true,
     };
-    let device_moved = devices(previous)
+    let device_moved = previous
+        .device_powers()
         .iter()
-        .zip(devices(next).iter())
+        .zip(next.device_powers().iter())
         .any(|(a, b)| moved(Some(a.2), Some(b.2)));
     if moved(previous.current_power, next.current_power) || device_moved {
         return Some(StatusReason::Power);
@@ -154,24 +155,10 @@ pub fn status_due(
     heartbeat_due(written, now, rules.heartbeat, rules.period).then_some(StatusReason::Heartbeat)
 }
 
-/// `(node, device, watts)` of every device measured, in a fixed order.
-fn devices(status: &PowerCappingPolicyStatus) -> Vec<(&str, &str, f64)> {
-    let mut all: Vec<(&str, &str, f64)> = status
-        .nodes
-        .iter()
-        .flat_map(|n| {
-            n.devices
-                .iter()
-                .map(|d| (n.node_name.as_str(), d.device_id.as_str(), d.power_watts))
-        })
-        .collect();
-    all.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
-    all
-}
-
 /// `(node, device)` of every device measured, in a fixed order.
 fn ids(status: &PowerCappingPolicyStatus) -> Vec<(&str, &str)> {
-    devices(status)
+    status
+        .device_powers()
         .into_iter()
         .map(|(n, d, _)| (n, d))
         .collect()

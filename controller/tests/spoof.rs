@@ -115,15 +115,7 @@ async fn check(
     // node without an inventory.
     assert_eq!(status.current_power, Some(200.0), "{status:?}");
     assert!(!status.capping_action_required);
-    let devices: Vec<(&str, &str, f64)> = status
-        .nodes
-        .iter()
-        .flat_map(|n| {
-            n.devices
-                .iter()
-                .map(|d| (n.node_name.as_str(), d.device_id.as_str(), d.power_watts))
-        })
-        .collect();
+    let devices = status.device_powers();
     assert_eq!(devices, vec![(nodes[0].as_str(), "GPU-V0", 200.0)]);
     let message = p
         .status
