@@ -5,12 +5,14 @@
 use std::collections::BTreeMap;
 
 use crate::{
+    bounds::{MAX_PRIORITY, MIN_PRIORITY},
     names::{
         ALGORITHMS, ANNOTATION_ALGORITHM, ANNOTATION_CAPPING_THRESHOLD, ANNOTATION_DRY_RUN,
-        ANNOTATION_POWER_CAP,
+        ANNOTATION_MIN_POWER, ANNOTATION_POWER_CAP, ANNOTATION_PRIORITY,
     },
     parse_power,
     policy::DEFAULT_CAPPING_THRESHOLD,
+    power::format_power,
 };
 
 /// What the annotations ask for.
@@ -24,15 +26,21 @@ pub struct CapSettings {
     pub dry_run: bool,
     /// The algorithm asked for; `None` leaves the recommender's default.
     pub algorithm: Option<String>,
+    /// Priority in a shared PowerBudget; `None` leaves the default.
+    pub priority: Option<i32>,
+    /// Guarantee in a shared PowerBudget, in whole watts, at most the cap.
+    pub min_watts: Option<u64>,
 }
 
 /// Every annotation a user writes for Climatik on a workload. An update
 /// that leaves all of them as they were does not change the cap.
-pub const USER_ANNOTATIONS: [&str; 4] = [
+pub const USER_ANNOTATIONS: [&str; 6] = [
     ANNOTATION_POWER_CAP,
     ANNOTATION_CAPPING_THRESHOLD,
     ANNOTATION_DRY_RUN,
     ANNOTATION_ALGORITHM,
+    ANNOTATION_PRIORITY,
+    ANNOTATION_MIN_POWER,
 ];
 
 /// Longest part of a rejected value echoed back in an error, in characters:
@@ -55,6 +63,9 @@ pub fn quoted(value: &str) -> String {
 pub const THRESHOLD_FORMS: &str = "a whole percentage from 1 to 100, e.g. \"90\" or \"90%\"";
 /// Accepted forms of the dry-run annotation, quoted in errors.
 pub const DRY_RUN_FORMS: &str = "\"true\" or \"false\"";
+/// Accepted forms of the priority annotation, quoted in errors.
+pub const PRIORITY_FORMS: &str =
+    "a whole number from -1000000000 to 1000000000, e.g. \"100\" or \"-10\"";
 
 /// Reads the settings from a workload's annotations: `Ok(None)` when the
 /// workload has not opted in, `Err` with one message per bad annotation.
@@ -104,6 +115,33 @@ pub fn from_annotations(
             Some(name.to_string())
         }
     };
+    let priority = annotations.get(ANNOTATION_PRIORITY).and_then(|value| {
+        let parsed = parse_priority(value);
+        if parsed.is_none() {
+            errors.push(format!(
+                "annotation {ANNOTATION_PRIORITY}: invalid value {}; accepted: {PRIORITY_FORMS}",
+                quoted(value)
+            ));
+        }
+        parsed
+    });
+    let min_watts = annotations.get(ANNOTATION_MIN_POWER).and_then(|value| {
+        match parse_power(value) {
+            Err(e) => {
+                errors.push(format!("annotation {ANNOTATION_MIN_POWER}: {e}"));
+                None
+            }
+            Ok(min) if watts.is_some_and(|cap| min > cap) => {
+                errors.push(format!(
+                    "annotation {ANNOTATION_MIN_POWER}: the guarantee {} is above the cap {} of {ANNOTATION_POWER_CAP}",
+                    format_power(min),
+                    watts.map(format_power).unwrap_or_default()
+                ));
+                None
+            }
+            Ok(min) => Some(min),
+        }
+    });
     match (watts, threshold, dry_run) {
         (Some(watts), Some(threshold), Some(dry_run)) if errors.is_empty() => {
             Ok(Some(CapSettings {
@@ -111,10 +149,27 @@ pub fn from_annotations(
                 threshold,
                 dry_run,
                 algorithm,
+                priority,
+                min_watts,
             }))
         }
         _ => Err(errors),
     }
+}
+
+/// A whole number, optionally signed, within the bounds of `spec.priority`.
+fn parse_priority(value: &str) -> Option<i32> {
+    let text = value.trim();
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    // Eleven digits reach past the bounds; longer strings are refused
+    // before parsing.
+    if digits.is_empty() || digits.len() > 11 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse::<i64>()
+        .ok()
+        .filter(|p| (i64::from(MIN_PRIORITY)..=i64::from(MAX_PRIORITY)).contains(p))
+        .and_then(|p| i32::try_from(p).ok())
 }
 
 fn parse_threshold(value: &str) -> Option<i32> {
@@ -164,6 +219,8 @@ mod tests {
                 threshold: DEFAULT_CAPPING_THRESHOLD,
                 dry_run: false,
                 algorithm: None,
+                priority: None,
+                min_watts: None,
             }))
         );
     }
@@ -181,6 +238,8 @@ mod tests {
                 threshold: 80,
                 dry_run: true,
                 algorithm: None,
+                priority: None,
+                min_watts: None,
             }))
         );
     }
@@ -239,6 +298,73 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].contains(ANNOTATION_ALGORITHM) && errors[0].contains("\"pid\""));
         assert!(errors[0].contains("budget-allocator"));
+    }
+
+    #[test]
+    fn priority_and_guarantee_are_read_and_bounded() {
+        let with = |pairs: &[(&str, &str)]| {
+            let mut all = vec![(ANNOTATION_POWER_CAP, "1kW")];
+            all.extend_from_slice(pairs);
+            from_annotations(&annotations(&all))
+        };
+        let settings = with(&[
+            (ANNOTATION_PRIORITY, " -10 "),
+            (ANNOTATION_MIN_POWER, "0.4kW"),
+        ])
+        .ok()
+        .flatten()
+        .expect("accepted");
+        assert_eq!(
+            (settings.priority, settings.min_watts),
+            (Some(-10), Some(400))
+        );
+        // The guarantee may equal the cap, never exceed it.
+        let settings = with(&[(ANNOTATION_MIN_POWER, "1000W")]).ok().flatten();
+        assert_eq!(settings.and_then(|s| s.min_watts), Some(1000));
+        let errors = with(&[(ANNOTATION_MIN_POWER, "1001W")])
+            .err()
+            .unwrap_or_default();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains(ANNOTATION_MIN_POWER) && errors[0].contains("above the cap 1kW"),
+            "{errors:?}"
+        );
+        let errors = with(&[(ANNOTATION_MIN_POWER, "lots")])
+            .err()
+            .unwrap_or_default();
+        assert!(errors[0].contains(ANNOTATION_MIN_POWER) && errors[0].contains("1.5kW"));
+        let errors = with(&[(ANNOTATION_PRIORITY, "high")])
+            .err()
+            .unwrap_or_default();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].contains(ANNOTATION_PRIORITY) && errors[0].contains("\"high\""));
+        assert!(errors[0].contains(PRIORITY_FORMS));
+    }
+
+    #[test]
+    fn priorities_beyond_the_bounds_are_rejected() {
+        for bad in [
+            "",
+            "-",
+            "1.5",
+            "1e3",
+            "1000000001",
+            "-1000000001",
+            "99999999999999999999",
+            "--1",
+            "0x10",
+        ] {
+            assert_eq!(parse_priority(bad), None, "{bad}");
+        }
+        for (good, value) in [
+            ("0", 0),
+            ("+7", 7),
+            ("-1000000000", MIN_PRIORITY),
+            ("1000000000", MAX_PRIORITY),
+            (" 42 ", 42),
+        ] {
+            assert_eq!(parse_priority(good), Some(value), "{good}");
+        }
     }
 
     #[test]

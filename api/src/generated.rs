@@ -104,8 +104,12 @@ impl DesiredPolicy {
                 .collect(),
             dry_run: self.settings.dry_run,
             devices: vec![DeviceKind::Gpu],
-            priority: None,
-            min_watts: None,
+            priority: self.settings.priority,
+            // parse_power caps values at 10 MW, far inside i64.
+            min_watts: self
+                .settings
+                .min_watts
+                .map(|w| i64::try_from(w).unwrap_or(i64::MAX)),
         }
     }
 
@@ -118,7 +122,9 @@ impl DesiredPolicy {
             && existing.spec.capping_threshold == want.spec.capping_threshold
             && existing.spec.dry_run == want.spec.dry_run
             && existing.spec.custom_algorithms == want.spec.custom_algorithms
-            && existing.spec.devices == want.spec.devices;
+            && existing.spec.devices == want.spec.devices
+            && existing.spec.priority == want.spec.priority
+            && existing.spec.min_watts == want.spec.min_watts;
         let contains = |have: &Option<BTreeMap<String, String>>,
                         want: &Option<BTreeMap<String, String>>| {
             want.iter()
@@ -172,6 +178,8 @@ mod tests {
                 threshold: 90,
                 dry_run: false,
                 algorithm: None,
+                priority: None,
+                min_watts: None,
             },
             workload: WorkloadRef {
                 kind: WorkloadKind::Deployment,
@@ -250,6 +258,24 @@ mod tests {
         assert_eq!(names, ["budget-allocator"]);
         // Changing the algorithm is a change to apply.
         assert!(!want.is_satisfied_by(&desired("u-1").to_object()));
+        assert!(want.is_satisfied_by(&policy));
+    }
+
+    #[test]
+    fn priority_and_guarantee_are_written_only_when_asked_for() {
+        let plain = desired("u-1").to_object();
+        let json = serde_json::to_value(&plain.spec).unwrap_or_default();
+        assert!(json.get("priority").is_none() && json.get("minWatts").is_none());
+        let mut want = desired("u-1");
+        want.settings.priority = Some(100);
+        want.settings.min_watts = Some(250);
+        let policy = want.to_object();
+        assert_eq!(policy.spec.priority, Some(100));
+        assert_eq!(policy.spec.min_watts, Some(250));
+        // A new priority or guarantee is a change to apply, and so is
+        // dropping one.
+        assert!(!want.is_satisfied_by(&plain));
+        assert!(!desired("u-1").is_satisfied_by(&policy));
         assert!(want.is_satisfied_by(&policy));
     }
 }

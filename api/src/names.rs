@@ -11,6 +11,12 @@ pub const ANNOTATION_CAPPING_THRESHOLD: &str = "climatik.io/capping-threshold";
 pub const ANNOTATION_DRY_RUN: &str = "climatik.io/dry-run";
 /// Optional companion: the generated policy's algorithm, one of [`ALGORITHMS`].
 pub const ANNOTATION_ALGORITHM: &str = "climatik.io/algorithm";
+/// Optional companion: the generated policy's priority in a shared
+/// PowerBudget, a whole number within the bounds of `spec.priority`.
+pub const ANNOTATION_PRIORITY: &str = "climatik.io/priority";
+/// Optional companion: the generated policy's guarantee in a shared
+/// PowerBudget (`spec.minWatts`), a power value no larger than the cap.
+pub const ANNOTATION_MIN_POWER: &str = "climatik.io/min-power";
 /// The algorithms the recommender implements; the first is the default.
 pub const ALGORITHMS: [&str; 4] = [
     "feedback",

@@ -484,7 +484,9 @@ async fn reconcile(client: &kube::Client, stores: &Stores, metrics: &Metrics, ke
 mod tests {
     use std::collections::BTreeMap;
 
-    use climatik_api::names::ANNOTATION_CAPPING_THRESHOLD;
+    use climatik_api::names::{
+        ANNOTATION_CAPPING_THRESHOLD, ANNOTATION_MIN_POWER, ANNOTATION_PRIORITY,
+    };
 
     use super::*;
 
@@ -545,6 +547,35 @@ mod tests {
                 Some(&applied)
             ),
             Plan::Apply(d) if d.settings.threshold == 80
+        ));
+    }
+
+    #[test]
+    fn priority_and_guarantee_annotations_set_the_policy() {
+        let annotated = meta(&[
+            (ANNOTATION_POWER_CAP, "1kW"),
+            (ANNOTATION_PRIORITY, "100"),
+            (ANNOTATION_MIN_POWER, "400W"),
+        ]);
+        let Plan::Apply(desired) = plan_for(Some(&annotated), None) else {
+            panic!("no apply");
+        };
+        let applied = desired.to_object();
+        assert_eq!(applied.spec.priority, Some(100));
+        assert_eq!(applied.spec.min_watts, Some(400));
+        assert_eq!(plan_for(Some(&annotated), Some(&applied)), Plan::Nothing);
+        // Dropping them is a change to apply.
+        assert!(matches!(
+            plan_for(Some(&meta(&[(ANNOTATION_POWER_CAP, "1kW")])), Some(&applied)),
+            Plan::Apply(d) if d.settings.priority.is_none() && d.settings.min_watts.is_none()
+        ));
+        // A guarantee above the cap leaves the policy as it is.
+        assert!(matches!(
+            plan_for(
+                Some(&meta(&[(ANNOTATION_POWER_CAP, "1kW"), (ANNOTATION_MIN_POWER, "2kW")])),
+                Some(&applied)
+            ),
+            Plan::KeepInvalid(errors) if errors.len() == 1
         ));
     }
 

@@ -562,6 +562,66 @@ async fn deployment_annotation_lifecycle() -> anyhow::Result<()> {
     h.cleanup().await
 }
 
+/// `climatik.io/priority` and `climatik.io/min-power` reach the generated
+/// policy, follow a change, and a bad value fails `kubectl apply` with the
+/// webhook's message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn priority_and_guarantee_annotations_reach_the_policy() -> anyhow::Result<()> {
+    let h = Harness::start("webhook-priority").await?;
+    let with = |priority: &str, min_power: &str| {
+        let mut manifest = deployment("serve", Some("1kW"));
+        manifest["metadata"]["annotations"]["climatik.io/priority"] = priority.into();
+        manifest["metadata"]["annotations"]["climatik.io/min-power"] = min_power.into();
+        manifest
+    };
+    let wait_for = |priority: i32, min_watts: i64| {
+        let api = h.policies();
+        async move {
+            eventually(
+                &format!("policy with priority {priority} and minWatts {min_watts}"),
+                Duration::from_secs(20),
+                || async {
+                    Ok(api.get_opt("deployment-serve").await?.filter(|p| {
+                        p.spec.priority == Some(priority) && p.spec.min_watts == Some(min_watts)
+                    }))
+                },
+            )
+            .await
+        }
+    };
+    h.kubectl_apply(&with("100", "400W"), &[]).await?;
+    wait_for(100, 400).await?;
+    h.kubectl_apply(&with("-5", "1kW"), &[]).await?;
+    wait_for(-5, 1000).await?;
+
+    for (priority, min_power, named, why) in [
+        ("urgent", "400W", "climatik.io/priority", "a whole number"),
+        (
+            "2000000000",
+            "400W",
+            "climatik.io/priority",
+            "a whole number",
+        ),
+        ("100", "1.2kW", "climatik.io/min-power", "above the cap 1kW"),
+        ("100", "none", "climatik.io/min-power", "1.5kW"),
+    ] {
+        let err = h
+            .kubectl_apply(&with(priority, min_power), &[])
+            .await
+            .err()
+            .context("a bad priority or guarantee was admitted")?
+            .to_string();
+        assert!(err.contains(named) && err.contains(why), "{err}");
+    }
+    // The policy still says what was last admitted.
+    let kept = h.policies().get("deployment-serve").await?;
+    assert_eq!(
+        (kept.spec.priority, kept.spec.min_watts),
+        (Some(-5), Some(1000))
+    );
+    h.cleanup().await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_annotation_lifecycle() -> anyhow::Result<()> {
     let h = Harness::start("webhook-job").await?;

@@ -171,6 +171,32 @@ async fn bad_annotation_is_denied_with_the_accepted_forms() -> TestResult {
 }
 
 #[tokio::test]
+async fn a_bad_priority_and_a_guarantee_above_the_cap_are_denied() -> TestResult {
+    let response = review(app(), &fixture("deployment-bad-priority.json")?).await?;
+    assert_eq!(response["allowed"], false);
+    let message = response["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("climatik.io/priority") && message.contains("\"urgent\""),
+        "{message}"
+    );
+    assert!(message.contains("a whole number"), "{message}");
+    assert!(
+        message.contains("climatik.io/min-power") && message.contains("above the cap 300W"),
+        "{message}"
+    );
+    assert!(response.get("patch").is_none());
+
+    // Within bounds, both are admitted.
+    let mut body = fixture("deployment-bad-priority.json")?;
+    let annotations = &mut body["request"]["object"]["metadata"]["annotations"];
+    annotations["climatik.io/priority"] = json!("-10");
+    annotations["climatik.io/min-power"] = json!("300W");
+    let response = review(app(), &body).await?;
+    assert_eq!(response["allowed"], true, "{response}");
+    Ok(())
+}
+
+#[tokio::test]
 async fn unannotated_workload_passes_untouched() -> TestResult {
     let response = review(app(), &fixture("statefulset-unannotated.json")?).await?;
     assert_eq!(response["allowed"], true);
@@ -394,6 +420,8 @@ proptest! {
                 Just("climatik.io/power-cap".to_string()),
                 Just("climatik.io/capping-threshold".to_string()),
                 Just("climatik.io/dry-run".to_string()),
+                Just("climatik.io/priority".to_string()),
+                Just("climatik.io/min-power".to_string()),
                 "[a-z/.]{1,8}",
             ],
             "\\PC{0,10}",
