@@ -11,6 +11,10 @@
 pub mod algorithm;
 pub mod app;
 pub mod arbitration;
+pub mod budget;
+pub mod budget_metrics;
+pub mod budget_status;
+pub mod cap;
 pub mod cli;
 pub mod conditions;
 mod driver;

@@ -9,7 +9,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{policy_metrics::PolicyMetrics, shed::ShedMetrics};
+use crate::{budget_metrics::BudgetMetrics, policy_metrics::PolicyMetrics, shed::ShedMetrics};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ControllerLabels {
@@ -104,6 +104,9 @@ pub struct Metrics {
     pub policies: PolicyMetrics,
     /// Estimated watts shed per policy (recommender).
     pub shed: ShedMetrics,
+    /// Watts, measured power and allocations per PowerBudget (monitor's
+    /// budget controller).
+    pub budgets: BudgetMetrics,
     /// NodeFrequencies server-side applies (recommender).
     pub node_frequency_applies: Family<ControllerLabels, Counter>,
     /// Writes of generated policies (monitor's policy generator).
@@ -131,6 +134,7 @@ impl Metrics {
         let leader = Family::<ControllerLabels, Gauge>::default();
         let policies = PolicyMetrics::default();
         let shed = ShedMetrics::default();
+        let budgets = BudgetMetrics::default();
         let node_frequency_applies = Family::<ControllerLabels, Counter>::default();
         let generated_policy_writes = Family::<ActionLabels, Counter>::default();
         let generator_skips = Family::<ActionLabels, Counter>::default();
@@ -168,6 +172,7 @@ impl Metrics {
         );
         policies.register(&mut registry);
         shed.register(&mut registry);
+        budgets.register(&mut registry);
         let prometheus_queries = Family::<QueryLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
         });
@@ -202,6 +207,7 @@ impl Metrics {
             leader,
             policies,
             shed,
+            budgets,
             node_frequency_applies,
             generated_policy_writes,
             generator_skips,

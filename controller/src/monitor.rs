@@ -33,7 +33,8 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    Error, Result,
+    Error, Result, budget,
+    cap::effective_cap_watts,
     conditions::{Decided, render, transitions},
     driver,
     due::{self, StatusWrites},
@@ -81,6 +82,9 @@ pub struct MonitorConfig {
     pub generator_resync: Option<Duration>,
     /// When a measurement is worth a status write.
     pub status_writes: StatusWrites,
+    /// Runs the budget controller (PowerBudgets) beside the monitor, under
+    /// the same leadership.
+    pub power_budgets: bool,
 }
 
 struct Context {
@@ -153,6 +157,24 @@ pub async fn run_with_readiness(
             shutdown.wait(),
         ))
     });
+    let budgets = context.config.power_budgets.then(|| {
+        tokio::spawn(budget::run(
+            budget::Shared {
+                client: client.clone(),
+                prometheus: context.prometheus.clone(),
+                recorder: context.recorder.clone(),
+                metrics: context.metrics.clone(),
+                leadership: context.leadership.clone(),
+                node_frequencies: context.node_frequencies.clone(),
+            },
+            budget::BudgetConfig {
+                interval: context.config.interval,
+                dcgm_jobs: context.config.dcgm_jobs.clone(),
+                namespace: namespace.clone(),
+            },
+            shutdown.clone(),
+        ))
+    });
     let reconciler = driver::Reconciler {
         reconcile,
         leadership: context.leadership.clone(),
@@ -167,6 +189,9 @@ pub async fn run_with_readiness(
     driver::run_policies(controller, reconciler, error_policy, context, ready).await;
     if let Some(generator) = generator {
         let _ = generator.await;
+    }
+    if let Some(budgets) = budgets {
+        let _ = budgets.await;
     }
     sweep.abort();
     reflector_task.abort();
@@ -334,6 +359,7 @@ fn reading(
     };
     PolicyReading {
         cap_watts: policy.spec.power_cap_limit as f64,
+        effective_cap_watts: effective_cap_watts(policy) as f64,
         power_watts: status.current_power,
         fresh: matches!(
             measurement,
@@ -512,13 +538,12 @@ pub(crate) fn build_status(
     now: &Time,
 ) -> (PowerCappingPolicyStatus, Vec<Decided>) {
     let previous = policy.status.clone().unwrap_or_default();
-    let cap = policy.spec.power_cap_limit as f64;
+    let effective_cap = effective_cap_watts(policy);
+    let cap = effective_cap as f64;
     let threshold = cap * f64::from(policy.spec.capping_threshold) / 100.0;
     let mut status = PowerCappingPolicyStatus {
         power_cap_limit: Some(policy.spec.power_cap_limit),
-        // Budgets shared between policies will lower it; today it is the
-        // policy's own cap.
-        effective_cap_watts: Some(policy.spec.power_cap_limit),
+        effective_cap_watts: Some(effective_cap),
         matched_pods: pods
             .iter()
             .take(MAX_LISTED_PODS)
@@ -608,7 +633,7 @@ pub(crate) fn build_status(
                     "AboveThreshold",
                     format!(
                         "{:.1} W is above {}% of the {} W cap",
-                        total, policy.spec.capping_threshold, policy.spec.power_cap_limit
+                        total, policy.spec.capping_threshold, effective_cap
                     ),
                 )
             } else {
@@ -618,7 +643,7 @@ pub(crate) fn build_status(
                     "BelowThreshold",
                     format!(
                         "{:.1} W is within {}% of the {} W cap",
-                        total, policy.spec.capping_threshold, policy.spec.power_cap_limit
+                        total, policy.spec.capping_threshold, effective_cap
                     ),
                 )
             };
@@ -647,9 +672,7 @@ pub(crate) fn build_status(
     // the last verdict stands, so it does not flap (and re-announce
     // itself) with every gap in the metrics.
     let reachable = match measurement {
-        Measurement::Measured { gpus, .. } => {
-            reachable::decide(policy.spec.power_cap_limit, gpus, &previous)
-        }
+        Measurement::Measured { gpus, .. } => reachable::decide(effective_cap, gpus, &previous),
         _ => None,
     }
     .or_else(|| {

@@ -51,6 +51,18 @@ pub fn dcgm_query(metric: &str, namespace: &str, jobs: &[String]) -> String {
     )
 }
 
+/// `metric` of the GPUs `uuids`, one series per GPU (a time-sliced GPU
+/// repeats its reading for every pod), from the series of `jobs` only (any
+/// job when empty): the power of GPUs no policy measures.
+pub fn dcgm_gpus_query(metric: &str, uuids: &[&str], jobs: &[String]) -> String {
+    let alternatives: Vec<String> = uuids.iter().map(|u| regex_literal(u)).collect();
+    format!(
+        "max by (UUID) ({metric}{{UUID=~\"{}\"{}}})",
+        escape(&alternatives.join("|")),
+        job_matcher(jobs)
+    )
+}
+
 /// Kepler's CPU power for one namespace: the package zone only (zones
 /// overlap, summing them would double count), from `jobs` only (any job
 /// when empty).
@@ -602,6 +614,11 @@ mod tests {
         assert_eq!(
             kepler_query("ns", &jobs(&["a.b", "c\"d"])),
             "kepler_pod_cpu_watts{zone=\"package\",pod_namespace=\"ns\",job=~\"a\\\\.b|c\\\"d\"}"
+        );
+        // The GPUs no policy measures: one series per UUID, literally.
+        assert_eq!(
+            dcgm_gpus_query(GPU_POWER, &["GPU-1", "GPU.2"], &jobs(&["dcgm"])),
+            "max by (UUID) (DCGM_FI_DEV_POWER_USAGE{UUID=~\"GPU-1|GPU\\\\.2\",job=\"dcgm\"})"
         );
     }
 }

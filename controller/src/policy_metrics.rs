@@ -36,6 +36,9 @@ type FloatCounter = Counter<f64, AtomicU64>;
 pub struct PolicyReading {
     /// `spec.powerCapLimit`, watts.
     pub cap_watts: f64,
+    /// The cap the devices are held to: the smaller of the policy's cap and
+    /// its budget allocation (`status.effectiveCapWatts`).
+    pub effective_cap_watts: f64,
     /// `status.currentPower`, watts, when the status has one.
     pub power_watts: Option<f64>,
     /// The power was measured now (or is 0 W because no pod matches), not
@@ -54,6 +57,7 @@ pub struct PolicyReading {
 #[derive(Default)]
 pub struct PolicyMetrics {
     cap: Family<PolicyLabels, FloatGauge>,
+    effective_cap: Family<PolicyLabels, FloatGauge>,
     power: Family<PolicyLabels, FloatGauge>,
     energy: Family<PolicyLabels, FloatCounter>,
     capping: Family<PolicyLabels, FloatCounter>,
@@ -70,6 +74,11 @@ impl PolicyMetrics {
             "policy_cap_watts",
             "A policy's power cap (spec.powerCapLimit)",
             self.cap.clone(),
+        );
+        registry.register(
+            "policy_effective_cap_watts",
+            "The cap a policy's devices are held to: the smaller of its own cap and its PowerBudget allocation (status.effectiveCapWatts)",
+            self.effective_cap.clone(),
         );
         registry.register(
             "policy_power_watts",
@@ -113,6 +122,9 @@ impl PolicyMetrics {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let previous = measured_at.insert(policy.clone(), reading.fresh.then_some(at));
         self.cap.get_or_create(policy).set(reading.cap_watts);
+        self.effective_cap
+            .get_or_create(policy)
+            .set(reading.effective_cap_watts);
         match reading.power_watts {
             Some(watts) => {
                 self.power.get_or_create(policy).set(watts);
@@ -155,6 +167,7 @@ impl PolicyMetrics {
                 return true;
             }
             self.cap.remove(policy);
+            self.effective_cap.remove(policy);
             self.power.remove(policy);
             self.energy.remove(policy);
             self.capping.remove(policy);
@@ -179,6 +192,7 @@ mod tests {
     fn reading(watts: f64, fresh: bool, capping: bool) -> PolicyReading {
         PolicyReading {
             cap_watts: 300.0,
+            effective_cap_watts: 250.0,
             power_watts: Some(watts),
             fresh,
             metrics_available: fresh,
@@ -236,6 +250,10 @@ mod tests {
             value(&text, &format!("climatik_policy_cap_watts{P}")),
             Some(300.0)
         );
+        assert_eq!(
+            value(&text, &format!("climatik_policy_effective_cap_watts{P}")),
+            Some(250.0)
+        );
     }
 
     #[test]
@@ -247,6 +265,6 @@ mod tests {
         metrics.retain(|l| l.policy == "q");
         let text = page(&metrics);
         assert!(!text.contains("policy=\"p\""), "{text}");
-        assert_eq!(text.matches("policy=\"q\"").count(), 6, "{text}");
+        assert_eq!(text.matches("policy=\"q\"").count(), 7, "{text}");
     }
 }

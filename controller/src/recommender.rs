@@ -538,7 +538,7 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
         }
     }
     Observation {
-        cap_watts: policy.spec.power_cap_limit as f64,
+        cap_watts: crate::cap::effective_cap_watts(policy) as f64,
         threshold_percent: f64::from(policy.spec.capping_threshold),
         devices,
     }

@@ -55,6 +55,10 @@ struct Args {
     /// power over the cap, are written at once.
     #[arg(long, env = "STATUS_POWER_CHANGE_PERCENT", default_value_t = 5.0, value_parser = percent)]
     status_power_change_percent: f64,
+    /// Arbitrate PowerBudgets: share each budget's watts among the
+    /// policies on its nodes by priority, lowering their effective caps.
+    #[arg(long, env = "POWER_BUDGETS", default_value_t = true, action = clap::ArgAction::Set)]
+    power_budgets: bool,
     /// Write each policy's status at least every this many periods.
     #[arg(long, env = "STATUS_HEARTBEAT_PERIODS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     status_heartbeat_periods: u32,
@@ -101,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
                 power_fraction: args.status_power_change_percent / 100.0,
                 heartbeat_periods: args.status_heartbeat_periods,
             },
+            power_budgets: args.power_budgets,
         };
         monitor::run_with_readiness(s.client, config, s.metrics, s.shutdown.wait(), s.ready)
     })

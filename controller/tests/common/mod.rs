@@ -122,7 +122,7 @@ pub fn gpu(
 
 /// The monitor as these tests run it: policies of `namespace`, a 1 s
 /// period, a 3 s query timeout, the default DCGM jobs, no Kepler, no leader
-/// election, no policy generator.
+/// election, no policy generator, no budget controller.
 pub fn monitor_config(
     prometheus_url: &str,
     namespace: &str,
@@ -139,6 +139,7 @@ pub fn monitor_config(
         identity: "test-monitor".into(),
         generator_resync: None,
         status_writes: Default::default(),
+        power_budgets: false,
     }
 }
 

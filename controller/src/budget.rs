@@ -1,0 +1,608 @@
+//! The budget controller: runs in the power usage monitor's process, under
+//! its leadership. One reconcile per PowerBudget, each period and at once
+//! when a budget, a policy's spec or a node's labels change: the nodes its
+//! selector covers, the policies it arbitrates, the power of the covered
+//! GPUs no policy measures (one Prometheus query), then
+//! [`budget_status::decide`]. It writes each policy's `status.allocatedWatts`
+//! and the budget's status, both by server-side apply under its own field
+//! manager, so the monitor's status writes never touch them. The monitor
+//! and the recommender act on the effective cap ([`crate::cap`]).
+//!
+//! Budgets carry no finalizer: each period the leader drops the
+//! allocations of policies no valid budget arbitrates any more (budget
+//! deleted or invalid, node relabelled, policy now spanning two budgets)
+//! and the series of budgets that are gone.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use climatik_api::{NodeFrequencies, PowerBudget, PowerBudgetStatus, PowerCappingPolicy};
+use futures::StreamExt;
+use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams},
+    core::{PartialObjectMeta, Selector, SelectorExt},
+    runtime::{
+        Controller, WatchStreamExt,
+        controller::Action,
+        events::{Event, EventType, Recorder},
+        predicates,
+        reflector::{self, ObjectRef, Store},
+        watcher,
+    },
+};
+use serde_json::json;
+
+use crate::{
+    Error, Result,
+    budget_metrics::BudgetReading,
+    budget_status::{self, Coverage, Inputs, Member, Shape},
+    conditions::{Decided, render},
+    driver::{self, WatchBackoff},
+    lease::Leadership,
+    metrics::Metrics,
+    observe,
+    prom::Prometheus,
+};
+use climatik_runtime::Shutdown;
+
+/// Field manager of the allocations and budget statuses it writes.
+pub const MANAGER_BUDGET: &str = "climatik-budget-controller";
+
+/// Share of its allocation a policy held at it is assumed to want more,
+/// so a workload that needs more finds out within a period or two.
+const PROBE_FRACTION: f64 = 0.1;
+
+/// What the budget controller needs from the monitor's configuration.
+#[derive(Debug, Clone)]
+pub struct BudgetConfig {
+    /// How often each budget is arbitrated.
+    pub interval: Duration,
+    /// Prometheus jobs whose DCGM series are believed (any job when empty).
+    pub dcgm_jobs: Vec<String>,
+    /// Only policies in this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+}
+
+struct Context {
+    client: kube::Client,
+    prometheus: Prometheus,
+    config: BudgetConfig,
+    recorder: Recorder,
+    metrics: Arc<Metrics>,
+    leadership: Leadership,
+    budgets: Store<PowerBudget>,
+    policies: Store<PowerCappingPolicy>,
+    nodes: Store<PartialObjectMeta<Node>>,
+    node_frequencies: Store<NodeFrequencies>,
+    /// Policies already told they span budgets, so each hears it once.
+    told_spanning: Mutex<HashSet<(String, String)>>,
+}
+
+/// What [`run`] shares with the monitor it runs beside.
+pub(crate) struct Shared {
+    pub client: kube::Client,
+    pub prometheus: Prometheus,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub leadership: Leadership,
+    pub node_frequencies: Store<NodeFrequencies>,
+}
+
+/// Arbitrates every PowerBudget until `shutdown`.
+pub(crate) async fn run(shared: Shared, config: BudgetConfig, shutdown: Shutdown) {
+    let client = shared.client.clone();
+    let (policies, policy_writer) = reflector::store();
+    let policy_changes = watcher(
+        driver::policies_api(client.clone(), config.namespace.as_deref()),
+        watcher::Config::default().any_semantic(),
+    )
+    .backoff(WatchBackoff::default())
+    .reflect(policy_writer)
+    .applied_objects()
+    .predicate_filter(predicates::generation, Default::default())
+    .map(|_| ());
+    let (nodes, node_writer) = reflector::store();
+    let node_changes = watcher(
+        Api::<PartialObjectMeta<Node>>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .backoff(WatchBackoff::default())
+    .reflect(node_writer)
+    .applied_objects()
+    .predicate_filter(predicates::labels, Default::default())
+    .map(|_| ());
+    let controller = Controller::new(
+        Api::<PowerBudget>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .with_config(crate::controller_config())
+    .trigger_backoff(WatchBackoff::default())
+    .graceful_shutdown_on(shutdown.wait())
+    .reconcile_all_on(policy_changes)
+    .reconcile_all_on(node_changes);
+    let ctx = Arc::new(Context {
+        client,
+        prometheus: shared.prometheus,
+        recorder: shared.recorder,
+        metrics: shared.metrics,
+        leadership: shared.leadership,
+        budgets: controller.store(),
+        policies,
+        nodes,
+        node_frequencies: shared.node_frequencies,
+        told_spanning: Mutex::default(),
+        config,
+    });
+    let sweep = tokio::spawn(sweep_each_period(ctx.clone(), shutdown.wait()));
+    let leadership = ctx.leadership.clone();
+    let stepped_down = Action::requeue(ctx.config.interval);
+    controller
+        .run(
+            move |budget, ctx| {
+                let work = reconcile(budget, ctx);
+                let lost = leadership.lost();
+                let stepped_down = stepped_down.clone();
+                async move {
+                    tokio::select! {
+                        biased;
+                        _ = lost => Ok(stepped_down),
+                        result = work => result,
+                    }
+                }
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "budget reconciliation did not complete");
+            }
+        })
+        .await;
+    sweep.abort();
+}
+
+fn error_policy(budget: Arc<PowerBudget>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(budget = %budget.name_any(), %error, "budget reconcile failed");
+    ctx.metrics.failed(error);
+    Action::requeue(Duration::from_secs(5).min(ctx.config.interval))
+}
+
+/// Where every budget is: its parent and the nodes its selector covers; a
+/// budget whose selector cannot be read covers nothing.
+fn shapes(ctx: &Context) -> BTreeMap<String, Shape> {
+    let nodes = ctx.nodes.state();
+    ctx.budgets
+        .state()
+        .iter()
+        .map(|budget| {
+            let covered = Selector::try_from(budget.spec.node_selector.clone())
+                .map(|selector| {
+                    nodes
+                        .iter()
+                        .filter(|n| selector.matches(n.labels()))
+                        .map(|n| n.name_any())
+                        .collect()
+                })
+                .unwrap_or_default();
+            (
+                budget.name_any(),
+                Shape {
+                    parent: budget.spec.parent.clone(),
+                    nodes: covered,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The budgets [`budget_status::validity`] accepts.
+fn valid(shapes: &BTreeMap<String, Shape>) -> BTreeMap<String, Shape> {
+    shapes
+        .iter()
+        .filter(|(name, _)| budget_status::validity(name, shapes).is_ok())
+        .map(|(name, shape)| (name.clone(), shape.clone()))
+        .collect()
+}
+
+/// The nodes a policy's devices were measured on.
+fn policy_nodes(policy: &PowerCappingPolicy) -> BTreeSet<String> {
+    policy
+        .status
+        .iter()
+        .flat_map(|s| &s.nodes)
+        .map(|n| n.node_name.clone())
+        .collect()
+}
+
+#[tracing::instrument(
+    name = "reconcile",
+    skip_all,
+    fields(controller = "budget", budget = %budget.name_any())
+)]
+async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action> {
+    let requeue = Action::requeue(ctx.config.interval);
+    if !ctx.leadership.is_leader() || budget.meta().deletion_timestamp.is_some() {
+        return Ok(requeue);
+    }
+    // Until every watch has listed, a missing node or policy says nothing.
+    if !(driver::synced(&ctx.policies).await && driver::synced(&ctx.nodes).await) {
+        return Ok(requeue);
+    }
+    let _timer = ctx.metrics.reconcile_timer();
+    let name = budget.name_any();
+    let shapes = shapes(&ctx);
+    let now = Time(Timestamp::now());
+    let selector_error = Selector::try_from(budget.spec.node_selector.clone()).err();
+    let invalid = match selector_error {
+        Some(e) => Some(budget_status::Invalid {
+            reason: "InvalidSelector",
+            message: format!("spec.nodeSelector: {e}"),
+        }),
+        None => budget_status::validity(&name, &shapes).err(),
+    };
+    if let Some(invalid) = invalid {
+        let decided = budget_status::invalid_conditions(&invalid);
+        let status = PowerBudgetStatus::default();
+        write_budget_status(&ctx, &budget, status, &decided, &now).await?;
+        ctx.metrics.budgets.record(
+            &name,
+            &BudgetReading {
+                watts: budget.spec.watts as f64,
+                measured_watts: None,
+                allocations: vec![],
+                overcommitted: false,
+            },
+        );
+        ctx.metrics.reconciled();
+        return Ok(requeue);
+    }
+    let valid = valid(&shapes);
+    let own = valid.get(&name).cloned().unwrap_or_default();
+    let children: Vec<&Shape> = valid
+        .values()
+        .filter(|s| s.parent.as_deref() == Some(name.as_str()))
+        .collect();
+    let children_watts: f64 = ctx
+        .budgets
+        .state()
+        .iter()
+        .filter(|b| {
+            b.spec.parent.as_deref() == Some(name.as_str()) && valid.contains_key(&b.name_any())
+        })
+        .map(|b| b.spec.watts as f64)
+        .sum();
+    let own_nodes: BTreeSet<String> = own
+        .nodes
+        .iter()
+        .filter(|n| !children.iter().any(|c| c.nodes.contains(*n)))
+        .cloned()
+        .collect();
+
+    let mut members = Vec::new();
+    let mut member_policies = Vec::new();
+    let mut spanning = Vec::new();
+    for policy in ctx.policies.state() {
+        match budget_status::coverage(&policy_nodes(&policy), &valid) {
+            Coverage::One(owner) if owner == name => {
+                members.push(member(&policy));
+                member_policies.push(policy);
+            }
+            Coverage::Spans(budgets) if budgets.contains(&name) => {
+                spanning.push((policy, budgets));
+            }
+            _ => {}
+        }
+    }
+    // Every GPU the agents report on the budget's own nodes, and those a
+    // member measures; the rest is unmanaged.
+    let member_gpus: BTreeSet<&str> = member_policies
+        .iter()
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| &s.nodes)
+        .flat_map(|n| &n.devices)
+        .map(|d| d.device_id.as_str())
+        .collect();
+    let mut floor_watts = 0.0;
+    let mut unmanaged_gpus = Vec::new();
+    for node in &own_nodes {
+        let Some(nf) = ctx.node_frequencies.get(&ObjectRef::new(node)) else {
+            continue;
+        };
+        for gpu in nf.status.iter().flat_map(|s| &s.gpus) {
+            floor_watts += gpu.min_power_limit_watts.unwrap_or(0.0);
+            if !member_gpus.contains(gpu.gpu_id.as_str()) {
+                unmanaged_gpus.push(gpu.gpu_id.clone());
+            }
+        }
+    }
+    let unmanaged_watts = unmanaged_power(&ctx, &unmanaged_gpus).await;
+    let decision = budget_status::decide(&Inputs {
+        watts: budget.spec.watts as f64,
+        reserved_watts: budget.spec.reserved_watts as f64,
+        children_watts,
+        unmanaged_watts,
+        floor_watts,
+        probe_fraction: PROBE_FRACTION,
+        members: members.clone(),
+    });
+
+    for ((policy, member), allocation) in member_policies
+        .iter()
+        .zip(&members)
+        .zip(&decision.allocations)
+    {
+        if *allocation != member.allocated_watts {
+            write_allocation(&ctx, policy, *allocation).await?;
+            // A cut the workload feels: below what it draws.
+            if let (Some(before), Some(after)) = (member.allocated_watts, *allocation)
+                && after < before
+                && member.measured_watts.is_some_and(|w| w > after as f64)
+            {
+                announce(
+                    &ctx,
+                    policy,
+                    EventType::Normal,
+                    "BudgetCut",
+                    format!("PowerBudget {name} lowered this policy's allocation from {before} W to {after} W"),
+                )
+                .await;
+            }
+        }
+    }
+    for (policy, budgets) in &spanning {
+        tell_spanning(&ctx, policy, budgets).await;
+    }
+
+    let mut decided = decision.conditions.clone();
+    if !spanning.is_empty()
+        && let Some(valid) = decided
+            .iter_mut()
+            .find(|d| d.type_ == climatik_api::names::conditions::VALID)
+    {
+        let names: Vec<String> = spanning
+            .iter()
+            .map(|(p, _)| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+            .collect();
+        valid.message = format!(
+            "{}; not arbitrated, as their nodes lie in other budgets too: {}",
+            valid.message,
+            names.join(", ")
+        );
+    }
+    ctx.metrics.budgets.record(
+        &name,
+        &BudgetReading {
+            watts: budget.spec.watts as f64,
+            measured_watts: decision.status.measured_watts,
+            allocations: decision
+                .status
+                .allocations
+                .iter()
+                .map(|a| {
+                    (
+                        a.namespace.clone(),
+                        a.name.clone(),
+                        a.allocated_watts as f64,
+                    )
+                })
+                .collect(),
+            overcommitted: decision.overcommitted,
+        },
+    );
+    write_budget_status(&ctx, &budget, decision.status, &decided, &now).await?;
+    ctx.metrics.reconciled();
+    Ok(requeue)
+}
+
+/// A policy as the arbitration sees it.
+fn member(policy: &PowerCappingPolicy) -> Member {
+    let status = policy.status.as_ref();
+    Member {
+        namespace: policy.namespace().unwrap_or_default(),
+        name: policy.name_any(),
+        priority: policy.spec.priority.unwrap_or(0),
+        min_watts: policy.spec.min_watts.unwrap_or(0) as f64,
+        cap_watts: policy.spec.power_cap_limit as f64,
+        measured_watts: status.and_then(|s| s.current_power),
+        allocated_watts: status.and_then(|s| s.allocated_watts),
+    }
+}
+
+/// The power of `gpus` (their UUIDs) from Prometheus: `Some(0)` for none,
+/// `None` when Prometheus could not be asked. A GPU without a series
+/// counts 0 W: its exporter is not scraped, and its agent's floor still
+/// counts.
+async fn unmanaged_power(ctx: &Context, gpus: &[String]) -> Option<f64> {
+    if gpus.is_empty() {
+        return Some(0.0);
+    }
+    let uuids: Vec<&str> = gpus.iter().map(String::as_str).collect();
+    let query = observe::dcgm_gpus_query(observe::GPU_POWER, &uuids, &ctx.config.dcgm_jobs);
+    let started = Instant::now();
+    let answer = ctx.prometheus.instant(&query).await;
+    ctx.metrics.prometheus_query(
+        "unmanaged_gpu_power",
+        answer.is_ok(),
+        started.elapsed().as_secs_f64(),
+    );
+    match answer {
+        Ok(samples) => Some(
+            samples
+                .iter()
+                .filter(|s| s.value.is_finite() && s.value >= 0.0)
+                .map(|s| s.value)
+                .sum(),
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "could not read the power of unmanaged GPUs");
+            None
+        }
+    }
+}
+
+const POLICY_STATUS: &str = "powercappingpolicies/status";
+const BUDGET_STATUS: &str = "powerbudgets/status";
+
+/// Applies `status.allocatedWatts` of `policy` as the budget controller;
+/// `None` gives the field up, which removes it.
+async fn write_allocation(
+    ctx: &Context,
+    policy: &PowerCappingPolicy,
+    watts: Option<i64>,
+) -> Result<()> {
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let status = match watts {
+        Some(w) => json!({ "allocatedWatts": w }),
+        None => json!({}),
+    };
+    let patch = json!({
+        "apiVersion": PowerCappingPolicy::api_version(&()),
+        "kind": PowerCappingPolicy::kind(&()),
+        "status": status,
+    });
+    let written = Api::<PowerCappingPolicy>::namespaced(ctx.client.clone(), &namespace)
+        .patch_status(
+            &policy.name_any(),
+            &PatchParams::apply(MANAGER_BUDGET).force(),
+            &Patch::Apply(patch),
+        )
+        .await;
+    ctx.metrics
+        .api_write(POLICY_STATUS, "apply", written.is_ok());
+    written?;
+    Ok(())
+}
+
+/// Applies the budget's status when it differs from what it holds (the
+/// write comes back as a watch event; an unchanged status ends there).
+async fn write_budget_status(
+    ctx: &Context,
+    budget: &PowerBudget,
+    mut status: PowerBudgetStatus,
+    decided: &[Decided],
+    now: &Time,
+) -> Result<()> {
+    let previous = budget.status.clone().unwrap_or_default();
+    status.observed_generation = budget.meta().generation;
+    status.conditions = decided
+        .iter()
+        .map(|d| render(&previous.conditions, d, budget.meta().generation, now))
+        .collect();
+    if status == previous {
+        ctx.metrics
+            .write_decision(BUDGET_STATUS, false, "unchanged");
+        return Ok(());
+    }
+    let patch = json!({
+        "apiVersion": PowerBudget::api_version(&()),
+        "kind": PowerBudget::kind(&()),
+        "status": status,
+    });
+    let written = Api::<PowerBudget>::all(ctx.client.clone())
+        .patch_status(
+            &budget.name_any(),
+            &PatchParams::apply(MANAGER_BUDGET).force(),
+            &Patch::Apply(patch),
+        )
+        .await;
+    ctx.metrics
+        .api_write(BUDGET_STATUS, "apply", written.is_ok());
+    ctx.metrics.write_decision(BUDGET_STATUS, true, "changed");
+    written?;
+    Ok(())
+}
+
+async fn announce(
+    ctx: &Context,
+    policy: &PowerCappingPolicy,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Arbitrate".to_string(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+        tracing::warn!(%error, policy = %policy.name_any(), "could not publish an event");
+    }
+}
+
+/// Warns a policy once that its nodes lie in budgets not nested in each
+/// other, so none of them lowers its cap.
+async fn tell_spanning(ctx: &Context, policy: &PowerCappingPolicy, budgets: &[String]) {
+    let key = (policy.namespace().unwrap_or_default(), policy.name_any());
+    let first = ctx
+        .told_spanning
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .insert(key);
+    if first {
+        announce(
+            ctx,
+            policy,
+            EventType::Warning,
+            "SpansBudgets",
+            format!(
+                "the policy's nodes lie in PowerBudgets {}, which are not nested in each other; none of them arbitrates it",
+                budgets.join(", ")
+            ),
+        )
+        .await;
+    }
+}
+
+/// Every period until `shutdown`: while leading, gives up the allocations
+/// of policies no valid budget arbitrates any more, and drops the series
+/// of budgets that are gone (all of them while not leading).
+async fn sweep_each_period(ctx: Arc<Context>, shutdown: impl Future<Output = ()>) {
+    let sweep = async {
+        if !(driver::synced(&ctx.budgets).await && driver::synced(&ctx.policies).await) {
+            return;
+        }
+        let mut ticks = tokio::time::interval(ctx.config.interval);
+        loop {
+            ticks.tick().await;
+            let leading = ctx.leadership.is_leader();
+            let budgets = ctx.budgets.clone();
+            ctx.metrics
+                .budgets
+                .retain(|b| leading && budgets.get(&ObjectRef::new(b)).is_some());
+            if !leading {
+                continue;
+            }
+            let valid = valid(&shapes(&ctx));
+            for policy in ctx.policies.state() {
+                let allocated = policy
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.allocated_watts)
+                    .is_some();
+                let arbitrated = matches!(
+                    budget_status::coverage(&policy_nodes(&policy), &valid),
+                    Coverage::One(_)
+                );
+                if allocated
+                    && !arbitrated
+                    && let Err(error) = write_allocation(&ctx, &policy, None).await
+                {
+                    tracing::warn!(%error, policy = %policy.name_any(), "could not give up an allocation");
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = sweep => {}
+        _ = shutdown => {}
+    }
+}

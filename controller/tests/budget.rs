@@ -1,0 +1,423 @@
+//! The budget controller against the real API server and Prometheus: the
+//! monitor (with its budget controller) and the recommender run in-process
+//! on two fake GPU nodes whose DCGM series the test sets. A PowerBudget is
+//! shared by a high-priority serving policy and a low-priority training
+//! policy, with an idle GPU no policy selects drawing power beside them.
+
+mod common;
+
+use std::time::Duration;
+
+use climatik_api::{NodeFrequencies, PowerBudget, PowerCappingPolicy};
+use climatik_controller::{
+    metrics::Metrics,
+    monitor::{self, MonitorConfig},
+};
+use common::*;
+use k8s_openapi::api::{core::v1::Node, events::v1::Event};
+use kube::{
+    Api,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+use tokio::sync::oneshot;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+/// The label the test's budgets select their nodes by.
+const RACK: &str = "climatik.io/test-rack";
+
+/// Two nodes labelled as the namespace's rack, the DCGM endpoint, and the
+/// monitor (budgets on) with the recommender; runs `body`, then removes
+/// what it made (the namespace only when `body` passed).
+async fn with_rack(
+    prefix: &str,
+    body: impl AsyncFnOnce(&Rack) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let cluster = climatik_test_support::cluster().await?;
+    cluster.install_crds().await?;
+    let ns = cluster.namespace(prefix).await?;
+    let ns_name = ns.name().to_string();
+    let admin = cluster.client.clone();
+    let nodes: Vec<String> = (0..2).map(|i| format!("{ns_name}-node-{i}")).collect();
+    for node in &nodes {
+        create_node(&admin, node, 4).await?;
+        Api::<Node>::all(admin.clone())
+            .patch(
+                node,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "metadata": { "labels": { RACK: ns_name } } })),
+            )
+            .await?;
+    }
+    let dcgm = DcgmServer::start().await?;
+    scrape_dcgm(&cluster, &ns_name, &dcgm)?;
+    let (stop_monitor, monitor_stopped) = oneshot::channel::<()>();
+    let metrics = Metrics::new("powercapping-controller");
+    let monitor = tokio::spawn(monitor::run(
+        admin.clone(),
+        MonitorConfig {
+            power_budgets: true,
+            ..monitor_config(cluster.prometheus_url(), &ns_name)
+        },
+        metrics.clone(),
+        async move {
+            let _ = monitor_stopped.await;
+        },
+    ));
+    let recommender = InProcessRecommender::start(&admin, Duration::from_secs(60), &ns_name);
+    let rack = Rack {
+        admin: admin.clone(),
+        ns: ns_name.clone(),
+        nodes: nodes.clone(),
+        dcgm,
+        metrics,
+    };
+    let result = body(&rack).await;
+    let _ = stop_monitor.send(());
+    let stopped = monitor.await;
+    recommender.stop().await?;
+    let budgets = Api::<PowerBudget>::all(admin.clone());
+    for budget in budgets.list(&ListParams::default()).await?.items {
+        if budget
+            .spec
+            .node_selector
+            .match_labels
+            .as_ref()
+            .and_then(|l| l.get(RACK))
+            == Some(&ns_name)
+        {
+            let name = kube::ResourceExt::name_any(&budget);
+            let _ = budgets.delete(&name, &DeleteParams::default()).await;
+        }
+    }
+    delete_all_pods(&admin, &ns_name).await;
+    delete_nodes(&admin, &nodes).await;
+    cluster.remove_prometheus_target(&ns_name)?;
+    result?;
+    stopped??;
+    ns.cleanup().await?;
+    Ok(())
+}
+
+struct Rack {
+    admin: kube::Client,
+    ns: String,
+    nodes: Vec<String>,
+    dcgm: DcgmServer,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+impl Rack {
+    fn policies(&self) -> Api<PowerCappingPolicy> {
+        Api::namespaced(self.admin.clone(), &self.ns)
+    }
+
+    /// Serving (priority 10) on node 0's GPU-S, training (0) on node 1's
+    /// GPU-T, GPU-U idle beside it under no policy; both policies plan
+    /// with the budget allocator, so their entries carry
+    /// `powerBudgetWatts`.
+    async fn start_workloads(&self, min_power_limit: Option<f64>) -> anyhow::Result<()> {
+        let [node0, node1] = [&self.nodes[0], &self.nodes[1]];
+        create_pod(&self.admin, &self.ns, "s0", node0, "serving").await?;
+        create_pod(&self.admin, &self.ns, "t0", node1, "training").await?;
+        report_gpus(&self.admin, node0, &["GPU-S"], min_power_limit).await?;
+        report_gpus(&self.admin, node1, &["GPU-T", "GPU-U"], min_power_limit).await?;
+        for (name, priority) in [("serving", 10), ("training", 0)] {
+            self.policies()
+                .create(
+                    &PostParams::default(),
+                    &policy(
+                        name,
+                        name,
+                        1000,
+                        json!({
+                            "priority": priority,
+                            "customAlgorithms": [{ "name": "budget-allocator" }],
+                        }),
+                    )?,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Serving, training and the idle GPU draw these watts.
+    fn draw(&self, serving: f64, training: f64, idle: f64) {
+        let (ns, nodes) = (&self.ns, &self.nodes);
+        let mut idle_gpu = gpu("GPU-U", "pod", "", ns, &nodes[1], idle);
+        idle_gpu.namespace = String::new();
+        self.dcgm.set(vec![
+            gpu("GPU-S", "pod", "s0", ns, &nodes[0], serving),
+            gpu("GPU-T", "pod", "t0", ns, &nodes[1], training),
+            idle_gpu,
+        ]);
+    }
+
+    async fn create_budget(&self, name: &str, spec: serde_json::Value) -> anyhow::Result<()> {
+        let mut spec = spec;
+        spec["nodeSelector"] = json!({ "matchLabels": { RACK: self.ns } });
+        let budget: PowerBudget = serde_json::from_value(json!({
+            "apiVersion": "climatik.io/v1alpha1",
+            "kind": "PowerBudget",
+            "metadata": { "name": name },
+            "spec": spec,
+        }))?;
+        Api::<PowerBudget>::all(self.admin.clone())
+            .create(&PostParams::default(), &budget)
+            .await?;
+        Ok(())
+    }
+
+    /// `(serving, training)` allocations.
+    async fn allocations(&self) -> anyhow::Result<(Option<i64>, Option<i64>)> {
+        let allocated = |p: PowerCappingPolicy| p.status.and_then(|s| s.allocated_watts);
+        Ok((
+            allocated(self.policies().get("serving").await?),
+            allocated(self.policies().get("training").await?),
+        ))
+    }
+
+    /// `(serving, training)`: the sum of each policy's entries'
+    /// `powerBudgetWatts` on the rack's nodes.
+    async fn entry_watts(&self) -> anyhow::Result<(f64, f64)> {
+        let mut sums = (0.0, 0.0);
+        for node in &self.nodes {
+            let Some(nf) = Api::<NodeFrequencies>::all(self.admin.clone())
+                .get_opt(node)
+                .await?
+            else {
+                continue;
+            };
+            for entry in nf.spec.gpu_frequencies {
+                let watts = entry.power_budget_watts.unwrap_or(0.0);
+                if entry.policy == format!("{}/serving", self.ns) {
+                    sums.0 += watts;
+                } else if entry.policy == format!("{}/training", self.ns) {
+                    sums.1 += watts;
+                }
+            }
+        }
+        Ok(sums)
+    }
+
+    /// Waits until `check` holds for the entries, asserting on every look
+    /// that they add up to no more than `budget` watts.
+    async fn entries_until(
+        &self,
+        what: &str,
+        budget: f64,
+        check: impl Fn((f64, f64)) -> bool,
+    ) -> anyhow::Result<(f64, f64)> {
+        wait_for(what, TIMEOUT, || async {
+            let entries = self.entry_watts().await?;
+            anyhow::ensure!(
+                entries.0 + entries.1 <= budget,
+                "the entries {entries:?} add up to more than the {budget} W budget"
+            );
+            Ok(check(entries).then_some(entries))
+        })
+        .await
+    }
+
+    async fn budget_condition(
+        &self,
+        name: &str,
+        type_: &str,
+    ) -> anyhow::Result<Option<(String, String)>> {
+        let budget = Api::<PowerBudget>::all(self.admin.clone())
+            .get(name)
+            .await?;
+        Ok(budget.status.and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == type_)
+                .map(|c| (c.status, c.reason))
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_budget_moves_watts_by_priority_and_cuts_the_lowest_first() -> anyhow::Result<()> {
+    with_rack("budget-share", async |rack| {
+        // 1000 W for the rack; the idle GPU takes 100 W of it.
+        rack.draw(200.0, 600.0, 100.0);
+        rack.start_workloads(None).await?;
+        let name = format!("{}-rack", rack.ns);
+        rack.create_budget(&name, json!({ "watts": 1000 })).await?;
+
+        // Both allocated, within the 900 W the policies share.
+        let (serving, training) = wait_for("both policies allocated", TIMEOUT, || async {
+            Ok(match rack.allocations().await? {
+                (Some(s), Some(t)) if s + t <= 900 && t >= 550 => Some((s, t)),
+                _ => None,
+            })
+        })
+        .await?;
+        let budget = Api::<PowerBudget>::all(rack.admin.clone())
+            .get(&name)
+            .await?;
+        let status = budget.status.unwrap_or_default();
+        assert_eq!(status.unmanaged_watts, Some(100.0), "{status:?}");
+        assert_eq!(status.available_watts, Some(900.0), "{status:?}");
+        // The effective cap is the allocation, in the status and the series.
+        let training_policy = rack.policies().get("training").await?;
+        wait_for("training's effective cap", TIMEOUT, || async {
+            let p = rack.policies().get("training").await?;
+            let s = p.status.unwrap_or_default();
+            Ok((s.effective_cap_watts == s.allocated_watts).then_some(()))
+        })
+        .await?;
+        assert!(training_policy.spec.power_cap_limit > training);
+        let page = read_page(&rack.metrics)?;
+        assert!(value(&page, "climatik_policy_effective_cap_watts", "training").is_some());
+        assert_eq!(
+            page.find(
+                "climatik_budget_allocated_watts",
+                &[("budget", name.as_str()), ("policy", "training")]
+            )
+            .len(),
+            1,
+            "no climatik_budget_allocated_watts series of training"
+        );
+        rack.entries_until("entries for both", 1000.0, |(s, t)| s > 0.0 && t > 0.0)
+            .await?;
+
+        // Serving bursts: it takes watts from training.
+        rack.draw(800.0, 600.0, 100.0);
+        let (burst_serving, burst_training) =
+            wait_for("serving's burst allocated", TIMEOUT, || async {
+                Ok(match rack.allocations().await? {
+                    (Some(s), Some(t)) if s > serving + 200 && t < training => Some((s, t)),
+                    _ => None,
+                })
+            })
+            .await?;
+        assert!(burst_serving + burst_training <= 900);
+        rack.entries_until("training's entries cut for the burst", 1000.0, |(_, t)| {
+            t < training as f64
+        })
+        .await?;
+        // Training heard about it.
+        let events = Api::<Event>::namespaced(rack.admin.clone(), &rack.ns);
+        wait_for("a BudgetCut event", TIMEOUT, || async {
+            let list = events.list(&ListParams::default()).await?;
+            Ok(list
+                .items
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("BudgetCut"))
+                .then_some(()))
+        })
+        .await?;
+
+        // The burst ends: training gets its watts back, down to its
+        // entries.
+        rack.draw(150.0, 600.0, 100.0);
+        let given_back = wait_for("training's watts given back", TIMEOUT, || async {
+            Ok(match rack.allocations().await? {
+                (Some(_), Some(t)) if t >= training => Some(t),
+                _ => None,
+            })
+        })
+        .await?;
+        let before_cut = rack
+            .entries_until("training's entries given back", 1000.0, |(s, t)| {
+                s > 0.0 && t >= given_back as f64 * 0.9
+            })
+            .await?;
+
+        // Demand response: the budget drops to 500 W (400 W to share).
+        // Training gives way: serving still gets all it asks for.
+        Api::<PowerBudget>::all(rack.admin.clone())
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "watts": 500 } })),
+            )
+            .await?;
+        let after = wait_for("the entries cut to fit 500 W", TIMEOUT, || async {
+            let entries = rack.entry_watts().await?;
+            Ok((entries.0 + entries.1 <= 400.0 && entries.1 < before_cut.1).then_some(entries))
+        })
+        .await?;
+        assert!(after.0 > 0.0, "{after:?}");
+        let status = Api::<PowerBudget>::all(rack.admin.clone())
+            .get(&name)
+            .await?
+            .status
+            .unwrap_or_default();
+        let share = |policy: &str| {
+            status
+                .allocations
+                .iter()
+                .find(|a| a.name == policy)
+                .cloned()
+        };
+        let (Some(serving), Some(training)) = (share("serving"), share("training")) else {
+            anyhow::bail!("both policies should be allocated: {status:?}");
+        };
+        assert!(
+            serving.allocated_watts as f64 >= serving.demand_watts.floor(),
+            "serving was cut below its demand: {status:?}"
+        );
+        assert!(
+            (training.allocated_watts as f64) < training.demand_watts,
+            "training should give way: {status:?}"
+        );
+        assert!(
+            serving.allocated_watts + training.allocated_watts <= 400,
+            "{status:?}"
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bad_budget_says_why_and_caps_nothing() -> anyhow::Result<()> {
+    with_rack("budget-bad", async |rack| {
+        // Every GPU accepts no less than 300 W: three of them need 900 W.
+        rack.draw(200.0, 600.0, 100.0);
+        rack.start_workloads(Some(300.0)).await?;
+        let orphan = format!("{}-orphan", rack.ns);
+        rack.create_budget(
+            &orphan,
+            json!({ "watts": 5000, "parent": "no-such-budget" }),
+        )
+        .await?;
+        wait_for("the orphan invalid", TIMEOUT, || async {
+            Ok(rack
+                .budget_condition(&orphan, "Valid")
+                .await?
+                .filter(|c| c == &("False".to_string(), "UnknownParent".to_string())))
+        })
+        .await?;
+        Api::<PowerBudget>::all(rack.admin.clone())
+            .delete(&orphan, &DeleteParams::default())
+            .await?;
+        let small = format!("{}-small", rack.ns);
+        rack.create_budget(&small, json!({ "watts": 600 })).await?;
+        wait_for("the small budget invalid", TIMEOUT, || async {
+            Ok(rack
+                .budget_condition(&small, "Valid")
+                .await?
+                .filter(|c| c == &("False".to_string(), "BelowMinimumPowerLimits".to_string())))
+        })
+        .await?;
+        // Measured, never allocated: both keep their own 1000 W cap.
+        wait_for("both measured", TIMEOUT, || async {
+            let s = rack.policies().get("serving").await?.status;
+            let t = rack.policies().get("training").await?.status;
+            Ok((s.and_then(|s| s.current_power).is_some()
+                && t.and_then(|t| t.current_power).is_some())
+            .then_some(()))
+        })
+        .await?;
+        for name in ["serving", "training"] {
+            let status = rack.policies().get(name).await?.status.unwrap_or_default();
+            assert_eq!(status.allocated_watts, None, "{name}: {status:?}");
+            assert_eq!(status.effective_cap_watts, Some(1000), "{name}: {status:?}");
+        }
+        Ok(())
+    })
+    .await
+}
