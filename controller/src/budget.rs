@@ -300,8 +300,8 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
             _ => {}
         }
     }
-    // Every GPU the agents report on the budget's own nodes, and those a
-    // member measures; the rest is unmanaged.
+    // Of the GPUs the agents report on the budget's own nodes, those a
+    // member measures count with their floors; the rest is unmanaged.
     let member_gpus: BTreeSet<&str> = member_policies
         .iter()
         .filter_map(|p| p.status.as_ref())
@@ -316,8 +316,11 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
             continue;
         };
         for gpu in nf.status.iter().flat_map(|s| &s.gpus) {
-            floor_watts += gpu.min_power_limit_watts.unwrap_or(0.0);
-            if !member_gpus.contains(gpu.gpu_id.as_str()) {
+            // An unmanaged GPU's draw is taken off the top as measured; only
+            // the members' GPUs are held to what the budget leaves.
+            if member_gpus.contains(gpu.gpu_id.as_str()) {
+                floor_watts += gpu.min_power_limit_watts.unwrap_or(0.0);
+            } else {
                 unmanaged_gpus.push(gpu.gpu_id.clone());
             }
         }

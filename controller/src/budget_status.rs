@@ -151,8 +151,8 @@ pub struct Inputs {
     /// Measured power of the covered GPUs none of its members holds;
     /// `None` when Prometheus could not be asked.
     pub unmanaged_watts: Option<f64>,
-    /// The lowest power limits of every GPU on its own nodes (outside its
-    /// children), as the node agents report them.
+    /// The lowest power limits of the members' GPUs on its own nodes
+    /// (outside its children), as the node agents report them.
     pub floor_watts: f64,
     /// Share of an allocation a policy held at it is assumed to want more.
     pub probe_fraction: f64,

@@ -375,7 +375,8 @@ async fn a_shared_budget_moves_watts_by_priority_and_cuts_the_lowest_first() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_bad_budget_says_why_and_caps_nothing() -> anyhow::Result<()> {
     with_rack("budget-bad", async |rack| {
-        // Every GPU accepts no less than 300 W: three of them need 900 W.
+        // Every GPU accepts no less than 300 W: the policies' two need
+        // 600 W, more than a 600 W budget leaves beside the idle GPU.
         rack.draw(200.0, 600.0, 100.0);
         rack.start_workloads(Some(300.0)).await?;
         let orphan = format!("{}-orphan", rack.ns);
