@@ -1,7 +1,8 @@
 //! Least privilege, proven on the real API server: every component runs as
 //! its chart ServiceAccount through a workload's whole life (annotated,
 //! capped, re-capped, un-annotated), a CPU policy (CPU targets read the
-//! Node), a policy of an older version (its finalizer lifted, its
+//! Node), a PowerBudget over the node (allocated, then deleted), a policy
+//! of an older version (its finalizer lifted, its
 //! events repeated) and a hand-written entry the node agent cannot apply
 //! (its Event, then the same Event again). What each component asked of the API server, read
 //! from the audit log, must equal what the chart grants it: a verb never
@@ -10,7 +11,9 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context, bail};
-use climatik_api::{NodeFrequencies, PowerCappingPolicy, names::LEGACY_FINALIZER_POLICY};
+use climatik_api::{
+    NodeFrequencies, PowerBudget, PowerCappingPolicy, names::LEGACY_FINALIZER_POLICY,
+};
 use climatik_demo::{
     scenario::sim_deployment,
     stack::{self, SYSTEM_NAMESPACE, Stack, StackConfig},
@@ -291,6 +294,57 @@ async fn lifecycle(
                 .get_opt(policy)
                 .await?
                 .is_some_and(|p| p.spec.power_cap_limit == 800)
+                .then_some(()))
+        },
+    )
+    .await?;
+
+    // A PowerBudget over the node: the controller watches budgets and node
+    // labels, writes the budget's status and the policy's allocation, and
+    // gives the allocation up once the budget is gone.
+    let budgets = Api::<PowerBudget>::all(cluster.client.clone());
+    let budget_name = format!("{namespace}-rack");
+    let budget = serde_json::json!({
+        "apiVersion": "climatik.io/v1alpha1",
+        "kind": "PowerBudget",
+        "metadata": {"name": budget_name},
+        "spec": {"watts": 600,
+                 "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": NODE}}}
+    });
+    cluster
+        .kubectl_with_stdin(["apply", "-f", "-"], &budget.to_string())
+        .await?;
+    let allocated = eventually(
+        "the budget's allocation to reach the policy",
+        Duration::from_secs(60),
+        || async {
+            let budget_written = budgets
+                .get_opt(&budget_name)
+                .await?
+                .and_then(|b| b.status)
+                .is_some_and(|s| !s.allocations.is_empty());
+            let allocation = policies
+                .get_opt(policy)
+                .await?
+                .and_then(|p| p.status)
+                .and_then(|s| s.allocated_watts);
+            Ok(allocation.filter(|_| budget_written).map(|_| ()))
+        },
+    )
+    .await;
+    budgets
+        .delete(&budget_name, &DeleteParams::default())
+        .await?;
+    allocated?;
+    eventually(
+        "the allocation given up with the budget",
+        Duration::from_secs(60),
+        || async {
+            Ok(policies
+                .get_opt(policy)
+                .await?
+                .and_then(|p| p.status)
+                .is_some_and(|s| s.allocated_watts.is_none())
                 .then_some(()))
         },
     )
