@@ -156,7 +156,7 @@ fn serving(name: &str, gpu: MeasuredCurve, loads: Vec<Vec<f64>>, cap: Vec<f64>) 
 }
 
 /// A policy of a generated scenario: its GPUs four to a node.
-fn policy(name: &str, loads: Vec<Vec<f64>>, cap: Vec<f64>) -> PolicyLoad {
+pub(crate) fn policy(name: &str, loads: Vec<Vec<f64>>, cap: Vec<f64>) -> PolicyLoad {
     PolicyLoad {
         name: name.to_string(),
         nodes: (0..loads.len())
@@ -170,7 +170,7 @@ fn policy(name: &str, loads: Vec<Vec<f64>>, cap: Vec<f64>) -> PolicyLoad {
 /// The benchmark's scenarios on `gpu`, built from `seed`. Caps are written
 /// for 250 W parts and scaled by the model's peak power.
 pub fn scenarios(seed: u64, gpu: MeasuredCurve) -> Vec<Scenario> {
-    let mut rng = Rng(seed.max(1));
+    let mut rng = Rng::new(seed);
     let scale = gpu.peak_watts() / 250.0;
     let minutes = |m: usize| m * 60;
     let gpus = 8;
@@ -332,7 +332,7 @@ pub fn from_trace(
 
 /// Mostly light load with bursts, as an inference server sees: a seeded
 /// version of the reference trace's shape.
-fn bursty_trace(rng: &mut Rng, seconds: usize) -> Vec<f64> {
+pub(crate) fn bursty_trace(rng: &mut Rng, seconds: usize) -> Vec<f64> {
     let base = 0.15 + 0.25 * rng.next_f64();
     let mut out = Vec::with_capacity(seconds);
     let mut level = base;
@@ -354,10 +354,15 @@ fn bursty_trace(rng: &mut Rng, seconds: usize) -> Vec<f64> {
 }
 
 /// xorshift64*: small, seedable, good enough for load traces.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn next_f64(&mut self) -> f64 {
+    /// A generator seeded with `seed` (0 becomes 1: xorshift stays at 0).
+    pub(crate) fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+
+    pub(crate) fn next_f64(&mut self) -> f64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -371,9 +376,9 @@ type Command = (i32, Option<f64>);
 
 /// Per-second trace of one policy under one strategy.
 #[derive(Clone)]
-struct Trace {
-    power: Vec<f64>,
-    tokens: Vec<f64>,
+pub(crate) struct Trace {
+    pub(crate) power: Vec<f64>,
+    pub(crate) tokens: Vec<f64>,
 }
 
 fn supported(gpu: MeasuredCurve) -> Clocks {
@@ -451,7 +456,7 @@ pub fn run_all(
         .collect()
 }
 
-fn run_policy(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Trace {
+pub(crate) fn run_policy(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Trace {
     match strategy {
         Strategy::Uncapped => run_fixed(scenario.gpu, policy, scenario.gpu.max_clock()),
         Strategy::StaticClockOracle => {
@@ -677,7 +682,7 @@ impl<'a> PolicyLoop<'a> {
 
         let cap_changed = t > 0 && self.last_cap.is_some_and(|last| last != cap);
         self.last_cap = Some(cap);
-        let decide = t > 0 && (t % PERIOD_S == 0 || cap_changed);
+        let decide = t > 0 && (t.is_multiple_of(PERIOD_S) || cap_changed);
         let in_outage = self.outage.is_some_and(|(a, b)| t >= a && t < b);
         let restarting = self.restart_at.is_some_and(|r| t >= r && t < r + PERIOD_S);
         if !decide || in_outage || restarting {
@@ -733,7 +738,7 @@ impl<'a> PolicyLoop<'a> {
         (power_now, tokens_now)
     }
 
-    fn into_trace(self) -> Trace {
+    pub(crate) fn into_trace(self) -> Trace {
         self.trace
     }
 }

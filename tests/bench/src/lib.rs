@@ -11,6 +11,8 @@
 //! No binary here goes into the image (`scripts/image.sh` skips `*-bench`).
 
 pub mod bound;
+pub mod budget;
+pub mod budget_report;
 pub mod closed_loop;
 pub mod report;
 pub mod trace;
