@@ -15,7 +15,7 @@ NAMESPACE=${NAMESPACE:-climatik-project}
 TIMEOUT=${TIMEOUT:-2m}
 HELM=${HELM:-helm}
 KUBECTL=${KUBECTL:-kubectl}
-CRDS=(powercappingpolicies.climatik.io nodefrequencies.climatik.io)
+CRDS=(powercappingpolicies.climatik.io nodefrequencies.climatik.io powerbudgets.climatik.io)
 
 log() { printf '[undeploy] %s\n' "$*" >&2; }
 k() { "$KUBECTL" "$@"; }

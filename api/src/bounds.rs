@@ -100,6 +100,19 @@ pub const MAX_LABEL_LENGTH: usize = 256;
 /// Longest per-device status message.
 pub const MAX_MESSAGE_LENGTH: usize = 1024;
 
+/// Lowest and highest policy priority: the range of a Kubernetes
+/// PriorityClass value that users may set (system classes sit above it),
+/// so a policy can take its pods' PriorityClass value as its own.
+pub const MIN_PRIORITY: i32 = -1_000_000_000;
+pub const MAX_PRIORITY: i32 = 1_000_000_000;
+
+/// Most policies one PowerBudget's status lists: with about 200 bytes per
+/// entry this keeps the object far below the API server's size limit.
+pub const MAX_BUDGET_ALLOCATIONS: usize = 1000;
+
+/// Longest namespace name (a DNS label).
+pub const MAX_NAMESPACE_LENGTH: usize = 63;
+
 /// Most label-selector terms and values, and the longest label key and
 /// value, in a policy's selector (Kubernetes bounds labels to 317 and 63
 /// characters; it bounds the selector only by the object's size).

@@ -4,13 +4,14 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{NodeFrequencies, PowerCappingPolicy};
+use crate::{NodeFrequencies, PowerBudget, PowerCappingPolicy};
 
-/// Both CRDs, each paired with the file name it has under `charts/climatik/crds/`.
+/// Every CRD, each paired with the file name it has under `charts/climatik/crds/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("powercappingpolicies.yaml", PowerCappingPolicy::crd()),
         ("nodefrequencies.yaml", NodeFrequencies::crd()),
+        ("powerbudgets.yaml", PowerBudget::crd()),
     ]
 }
 

@@ -104,6 +104,8 @@ impl DesiredPolicy {
                 .collect(),
             dry_run: self.settings.dry_run,
             devices: vec![DeviceKind::Gpu],
+            priority: None,
+            min_watts: None,
         }
     }
 

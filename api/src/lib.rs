@@ -8,6 +8,7 @@
 
 pub mod annotations;
 pub mod bounds;
+pub mod budget;
 pub mod crd;
 pub mod generated;
 pub mod names;
@@ -16,6 +17,7 @@ pub mod policy;
 pub mod power;
 pub mod workload;
 
+pub use budget::{BudgetAllocation, PowerBudget, PowerBudgetSpec, PowerBudgetStatus};
 pub use nodefrequencies::{
     CpuFrequency, CpuFrequencyStatus, DeviceState, GpuFrequency, GpuFrequencyStatus, GpuInventory,
     NodeFrequencies, NodeFrequenciesSpec, NodeFrequenciesStatus, NodeFrequenciesSummary,

@@ -52,7 +52,8 @@ pub const MANAGER_FREQTUNER: &str = "climatik-freqtuner";
 /// Prefix of the per-policy field managers of the recommender.
 pub const MANAGER_RECOMMENDER_PREFIX: &str = "climatik-recommender";
 
-/// Condition types on a PowerCappingPolicy.
+/// Condition types on a PowerCappingPolicy and a PowerBudget
+/// ([`METRICS_AVAILABLE`](conditions::METRICS_AVAILABLE) is on both).
 pub mod conditions {
     /// The policy is observed and acted on.
     pub const READY: &str = "Ready";
@@ -64,6 +65,15 @@ pub mod conditions {
     pub const CAP_REACHABLE: &str = "CapReachable";
     /// The configured algorithm and parameters are valid.
     pub const ALGORITHM_VALID: &str = "AlgorithmValid";
+
+    /// On a PowerBudget: measured power is within the budget.
+    pub const WITHIN_BUDGET: &str = "WithinBudget";
+    /// On a PowerBudget: the guarantees (`minWatts`) of the covered
+    /// policies alone exceed the watts available to them.
+    pub const OVERCOMMITTED: &str = "Overcommitted";
+    /// On a PowerBudget: the budget is usable; False for a parent cycle, an
+    /// unknown parent, or nodes outside the parent's.
+    pub const VALID: &str = "Valid";
 }
 
 /// Longest label value Kubernetes accepts.

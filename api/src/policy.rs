@@ -13,6 +13,7 @@ use crate::{
         self, MAX_ALGORITHMS, MAX_CLOCK_MHZ, MAX_DEVICE_ID_LENGTH, MAX_DEVICE_WATTS,
         MAX_HOUR_JOULES, MAX_LABEL_LENGTH, MAX_LIFETIME_JOULES, MAX_MATCHED_POD_COUNT,
         MAX_MATCHED_PODS, MAX_MEASURED_WATTS, MAX_NAME_LENGTH, MAX_NODE_DEVICES, MAX_POLICY_NODES,
+        MAX_PRIORITY, MIN_PRIORITY,
     },
 };
 
@@ -35,11 +36,17 @@ use crate::{
     printcolumn = r#"{"name":"Effective","type":"integer","description":"The cap the monitor enforces, in watts","jsonPath":".status.effectiveCapWatts"}"#,
     printcolumn = r#"{"name":"Power","type":"number","description":"Measured power in watts","jsonPath":".status.currentPower"}"#,
     printcolumn = r#"{"name":"Capping","type":"boolean","description":"Power is above the threshold","jsonPath":".status.cappingActionRequired"}"#,
+    printcolumn = r#"{"name":"Allocated","type":"integer","priority":1,"description":"The watts a PowerBudget allocates to the policy","jsonPath":".status.allocatedWatts"}"#,
+    printcolumn = r#"{"name":"Priority","type":"integer","priority":1,"description":"Priority in a shared PowerBudget","jsonPath":".spec.priority"}"#,
     printcolumn = r#"{"name":"DryRun","type":"boolean","priority":1,"jsonPath":".spec.dryRun"}"#,
     printcolumn = r#"{"name":"Pods","type":"integer","priority":1,"jsonPath":".status.matchedPodCount"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.minWatts) || self.minWatts <= self.powerCapLimit",
+     "message": "minWatts must not exceed powerCapLimit"},
+]))]
 pub struct PowerCappingPolicySpec {
     /// Power budget in watts for all selected devices together.
     #[schemars(range(min = 1, max = MAX_POWER_WATTS))]
@@ -68,6 +75,18 @@ pub struct PowerCappingPolicySpec {
     #[serde(default = "default_devices")]
     #[schemars(length(min = 1, max = 2))]
     pub devices: Vec<DeviceKind>,
+
+    /// Priority among the policies sharing a PowerBudget: higher is served
+    /// first and cut last. Absent means 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = MIN_PRIORITY, max = MAX_PRIORITY))]
+    pub priority: Option<i32>,
+
+    /// Watts a shared PowerBudget guarantees the policy (never more than
+    /// its cap): cut only when the guarantees together exceed the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_POWER_WATTS))]
+    pub min_watts: Option<i64>,
 }
 
 /// Default capping threshold: start acting at 90 % of the cap, leaving room
@@ -135,11 +154,17 @@ pub struct PowerCappingPolicyStatus {
     #[schemars(range(min = 1, max = MAX_POWER_WATTS))]
     pub power_cap_limit: Option<i64>,
 
-    /// The cap the monitor enforces, in watts. Today this is the policy's
-    /// own cap; budgets shared between policies will lower it.
+    /// The cap the monitor enforces, in watts: the policy's own cap, or
+    /// its PowerBudget allocation when that is smaller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_POWER_WATTS))]
     pub effective_cap_watts: Option<i64>,
+
+    /// The watts the PowerBudget covering the policy allocates to it;
+    /// absent when no budget covers the policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = MAX_POWER_WATTS))]
+    pub allocated_watts: Option<i64>,
 
     /// Energy the selected devices used and time the policy was capping.
     #[serde(default, skip_serializing_if = "Option::is_none")]

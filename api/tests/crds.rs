@@ -267,3 +267,77 @@ fn schema_carries_the_validation_bounds() {
     );
     assert_eq!(nf.spec.scope, "Cluster");
 }
+
+#[test]
+fn power_budgets_are_cluster_scoped_with_budget_columns() {
+    let crd = climatik_api::crd::all()
+        .into_iter()
+        .find(|(file, _)| *file == "powerbudgets.yaml")
+        .expect("budget CRD")
+        .1;
+    assert_eq!(crd.spec.scope, "Cluster");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["pb".to_string()]));
+    assert_eq!(
+        crd.spec.names.categories,
+        Some(vec!["climatik".to_string()])
+    );
+    let columns: Vec<String> = crd.spec.versions[0]
+        .additional_printer_columns
+        .iter()
+        .flatten()
+        .filter(|c| c.priority.unwrap_or(0) == 0)
+        .map(|c| c.name.clone())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Watts", "Measured", "Headroom", "WithinBudget", "Age"]
+    );
+    let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("serializes");
+    let spec = schema
+        .pointer("/openAPIV3Schema/properties/spec/properties")
+        .expect("spec properties");
+    for (pointer, value) in [
+        ("/watts/minimum", serde_json::json!(1.0)),
+        ("/watts/maximum", serde_json::json!(10_000_000.0)),
+        ("/reservedWatts/minimum", serde_json::json!(0.0)),
+        ("/reservedWatts/default", serde_json::json!(0)),
+        ("/capUnmanaged/default", serde_json::json!(false)),
+    ] {
+        assert_eq!(spec.pointer(pointer), Some(&value), "{pointer}");
+    }
+}
+
+#[test]
+fn policy_priority_and_guarantee_are_bounded_and_optional() {
+    let crd = &climatik_api::crd::all()[0].1;
+    let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("serializes");
+    let spec = schema
+        .pointer("/openAPIV3Schema/properties/spec")
+        .expect("spec");
+    let required: Vec<&str> = spec
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(!required.contains(&"priority") && !required.contains(&"minWatts"));
+    assert_eq!(
+        spec.pointer("/properties/priority/maximum"),
+        Some(&serde_json::json!(f64::from(
+            climatik_api::bounds::MAX_PRIORITY
+        )))
+    );
+    assert_eq!(
+        spec.pointer("/properties/minWatts/minimum"),
+        Some(&serde_json::json!(0.0))
+    );
+    let rules = spec
+        .pointer("/x-kubernetes-validations")
+        .and_then(Value::as_array)
+        .expect("spec rules");
+    assert!(
+        rules
+            .iter()
+            .any(|r| r["message"] == "minWatts must not exceed powerCapLimit"),
+        "{rules:?}"
+    );
+}

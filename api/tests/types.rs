@@ -1,6 +1,6 @@
 //! The types read what users write and keep the original field names.
 
-use climatik_api::{DeviceKind, DeviceState, NodeFrequencies, PowerCappingPolicy};
+use climatik_api::{DeviceKind, DeviceState, NodeFrequencies, PowerBudget, PowerCappingPolicy};
 
 #[test]
 fn a_minimal_policy_gets_the_defaults() {
@@ -76,4 +76,34 @@ fn an_entry_without_an_expiry_is_refused() {
         let err = parsed.expect_err("an entry must say when it expires");
         assert!(err.to_string().contains("expiresAt"), "{spec}: {err}");
     }
+}
+
+#[test]
+fn a_policy_without_priority_or_guarantee_writes_neither() {
+    let policy: PowerCappingPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "climatik.io/v1alpha1",
+        "kind": "PowerCappingPolicy",
+        "metadata": {"name": "llm", "namespace": "default"},
+        "spec": {"powerCapLimit": 300, "selector": {}}
+    }))
+    .expect("policy parses");
+    assert_eq!(policy.spec.priority, None);
+    assert_eq!(policy.spec.min_watts, None);
+    let written = serde_json::to_value(&policy.spec).expect("serializes");
+    assert!(written.get("priority").is_none() && written.get("minWatts").is_none());
+}
+
+#[test]
+fn a_minimal_budget_gets_the_defaults() {
+    let budget: PowerBudget = serde_json::from_value(serde_json::json!({
+        "apiVersion": "climatik.io/v1alpha1",
+        "kind": "PowerBudget",
+        "metadata": {"name": "rack-a"},
+        "spec": {"watts": 20000, "nodeSelector": {"matchLabels": {"rack": "a"}}}
+    }))
+    .expect("budget parses");
+    assert_eq!(budget.spec.watts, 20_000);
+    assert_eq!(budget.spec.reserved_watts, 0);
+    assert!(!budget.spec.cap_unmanaged);
+    assert_eq!(budget.spec.parent, None);
 }

@@ -10,6 +10,7 @@
 
 pub mod algorithm;
 pub mod app;
+pub mod arbitration;
 pub mod cli;
 pub mod conditions;
 mod driver;

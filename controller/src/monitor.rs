@@ -738,6 +738,8 @@ mod tests {
                 custom_algorithms: vec![],
                 dry_run: false,
                 devices,
+                priority: None,
+                min_watts: None,
             },
         );
         p.metadata.namespace = Some("ns".into());

@@ -839,6 +839,8 @@ mod tests {
                 custom_algorithms: vec![],
                 dry_run,
                 devices: vec![DeviceKind::Gpu],
+                priority: None,
+                min_watts: None,
             },
         );
         p.status = Some(PowerCappingPolicyStatus {

@@ -1,7 +1,7 @@
 //! The generated CRDs install into a real API server, their schemas
 //! validate and default for real, and status is a subresource.
 
-use climatik_api::{NodeFrequencies, PowerCappingPolicy, names};
+use climatik_api::{NodeFrequencies, PowerBudget, PowerCappingPolicy, names};
 use climatik_test_support::cluster;
 use kube::{
     Api,
@@ -233,6 +233,145 @@ async fn node_frequencies_are_cluster_scoped_and_validated() -> anyhow::Result<(
     }
     api.delete(name, &Default::default()).await?;
     Ok(())
+}
+
+#[tokio::test]
+async fn power_budgets_are_cluster_scoped_defaulted_and_validated() -> anyhow::Result<()> {
+    let cluster = cluster().await?;
+    cluster.install_crds().await?;
+    let api = Api::<PowerBudget>::all(cluster.client.clone());
+    let name = "crd-test-rack";
+    let budget = |spec: serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "climatik.io/v1alpha1",
+            "kind": "PowerBudget",
+            "metadata": {"name": name},
+            "spec": spec
+        })
+    };
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let stored = api
+        .patch(
+            name,
+            &params,
+            &Patch::Apply(&budget(serde_json::json!({
+                "watts": 20_000, "nodeSelector": {"matchLabels": {"rack": "a"}}
+            }))),
+        )
+        .await?;
+    assert_eq!(stored.spec.watts, 20_000);
+    // Defaults come from the schema, applied by the API server.
+    assert_eq!(stored.spec.reserved_watts, 0);
+    assert!(!stored.spec.cap_unmanaged);
+
+    for (spec, what) in [
+        (
+            serde_json::json!({"watts": 0, "nodeSelector": {}}),
+            "spec.watts",
+        ),
+        (
+            serde_json::json!({"watts": 10_000_001, "nodeSelector": {}}),
+            "spec.watts",
+        ),
+        (
+            serde_json::json!({"watts": 1000, "reservedWatts": -1, "nodeSelector": {}}),
+            "spec.reservedWatts",
+        ),
+        (
+            serde_json::json!({"watts": 1000, "parent": "", "nodeSelector": {}}),
+            "spec.parent",
+        ),
+        (serde_json::json!({"watts": 1000}), "nodeSelector"),
+    ] {
+        let err = api
+            .patch(name, &params, &Patch::Apply(&budget(spec.clone())))
+            .await
+            .expect_err("an invalid budget must be rejected");
+        assert!(err.to_string().contains(what), "{spec}: {err}");
+    }
+
+    // The status is a subresource and `kubectl get pb` shows its columns.
+    let status = serde_json::json!({
+        "apiVersion": "climatik.io/v1alpha1",
+        "kind": "PowerBudget",
+        "status": {"measuredWatts": 18_250.5, "headroomWatts": 1_749.5,
+                   "allocations": [{"namespace": "serving", "name": "llm", "priority": 100,
+                                    "minWatts": 0.0, "demandWatts": 9000.0,
+                                    "allocatedWatts": 9000}]}
+    });
+    let with_status = api
+        .patch_status(name, &params, &Patch::Apply(&status))
+        .await?;
+    assert_eq!(with_status.spec.watts, 20_000);
+    let read = with_status.status.unwrap_or_default();
+    assert_eq!(read.allocations.len(), 1);
+    let table = cluster.kubectl(["get", "pb", name]).await?;
+    let header = table.lines().next().unwrap_or_default();
+    for column in [
+        "NAME",
+        "WATTS",
+        "MEASURED",
+        "HEADROOM",
+        "WITHINBUDGET",
+        "AGE",
+    ] {
+        assert!(header.contains(column), "missing {column} in {header:?}");
+    }
+    assert!(table.contains("18250.5"), "{table}");
+    api.delete(name, &Default::default()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_policy_guarantee_above_its_cap_or_an_absurd_priority_is_rejected() -> anyhow::Result<()>
+{
+    let cluster = cluster().await?;
+    cluster.install_crds().await?;
+    let ns = cluster.namespace("crd-priority").await?;
+    let policies = Api::<PowerCappingPolicy>::namespaced(cluster.client.clone(), ns.name());
+    let policy = |extra: serde_json::Value| {
+        let mut spec =
+            serde_json::json!({"powerCapLimit": 300, "selector": {"matchLabels": {"app": "x"}}});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        serde_json::json!({
+            "apiVersion": "climatik.io/v1alpha1",
+            "kind": "PowerCappingPolicy",
+            "metadata": {"name": "p"},
+            "spec": spec
+        })
+    };
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let stored = policies
+        .patch(
+            "p",
+            &params,
+            &Patch::Apply(&policy(
+                serde_json::json!({"priority": 100, "minWatts": 300}),
+            )),
+        )
+        .await?;
+    assert_eq!(stored.spec.priority, Some(100));
+    assert_eq!(stored.spec.min_watts, Some(300));
+    for (extra, what) in [
+        (
+            serde_json::json!({"minWatts": 301}),
+            "minWatts must not exceed powerCapLimit",
+        ),
+        (serde_json::json!({"minWatts": -1}), "spec.minWatts"),
+        (
+            serde_json::json!({"priority": 1_000_000_001}),
+            "spec.priority",
+        ),
+    ] {
+        let err = policies
+            .patch("p", &params, &Patch::Apply(&policy(extra.clone())))
+            .await
+            .expect_err("an invalid priority or guarantee must be rejected");
+        assert!(err.to_string().contains(what), "{extra}: {err}");
+    }
+    ns.cleanup().await
 }
 
 /// A far-future expiry: the schema asks for one, these tests do not run an

@@ -1,6 +1,6 @@
 //! Prints Climatik's CRDs as YAML, or writes them into a directory.
 //!
-//! `crdgen` prints both documents to stdout; `crdgen --out-dir DIR` writes
+//! `crdgen` prints every document to stdout; `crdgen --out-dir DIR` writes
 //! one file per CRD (the chart's `crds/` folder).
 
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //! succeeds. A missing CRD, one not yet Established, or a conversion
 //! problem all fail the list with the API server's own message.
 
-use climatik_api::{NodeFrequencies, PowerCappingPolicy};
+use climatik_api::{NodeFrequencies, PowerBudget, PowerCappingPolicy};
 use kube::{Api, Resource, api::ListParams};
 
 /// Lists every Climatik resource once.
@@ -16,9 +16,14 @@ pub async fn check(client: &kube::Client) -> Result<String, String> {
         .list(&one)
         .await
         .map(drop);
+    let budgets = Api::<PowerBudget>::all(client.clone())
+        .list(&one)
+        .await
+        .map(drop);
     summarise(&[
         (name::<PowerCappingPolicy>(), policies),
         (name::<NodeFrequencies>(), frequencies),
+        (name::<PowerBudget>(), budgets),
     ])
 }
 

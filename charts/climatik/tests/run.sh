@@ -158,7 +158,7 @@ k wait --for condition=Established --timeout=60s \
 ok "installed ${#third_party[@]} CRDs"
 # Our own CRDs for real too: the sample PowerCappingPolicy needs them.
 k apply --server-side --force-conflicts --field-manager=climatik-chart-test -f "$chart/crds/" >/dev/null
-k wait --for condition=Established --timeout=60s crd/powercappingpolicies.climatik.io crd/nodefrequencies.climatik.io >/dev/null
+k wait --for condition=Established --timeout=60s crd/powercappingpolicies.climatik.io crd/nodefrequencies.climatik.io crd/powerbudgets.climatik.io >/dev/null
 
 step "server-side dry-run of every render"
 k create namespace "$dryrun_ns" >/dev/null
@@ -291,7 +291,7 @@ if "$repo/scripts/deploy.sh" "${pin[@]}" --set webhook.url=https://127.0.0.1:1/m
   check "webhook configuration present" quiet k get mutatingwebhookconfiguration "$RELEASE-webhook"
   check "namespace allows the privileged node agent" same \
     "$(k get namespace "$NS" -o jsonpath='{.metadata.labels.pod-security\.kubernetes\.io/enforce}')" privileged
-  check "CRDs present" quiet k get crd powercappingpolicies.climatik.io nodefrequencies.climatik.io
+  check "CRDs present" quiet k get crd powercappingpolicies.climatik.io nodefrequencies.climatik.io powerbudgets.climatik.io
   check "freqtuner ready on every GPU node" same \
     "$(k -n "$NS" get daemonset "$RELEASE-freqtuner" -o jsonpath='{.status.numberReady}')" "${#fake_nodes[@]}"
 else

@@ -1,0 +1,562 @@
+//! The arbitration of a shared PowerBudget: how the watts available to the
+//! policies it covers are divided among them. Pure, so the rules are
+//! unit- and property-tested, and the budget bench calls the same code the
+//! controller runs.
+//!
+//! Each [`Claim`] is one policy: its priority, its guarantee (`minWatts`),
+//! its own cap and its estimated demand. [`allocate`] gives every claim a
+//! share in `0 ..= cap` by these rules, in this order:
+//!
+//! 1. **Guarantees.** Each claim is first given its guarantee,
+//!    `min(min_watts, cap_watts)`. When the guarantees together exceed the
+//!    available watts the budget is *overcommitted*: guarantees are granted
+//!    by priority, highest first, equal priorities pro rata to their
+//!    guarantees, and the lower tiers get what is left, possibly nothing.
+//!    Nothing else is handed out then. Guarantees are never cut otherwise.
+//! 2. **Demand.** What is left goes to the tiers highest priority first,
+//!    each claim up to `min(demand, cap)` (never below its guarantee).
+//!    Within a tier the watts are shared max-min fair (water-filling): every
+//!    claim is raised to one common level, none beyond its demand, so a
+//!    small demand is met in full before a large one gets more than it.
+//! 3. **Headroom.** What is left once every demand is met is spread the
+//!    same way, highest priority first and max-min fair within a tier, up
+//!    to each claim's cap: a workload that bursts, or probes above its
+//!    measured power, finds the watts there.
+//!
+//! Invariants: the shares sum to at most `max(available, 0)`, also when
+//! the budget is overcommitted (within floating-point rounding, a few ulps
+//! of the sum); each share lies in `[0, cap]`; more available watts never
+//! give any claim less. A NaN, infinite or negative input counts as zero
+//! (an infinite `available` counts as the largest finite number, and any
+//! watt value above 10^15 as that), so no share is ever NaN.
+//!
+//! [`estimate_demand`] turns a policy's measured power into its demand: a
+//! policy held at its allocation may need more than it is allowed to draw,
+//! so it asks for a little more than it measures (a probe); when the
+//! probe is granted and the workload does not use it, its next
+//! measurement stays below the allocation and its demand falls back to
+//! what it measures.
+
+/// What one policy asks of a budget.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Claim {
+    /// Higher is served first and cut last.
+    pub priority: i32,
+    /// The guarantee, in watts; only as much of it as the cap counts.
+    pub min_watts: f64,
+    /// The policy's own cap, in watts: no share exceeds it.
+    pub cap_watts: f64,
+    /// The estimated demand, in watts ([`estimate_demand`]).
+    pub demand_watts: f64,
+}
+
+/// The shares decided by [`allocate`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arbitration {
+    /// One share per claim, in watts, in the order of the claims.
+    pub watts: Vec<f64>,
+    /// The guarantees alone exceed the available watts.
+    pub overcommitted: bool,
+}
+
+/// How close to its allocation a policy's measured power must be for the
+/// policy to count as held there: within 3 %, about the noise of a
+/// feedback loop holding a cap.
+pub const HELD_FRACTION: f64 = 0.97;
+
+/// Divides `available_watts` among `claims` by the rules in the module
+/// header.
+pub fn allocate(available_watts: f64, claims: &[Claim]) -> Arbitration {
+    let available = if available_watts.is_nan() {
+        0.0
+    } else {
+        available_watts.clamp(0.0, f64::MAX)
+    };
+    let caps: Vec<f64> = claims.iter().map(|c| watts(c.cap_watts)).collect();
+    let guarantees: Vec<f64> = claims
+        .iter()
+        .zip(&caps)
+        .map(|(c, cap)| watts(c.min_watts).min(*cap))
+        .collect();
+    let targets: Vec<f64> = claims
+        .iter()
+        .zip(&caps)
+        .zip(&guarantees)
+        .map(|((c, cap), guarantee)| watts(c.demand_watts).min(*cap).max(*guarantee))
+        .collect();
+    let tiers = tiers(claims);
+
+    let guaranteed: f64 = guarantees.iter().sum();
+    if guaranteed > available {
+        return Arbitration {
+            watts: cut_guarantees(available, &tiers, &guarantees),
+            overcommitted: true,
+        };
+    }
+    let mut shares = guarantees;
+    let mut left = available - guaranteed;
+    // Demand first, then headroom: each pass raises the shares it reaches
+    // towards its ceilings, tier by tier, until nothing is left.
+    for ceilings in [&targets, &caps] {
+        for tier in &tiers {
+            if left <= 0.0 {
+                break;
+            }
+            let floor: Vec<f64> = tier.iter().map(|&i| shares[i]).collect();
+            let ceiling: Vec<f64> = tier.iter().map(|&i| ceilings[i]).collect();
+            let filled = water_fill(&floor, &ceiling, left);
+            let added: f64 = filled.iter().zip(&floor).map(|(f, l)| f - l).sum();
+            for (&i, share) in tier.iter().zip(filled) {
+                shares[i] = share;
+            }
+            left = (left - added).max(0.0);
+        }
+    }
+    Arbitration {
+        watts: shares,
+        overcommitted: false,
+    }
+}
+
+/// The demand of a policy measured at `measured_watts` whose allocation
+/// holds it at `allocated_watts` (`None`: no allocation holds it). A
+/// policy measured at or within [`HELD_FRACTION`] of the level it is held
+/// to may need more, so its demand is its measured power plus
+/// `probe_fraction` of it; otherwise its demand is what it measures.
+///
+/// `allocated_watts` is the level the policy is actually held to: where
+/// the controller keeps a policy below its cap (a capping threshold), that
+/// level, not the cap.
+pub fn estimate_demand(
+    measured_watts: f64,
+    allocated_watts: Option<f64>,
+    probe_fraction: f64,
+) -> f64 {
+    let measured = watts(measured_watts);
+    // Read like a watt value: NaN or a negative fraction means no probe.
+    let probe = watts(probe_fraction);
+    match allocated_watts.map(watts) {
+        Some(held) if held > 0.0 && measured >= held * HELD_FRACTION => {
+            (measured * (1.0 + probe)).min(MAX_WATTS)
+        }
+        _ => measured,
+    }
+}
+
+/// Largest watt value the arbitration reads: far above any budget (a
+/// PowerBudget stops at 10 MW), and small enough that sums over any number
+/// of claims stay finite.
+const MAX_WATTS: f64 = 1e15;
+
+/// A watt value as the arbitration reads it: NaN, infinite and negative
+/// values count as zero, values above [`MAX_WATTS`] as that.
+fn watts(value: f64) -> f64 {
+    if value.is_finite() && value > 0.0 {
+        value.min(MAX_WATTS)
+    } else {
+        0.0
+    }
+}
+
+/// Indices of the claims grouped by priority, highest first.
+fn tiers(claims: &[Claim]) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..claims.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(claims[i].priority));
+    let mut tiers: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        match tiers.last_mut() {
+            Some(tier) if claims[tier[0]].priority == claims[i].priority => tier.push(i),
+            _ => tiers.push(vec![i]),
+        }
+    }
+    tiers
+}
+
+/// The overcommitted case: guarantees granted highest tier first; the tier
+/// that does not fit shares what is left pro rata to its guarantees, and
+/// the tiers below it get nothing.
+fn cut_guarantees(available: f64, tiers: &[Vec<usize>], guarantees: &[f64]) -> Vec<f64> {
+    let mut shares = vec![0.0; guarantees.len()];
+    let mut left = available;
+    for tier in tiers {
+        let wanted: f64 = tier.iter().map(|&i| guarantees[i]).sum();
+        if wanted <= left {
+            for &i in tier {
+                shares[i] = guarantees[i];
+            }
+            left -= wanted;
+        } else {
+            // wanted > left >= 0, so the division is by a positive number.
+            let fraction = left / wanted;
+            for &i in tier {
+                shares[i] = guarantees[i] * fraction;
+            }
+            break;
+        }
+    }
+    shares
+}
+
+/// Max-min fair water-filling: raises every share from `floor` towards its
+/// `ceiling` to one common level `L` (share = `clamp(L, floor, ceiling)`),
+/// using at most `extra` watts. `floor[i] <= ceiling[i]` for every `i`.
+fn water_fill(floor: &[f64], ceiling: &[f64], extra: f64) -> Vec<f64> {
+    let added = |level: f64| -> f64 {
+        floor
+            .iter()
+            .zip(ceiling)
+            .map(|(lo, hi)| (level.min(*hi) - lo).max(0.0))
+            .sum()
+    };
+    let room: f64 = floor.iter().zip(ceiling).map(|(lo, hi)| hi - lo).sum();
+    if extra >= room {
+        return ceiling.to_vec();
+    }
+    if extra <= 0.0 {
+        return floor.to_vec();
+    }
+    // `added` is piecewise linear and non-decreasing with its kinks at the
+    // floors and ceilings: find the last kink it does not pass `extra` at,
+    // then the level on the straight piece after it.
+    let mut kinks: Vec<f64> = floor.iter().chain(ceiling).copied().collect();
+    kinks.sort_by(f64::total_cmp);
+    kinks.dedup();
+    let below = kinks.partition_point(|&k| added(k) <= extra);
+    // added(max ceiling) = room > extra, so `below` < kinks.len(); and
+    // added(min floor) = 0 <= extra, so `below` >= 1.
+    let from = kinks[below.saturating_sub(1)];
+    let rising = floor
+        .iter()
+        .zip(ceiling)
+        .filter(|(lo, hi)| **lo <= from && **hi > from)
+        .count();
+    let level = if rising == 0 {
+        from
+    } else {
+        from + (extra - added(from)) / rising as f64
+    };
+    floor
+        .iter()
+        .zip(ceiling)
+        .map(|(lo, hi)| level.max(*lo).min(*hi))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn claim(priority: i32, min: f64, cap: f64, demand: f64) -> Claim {
+        Claim {
+            priority,
+            min_watts: min,
+            cap_watts: cap,
+            demand_watts: demand,
+        }
+    }
+
+    fn close(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
+    }
+
+    #[test]
+    fn guarantees_come_before_any_demand() {
+        // 500 W: the low-priority guarantee of 200 W is kept although the
+        // high-priority claim would take all 500.
+        let result = allocate(
+            500.0,
+            &[
+                claim(10, 0.0, 1000.0, 800.0),
+                claim(0, 200.0, 1000.0, 800.0),
+            ],
+        );
+        assert!(!result.overcommitted);
+        assert!(close(&result.watts, &[300.0, 200.0]), "{result:?}");
+    }
+
+    #[test]
+    fn a_guarantee_above_the_cap_counts_as_the_cap() {
+        let result = allocate(
+            1000.0,
+            &[claim(0, 900.0, 300.0, 0.0), claim(0, 0.0, 1000.0, 1000.0)],
+        );
+        assert!(close(&result.watts, &[300.0, 700.0]), "{result:?}");
+    }
+
+    #[test]
+    fn overcommitted_guarantees_are_cut_lowest_priority_first_and_pro_rata_in_a_tier() {
+        let result = allocate(
+            700.0,
+            &[
+                claim(5, 400.0, 1000.0, 1000.0),
+                claim(1, 300.0, 1000.0, 1000.0),
+                claim(1, 100.0, 1000.0, 1000.0),
+                claim(0, 100.0, 1000.0, 1000.0),
+            ],
+        );
+        assert!(result.overcommitted);
+        // 400 to the top tier; the 300 left shared 3:1 by the next; none below.
+        assert!(
+            close(&result.watts, &[400.0, 225.0, 75.0, 0.0]),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn higher_tiers_get_their_demand_before_lower_tiers_get_any() {
+        let result = allocate(
+            1000.0,
+            &[claim(0, 0.0, 1000.0, 600.0), claim(100, 0.0, 1000.0, 700.0)],
+        );
+        assert!(close(&result.watts, &[300.0, 700.0]), "{result:?}");
+    }
+
+    #[test]
+    fn equal_priorities_share_max_min_fair_up_to_demand() {
+        // 900 W among demands 100, 500, 800: the small one is met, the
+        // other two meet at 400 each.
+        let result = allocate(
+            900.0,
+            &[
+                claim(0, 0.0, 1000.0, 100.0),
+                claim(0, 0.0, 1000.0, 500.0),
+                claim(0, 0.0, 1000.0, 800.0),
+            ],
+        );
+        assert!(close(&result.watts, &[100.0, 400.0, 400.0]), "{result:?}");
+    }
+
+    #[test]
+    fn a_guarantee_above_the_fair_level_is_kept() {
+        let result = allocate(
+            600.0,
+            &[claim(0, 400.0, 1000.0, 800.0), claim(0, 0.0, 1000.0, 800.0)],
+        );
+        assert!(close(&result.watts, &[400.0, 200.0]), "{result:?}");
+    }
+
+    #[test]
+    fn what_is_left_after_demand_is_headroom_by_priority_up_to_the_caps() {
+        let result = allocate(
+            2000.0,
+            &[
+                claim(0, 0.0, 1000.0, 100.0),
+                claim(9, 0.0, 700.0, 200.0),
+                claim(0, 0.0, 300.0, 100.0),
+            ],
+        );
+        // Demands take 400; the high tier grows to its cap of 700 (+500);
+        // the 1100 left fill the low tier: 300 to its cap, 1000 to its cap
+        // would need 1200, so level 800 for the first.
+        assert!(close(&result.watts, &[1000.0, 700.0, 300.0]), "{result:?}");
+        let result = allocate(
+            1300.0,
+            &[
+                claim(0, 0.0, 1000.0, 100.0),
+                claim(9, 0.0, 700.0, 200.0),
+                claim(0, 0.0, 300.0, 100.0),
+            ],
+        );
+        // 400 demand, 500 to the high tier, 400 left: water level 300 in
+        // the low tier (both at 300; the second at its cap).
+        assert!(close(&result.watts, &[300.0, 700.0, 300.0]), "{result:?}");
+    }
+
+    #[test]
+    fn no_share_exceeds_its_cap_even_with_watts_to_spare() {
+        let result = allocate(
+            1e6,
+            &[claim(0, 0.0, 300.0, 5000.0), claim(1, 50.0, 200.0, 0.0)],
+        );
+        assert!(close(&result.watts, &[300.0, 200.0]), "{result:?}");
+    }
+
+    #[test]
+    fn bad_input_never_gives_nan_or_more_than_available() {
+        for available in [f64::NAN, -100.0, f64::NEG_INFINITY] {
+            let result = allocate(available, &[claim(0, 10.0, 100.0, 100.0)]);
+            assert_eq!(result.watts, [0.0]);
+        }
+        let result = allocate(
+            500.0,
+            &[
+                claim(0, f64::NAN, f64::INFINITY, -5.0),
+                claim(0, -1.0, f64::NAN, 100.0),
+                claim(0, 100.0, 1000.0, f64::NAN),
+            ],
+        );
+        assert!(result.watts.iter().all(|w| w.is_finite()), "{result:?}");
+        // An infinite or NaN cap counts as zero: only the third gets watts.
+        assert!(close(&result.watts, &[0.0, 0.0, 500.0]), "{result:?}");
+        let result = allocate(f64::INFINITY, &[claim(0, 0.0, 300.0, 300.0)]);
+        assert_eq!(result.watts, [300.0]);
+        assert_eq!(allocate(100.0, &[]).watts, Vec::<f64>::new());
+    }
+
+    #[test]
+    fn a_policy_held_at_its_allocation_probes_upward() {
+        // Held: within 3 % of the allocation.
+        assert!((estimate_demand(300.0, Some(300.0), 0.1) - 330.0).abs() < 1e-9);
+        assert!((estimate_demand(295.0, Some(300.0), 0.1) - 324.5).abs() < 1e-9);
+        // Not held: below the allocation, or no allocation at all.
+        assert_eq!(estimate_demand(200.0, Some(300.0), 0.1), 200.0);
+        assert_eq!(estimate_demand(300.0, None, 0.1), 300.0);
+        // Bad input counts as zero.
+        assert_eq!(estimate_demand(f64::NAN, Some(300.0), 0.1), 0.0);
+        assert_eq!(estimate_demand(300.0, Some(f64::NAN), 0.1), 300.0);
+        assert_eq!(estimate_demand(300.0, Some(300.0), f64::NAN), 300.0);
+        assert_eq!(estimate_demand(300.0, Some(300.0), -1.0), 300.0);
+    }
+
+    /// Sum of the shares may exceed the available watts by rounding only.
+    const SLACK: f64 = 1e-6;
+
+    fn claims() -> impl Strategy<Value = Vec<Claim>> {
+        let one = (
+            0i32..4,
+            prop_oneof![Just(0.0), 0.0..800.0f64],
+            1.0..1000.0f64,
+            0.0..1200.0f64,
+        )
+            .prop_map(|(priority, min, cap, demand)| claim(priority, min, cap, demand));
+        prop::collection::vec(one, 0..12)
+    }
+
+    fn guarantee(c: &Claim) -> f64 {
+        c.min_watts.min(c.cap_watts)
+    }
+
+    fn target(c: &Claim) -> f64 {
+        c.demand_watts.min(c.cap_watts).max(guarantee(c))
+    }
+
+    proptest! {
+        #[test]
+        fn shares_conserve_the_budget_and_respect_the_caps(
+            available in -100.0..8000.0f64,
+            claims in claims(),
+        ) {
+            let result = allocate(available, &claims);
+            prop_assert_eq!(result.watts.len(), claims.len());
+            let sum: f64 = result.watts.iter().sum();
+            prop_assert!(sum <= available.max(0.0) + SLACK, "{} > {}", sum, available);
+            for (w, c) in result.watts.iter().zip(&claims) {
+                prop_assert!(w.is_finite() && *w >= 0.0 && *w <= c.cap_watts, "{:?}", result);
+            }
+        }
+
+        #[test]
+        fn guarantees_are_honoured_when_they_fit(available in 0.0..8000.0f64, claims in claims()) {
+            let result = allocate(available, &claims);
+            let guaranteed: f64 = claims.iter().map(guarantee).sum();
+            prop_assert_eq!(result.overcommitted, guaranteed > available);
+            if !result.overcommitted {
+                for (w, c) in result.watts.iter().zip(&claims) {
+                    prop_assert!(*w >= guarantee(c) - SLACK, "{:?}", result);
+                }
+            }
+        }
+
+        /// A claim short of its demand means every strictly lower-priority
+        /// claim is held at (or, overcommitted, below) its guarantee.
+        #[test]
+        fn lower_priorities_give_way_first(available in 0.0..8000.0f64, claims in claims()) {
+            let result = allocate(available, &claims);
+            for (i, ci) in claims.iter().enumerate() {
+                if result.watts[i] >= target(ci) - SLACK {
+                    continue;
+                }
+                for (j, cj) in claims.iter().enumerate() {
+                    if cj.priority < ci.priority {
+                        prop_assert!(
+                            result.watts[j] <= guarantee(cj) + SLACK,
+                            "claim {} short, yet claim {} of lower priority above its guarantee: {:?}",
+                            i, j, result
+                        );
+                    }
+                }
+            }
+        }
+
+        /// Overcommitted, a guarantee is cut only once every strictly
+        /// lower-priority claim has nothing.
+        #[test]
+        fn overcommitted_budgets_cut_the_lowest_priorities_first(
+            available in 0.0..2000.0f64,
+            claims in claims(),
+        ) {
+            let result = allocate(available, &claims);
+            prop_assume!(result.overcommitted);
+            for (i, ci) in claims.iter().enumerate() {
+                if result.watts[i] >= guarantee(ci) - SLACK {
+                    continue;
+                }
+                for (j, cj) in claims.iter().enumerate() {
+                    if cj.priority < ci.priority {
+                        prop_assert!(result.watts[j] <= SLACK, "{:?}", result);
+                    }
+                }
+            }
+        }
+
+        /// Within a tier, one claim gets less than another only if it
+        /// cannot take more: it is at its demand while the other is within
+        /// its own, or at its cap, or the other is held at its guarantee.
+        #[test]
+        fn equal_priorities_are_max_min_fair(available in 0.0..8000.0f64, claims in claims()) {
+            let result = allocate(available, &claims);
+            prop_assume!(!result.overcommitted);
+            for (i, ci) in claims.iter().enumerate() {
+                for (j, cj) in claims.iter().enumerate() {
+                    let (wi, wj) = (result.watts[i], result.watts[j]);
+                    if ci.priority != cj.priority || wi >= wj - SLACK {
+                        continue;
+                    }
+                    let i_at_demand = wi >= target(ci) - SLACK;
+                    let j_within_demand = wj <= target(cj) + SLACK;
+                    let i_at_cap = wi >= ci.cap_watts - SLACK;
+                    let j_at_guarantee = wj <= guarantee(cj) + SLACK;
+                    prop_assert!(
+                        (i_at_demand && j_within_demand) || i_at_cap || j_at_guarantee,
+                        "claims {} and {} unfair: {:?}", i, j, result
+                    );
+                }
+            }
+        }
+
+        #[test]
+        fn more_watts_never_give_anyone_less(
+            available in 0.0..8000.0f64,
+            more in 0.0..4000.0f64,
+            claims in claims(),
+        ) {
+            let less = allocate(available, &claims);
+            let plenty = allocate(available + more, &claims);
+            for (a, b) in less.watts.iter().zip(&plenty.watts) {
+                prop_assert!(*b >= a - SLACK, "{:?} then {:?}", less, plenty);
+            }
+        }
+
+        /// No watt is left over while a claim could take it.
+        #[test]
+        fn nothing_is_held_back_below_the_caps(available in 0.0..8000.0f64, claims in claims()) {
+            let result = allocate(available, &claims);
+            let sum: f64 = result.watts.iter().sum();
+            let caps: f64 = claims.iter().map(|c| c.cap_watts).sum();
+            prop_assert!(sum >= available.min(caps) - SLACK, "{} of {}: {:?}", sum, available, result);
+        }
+
+        #[test]
+        fn demand_is_measured_power_or_a_probe_above_it(
+            measured in 0.0..2000.0f64,
+            allocated in prop::option::of(0.0..2000.0f64),
+            probe in 0.0..0.5f64,
+        ) {
+            let demand = estimate_demand(measured, allocated, probe);
+            let held = allocated.is_some_and(|a| a > 0.0 && measured >= a * HELD_FRACTION);
+            let want = if held { measured * (1.0 + probe) } else { measured };
+            prop_assert!((demand - want).abs() < 1e-9);
+        }
+    }
+}
