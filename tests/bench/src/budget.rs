@@ -17,7 +17,7 @@
 //!
 //! Every scenario is a pure function of its seed, so runs are reproducible.
 
-use climatik_controller::algorithm;
+use climatik_controller::{algorithm, arbitration};
 use climatik_sim_gpu::plant::MeasuredCurve;
 use serde::Serialize;
 
@@ -44,6 +44,14 @@ pub const FIRST_ACTUATION_S: usize = PERIOD_S + ACTUATION_S;
 /// Share of its allocation a policy held at it asks for on top, so that it
 /// finds out whether it needs more (the arbitration's probe).
 pub const PROBE_FRACTION: f64 = 0.1;
+
+/// Share of its cap the per-policy loop holds a policy to: the clock
+/// ceilings of `feedback-budget` aim at `feedback`'s default `target`, 97 %
+/// of the cap. The arbitration's demand estimate needs the level a policy
+/// is held to, not its cap; with the cap, a policy held there never looks
+/// held, its demand follows its power down, and the watts it gives up sit
+/// unused as the highest tier's headroom.
+pub const HELD_SHARE_OF_CAP: f64 = 0.97;
 
 /// The per-policy loop under every strategy that caps a policy: the loop
 /// bench's best (`feedback-budget`, power-limit mode, node re-split).
@@ -74,6 +82,15 @@ impl Tier {
             Tier::Serving => 1000,
             Tier::Training => 100,
             Tier::Batch => 0,
+        }
+    }
+
+    /// The policy's `spec.minWatts` as a share of its GPUs' nameplate
+    /// power: serving is guaranteed most of what its bursts draw.
+    pub fn guarantee_share_of_nameplate(self) -> f64 {
+        match self {
+            Tier::Serving => 0.7,
+            Tier::Training | Tier::Batch => 0.0,
         }
     }
 
@@ -480,7 +497,7 @@ fn arbitrated(scenario: &RackScenario) -> RackTraces {
     for t in 0..rack.seconds {
         let budget_changed = t > 0 && scenario.budget[t] != scenario.budget[t - 1];
         if t > 0 && (t.is_multiple_of(PERIOD_S) || budget_changed) {
-            let claims: Vec<arbiter::Claim> = Tier::ALL
+            let claims: Vec<arbitration::Claim> = Tier::ALL
                 .iter()
                 .enumerate()
                 .map(|(p, tier)| {
@@ -488,21 +505,22 @@ fn arbitrated(scenario: &RackScenario) -> RackTraces {
                     // The policy's power as the monitor last measured it
                     // (its status' current power), Prometheus' age old.
                     let measured = power[p][t.saturating_sub(STALENESS_S)];
-                    arbiter::Claim {
+                    arbitration::Claim {
                         priority: tier.priority(),
                         // The GPUs accept no lower limit: a smaller share
                         // would not be kept anyway.
-                        min_watts: gpus * model.min_power_limit_watts(),
+                        min_watts: (gpus * model.min_power_limit_watts())
+                            .max(tier.guarantee_share_of_nameplate() * own_caps[p]),
                         cap_watts: own_caps[p],
-                        demand_watts: arbiter::estimate_demand(
+                        demand_watts: arbitration::estimate_demand(
                             measured,
-                            allocated.as_ref().map(|a| a[p]),
+                            allocated.as_ref().map(|a| a[p] * HELD_SHARE_OF_CAP),
                             PROBE_FRACTION,
                         ),
                     }
                 })
                 .collect();
-            let arbitration = arbiter::allocate(scenario.budget[t], &claims);
+            let arbitration = arbitration::allocate(scenario.budget[t], &claims);
             if arbitration.overcommitted {
                 overcommitted_periods += 1;
             }
@@ -727,54 +745,6 @@ pub fn hosted_gpus(gpu: MeasuredCurve, seed: u64) -> Hosted {
     }
 }
 
-/// The arbitration the bench runs: the controller's own
-/// (`climatik_controller::arbitration`), never a copy.
-mod arbiter {
-    pub use stand_in::{Claim, allocate, estimate_demand};
-
-    /// Until the production arbitration lands.
-    mod stand_in {
-        pub struct Claim {
-            pub priority: i32,
-            pub min_watts: f64,
-            pub cap_watts: f64,
-            pub demand_watts: f64,
-        }
-        pub struct Arbitration {
-            pub watts: Vec<f64>,
-            pub overcommitted: bool,
-        }
-        pub fn estimate_demand(measured: f64, allocated: Option<f64>, probe: f64) -> f64 {
-            match allocated {
-                Some(a) if measured >= 0.97 * a => a * (1.0 + probe),
-                _ => measured,
-            }
-        }
-        pub fn allocate(available: f64, claims: &[Claim]) -> Arbitration {
-            let mins: f64 = claims.iter().map(|c| c.min_watts).sum();
-            let mut watts: Vec<f64> = claims.iter().map(|c| c.min_watts).collect();
-            let mut left = (available - mins).max(0.0);
-            let mut order: Vec<usize> = (0..claims.len()).collect();
-            order.sort_by_key(|i| -claims[*i].priority);
-            for &i in &order {
-                let want = (claims[i].demand_watts.min(claims[i].cap_watts) - watts[i]).max(0.0);
-                let give = want.min(left);
-                watts[i] += give;
-                left -= give;
-            }
-            for &i in &order {
-                let give = (claims[i].cap_watts - watts[i]).max(0.0).min(left);
-                watts[i] += give;
-                left -= give;
-            }
-            Arbitration {
-                watts,
-                overcommitted: mins > available,
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,10 +754,10 @@ mod tests {
 
     #[test]
     fn the_scenarios_rack_is_oversubscribed_as_the_issue_asks() {
-        assert!(BASE_GPUS >= 32);
         for gpu in MODELS {
             for rack in racks(42, gpu) {
                 assert_eq!(rack.gpus(), BASE_GPUS, "{}", rack.rack.name);
+                assert!(rack.gpus() >= 32, "a rack of at least 32 GPUs");
                 let nameplate = BASE_GPUS as f64 * gpu.peak_watts();
                 let share = rack.nominal_budget() / nameplate;
                 assert!((0.6..=0.7).contains(&share), "{share}");
