@@ -149,11 +149,10 @@ pub fn targets(runs: &[SeedRun]) -> Vec<TargetCheck> {
     out
 }
 
-/// A percentage to one decimal, or a dash when it was not measured.
+/// A percentage as the loop bench writes it; a dash also where there was
+/// nothing to measure (no rack hosted, no bound).
 fn percent(value: Option<f64>) -> String {
-    value
-        .filter(|v| v.is_finite())
-        .map_or_else(|| "-".into(), |v| format!("{v:.1}%"))
+    crate::report::percent(value.filter(|v| v.is_finite()))
 }
 
 /// The report: per model the first seed's runs, then the GPUs hosted on
