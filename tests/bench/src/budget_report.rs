@@ -242,3 +242,82 @@ pub fn markdown(runs: &[SeedRun]) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(strategy: RackStrategy, hp: f64, total: f64, over: f64) -> RackResult {
+        RackResult {
+            scenario: "oversubscribed rack".into(),
+            gpu: MeasuredCurve::H200Compute,
+            strategy: strategy.label().into(),
+            gpus: 48,
+            hosted_gpus: 48,
+            budget_watts: 1000.0,
+            seconds_over_budget: 0,
+            samples_over_budget_percent: over,
+            max_watts_over_budget: 0.0,
+            high_priority_throughput_percent_of_uncapped: hp,
+            tiers: Vec::new(),
+            throughput_percent_of_uncapped: total,
+            energy_kj: 1.0,
+            bound_throughput_percent_of_uncapped: Some(90.0),
+            bound_upper_throughput_percent_of_uncapped: Some(90.1),
+            throughput_percent_of_bound: Some(100.0 * total / 90.0),
+            overcommitted_periods: 0,
+        }
+    }
+
+    fn hosted(seed: u64, ours: Option<usize>) -> Hosted {
+        Hosted {
+            gpu: MeasuredCurve::H200Compute,
+            seed,
+            budget_watts: 1000.0,
+            nameplate_gpus: 30,
+            ours_gpus: ours,
+            more_gpus_percent: ours.map(|o| 100.0 * (o as f64 / 30.0 - 1.0)),
+            at: None,
+        }
+    }
+
+    /// Every target is judged on the worst seed, per figure.
+    #[test]
+    fn targets_take_the_worst_seed_of_each_figure() {
+        let runs = vec![
+            SeedRun {
+                seed: 1,
+                results: vec![
+                    result(RackStrategy::Arbitration, 99.0, 88.0, 0.0),
+                    result(RackStrategy::StaticPerGpuLimit, 90.0, 80.0, 0.0),
+                ],
+                hosted: vec![hosted(1, Some(48))],
+            },
+            SeedRun {
+                seed: 2,
+                results: vec![
+                    result(RackStrategy::Arbitration, 96.0, 86.4, 0.6),
+                    result(RackStrategy::StaticPerGpuLimit, 90.0, 80.0, 0.0),
+                ],
+                hosted: vec![hosted(2, Some(36))],
+            },
+        ];
+        let checks = targets(&runs);
+        let check = |prefix: &str| {
+            checks
+                .iter()
+                .find(|c| c.target.starts_with(prefix))
+                .map(|c| (c.worst, c.met))
+        };
+        let close = |got: Option<(f64, bool)>, want: f64, met: bool| {
+            got.is_some_and(|(worst, m)| (worst - want).abs() < 1e-9 && m == met)
+        };
+        assert!(close(check("GPUs hosted"), 20.0, false), "{checks:?}");
+        assert!(close(check("high priority"), 96.0, false), "{checks:?}");
+        assert!(close(check("samples over"), 0.6, false), "{checks:?}");
+        assert!(close(check("total"), 8.0, false), "{checks:?}");
+        assert!(close(check(">= 95"), 96.0, true), "{checks:?}");
+        let table = markdown(&runs);
+        assert!(table.contains("| 48, 36 | 20.0% |"), "{table}");
+    }
+}
