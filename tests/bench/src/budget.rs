@@ -272,7 +272,9 @@ fn batch_trace(rng: &mut Rng, seconds: usize) -> Vec<f64> {
     out
 }
 
-/// How the rack's power is kept under its budget.
+/// How the rack's power is kept under its budget. The static baselines
+/// follow a budget change the moment it comes, as if an operator re-applied
+/// them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum RackStrategy {
     /// No cap at all: the throughput reference, far over the budget.
