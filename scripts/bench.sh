@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench`: every benchmark, JSON (and Markdown tables) under target/bench/.
 #   loop.json / loop.md   closed-loop scenarios x strategies x seeds on the simulated plant, against the clairvoyant bound
+#   budget.json / budget.md  a rack budget shared by serving, training and batch: the arbitration against the alternatives, and GPUs hosted per budget
 #   webhook.json          admission latency in-process and through the API server
 #   freqtuner.json        node agent memory (RSS) in steady state
 #   scale.json            controllers at 1000 policies over 500 nodes: reconcile latency, API writes/s, RSS
@@ -17,6 +18,9 @@ cargo build --release --bins -p climatik-controller -p climatik-webhook -p clima
 echo "bench: closed loop (scenarios x strategies)"
 # BENCH_SEEDS (comma-separated) replaces the default seeds; the first is the detailed table.
 "$CARGO_TARGET_DIR/release/loop-bench" ${BENCH_SEEDS:+--seeds "$BENCH_SEEDS"} --out target/bench
+
+echo "bench: shared power budget (rack x situations x strategies; GPUs hosted per budget)"
+"$CARGO_TARGET_DIR/release/budget-bench" ${BENCH_SEEDS:+--seeds "$BENCH_SEEDS"} --out target/bench
 
 cluster_session_up
 echo "bench: webhook latency"

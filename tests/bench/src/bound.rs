@@ -112,6 +112,26 @@ pub fn solve(gpus: &[Vec<Point>], cap_watts: f64, resolution: f64) -> Allocation
 /// by time-sharing clocks within a second. `None` when the lowest points
 /// exceed the cap.
 pub fn relaxation(gpus: &[Vec<Point>], cap_watts: f64) -> Option<f64> {
+    hull_greedy(gpus, cap_watts).map(|h| h.upper_tokens)
+}
+
+/// The relaxation and the allocation it rounds down to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HullGreedy {
+    /// The relaxation's tokens: no allocation under the cap serves more.
+    pub upper_tokens: f64,
+    /// Tokens of the whole hull segments taken before the first one that
+    /// only partly fits: every GPU on a hull point, under the cap, so a
+    /// feasible allocation and a lower bound on the optimum.
+    pub tokens: f64,
+    /// Watts of that allocation.
+    pub watts: f64,
+}
+
+/// [`relaxation`], and the feasible allocation it rounds down to: without
+/// the [`solve`]'s table, so cheap enough for a rack of GPUs every second.
+/// Its gap to the relaxation is at most one hull segment of one GPU.
+pub fn hull_greedy(gpus: &[Vec<Point>], cap_watts: f64) -> Option<HullGreedy> {
     let mut left = cap_watts;
     let mut tokens = 0.0;
     // (watts, tokens) of every hull segment, over all GPUs.
@@ -144,16 +164,27 @@ pub fn relaxation(gpus: &[Vec<Point>], cap_watts: f64) -> Option<f64> {
     if left < 0.0 {
         return None;
     }
+    // One GPU's hull segments fall in steepness, so in this order each GPU
+    // takes its segments in turn: whole ones put it on a hull point.
     segments.sort_by(|a, b| (b.1 / b.0).total_cmp(&(a.1 / a.0)));
+    let mut whole = None;
     for (watts, gain) in segments {
         if left <= 0.0 {
             break;
         }
         let share = (left / watts).min(1.0);
+        if share < 1.0 && whole.is_none() {
+            whole = Some((tokens, cap_watts - left));
+        }
         tokens += share * gain;
         left -= share * watts;
     }
-    Some(tokens)
+    let (whole_tokens, whole_watts) = whole.unwrap_or((tokens, cap_watts - left));
+    Some(HullGreedy {
+        upper_tokens: tokens,
+        tokens: whole_tokens,
+        watts: whole_watts,
+    })
 }
 
 fn totals(gpus: &[Vec<Point>], chosen: &[usize]) -> (f64, f64) {
@@ -364,6 +395,21 @@ mod tests {
                     prop_assert_eq!(relaxation(&gpus, cap), None);
                     prop_assert_eq!(a.chosen.clone(), vec![0; gpus.len()]);
                 }
+            }
+        }
+
+        /// The hull's greedy allocation fits the cap and serves no more than
+        /// the optimum; the relaxation serves no less.
+        #[test]
+        fn the_greedy_hull_allocation_is_feasible((gpus, cap) in instance(6)) {
+            match (hull_greedy(&gpus, cap), brute_force(&gpus, cap)) {
+                (Some(h), Some(optimum)) => {
+                    prop_assert!(h.watts <= cap + 1e-9, "{h:?} over {cap}");
+                    prop_assert!(h.tokens <= optimum + 1e-9, "{h:?} above the optimum {optimum}");
+                    prop_assert!(h.upper_tokens >= optimum - 1e-9, "{h:?} below the optimum {optimum}");
+                }
+                (None, None) => {}
+                (h, optimum) => prop_assert!(false, "{h:?} but optimum {optimum:?}"),
             }
         }
 

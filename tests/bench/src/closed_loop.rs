@@ -156,7 +156,7 @@ fn serving(name: &str, gpu: MeasuredCurve, loads: Vec<Vec<f64>>, cap: Vec<f64>) 
 }
 
 /// A policy of a generated scenario: its GPUs four to a node.
-fn policy(name: &str, loads: Vec<Vec<f64>>, cap: Vec<f64>) -> PolicyLoad {
+pub(crate) fn policy(name: &str, loads: Vec<Vec<f64>>, cap: Vec<f64>) -> PolicyLoad {
     PolicyLoad {
         name: name.to_string(),
         nodes: (0..loads.len())
@@ -170,7 +170,7 @@ fn policy(name: &str, loads: Vec<Vec<f64>>, cap: Vec<f64>) -> PolicyLoad {
 /// The benchmark's scenarios on `gpu`, built from `seed`. Caps are written
 /// for 250 W parts and scaled by the model's peak power.
 pub fn scenarios(seed: u64, gpu: MeasuredCurve) -> Vec<Scenario> {
-    let mut rng = Rng(seed.max(1));
+    let mut rng = Rng::new(seed);
     let scale = gpu.peak_watts() / 250.0;
     let minutes = |m: usize| m * 60;
     let gpus = 8;
@@ -332,7 +332,7 @@ pub fn from_trace(
 
 /// Mostly light load with bursts, as an inference server sees: a seeded
 /// version of the reference trace's shape.
-fn bursty_trace(rng: &mut Rng, seconds: usize) -> Vec<f64> {
+pub(crate) fn bursty_trace(rng: &mut Rng, seconds: usize) -> Vec<f64> {
     let base = 0.15 + 0.25 * rng.next_f64();
     let mut out = Vec::with_capacity(seconds);
     let mut level = base;
@@ -354,10 +354,15 @@ fn bursty_trace(rng: &mut Rng, seconds: usize) -> Vec<f64> {
 }
 
 /// xorshift64*: small, seedable, good enough for load traces.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn next_f64(&mut self) -> f64 {
+    /// A generator seeded with `seed` (0 becomes 1: xorshift stays at 0).
+    pub(crate) fn new(seed: u64) -> Self {
+        Rng(seed.max(1))
+    }
+
+    pub(crate) fn next_f64(&mut self) -> f64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -371,9 +376,9 @@ type Command = (i32, Option<f64>);
 
 /// Per-second trace of one policy under one strategy.
 #[derive(Clone)]
-struct Trace {
-    power: Vec<f64>,
-    tokens: Vec<f64>,
+pub(crate) struct Trace {
+    pub(crate) power: Vec<f64>,
+    pub(crate) tokens: Vec<f64>,
 }
 
 fn supported(gpu: MeasuredCurve) -> Clocks {
@@ -451,7 +456,7 @@ pub fn run_all(
         .collect()
 }
 
-fn run_policy(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Trace {
+pub(crate) fn run_policy(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Trace {
     match strategy {
         Strategy::Uncapped => run_fixed(scenario.gpu, policy, scenario.gpu.max_clock()),
         Strategy::StaticClockOracle => {
@@ -567,87 +572,136 @@ fn build(strategy: Strategy) -> Option<Box<dyn Algorithm>> {
 }
 
 fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Trace {
-    let seconds = policy.cap.len();
-    let clocks = supported(scenario.gpu);
-    let n = policy.loads.len();
-    let mut algorithm = build(strategy);
-    // Commanded per GPU: (clock ceiling, optional budget), and when it lands.
-    let mut commanded: Vec<Command> = vec![(clocks.max(), None); n];
-    let mut pending: Option<(usize, Vec<Command>)> = None;
-    let mut applied_clock: Vec<i32> = vec![clocks.max(); n];
-    let mut trace = Trace {
-        power: vec![0.0; seconds],
-        tokens: vec![0.0; seconds],
-    };
-    let mut per_gpu_power: Vec<Vec<f64>> = vec![vec![0.0; seconds]; n];
+    let mut control = PolicyLoop::new(scenario, policy, strategy);
+    for cap in &policy.cap {
+        control.step(*cap);
+    }
+    control.into_trace()
+}
 
-    for t in 0..seconds {
-        if let Some((at, targets)) = &pending
+/// One policy's control loop under a strategy (the threshold prototype or
+/// one of our algorithms), advanced one second at a time under that
+/// second's cap: the loop bench feeds it a scenario's caps, the budget
+/// bench (`budget-bench`) the caps its arbitration sets each period.
+pub struct PolicyLoop<'a> {
+    model: MeasuredCurve,
+    policy: &'a PolicyLoad,
+    strategy: Strategy,
+    outage: Option<(usize, usize)>,
+    restart_at: Option<usize>,
+    clocks: Clocks,
+    algorithm: Option<Box<dyn Algorithm>>,
+    /// Commanded per GPU: (clock ceiling, optional budget), and when the
+    /// next command lands.
+    commanded: Vec<Command>,
+    pending: Option<(usize, Vec<Command>)>,
+    applied_clock: Vec<i32>,
+    per_gpu_power: Vec<Vec<f64>>,
+    trace: Trace,
+    /// The cap of the second before (a change is acted on at once).
+    last_cap: Option<f64>,
+}
+
+impl<'a> PolicyLoop<'a> {
+    /// The loop of `policy` (one of `scenario`'s, or laid out as they are)
+    /// at its first second, every GPU uncapped.
+    pub fn new(scenario: &Scenario, policy: &'a PolicyLoad, strategy: Strategy) -> Self {
+        let clocks = supported(scenario.gpu);
+        let n = policy.loads.len();
+        let seconds = policy.loads.first().map_or(0, Vec::len);
+        Self {
+            model: scenario.gpu,
+            policy,
+            strategy,
+            outage: scenario.outage,
+            restart_at: scenario.restart_at,
+            algorithm: build(strategy),
+            commanded: vec![(clocks.max(), None); n],
+            pending: None,
+            applied_clock: vec![clocks.max(); n],
+            per_gpu_power: vec![Vec::with_capacity(seconds); n],
+            trace: Trace {
+                power: Vec::with_capacity(seconds),
+                tokens: Vec::with_capacity(seconds),
+            },
+            last_cap: None,
+            clocks,
+        }
+    }
+
+    /// Runs the next second under `cap`; returns the policy's power and
+    /// tokens in it.
+    pub fn step(&mut self, cap: f64) -> (f64, f64) {
+        let t = self.trace.power.len();
+        let (model, policy, strategy) = (self.model, self.policy, self.strategy);
+        let n = policy.loads.len();
+        if let Some((at, targets)) = &self.pending
             && *at == t
         {
-            commanded = targets.clone();
-            pending = None;
+            self.commanded = targets.clone();
+            self.pending = None;
         }
-        if scenario.restart_at == Some(t) {
+        if self.restart_at == Some(t) {
             // A new process: fresh algorithm state, no decision this period.
-            algorithm = build(strategy);
+            self.algorithm = build(strategy);
         }
         let budgets: Vec<Option<f64>> = match strategy {
-            Strategy::OursNodeResplit(_) => node_resplit(scenario.gpu, policy, &commanded, t),
-            _ => commanded.iter().map(|c| c.1).collect(),
+            Strategy::OursNodeResplit(_) => node_resplit(model, policy, &self.commanded, t),
+            _ => self.commanded.iter().map(|c| c.1).collect(),
         };
+        let (mut power_now, mut tokens_now) = (0.0, 0.0);
         for (i, loads) in policy.loads.iter().enumerate() {
-            let gpu = scenario.gpu.plant(loads[t]);
-            let (ceiling, _) = commanded[i];
+            let gpu = model.plant(loads[t]);
+            let (ceiling, _) = self.commanded[i];
             let clock = match budgets[i] {
                 Some(budget) => {
                     // The agent's 1 Hz clock loop sees the previous second's load.
-                    let seen = scenario.gpu.plant(loads[t.saturating_sub(1)]);
-                    let mut fits = seen.clock_for_budget(clocks.as_slice(), budget);
+                    let seen = model.plant(loads[t.saturating_sub(1)]);
+                    let mut fits = seen.clock_for_budget(self.clocks.as_slice(), budget);
                     if matches!(
                         strategy,
                         Strategy::OursPowerLimit(_) | Strategy::OursNodeResplit(_)
                     ) {
                         // The GPU's own limiter acts within milliseconds, but
                         // accepts no limit below its minimum.
-                        let limit = budget.max(scenario.gpu.min_power_limit_watts());
-                        fits = fits.min(gpu.clock_for_budget(clocks.as_slice(), limit));
+                        let limit = budget.max(model.min_power_limit_watts());
+                        fits = fits.min(gpu.clock_for_budget(self.clocks.as_slice(), limit));
                     }
                     fits.min(ceiling)
                 }
                 None => ceiling,
             };
-            applied_clock[i] = clock;
+            self.applied_clock[i] = clock;
             let power = gpu.power(f64::from(clock));
-            per_gpu_power[i][t] = power;
-            trace.power[t] += power;
-            trace.tokens[t] += gpu.throughput(f64::from(clock));
+            self.per_gpu_power[i].push(power);
+            power_now += power;
+            tokens_now += gpu.throughput(f64::from(clock));
         }
+        self.trace.power.push(power_now);
+        self.trace.tokens.push(tokens_now);
 
-        let cap_changed = t > 0 && policy.cap[t] != policy.cap[t - 1];
-        let decide = t > 0 && (t % PERIOD_S == 0 || cap_changed);
-        let in_outage = scenario.outage.is_some_and(|(a, b)| t >= a && t < b);
-        let restarting = scenario
-            .restart_at
-            .is_some_and(|r| t >= r && t < r + PERIOD_S);
+        let cap_changed = t > 0 && self.last_cap.is_some_and(|last| last != cap);
+        self.last_cap = Some(cap);
+        let decide = t > 0 && (t.is_multiple_of(PERIOD_S) || cap_changed);
+        let in_outage = self.outage.is_some_and(|(a, b)| t >= a && t < b);
+        let restarting = self.restart_at.is_some_and(|r| t >= r && t < r + PERIOD_S);
         if !decide || in_outage || restarting {
-            continue;
+            return (power_now, tokens_now);
         }
         let seen_at = t.saturating_sub(STALENESS_S);
-        let cap = policy.cap[t];
         let targets: Vec<Command> = match strategy {
             Strategy::ThresholdOnly => {
-                let power = trace.power[seen_at];
+                let power = self.trace.power[seen_at];
                 let clock = if power > cap * 0.9 {
                     THRESHOLD_LOW_CLOCK_MHZ
                 } else {
-                    clocks.max()
+                    self.clocks.max()
                 };
                 vec![(clock, None); n]
             }
             _ => {
-                let Some(algorithm) = algorithm.as_mut() else {
-                    continue;
+                let Some(algorithm) = self.algorithm.as_mut() else {
+                    return (power_now, tokens_now);
                 };
                 let observation = Observation {
                     cap_watts: cap,
@@ -657,16 +711,16 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
                             id: format!("GPU-{i}"),
                             node: policy.nodes[i].clone(),
                             kind: DeviceKind::Gpu,
-                            power_watts: per_gpu_power[i][seen_at],
-                            clock_mhz: Some(f64::from(applied_clock[i])),
-                            clocks: clocks.clone(),
-                            min_power_limit_watts: Some(scenario.gpu.min_power_limit_watts()),
+                            power_watts: self.per_gpu_power[i][seen_at],
+                            clock_mhz: Some(f64::from(self.applied_clock[i])),
+                            clocks: self.clocks.clone(),
+                            min_power_limit_watts: Some(model.min_power_limit_watts()),
                             entry_mhz: None,
                         })
                         .collect(),
                 };
                 let planned = algorithm.plan(&observation);
-                let mut targets = commanded.clone();
+                let mut targets = self.commanded.clone();
                 for target in planned {
                     if let Some(i) = target
                         .id
@@ -680,9 +734,13 @@ fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Tra
                 targets
             }
         };
-        pending = Some((t + ACTUATION_S, targets));
+        self.pending = Some((t + ACTUATION_S, targets));
+        (power_now, tokens_now)
     }
-    trace
+
+    pub(crate) fn into_trace(self) -> Trace {
+        self.trace
+    }
 }
 
 /// What every strategy of a scenario is measured against.

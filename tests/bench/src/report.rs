@@ -89,7 +89,7 @@ pub fn summarise_seeds(runs: &[SeedRun]) -> Vec<SeedSummary> {
 }
 
 /// A percentage to one decimal, or a dash when it was not measured.
-fn percent(value: Option<f64>) -> String {
+pub(crate) fn percent(value: Option<f64>) -> String {
     value.map_or_else(|| "-".into(), |v| format!("{v:.1}%"))
 }
 
