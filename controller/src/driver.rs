@@ -21,6 +21,7 @@ use kube::{
 };
 
 use crate::{
+    fair::Slots,
     lease::{self, Leadership, LeaseConfig},
     metrics::Metrics,
 };
@@ -97,6 +98,8 @@ pub(crate) struct Reconciler<R> {
     /// What a reconcile cut short by the end of leadership answers (the
     /// controller's period: a follower's reconciles only requeue).
     pub stepped_down: Action,
+    /// Bounds the reconciles at work, first come first served.
+    pub slots: Slots,
 }
 
 /// The watch of every PowerCappingPolicy (in `namespace`, or all) with
@@ -139,16 +142,19 @@ pub(crate) async fn run_policies<Ctx, Fut, E>(
         mut reconcile,
         leadership,
         stepped_down,
+        slots,
     } = reconciler;
+    let slots = Arc::new(slots);
     let reconcile = move |policy, context| {
         let work = reconcile(policy, context);
         let lost = leadership.lost();
         let stepped_down = stepped_down.clone();
+        let slots = slots.clone();
         async move {
             tokio::select! {
                 biased;
                 _ = lost => Ok(stepped_down),
-                result = work => result,
+                result = slots.run(work) => result,
             }
         }
     };

@@ -50,6 +50,7 @@ use crate::{
     algorithm::{self, Algorithm, AlgorithmError, Clocks, Device, Observation, Target},
     conditions::{Decided, is_true, render},
     driver, due,
+    fair::{RECONCILE_SLOTS, Slots},
     lease::{Leadership, LeaseConfig},
     metrics::{Metrics, PolicyLabels},
     observe::CPU_DEVICE,
@@ -155,6 +156,7 @@ pub async fn run_with_readiness(
         reconcile,
         leadership: context.leadership.clone(),
         stepped_down: Action::requeue(context.config.interval),
+        slots: Slots::new(RECONCILE_SLOTS, context.metrics.reconcile_waiting()),
     };
     driver::run_policies(controller, reconciler, error_policy, context, ready).await;
     let _ = garbage_collector.await;
