@@ -100,6 +100,8 @@ pub(crate) struct Reconciler<R> {
     pub stepped_down: Action,
     /// Bounds the reconciles at work, first come first served.
     pub slots: Slots,
+    /// Whether a policy's reconcile skips the queue (see [`crate::fair`]).
+    pub urgent: fn(&PowerCappingPolicy) -> bool,
 }
 
 /// The watch of every PowerCappingPolicy (in `namespace`, or all) with
@@ -143,9 +145,11 @@ pub(crate) async fn run_policies<Ctx, Fut, E>(
         leadership,
         stepped_down,
         slots,
+        urgent,
     } = reconciler;
     let slots = Arc::new(slots);
-    let reconcile = move |policy, context| {
+    let reconcile = move |policy: Arc<PowerCappingPolicy>, context| {
+        let urgent = urgent(&policy);
         let work = reconcile(policy, context);
         let lost = leadership.lost();
         let stepped_down = stepped_down.clone();
@@ -154,7 +158,7 @@ pub(crate) async fn run_policies<Ctx, Fut, E>(
             tokio::select! {
                 biased;
                 _ = lost => Ok(stepped_down),
-                result = slots.run(work) => result,
+                result = slots.run(urgent, work) => result,
             }
         }
     };

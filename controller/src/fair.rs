@@ -9,6 +9,12 @@
 //! time) and bound the work here instead, with a FIFO semaphore: a policy
 //! waits behind those that fell due before it, so an overloaded controller
 //! slows every policy down evenly.
+//!
+//! Urgent work (a spec change the controller has not acted on: a cap cut)
+//! does not queue: behind a backlog of routine measurements it would wait
+//! for the whole backlog (the scale bench's cap probes waited over 30 s).
+//! Spec changes are rare and made by people or the policy generator, so
+//! letting them past the bound does not flood the API server.
 
 use std::future::Future;
 
@@ -38,8 +44,11 @@ impl Slots {
     }
 
     /// Runs `work` once a slot is free, after every call that was waiting
-    /// before this one.
-    pub(crate) async fn run<F: Future>(&self, work: F) -> F::Output {
+    /// before this one; `urgent` work runs at once, beside the slots.
+    pub(crate) async fn run<F: Future>(&self, urgent: bool, work: F) -> F::Output {
+        if urgent {
+            return work.await;
+        }
         let permit = {
             let _waiting = Waiting::start(&self.waiting);
             self.permits.acquire().await
@@ -83,7 +92,7 @@ mod tests {
             let slots = slots.clone();
             async move {
                 slots
-                    .run(async {
+                    .run(false, async {
                         let _ = hold.await;
                     })
                     .await
@@ -97,7 +106,7 @@ mod tests {
             let (slots, served) = (slots.clone(), served.clone());
             queued.push(tokio::spawn(async move {
                 slots
-                    .run(async {
+                    .run(false, async {
                         served.lock().unwrap_or_else(|p| p.into_inner()).push(i);
                     })
                     .await
@@ -108,6 +117,8 @@ mod tests {
             }
         }
         assert_eq!(waiting.get(), 20);
+        // Urgent work does not wait behind them.
+        assert_eq!(slots.run(true, async { "urgent" }).await, "urgent");
         let _ = release.send(());
         for task in std::iter::once(first).chain(queued) {
             assert!(task.await.is_ok());

@@ -184,6 +184,7 @@ pub async fn run_with_readiness(
         leadership: context.leadership.clone(),
         stepped_down: Action::requeue(context.config.interval),
         slots: Slots::new(RECONCILE_SLOTS, context.metrics.reconcile_waiting()),
+        urgent: spec_changed,
     };
     let controller = driver::policy_controller(client, namespace.as_deref(), &shutdown);
     let sweep = tokio::spawn(sweep_policy_series(
@@ -509,6 +510,16 @@ fn inventory(store: &Store<NodeFrequencies>, pods: &[PodOnNode]) -> Inventory {
     inventory
 }
 
+/// Whether `policy`'s spec changed since its status was written: measured
+/// at once, ahead of routine measurements (see [`crate::fair`]). A policy
+/// never measured is not urgent: at a cold start they all are new.
+fn spec_changed(policy: &PowerCappingPolicy) -> bool {
+    policy
+        .status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation != policy.meta().generation)
+}
+
 /// How long to wait before measuring `policy` again, or `None` to measure
 /// now: when the status was written for the current generation less than
 /// 80 % of a period ago, the rest of the period. A spec change (new
@@ -769,6 +780,20 @@ mod tests {
         p.metadata.namespace = Some("ns".into());
         p.metadata.generation = Some(3);
         p
+    }
+
+    #[test]
+    fn a_spec_change_after_a_measurement_is_urgent() {
+        let mut p = policy(vec![DeviceKind::Gpu]);
+        // Never measured (a cold start): routine.
+        assert!(!spec_changed(&p));
+        p.status = Some(PowerCappingPolicyStatus {
+            observed_generation: Some(3),
+            ..Default::default()
+        });
+        assert!(!spec_changed(&p));
+        p.metadata.generation = Some(4);
+        assert!(spec_changed(&p));
     }
 
     #[test]
