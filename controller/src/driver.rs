@@ -131,7 +131,9 @@ pub(crate) fn policy_controller(
 /// land before another replica can lead (see [`crate::lease`]).
 pub(crate) async fn run_policies<Ctx, Fut, E>(
     controller: Controller<PowerCappingPolicy>,
-    reconciler: Reconciler<impl FnMut(Arc<PowerCappingPolicy>, Arc<Ctx>) -> Fut>,
+    reconciler: Reconciler<
+        impl FnMut(Arc<PowerCappingPolicy>, Arc<Ctx>) -> Fut + Clone + Send + 'static,
+    >,
     error_policy: impl Fn(Arc<PowerCappingPolicy>, &E, Arc<Ctx>) -> Action,
     context: Arc<Ctx>,
     ready: ReadyFlag,
@@ -141,7 +143,7 @@ pub(crate) async fn run_policies<Ctx, Fut, E>(
     E: std::error::Error + Send + 'static,
 {
     let Reconciler {
-        mut reconcile,
+        reconcile,
         leadership,
         stepped_down,
         slots,
@@ -150,7 +152,10 @@ pub(crate) async fn run_policies<Ctx, Fut, E>(
     let slots = Arc::new(slots);
     let reconcile = move |policy: Arc<PowerCappingPolicy>, context| {
         let urgent = urgent(&policy);
-        let work = reconcile(policy, context);
+        let mut reconcile = reconcile.clone();
+        // Made only once a slot is free: a reconcile's state is large, and
+        // under overload a thousand wait.
+        let work = move || reconcile(policy, context);
         let lost = leadership.lost();
         let stepped_down = stepped_down.clone();
         let slots = slots.clone();

@@ -43,17 +43,18 @@ impl Slots {
         }
     }
 
-    /// Runs `work` once a slot is free, after every call that was waiting
-    /// before this one; `urgent` work runs at once, beside the slots.
-    pub(crate) async fn run<F: Future>(&self, urgent: bool, work: F) -> F::Output {
+    /// Runs the future `work` makes once a slot is free, after every call
+    /// that was waiting before this one; `urgent` work runs at once, beside
+    /// the slots. The future is made only then: a waiter holds little.
+    pub(crate) async fn run<F: Future>(&self, urgent: bool, work: impl FnOnce() -> F) -> F::Output {
         if urgent {
-            return work.await;
+            return work().await;
         }
         let permit = {
             let _waiting = Waiting::start(&self.waiting);
             self.permits.acquire().await
         };
-        let output = work.await;
+        let output = work().await;
         drop(permit);
         output
     }
@@ -92,7 +93,7 @@ mod tests {
             let slots = slots.clone();
             async move {
                 slots
-                    .run(false, async {
+                    .run(false, || async {
                         let _ = hold.await;
                     })
                     .await
@@ -106,7 +107,7 @@ mod tests {
             let (slots, served) = (slots.clone(), served.clone());
             queued.push(tokio::spawn(async move {
                 slots
-                    .run(false, async {
+                    .run(false, || async move {
                         served.lock().unwrap_or_else(|p| p.into_inner()).push(i);
                     })
                     .await
@@ -118,7 +119,7 @@ mod tests {
         }
         assert_eq!(waiting.get(), 20);
         // Urgent work does not wait behind them.
-        assert_eq!(slots.run(true, async { "urgent" }).await, "urgent");
+        assert_eq!(slots.run(true, || async { "urgent" }).await, "urgent");
         let _ = release.send(());
         for task in std::iter::once(first).chain(queued) {
             assert!(task.await.is_ok());
