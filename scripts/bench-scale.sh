@@ -12,6 +12,7 @@
 #   SCALE_INTERVAL=15s SCALE_NAMESPACES=1 scripts/bench-scale.sh
 #   SCALE_INTERVAL=60s SCALE_ENTRY_TTL=360s scripts/bench-scale.sh
 #   BENCH_NICE=0 scripts/bench-scale.sh     # on a machine of its own
+#   SCALE_PORT_OFFSET=1000 SCALE_CLUSTER_DIR=target/cluster-scale-b scripts/bench-scale.sh
 #
 # Everything the bench starts (cluster, Prometheus, controllers) runs under
 # nice 10 by default, so a build sharing the machine keeps its CPU; the
@@ -23,8 +24,9 @@ cd "$(dirname "$0")/.."
 repo="$(pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/climatik/target}"
 
-export CLIMATIK_CLUSTER_DIR="$repo/target/cluster-scale"
-export CLIMATIK_PORT_OFFSET=200
+# SCALE_CLUSTER_DIR / SCALE_PORT_OFFSET move it, beside other clusters.
+export CLIMATIK_CLUSTER_DIR="${SCALE_CLUSTER_DIR:-$repo/target/cluster-scale}"
+export CLIMATIK_PORT_OFFSET="${SCALE_PORT_OFFSET:-200}"
 # The bench creates its own 500 Node objects; nodekeeper keeps one.
 export CLIMATIK_NODES=1
 export PROMETHEUS=1

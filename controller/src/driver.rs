@@ -21,6 +21,7 @@ use kube::{
 };
 
 use crate::{
+    fair::Slots,
     lease::{self, Leadership, LeaseConfig},
     metrics::Metrics,
 };
@@ -97,6 +98,10 @@ pub(crate) struct Reconciler<R> {
     /// What a reconcile cut short by the end of leadership answers (the
     /// controller's period: a follower's reconciles only requeue).
     pub stepped_down: Action,
+    /// Bounds the reconciles at work, first come first served.
+    pub slots: Slots,
+    /// Whether a policy's reconcile skips the queue (see [`crate::fair`]).
+    pub urgent: fn(&PowerCappingPolicy) -> bool,
 }
 
 /// The watch of every PowerCappingPolicy (in `namespace`, or all) with
@@ -126,7 +131,9 @@ pub(crate) fn policy_controller(
 /// land before another replica can lead (see [`crate::lease`]).
 pub(crate) async fn run_policies<Ctx, Fut, E>(
     controller: Controller<PowerCappingPolicy>,
-    reconciler: Reconciler<impl FnMut(Arc<PowerCappingPolicy>, Arc<Ctx>) -> Fut>,
+    reconciler: Reconciler<
+        impl FnMut(Arc<PowerCappingPolicy>, Arc<Ctx>) -> Fut + Clone + Send + 'static,
+    >,
     error_policy: impl Fn(Arc<PowerCappingPolicy>, &E, Arc<Ctx>) -> Action,
     context: Arc<Ctx>,
     ready: ReadyFlag,
@@ -136,19 +143,27 @@ pub(crate) async fn run_policies<Ctx, Fut, E>(
     E: std::error::Error + Send + 'static,
 {
     let Reconciler {
-        mut reconcile,
+        reconcile,
         leadership,
         stepped_down,
+        slots,
+        urgent,
     } = reconciler;
-    let reconcile = move |policy, context| {
-        let work = reconcile(policy, context);
+    let slots = Arc::new(slots);
+    let reconcile = move |policy: Arc<PowerCappingPolicy>, context| {
+        let urgent = urgent(&policy);
+        let mut reconcile = reconcile.clone();
+        // Made only once a slot is free: a reconcile's state is large, and
+        // under overload a thousand wait.
+        let work = move || reconcile(policy, context);
         let lost = leadership.lost();
         let stepped_down = stepped_down.clone();
+        let slots = slots.clone();
         async move {
             tokio::select! {
                 biased;
                 _ = lost => Ok(stepped_down),
-                result = work => result,
+                result = slots.run(urgent, work) => result,
             }
         }
     };

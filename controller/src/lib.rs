@@ -11,6 +11,7 @@
 pub mod algorithm;
 pub mod app;
 pub mod arbitration;
+mod backlog;
 pub mod budget;
 pub mod budget_metrics;
 pub mod budget_status;
@@ -21,13 +22,16 @@ mod driver;
 pub mod due;
 mod energy;
 mod error;
+pub mod fair;
 pub mod generator;
 pub mod http;
 pub mod lease;
 pub mod metrics;
 pub mod monitor;
 pub mod observe;
+mod pod_cache;
 pub mod policy_metrics;
+pub mod power_cache;
 pub mod prom;
 mod reachable;
 pub mod recommender;
@@ -35,13 +39,11 @@ pub mod shed;
 
 pub use error::{Error, Result};
 
-/// Reconcile scheduling shared by both controllers. Bounded concurrency
-/// keeps a cold start with thousands of policies from flooding the API
-/// server and Prometheus at once (the scale benchmark saw 504s without it);
-/// the debounce folds the burst of watch events that our own status writes
-/// cause into one reconcile.
+/// Reconcile scheduling shared by both controllers. kube-runtime starts
+/// every reconcile that falls due; how many work at once is bounded by
+/// [`fair::Slots`], first come first served (kube-runtime's own bound
+/// starves policies under overload). The debounce folds the burst of watch
+/// events that our own status writes cause into one reconcile.
 pub fn controller_config() -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default()
-        .concurrency(16)
-        .debounce(std::time::Duration::from_secs(1))
+    kube::runtime::controller::Config::default().debounce(std::time::Duration::from_secs(1))
 }

@@ -1,7 +1,10 @@
 //! Our own `/metrics`: reconciliations, errors, leadership and (monitor)
 //! the per-policy series of [`crate::policy_metrics`].
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::{Arc, atomic::AtomicU64},
+    time::{Duration, Instant},
+};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -34,7 +37,7 @@ pub struct ReasonLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueryLabels {
-    /// What was asked: `gpu_power`, `gpu_clock`, `cpu_power`.
+    /// What was asked: `power` (see [`crate::power_cache`]).
     pub query: &'static str,
     /// `ok` or `error` (Prometheus down, timed out, or a bad answer).
     pub result: &'static str,
@@ -100,6 +103,8 @@ pub struct Metrics {
     failures: Family<ErrorLabels, Counter>,
     duration: Family<ControllerLabels, Histogram>,
     leader: Family<ControllerLabels, Gauge>,
+    /// Reconciles waiting for a slot (see [`crate::fair`]).
+    waiting: Family<ControllerLabels, Gauge>,
     /// Cap, power, energy and capping time per policy (monitor).
     pub policies: PolicyMetrics,
     /// Estimated watts shed per policy (recommender).
@@ -121,6 +126,11 @@ pub struct Metrics {
     api_writes: Family<WriteLabels, Counter>,
     /// Each period's decision to write a status or entries, or not.
     write_decisions: Family<DecisionLabels, Counter>,
+    /// Policies due for a measurement that have not had it (monitor).
+    due_policies: Gauge,
+    /// Seconds since the least recently measured policy was measured
+    /// (monitor).
+    oldest_measurement_age: Gauge<f64, AtomicU64>,
 }
 
 impl Metrics {
@@ -170,6 +180,12 @@ impl Metrics {
             "1 while this replica is the leader",
             leader.clone(),
         );
+        let waiting = Family::<ControllerLabels, Gauge>::default();
+        registry.register(
+            "reconcile_waiting",
+            "Reconciles that fell due and wait for a free slot, served first come first served",
+            waiting.clone(),
+        );
         policies.register(&mut registry);
         shed.register(&mut registry);
         budgets.register(&mut registry);
@@ -178,7 +194,7 @@ impl Metrics {
         });
         registry.register(
             "prometheus_query_duration_seconds",
-            "Time of each Prometheus query, by query (gpu_power, gpu_clock, cpu_power) and result (ok, error)",
+            "Time of each Prometheus query, by query (power: the one query a period for every policy) and result (ok, error)",
             prometheus_queries.clone(),
         );
         let api_writes = Family::<WriteLabels, Counter>::default();
@@ -193,6 +209,18 @@ impl Metrics {
             "Policy statuses and NodeFrequencies entries written or skipped, by resource, decision (write, skip) and reason",
             write_decisions.clone(),
         );
+        let due_policies = Gauge::default();
+        registry.register(
+            "monitor_due_policies",
+            "Policies whose last measurement is a period or more ago: the monitor's queue depth",
+            due_policies.clone(),
+        );
+        let oldest_measurement_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "monitor_oldest_measurement_age_seconds",
+            "Seconds since the least recently measured policy was measured (a policy never measured: since it was first seen)",
+            oldest_measurement_age.clone(),
+        );
         registry.register(
             "nodefrequencies_applies",
             "Server-side applies of NodeFrequencies entries",
@@ -205,6 +233,7 @@ impl Metrics {
             failures,
             duration,
             leader,
+            waiting,
             policies,
             shed,
             budgets,
@@ -215,6 +244,8 @@ impl Metrics {
             prometheus_queries,
             api_writes,
             write_decisions,
+            due_policies,
+            oldest_measurement_age,
         })
     }
 
@@ -299,6 +330,19 @@ impl Metrics {
             .inc();
     }
 
+    /// Sets the monitor's backlog: `due` policies waiting for a
+    /// measurement, the oldest for `oldest`.
+    pub fn set_backlog(&self, due: usize, oldest: Duration) {
+        self.due_policies
+            .set(i64::try_from(due).unwrap_or(i64::MAX));
+        self.oldest_measurement_age.set(oldest.as_secs_f64());
+    }
+
+    /// The gauge of reconciles waiting for a slot.
+    pub fn reconcile_waiting(&self) -> Gauge {
+        self.waiting.get_or_create(&self.labels()).clone()
+    }
+
     pub fn set_leader(&self, leader: bool) {
         self.leader
             .get_or_create(&self.labels())
@@ -345,12 +389,12 @@ mod tests {
     #[test]
     fn prometheus_queries_are_timed_by_query_and_result() {
         let metrics = Metrics::new("test");
-        metrics.prometheus_query("gpu_power", true, 0.02);
-        metrics.prometheus_query("gpu_power", false, 3.0);
-        metrics.prometheus_query("gpu_power", false, 3.0);
-        let ok =
-            "climatik_prometheus_query_duration_seconds_count{query=\"gpu_power\",result=\"ok\"}";
-        let failed = "climatik_prometheus_query_duration_seconds_count{query=\"gpu_power\",result=\"error\"}";
+        metrics.prometheus_query("power", true, 0.02);
+        metrics.prometheus_query("power", false, 3.0);
+        metrics.prometheus_query("power", false, 3.0);
+        let ok = "climatik_prometheus_query_duration_seconds_count{query=\"power\",result=\"ok\"}";
+        let failed =
+            "climatik_prometheus_query_duration_seconds_count{query=\"power\",result=\"error\"}";
         assert_eq!(count(&metrics, ok).as_deref(), Some("1"));
         assert_eq!(count(&metrics, failed).as_deref(), Some("2"));
     }

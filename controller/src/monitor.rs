@@ -3,6 +3,11 @@
 //! series counts only from the exporters' jobs and for a GPU the node agents
 //! reported (see [`observe`]). The same process runs the [`generator`] of
 //! policies from workload annotations.
+//!
+//! Work per policy per period is kept small, so 1000s of policies are each
+//! measured every period: pods come from one shared watch
+//! ([`pod_cache`]), power from one Prometheus query shared by all policies
+//! ([`power_cache`]).
 
 use std::{
     collections::BTreeMap,
@@ -16,14 +21,12 @@ use climatik_api::{
     names::{MANAGER_CONTROLLER, conditions},
 };
 use k8s_openapi::{
-    api::core::v1::Pod,
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
     jiff::Timestamp,
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ListParams, Patch, PatchParams},
-    core::Selector,
+    api::{Patch, PatchParams},
     runtime::{
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
@@ -33,18 +36,23 @@ use kube::{
 use serde_json::json;
 
 use crate::{
-    Error, Result, budget,
+    Error, Result,
+    backlog::{self, Backlog},
+    budget,
     cap::effective_cap_watts,
     conditions::{Decided, render, transitions},
     driver,
     due::{self, StatusWrites},
     energy::{self, Reading},
+    fair::{RECONCILE_SLOTS, Slots},
     generator::{self, GeneratorConfig},
     lease::{Leadership, LeaseConfig},
     metrics::{Metrics, PolicyLabels},
     observe::{self, GpuReading, Ignored, Inventory, PodOnNode},
+    pod_cache,
     policy_metrics::PolicyReading,
-    prom::{Prometheus, Sample},
+    power_cache::PowerCache,
+    prom::Prometheus,
     reachable,
 };
 use climatik_runtime::{ReadyFlag, Shutdown};
@@ -89,7 +97,11 @@ pub struct MonitorConfig {
 
 struct Context {
     client: kube::Client,
-    prometheus: Prometheus,
+    /// Every policy's power, one query a period.
+    power: PowerCache,
+    /// The pods selectors are matched against (stripped, see
+    /// [`pod_cache::strip`]).
+    pods: Store<k8s_openapi::api::core::v1::Pod>,
     config: MonitorConfig,
     recorder: Recorder,
     metrics: Arc<Metrics>,
@@ -98,6 +110,8 @@ struct Context {
     node_frequencies: Store<NodeFrequencies>,
     /// The last hour of each policy's energy (`status.energy`).
     energy: energy::Windows,
+    /// When each policy was last measured.
+    backlog: Backlog,
 }
 
 /// Runs the monitor until `shutdown` resolves.
@@ -122,6 +136,13 @@ pub async fn run_with_readiness(
     let prometheus = Prometheus::new(&config.prometheus_url, config.prometheus_timeout)?;
     let (leadership, election) = driver::elect(&client, config.lease.as_ref(), &metrics, &shutdown);
     let (node_frequencies, reflector_task) = driver::node_frequencies(&client, &shutdown);
+    let (pods, pod_task) = pod_cache::watch(&client, config.namespace.as_deref(), &shutdown);
+    let query = observe::power_query(
+        config.namespace.as_deref(),
+        &config.dcgm_jobs,
+        config.kepler.then_some(config.kepler_jobs.as_slice()),
+    );
+    let power = PowerCache::new(prometheus.clone(), query, config.interval, metrics.clone());
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -131,17 +152,23 @@ pub async fn run_with_readiness(
     );
     let context = Arc::new(Context {
         client: client.clone(),
-        prometheus,
+        power,
+        pods: pods.clone(),
         config,
         recorder,
         metrics,
         leadership,
         node_frequencies: node_frequencies.clone(),
         energy: energy::Windows::default(),
+        backlog: Backlog::default(),
     });
-    // Before the inventories are listed every GPU series would be ignored.
+    // Before the inventories are listed every GPU series would be
+    // ignored, and before the pods are, every policy would match none.
     tokio::select! {
-        _ = node_frequencies.wait_until_ready() => {}
+        _ = async {
+            let _ = node_frequencies.wait_until_ready().await;
+            let _ = pods.wait_until_ready().await;
+        } => {}
         _ = shutdown.wait() => {}
     }
     let namespace = context.config.namespace.clone();
@@ -161,7 +188,7 @@ pub async fn run_with_readiness(
         tokio::spawn(budget::run(
             budget::Shared {
                 client: client.clone(),
-                prometheus: context.prometheus.clone(),
+                prometheus: prometheus.clone(),
                 recorder: context.recorder.clone(),
                 metrics: context.metrics.clone(),
                 leadership: context.leadership.clone(),
@@ -179,6 +206,8 @@ pub async fn run_with_readiness(
         reconcile,
         leadership: context.leadership.clone(),
         stepped_down: Action::requeue(context.config.interval),
+        slots: Slots::new(RECONCILE_SLOTS, context.metrics.reconcile_waiting()),
+        urgent: spec_changed,
     };
     let controller = driver::policy_controller(client, namespace.as_deref(), &shutdown);
     let sweep = tokio::spawn(sweep_policy_series(
@@ -186,7 +215,25 @@ pub async fn run_with_readiness(
         context.clone(),
         shutdown.wait(),
     ));
+    let backlog_task = {
+        let ctx = context.clone();
+        let policies = controller.store();
+        let stop = shutdown.wait();
+        tokio::spawn(async move {
+            let interval = ctx.config.interval;
+            backlog::report(
+                &ctx.backlog,
+                policies,
+                ctx.leadership.clone(),
+                &ctx.metrics,
+                interval,
+                stop,
+            )
+            .await;
+        })
+    };
     driver::run_policies(controller, reconciler, error_policy, context, ready).await;
+    backlog_task.abort();
     if let Some(generator) = generator {
         let _ = generator.await;
     }
@@ -195,6 +242,7 @@ pub async fn run_with_readiness(
     }
     sweep.abort();
     reflector_task.abort();
+    pod_task.abort();
     driver::stop_election(election).await;
     Ok(())
 }
@@ -267,7 +315,11 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
     let _timer = ctx.metrics.reconcile_timer();
     let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
 
-    let pods = matched_pods(&ctx.client, &namespace, &policy).await?;
+    let pods = pod_cache::matching(
+        ctx.pods.state().iter().map(|p| &**p),
+        &namespace,
+        &policy.spec.selector,
+    )?;
     let measurement = if pods.is_empty() {
         Measurement::NoPods
     } else {
@@ -305,12 +357,14 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
             .metrics
             .write_decision(POLICY_STATUS, false, "unchanged"),
     }
+    let measured = Instant::now();
     ctx.metrics.policies.record(
         &labels,
         &reading(&policy, &status, &measurement),
-        Instant::now(),
+        measured,
         max_gap,
     );
+    ctx.backlog.measured(&labels, measured);
     ctx.metrics.reconciled();
     Ok(requeue)
 }
@@ -371,34 +425,6 @@ fn reading(
     }
 }
 
-/// Pods the selector matches that are not finished or being deleted.
-async fn matched_pods(
-    client: &kube::Client,
-    namespace: &str,
-    policy: &PowerCappingPolicy,
-) -> Result<Vec<PodOnNode>> {
-    let selector = Selector::try_from(policy.spec.selector.clone())
-        .map_err(|e| Error::Selector(e.to_string()))?;
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().labels_from(&selector))
-        .await?;
-    let mut matched: Vec<PodOnNode> = pods
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-            !matches!(phase, Some("Succeeded" | "Failed"))
-        })
-        .map(|p| PodOnNode {
-            node: p.spec.as_ref().and_then(|s| s.node_name.clone()),
-            name: p.name_any(),
-        })
-        .collect();
-    matched.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(matched)
-}
-
 /// What Prometheus said about a policy's pods.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Measurement {
@@ -415,16 +441,6 @@ pub(crate) enum Measurement {
     },
 }
 
-/// One Prometheus query, timed into
-/// `climatik_prometheus_query_duration_seconds{query=name}`.
-async fn query(ctx: &Context, name: &'static str, promql: &str) -> Result<Vec<Sample>, Error> {
-    let started = Instant::now();
-    let answer = ctx.prometheus.instant(promql).await;
-    ctx.metrics
-        .prometheus_query(name, answer.is_ok(), started.elapsed().as_secs_f64());
-    answer
-}
-
 async fn measure(
     ctx: &Context,
     namespace: &str,
@@ -435,64 +451,76 @@ async fn measure(
     let wants_cpu = policy.acts_on(DeviceKind::Cpu) && ctx.config.kepler;
     let mut gpus = Vec::new();
     let mut ignored = Ignored::default();
+    let mut cpu = BTreeMap::new();
+    if !(wants_gpu || wants_cpu) {
+        return no_data(
+            policy,
+            ctx.config.kepler,
+            pods,
+            &ignored,
+            wants_gpu,
+            wants_cpu,
+        );
+    }
+    let series = match ctx.power.latest().await {
+        Ok(series) => series,
+        Err(e) => return Measurement::Failed(e),
+    };
     if wants_gpu {
-        let jobs = &ctx.config.dcgm_jobs;
-        let power = query(
-            ctx,
-            "gpu_power",
-            &observe::dcgm_query(observe::GPU_POWER, namespace, jobs),
-        )
-        .await;
-        let clock = query(
-            ctx,
-            "gpu_clock",
-            &observe::dcgm_query(observe::GPU_CLOCK, namespace, jobs),
-        )
-        .await;
-        match (power, clock) {
-            (Ok(power), Ok(clock)) => {
-                let inventory = inventory(&ctx.node_frequencies, pods);
-                (gpus, ignored) = observe::gpus(namespace, pods, &inventory, &power, &clock);
-                for (reason, count) in &ignored.0 {
-                    ctx.metrics.ignored_series(reason.metric_label(), *count);
-                }
-            }
-            (Err(e), _) | (_, Err(e)) => return Measurement::Failed(e.to_string()),
+        let inventory = inventory(&ctx.node_frequencies, pods);
+        (gpus, ignored) = observe::gpus(
+            namespace,
+            pods,
+            &inventory,
+            series.gpu_power(namespace),
+            series.gpu_clock(namespace),
+        );
+        for (reason, count) in &ignored.0 {
+            ctx.metrics.ignored_series(reason.metric_label(), *count);
         }
     }
-    let mut cpu = BTreeMap::new();
     if wants_cpu {
-        match query(
-            ctx,
-            "cpu_power",
-            &observe::kepler_query(namespace, &ctx.config.kepler_jobs),
-        )
-        .await
-        {
-            Ok(samples) => cpu = observe::cpu(pods, &samples),
-            Err(e) => return Measurement::Failed(e.to_string()),
-        }
+        cpu = observe::cpu(pods, series.cpu(namespace));
     }
     if gpus.is_empty() && cpu.is_empty() {
-        let mut what = Vec::new();
-        if wants_gpu {
-            what.push(format!("{} series", observe::GPU_POWER));
-        }
-        if wants_cpu {
-            what.push(format!("{} series", observe::KEPLER_CPU));
-        }
-        if policy.acts_on(DeviceKind::Cpu) && !ctx.config.kepler && !wants_gpu {
-            return Measurement::NoData(
-                "CPU power needs Kepler; the controller runs without --kepler".into(),
-            );
-        }
-        return Measurement::NoData(ignored.appended_to(format!(
-            "no {} for the {} matched pod(s)",
-            what.join(" or "),
-            pods.len()
-        )));
+        return no_data(
+            policy,
+            ctx.config.kepler,
+            pods,
+            &ignored,
+            wants_gpu,
+            wants_cpu,
+        );
     }
     Measurement::Measured { gpus, cpu, ignored }
+}
+
+/// Why nothing was measured for `pods`.
+fn no_data(
+    policy: &PowerCappingPolicy,
+    kepler: bool,
+    pods: &[PodOnNode],
+    ignored: &Ignored,
+    wants_gpu: bool,
+    wants_cpu: bool,
+) -> Measurement {
+    if policy.acts_on(DeviceKind::Cpu) && !kepler && !wants_gpu {
+        return Measurement::NoData(
+            "CPU power needs Kepler; the controller runs without --kepler".into(),
+        );
+    }
+    let mut what = Vec::new();
+    if wants_gpu {
+        what.push(format!("{} series", observe::GPU_POWER));
+    }
+    if wants_cpu {
+        what.push(format!("{} series", observe::KEPLER_CPU));
+    }
+    Measurement::NoData(ignored.appended_to(format!(
+        "no {} for the {} matched pod(s)",
+        what.join(" or "),
+        pods.len()
+    )))
 }
 
 /// The GPU inventories of the nodes `pods` are bound to.
@@ -507,6 +535,16 @@ fn inventory(store: &Store<NodeFrequencies>, pods: &[PodOnNode]) -> Inventory {
         }
     }
     inventory
+}
+
+/// Whether `policy`'s spec changed since its status was written: measured
+/// at once, ahead of routine measurements (see [`crate::fair`]). A policy
+/// never measured is not urgent: at a cold start they all are new.
+fn spec_changed(policy: &PowerCappingPolicy) -> bool {
+    policy
+        .status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation != policy.meta().generation)
 }
 
 /// How long to wait before measuring `policy` again, or `None` to measure
@@ -768,6 +806,20 @@ mod tests {
         p.metadata.namespace = Some("ns".into());
         p.metadata.generation = Some(3);
         p
+    }
+
+    #[test]
+    fn a_spec_change_after_a_measurement_is_urgent() {
+        let mut p = policy(vec![DeviceKind::Gpu]);
+        // Never measured (a cold start): routine.
+        assert!(!spec_changed(&p));
+        p.status = Some(PowerCappingPolicyStatus {
+            observed_generation: Some(3),
+            ..Default::default()
+        });
+        assert!(!spec_changed(&p));
+        p.metadata.generation = Some(4);
+        assert!(spec_changed(&p));
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! its inventory (NodeFrequencies `status.gpus`). What is left out is
 //! counted by [`IgnoredReason`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use climatik_api::{DevicePower, GpuInventory, NodePower};
 
@@ -31,6 +31,8 @@ pub const CPU_DEVICE: &str = "cpu";
 
 const POD_LABELS: [&str; 2] = ["exported_pod", "pod"];
 const NAMESPACE_LABELS: [&str; 2] = ["exported_namespace", "namespace"];
+/// The namespace label of Kepler's pod series.
+const KEPLER_NAMESPACE: &str = "pod_namespace";
 
 /// The Prometheus jobs of the DCGM exporter in a standard install: the
 /// Service of the GPU Operator's exporter, and of the dcgm-exporter chart
@@ -41,14 +43,47 @@ pub const DEFAULT_DCGM_JOBS: &[&str] = &["nvidia-dcgm-exporter", "dcgm-exporter"
 /// Kepler chart installed as release `kepler`).
 pub const DEFAULT_KEPLER_JOBS: &[&str] = &["kepler"];
 
-/// The DCGM query for one namespace, under either label spelling, from the
-/// series of `jobs` only (any job when empty).
-pub fn dcgm_query(metric: &str, namespace: &str, jobs: &[String]) -> String {
-    let jobs = job_matcher(jobs);
-    format!(
-        "{metric}{{namespace=\"{ns}\"{jobs}}} or {metric}{{exported_namespace=\"{ns}\"{jobs}}}",
-        ns = escape(namespace)
-    )
+/// The one query of every power series the monitor reads, for all
+/// policies at once: DCGM power and SM clock from the exporters' `dcgm_jobs`,
+/// and, when `kepler_jobs` is given, Kepler's package-zone CPU power (zones
+/// overlap, summing them would double count). Each part keeps to its jobs
+/// (any job when empty) and, for a monitor of one namespace, to that
+/// namespace under either label spelling. The series keep `__name__`, so
+/// [`PowerSeries::split`] can tell them apart. Kepler's series carry `zone`,
+/// DCGM's never do, so `or` cannot drop one for the other.
+pub fn power_query(
+    namespace: Option<&str>,
+    dcgm_jobs: &[String],
+    kepler_jobs: Option<&[String]>,
+) -> String {
+    let dcgm = |ns_label: Option<&str>| {
+        let ns = match (ns_label, namespace) {
+            (Some(label), Some(ns)) => format!(",{label}=\"{}\"", escape(ns)),
+            _ => String::new(),
+        };
+        format!(
+            "{{__name__=~\"{GPU_POWER}|{GPU_CLOCK}\"{ns}{}}}",
+            job_matcher(dcgm_jobs)
+        )
+    };
+    let mut query = match namespace {
+        Some(_) => format!(
+            "{} or {}",
+            dcgm(Some(NAMESPACE_LABELS[1])),
+            dcgm(Some(NAMESPACE_LABELS[0]))
+        ),
+        None => dcgm(None),
+    };
+    if let Some(jobs) = kepler_jobs {
+        let ns = namespace
+            .map(|ns| format!(",{KEPLER_NAMESPACE}=\"{}\"", escape(ns)))
+            .unwrap_or_default();
+        query.push_str(&format!(
+            " or {KEPLER_CPU}{{zone=\"package\"{ns}{}}}",
+            job_matcher(jobs)
+        ));
+    }
+    query
 }
 
 /// `metric` of the GPUs `uuids`, one series per GPU (a time-sliced GPU
@@ -63,15 +98,50 @@ pub fn dcgm_gpus_query(metric: &str, uuids: &[&str], jobs: &[String]) -> String 
     )
 }
 
-/// Kepler's CPU power for one namespace: the package zone only (zones
-/// overlap, summing them would double count), from `jobs` only (any job
-/// when empty).
-pub fn kepler_query(namespace: &str, jobs: &[String]) -> String {
-    format!(
-        "{KEPLER_CPU}{{zone=\"package\",pod_namespace=\"{}\"{}}}",
-        escape(namespace),
-        job_matcher(jobs)
-    )
+/// One answer of [`power_query`], by metric and namespace, so each policy
+/// reads its own namespace's series only.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PowerSeries {
+    gpu_power: HashMap<String, Vec<Sample>>,
+    gpu_clock: HashMap<String, Vec<Sample>>,
+    cpu: HashMap<String, Vec<Sample>>,
+}
+
+impl PowerSeries {
+    /// Sorts `samples` by metric (`__name__`) and by the namespace of the
+    /// pod they name; series of other metrics or naming no namespace are
+    /// dropped.
+    pub fn split(samples: Vec<Sample>) -> Self {
+        let mut series = Self::default();
+        for sample in samples {
+            let (by_namespace, ns_labels): (_, &[&str]) = match sample.label(&["__name__"]) {
+                Some(GPU_POWER) => (&mut series.gpu_power, &NAMESPACE_LABELS),
+                Some(GPU_CLOCK) => (&mut series.gpu_clock, &NAMESPACE_LABELS),
+                Some(KEPLER_CPU) => (&mut series.cpu, &[KEPLER_NAMESPACE]),
+                _ => continue,
+            };
+            let Some(ns) = sample.label(ns_labels).map(str::to_string) else {
+                continue;
+            };
+            by_namespace.entry(ns).or_default().push(sample);
+        }
+        series
+    }
+
+    /// DCGM power series about pods of `namespace`.
+    pub fn gpu_power(&self, namespace: &str) -> &[Sample] {
+        self.gpu_power.get(namespace).map_or(&[], Vec::as_slice)
+    }
+
+    /// DCGM SM clock series about pods of `namespace`.
+    pub fn gpu_clock(&self, namespace: &str) -> &[Sample] {
+        self.gpu_clock.get(namespace).map_or(&[], Vec::as_slice)
+    }
+
+    /// Kepler CPU power series about pods of `namespace`.
+    pub fn cpu(&self, namespace: &str) -> &[Sample] {
+        self.cpu.get(namespace).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// The `job` matcher for `jobs`, with its leading comma: an exact match for
@@ -593,32 +663,56 @@ mod tests {
     }
 
     #[test]
-    fn queries_cover_both_spellings_and_keep_to_the_jobs() {
+    fn one_query_covers_both_spellings_and_keeps_to_the_jobs() {
         let jobs = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            dcgm_query(GPU_POWER, "ns", &jobs(&["dcgm"])),
-            "DCGM_FI_DEV_POWER_USAGE{namespace=\"ns\",job=\"dcgm\"} or \
-             DCGM_FI_DEV_POWER_USAGE{exported_namespace=\"ns\",job=\"dcgm\"}"
+            power_query(None, &jobs(&["dcgm"]), None),
+            "{__name__=~\"DCGM_FI_DEV_POWER_USAGE|DCGM_FI_DEV_SM_CLOCK\",job=\"dcgm\"}"
         );
         assert_eq!(
-            dcgm_query(GPU_POWER, "ns", &[]),
-            "DCGM_FI_DEV_POWER_USAGE{namespace=\"ns\"} or \
-             DCGM_FI_DEV_POWER_USAGE{exported_namespace=\"ns\"}"
-        );
-        assert_eq!(
-            kepler_query("ns", &jobs(&["kepler"])),
-            "kepler_pod_cpu_watts{zone=\"package\",pod_namespace=\"ns\",job=\"kepler\"}"
+            power_query(Some("ns"), &[], Some(&jobs(&["kepler"]))),
+            "{__name__=~\"DCGM_FI_DEV_POWER_USAGE|DCGM_FI_DEV_SM_CLOCK\",namespace=\"ns\"} or \
+             {__name__=~\"DCGM_FI_DEV_POWER_USAGE|DCGM_FI_DEV_SM_CLOCK\",exported_namespace=\"ns\"} or \
+             kepler_pod_cpu_watts{zone=\"package\",pod_namespace=\"ns\",job=\"kepler\"}"
         );
         // Several jobs: literal alternatives (the dot is no wildcard), then
         // escaped for the PromQL string; a quote cannot end the string.
         assert_eq!(
-            kepler_query("ns", &jobs(&["a.b", "c\"d"])),
-            "kepler_pod_cpu_watts{zone=\"package\",pod_namespace=\"ns\",job=~\"a\\\\.b|c\\\"d\"}"
+            power_query(None, &[], Some(&jobs(&["a.b", "c\"d"]))),
+            "{__name__=~\"DCGM_FI_DEV_POWER_USAGE|DCGM_FI_DEV_SM_CLOCK\"} or \
+             kepler_pod_cpu_watts{zone=\"package\",job=~\"a\\\\.b|c\\\"d\"}"
         );
         // The GPUs no policy measures: one series per UUID, literally.
         assert_eq!(
             dcgm_gpus_query(GPU_POWER, &["GPU-1", "GPU.2"], &jobs(&["dcgm"])),
             "max by (UUID) (DCGM_FI_DEV_POWER_USAGE{UUID=~\"GPU-1|GPU\\\\.2\",job=\"dcgm\"})"
         );
+    }
+
+    #[test]
+    fn one_answer_is_split_by_metric_and_namespace() {
+        let series = PowerSeries::split(vec![
+            sample(&[("__name__", GPU_POWER), ("namespace", "a")], 1.0),
+            sample(
+                &[
+                    ("__name__", GPU_POWER),
+                    ("namespace", "gpu-operator"),
+                    ("exported_namespace", "b"),
+                ],
+                2.0,
+            ),
+            sample(&[("__name__", GPU_CLOCK), ("namespace", "a")], 3.0),
+            sample(&[("__name__", KEPLER_CPU), ("pod_namespace", "b")], 4.0),
+            // no namespace, or another metric: not anyone's
+            sample(&[("__name__", GPU_POWER)], 5.0),
+            sample(&[("__name__", "up"), ("namespace", "a")], 6.0),
+        ]);
+        let values = |s: &[Sample]| s.iter().map(|s| s.value).collect::<Vec<_>>();
+        assert_eq!(values(series.gpu_power("a")), [1.0]);
+        assert_eq!(values(series.gpu_power("b")), [2.0]);
+        assert!(series.gpu_power("gpu-operator").is_empty());
+        assert_eq!(values(series.gpu_clock("a")), [3.0]);
+        assert_eq!(values(series.cpu("b")), [4.0]);
+        assert!(series.cpu("a").is_empty());
     }
 }

@@ -50,6 +50,7 @@ use crate::{
     algorithm::{self, Algorithm, AlgorithmError, Clocks, Device, Observation, Target},
     conditions::{Decided, is_true, render},
     driver, due,
+    fair::{RECONCILE_SLOTS, Slots},
     lease::{Leadership, LeaseConfig},
     metrics::{Metrics, PolicyLabels},
     observe::CPU_DEVICE,
@@ -155,6 +156,8 @@ pub async fn run_with_readiness(
         reconcile,
         leadership: context.leadership.clone(),
         stepped_down: Action::requeue(context.config.interval),
+        slots: Slots::new(RECONCILE_SLOTS, context.metrics.reconcile_waiting()),
+        urgent: measured_new_spec,
     };
     driver::run_policies(controller, reconciler, error_policy, context, ready).await;
     let _ = garbage_collector.await;
@@ -167,6 +170,23 @@ fn error_policy(policy: Arc<PowerCappingPolicy>, error: &Error, ctx: Arc<Context
     tracing::warn!(policy = %policy.name_any(), namespace = ?policy.namespace(), %error, "reconcile failed");
     ctx.metrics.failed(error);
     Action::requeue(Duration::from_secs(2).min(ctx.config.interval))
+}
+
+/// Whether the monitor has measured `policy`'s current spec and this
+/// controller has not acted on it yet (its AlgorithmValid condition is of
+/// an older generation): a cap cut on its way to the nodes, reconciled
+/// ahead of routine work (see [`crate::fair`]). A policy it never acted on
+/// is not urgent: at a cold start they all are new.
+fn measured_new_spec(policy: &PowerCappingPolicy) -> bool {
+    let generation = policy.meta().generation;
+    policy.status.as_ref().is_some_and(|status| {
+        status.observed_generation == generation
+            && status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == conditions::ALGORITHM_VALID)
+                .is_some_and(|c| c.observed_generation != generation)
+    })
 }
 
 /// One span per reconciliation, named after the policy, so its logs and
@@ -859,6 +879,28 @@ mod tests {
             ..Default::default()
         });
         p
+    }
+
+    #[test]
+    fn a_measured_spec_change_not_yet_acted_on_is_urgent() {
+        let mut p = policy(false, &[("AlgorithmValid", "True", "Valid")]);
+        let set = |p: &mut PowerCappingPolicy, generation: i64, measured: i64, acted: i64| {
+            p.metadata.generation = Some(generation);
+            if let Some(status) = p.status.as_mut() {
+                status.observed_generation = Some(measured);
+                status.conditions[0].observed_generation = Some(acted);
+            }
+        };
+        set(&mut p, 2, 2, 1);
+        assert!(measured_new_spec(&p));
+        // Acted on already, or not measured by the monitor yet: routine.
+        set(&mut p, 2, 2, 2);
+        assert!(!measured_new_spec(&p));
+        set(&mut p, 2, 1, 1);
+        assert!(!measured_new_spec(&p));
+        // Never acted on (a cold start): routine.
+        let fresh = policy(false, &[]);
+        assert!(!measured_new_spec(&fresh));
     }
 
     #[test]

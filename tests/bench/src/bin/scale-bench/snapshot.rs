@@ -168,7 +168,20 @@ pub fn reconcile_rates(before: &[Line], after: &[Line], seconds: f64, expected: 
         .collect();
     let duration_sum = sum("climatik_reconcile_duration_seconds_sum");
     let duration_count = sum("climatik_reconcile_duration_seconds_count");
+    let queries = sum("climatik_prometheus_query_duration_seconds_count");
+    // Gauges: their value when the window closed.
+    let at_end = |name: &str| -> Option<f64> {
+        after
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .map(|(_, _, v)| *v)
+            .reduce(f64::max)
+    };
     json!({
+        "prometheus_queries_per_s": round3(queries / seconds.max(1e-9)),
+        "waiting_for_a_slot_at_end": at_end("climatik_reconcile_waiting"),
+        "due_policies_at_end": at_end("climatik_monitor_due_policies"),
+        "oldest_measurement_age_s_at_end": at_end("climatik_monitor_oldest_measurement_age_seconds").map(round3),
         "reconciles": count,
         "reconciles_per_s": round3(count / seconds.max(1e-9)),
         "policies_per_interval_per_s": round3(expected),
