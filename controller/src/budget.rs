@@ -291,7 +291,7 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
     for policy in ctx.policies.state() {
         match budget_status::coverage(&policy_nodes(&policy), &valid) {
             Coverage::One(owner) if owner == name => {
-                members.push(member(&policy));
+                members.push(member(&policy, &budget));
                 member_policies.push(policy);
             }
             Coverage::Spans(budgets) if budgets.contains(&name) => {
@@ -404,17 +404,26 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
     Ok(requeue)
 }
 
-/// A policy as the arbitration sees it.
-fn member(policy: &PowerCappingPolicy) -> Member {
+/// A policy as the arbitration sees it; its last demand is what the
+/// budget's status recorded for it.
+fn member(policy: &PowerCappingPolicy, budget: &PowerBudget) -> Member {
     let status = policy.status.as_ref();
+    let namespace = policy.namespace().unwrap_or_default();
+    let previous_demand_watts = budget
+        .status
+        .iter()
+        .flat_map(|s| &s.allocations)
+        .find(|a| a.namespace == namespace && a.name == policy.name_any())
+        .map(|a| a.demand_watts);
     Member {
-        namespace: policy.namespace().unwrap_or_default(),
+        namespace,
         name: policy.name_any(),
         priority: policy.spec.priority.unwrap_or(0),
         min_watts: policy.spec.min_watts.unwrap_or(0) as f64,
         cap_watts: policy.spec.power_cap_limit as f64,
         measured_watts: status.and_then(|s| s.current_power),
         allocated_watts: status.and_then(|s| s.allocated_watts),
+        previous_demand_watts,
     }
 }
 

@@ -137,6 +137,9 @@ pub struct Member {
     pub measured_watts: Option<f64>,
     /// `status.allocatedWatts` as this controller last wrote it.
     pub allocated_watts: Option<i64>,
+    /// The demand the budget's status last recorded for it, so an unused
+    /// probe is remembered ([`arbitration::estimate_demand`]).
+    pub previous_demand_watts: Option<f64>,
 }
 
 /// What one period of a budget starts from.
@@ -266,6 +269,7 @@ pub fn decide(inputs: &Inputs) -> Decision {
             arbitration::estimate_demand(
                 m.measured_watts.unwrap_or(0.0),
                 m.allocated_watts.map(|w| w as f64),
+                m.previous_demand_watts,
                 inputs.probe_fraction,
             )
         })
@@ -457,6 +461,7 @@ mod tests {
             cap_watts: 1000.0,
             measured_watts: Some(measured),
             allocated_watts: allocated,
+            previous_demand_watts: None,
         }
     }
 
