@@ -72,6 +72,12 @@ pub mod conditions {
     /// The configured algorithm and parameters are valid.
     pub const ALGORITHM_VALID: &str = "AlgorithmValid";
 
+    /// On a PowerCappingPolicy, written by the budget controller only when
+    /// False: no PowerBudget arbitrates the policy although budgets cover
+    /// its nodes (reason `SpansBudgets`: they are not nested in each
+    /// other).
+    pub const BUDGET_ASSIGNED: &str = "BudgetAssigned";
+
     /// On a PowerBudget: measured power is within the budget.
     pub const WITHIN_BUDGET: &str = "WithinBudget";
     /// On a PowerBudget: the guarantees (`minWatts`) of the covered
