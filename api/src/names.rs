@@ -83,6 +83,10 @@ pub mod conditions {
     /// On a PowerBudget: the guarantees (`minWatts`) of the covered
     /// policies alone exceed the watts available to them.
     pub const OVERCOMMITTED: &str = "Overcommitted";
+    /// On a PowerBudget with `capUnmanaged`: the covered GPUs no policy
+    /// selects draw no more than they would be allotted as the lowest
+    /// priority (reported only: nothing caps them yet).
+    pub const UNMANAGED_WITHIN_SHARE: &str = "UnmanagedWithinShare";
     /// On a PowerBudget: the budget is usable; False for a parent cycle, an
     /// unknown parent, or nodes outside the parent's.
     pub const VALID: &str = "Valid";

@@ -339,6 +339,7 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
         unmanaged_watts,
         floor_watts,
         probe_fraction: PROBE_FRACTION,
+        cap_unmanaged: budget.spec.cap_unmanaged,
         members: members.clone(),
     });
 
@@ -356,7 +357,7 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
             {
                 announce(
                     &ctx,
-                    policy,
+                    policy.as_ref(),
                     EventType::Normal,
                     "BudgetCut",
                     format!("PowerBudget {name} lowered this policy's allocation from {before} W to {after} W"),
@@ -369,6 +370,7 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
         tell_spanning(&ctx, policy, budgets).await;
     }
 
+    announce_unmanaged_over_share(&ctx, &budget, &decision.conditions).await;
     let mut decided = decision.conditions.clone();
     if !spanning.is_empty()
         && let Some(valid) = decided.iter_mut().find(|d| d.type_ == conditions::VALID)
@@ -555,9 +557,9 @@ async fn write_budget_status(
     Ok(())
 }
 
-async fn announce(
+async fn announce<K: Resource<DynamicType = ()>>(
     ctx: &Context,
-    policy: &PowerCappingPolicy,
+    object: &K,
     type_: EventType,
     reason: &str,
     note: String,
@@ -569,8 +571,35 @@ async fn announce(
         action: "Arbitrate".to_string(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
-        tracing::warn!(%error, policy = %policy.name_any(), "could not publish an event");
+    if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(%error, object = %object.name_any(), "could not publish an event");
+    }
+}
+
+/// One Warning event on the budget when `capUnmanaged` finds the
+/// unmanaged GPUs drawing more than their lowest-priority share, as the
+/// condition turns False.
+async fn announce_unmanaged_over_share(ctx: &Context, budget: &PowerBudget, decided: &[Decided]) {
+    let Some(over) = decided
+        .iter()
+        .find(|d| d.type_ == conditions::UNMANAGED_WITHIN_SHARE && !d.status)
+    else {
+        return;
+    };
+    let was_over = budget
+        .status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .any(|c| c.type_ == conditions::UNMANAGED_WITHIN_SHARE && c.status == "False");
+    if !was_over {
+        announce(
+            ctx,
+            budget,
+            EventType::Warning,
+            "UnmanagedOverShare",
+            over.message.clone(),
+        )
+        .await;
     }
 }
 
