@@ -62,8 +62,11 @@ pub struct PowerBudgetSpec {
     #[schemars(range(min = 0, max = MAX_POWER_WATTS))]
     pub reserved_watts: i64,
 
-    /// Also cap the GPUs on covered nodes that no policy selects, as the
-    /// lowest priority.
+    /// Also count the GPUs on covered nodes that no policy selects as one
+    /// claim of the lowest priority. Reported only for now: the condition
+    /// `UnmanagedWithinShare` says whether they draw more than that claim
+    /// would be allotted; nothing caps them yet, and their measured draw
+    /// still comes off the top of the budget.
     #[serde(default)]
     pub cap_unmanaged: bool,
 }

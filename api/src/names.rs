@@ -72,11 +72,21 @@ pub mod conditions {
     /// The configured algorithm and parameters are valid.
     pub const ALGORITHM_VALID: &str = "AlgorithmValid";
 
+    /// On a PowerCappingPolicy, written by the budget controller only when
+    /// False: no PowerBudget arbitrates the policy although budgets cover
+    /// its nodes (reason `SpansBudgets`: they are not nested in each
+    /// other).
+    pub const BUDGET_ASSIGNED: &str = "BudgetAssigned";
+
     /// On a PowerBudget: measured power is within the budget.
     pub const WITHIN_BUDGET: &str = "WithinBudget";
     /// On a PowerBudget: the guarantees (`minWatts`) of the covered
     /// policies alone exceed the watts available to them.
     pub const OVERCOMMITTED: &str = "Overcommitted";
+    /// On a PowerBudget with `capUnmanaged`: the covered GPUs no policy
+    /// selects draw no more than they would be allotted as the lowest
+    /// priority (reported only: nothing caps them yet).
+    pub const UNMANAGED_WITHIN_SHARE: &str = "UnmanagedWithinShare";
     /// On a PowerBudget: the budget is usable; False for a parent cycle, an
     /// unknown parent, or nodes outside the parent's.
     pub const VALID: &str = "Valid";

@@ -32,10 +32,11 @@
 //!
 //! [`estimate_demand`] turns a policy's measured power into its demand: a
 //! policy held at its allocation may need more than it is allowed to draw,
-//! so it asks for a little more than it measures (a probe); when the
-//! probe is granted and the workload does not use it, its next
-//! measurement stays below the allocation and its demand falls back to
-//! what it measures.
+//! so it asks for a little more than it measures (a probe). When the
+//! probe is granted and the workload does not use it, the policy keeps
+//! that demand while it draws about what it drew when it probed, so the
+//! allocation stays put at constant load; its demand falls back to what
+//! it measures once the workload draws clearly less.
 
 /// What one policy asks of a budget.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -119,10 +120,22 @@ pub fn allocate(available_watts: f64, claims: &[Claim]) -> Arbitration {
 }
 
 /// The demand of a policy measured at `measured_watts` whose allocation
-/// holds it at `allocated_watts` (`None`: no allocation holds it). A
-/// policy measured at or within [`HELD_FRACTION`] of the level it is held
-/// to may need more, so its demand is its measured power plus
-/// `probe_fraction` of it; otherwise its demand is what it measures.
+/// holds it at `allocated_watts` (`None`: no allocation holds it), where
+/// the last period estimated `previous_demand_watts` (`None`: unknown).
+///
+/// - A policy measured at or within [`HELD_FRACTION`] of the level it is
+///   held to may need more, so its demand is its measured power plus
+///   `probe_fraction` of it (a probe).
+/// - A policy not held that still draws about what its last demand was
+///   probed from (at least [`HELD_FRACTION`] of `previous / (1 + probe)`)
+///   keeps that demand, at most a probe above what it measures now. This
+///   is the hysteresis that keeps an allocation still at constant load:
+///   without it a probe granted and not used lowers the demand to the
+///   measured power, the allocation follows, the policy is held again and
+///   probes again, and its allocation flips between the two every period.
+///   A workload that really drops falls out of the band and its demand
+///   with it.
+/// - Otherwise its demand is what it measures.
 ///
 /// `allocated_watts` is the level the policy is actually held to: where
 /// the controller keeps a policy below its cap (a capping threshold), that
@@ -130,14 +143,24 @@ pub fn allocate(available_watts: f64, claims: &[Claim]) -> Arbitration {
 pub fn estimate_demand(
     measured_watts: f64,
     allocated_watts: Option<f64>,
+    previous_demand_watts: Option<f64>,
     probe_fraction: f64,
 ) -> f64 {
     let measured = watts(measured_watts);
     // Read like a watt value: NaN or a negative fraction means no probe.
     let probe = watts(probe_fraction);
-    match allocated_watts.map(watts) {
-        Some(held) if held > 0.0 && measured >= held * HELD_FRACTION => {
-            (measured * (1.0 + probe)).min(MAX_WATTS)
+    let probed = (measured * (1.0 + probe)).min(MAX_WATTS);
+    let held = allocated_watts
+        .map(watts)
+        .is_some_and(|held| held > 0.0 && measured >= held * HELD_FRACTION);
+    if held {
+        return probed;
+    }
+    match previous_demand_watts.map(watts) {
+        Some(previous)
+            if previous > measured && measured >= previous / (1.0 + probe) * HELD_FRACTION =>
+        {
+            previous.min(probed)
         }
         _ => measured,
     }
@@ -397,16 +420,84 @@ mod tests {
     #[test]
     fn a_policy_held_at_its_allocation_probes_upward() {
         // Held: within 3 % of the allocation.
-        assert!((estimate_demand(300.0, Some(300.0), 0.1) - 330.0).abs() < 1e-9);
-        assert!((estimate_demand(295.0, Some(300.0), 0.1) - 324.5).abs() < 1e-9);
+        assert!((estimate_demand(300.0, Some(300.0), None, 0.1) - 330.0).abs() < 1e-9);
+        assert!((estimate_demand(295.0, Some(300.0), None, 0.1) - 324.5).abs() < 1e-9);
         // Not held: below the allocation, or no allocation at all.
-        assert_eq!(estimate_demand(200.0, Some(300.0), 0.1), 200.0);
-        assert_eq!(estimate_demand(300.0, None, 0.1), 300.0);
+        assert_eq!(estimate_demand(200.0, Some(300.0), None, 0.1), 200.0);
+        assert_eq!(estimate_demand(300.0, None, None, 0.1), 300.0);
         // Bad input counts as zero.
-        assert_eq!(estimate_demand(f64::NAN, Some(300.0), 0.1), 0.0);
-        assert_eq!(estimate_demand(300.0, Some(f64::NAN), 0.1), 300.0);
-        assert_eq!(estimate_demand(300.0, Some(300.0), f64::NAN), 300.0);
-        assert_eq!(estimate_demand(300.0, Some(300.0), -1.0), 300.0);
+        assert_eq!(estimate_demand(f64::NAN, Some(300.0), None, 0.1), 0.0);
+        assert_eq!(estimate_demand(300.0, Some(f64::NAN), None, 0.1), 300.0);
+        assert_eq!(estimate_demand(300.0, Some(300.0), None, f64::NAN), 300.0);
+        assert_eq!(estimate_demand(300.0, Some(300.0), None, -1.0), 300.0);
+        assert_eq!(estimate_demand(300.0, None, Some(f64::NAN), 0.1), 300.0);
+    }
+
+    #[test]
+    fn an_unused_probe_is_kept_while_the_workload_draws_what_it_probed_from() {
+        // Probed from 150 W to 165 W, granted, and the workload draws 155 W:
+        // not held at 165 W, but still the workload that probed.
+        assert_eq!(estimate_demand(155.0, Some(165.0), Some(165.0), 0.1), 165.0);
+        // Never more than a probe above what it measures now.
+        assert!((estimate_demand(146.0, Some(165.0), Some(165.0), 0.1) - 160.6).abs() < 1e-9);
+        // A workload that drops clearly below what it probed from lets go.
+        assert_eq!(estimate_demand(100.0, Some(165.0), Some(165.0), 0.1), 100.0);
+        // A last demand at or below the measured power adds nothing.
+        assert_eq!(estimate_demand(155.0, Some(200.0), Some(150.0), 0.1), 155.0);
+    }
+
+    /// One budget period of a simple plant: each policy draws its load up
+    /// to its allocation, its demand is estimated from that, and the
+    /// budget is arbitrated again. Returns the new allocations and
+    /// demands.
+    fn period(
+        available: f64,
+        claims: &[Claim],
+        loads: &[f64],
+        allocations: &[f64],
+        demands: &[Option<f64>],
+    ) -> (Vec<f64>, Vec<Option<f64>>) {
+        let demands: Vec<f64> = loads
+            .iter()
+            .zip(allocations)
+            .zip(demands)
+            .map(|((load, allocated), previous)| {
+                estimate_demand(load.min(*allocated), Some(*allocated), *previous, 0.1)
+            })
+            .collect();
+        let claims: Vec<Claim> = claims
+            .iter()
+            .zip(&demands)
+            .map(|(c, d)| Claim {
+                demand_watts: *d,
+                ..*c
+            })
+            .collect();
+        (
+            allocate(available, &claims).watts,
+            demands.into_iter().map(Some).collect(),
+        )
+    }
+
+    #[test]
+    fn at_constant_load_the_allocations_settle_without_flipping() {
+        // Serving (priority 10) draws 155 W and starts held at 150 W;
+        // batch (priority 0) would draw all it gets. 320 W to share.
+        let claims = [claim(10, 0.0, 300.0, 0.0), claim(0, 0.0, 300.0, 0.0)];
+        let loads = [155.0, 1000.0];
+        let mut allocations = vec![150.0, 170.0];
+        let mut demands = vec![None, None];
+        let mut history = Vec::new();
+        for _ in 0..10 {
+            (allocations, demands) = period(320.0, &claims, &loads, &allocations, &demands);
+            history.push(allocations.clone());
+        }
+        // Settled after the first probe: every later period the same.
+        for later in &history[2..] {
+            assert!(close(later, &history[1]), "{history:?}");
+        }
+        // And serving is not held below what it draws.
+        assert!(history[1][0] >= loads[0], "{history:?}");
     }
 
     /// Sum of the shares may exceed the available watts by rounding only.
@@ -551,12 +642,20 @@ mod tests {
         fn demand_is_measured_power_or_a_probe_above_it(
             measured in 0.0..2000.0f64,
             allocated in prop::option::of(0.0..2000.0f64),
+            previous in prop::option::of(0.0..2000.0f64),
             probe in 0.0..0.5f64,
         ) {
-            let demand = estimate_demand(measured, allocated, probe);
+            let demand = estimate_demand(measured, allocated, previous, probe);
             let held = allocated.is_some_and(|a| a > 0.0 && measured >= a * HELD_FRACTION);
-            let want = if held { measured * (1.0 + probe) } else { measured };
-            prop_assert!((demand - want).abs() < 1e-9);
+            let probed = measured * (1.0 + probe);
+            if held {
+                prop_assert!((demand - probed).abs() < 1e-9);
+            } else {
+                // Never below what it measures, never above a probe, and
+                // above what it measures only by an earlier demand.
+                prop_assert!(demand >= measured && demand <= probed + 1e-9);
+                prop_assert!(demand == measured || previous.is_some_and(|p| (demand - p.min(probed)).abs() < 1e-9));
+            }
         }
     }
 }

@@ -20,9 +20,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use climatik_api::{NodeFrequencies, PowerBudget, PowerBudgetStatus, PowerCappingPolicy};
+use climatik_api::{
+    NodeFrequencies, PowerBudget, PowerBudgetStatus, PowerCappingPolicy, names::conditions,
+};
 use futures::StreamExt;
-use k8s_openapi::{api::core::v1::Node, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use k8s_openapi::{
+    api::core::v1::Node,
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+    jiff::Timestamp,
+};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -291,7 +297,7 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
     for policy in ctx.policies.state() {
         match budget_status::coverage(&policy_nodes(&policy), &valid) {
             Coverage::One(owner) if owner == name => {
-                members.push(member(&policy));
+                members.push(member(&policy, &budget));
                 member_policies.push(policy);
             }
             Coverage::Spans(budgets) if budgets.contains(&name) => {
@@ -333,6 +339,7 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
         unmanaged_watts,
         floor_watts,
         probe_fraction: PROBE_FRACTION,
+        cap_unmanaged: budget.spec.cap_unmanaged,
         members: members.clone(),
     });
 
@@ -350,7 +357,7 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
             {
                 announce(
                     &ctx,
-                    policy,
+                    policy.as_ref(),
                     EventType::Normal,
                     "BudgetCut",
                     format!("PowerBudget {name} lowered this policy's allocation from {before} W to {after} W"),
@@ -363,11 +370,10 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
         tell_spanning(&ctx, policy, budgets).await;
     }
 
+    announce_unmanaged_over_share(&ctx, &budget, &decision.conditions).await;
     let mut decided = decision.conditions.clone();
     if !spanning.is_empty()
-        && let Some(valid) = decided
-            .iter_mut()
-            .find(|d| d.type_ == climatik_api::names::conditions::VALID)
+        && let Some(valid) = decided.iter_mut().find(|d| d.type_ == conditions::VALID)
     {
         let names: Vec<String> = spanning
             .iter()
@@ -404,17 +410,26 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
     Ok(requeue)
 }
 
-/// A policy as the arbitration sees it.
-fn member(policy: &PowerCappingPolicy) -> Member {
+/// A policy as the arbitration sees it; its last demand is what the
+/// budget's status recorded for it.
+fn member(policy: &PowerCappingPolicy, budget: &PowerBudget) -> Member {
     let status = policy.status.as_ref();
+    let namespace = policy.namespace().unwrap_or_default();
+    let previous_demand_watts = budget
+        .status
+        .iter()
+        .flat_map(|s| &s.allocations)
+        .find(|a| a.namespace == namespace && a.name == policy.name_any())
+        .map(|a| a.demand_watts);
     Member {
-        namespace: policy.namespace().unwrap_or_default(),
+        namespace,
         name: policy.name_any(),
         priority: policy.spec.priority.unwrap_or(0),
         min_watts: policy.spec.min_watts.unwrap_or(0) as f64,
         cap_watts: policy.spec.power_cap_limit as f64,
         measured_watts: status.and_then(|s| s.current_power),
         allocated_watts: status.and_then(|s| s.allocated_watts),
+        previous_demand_watts,
     }
 }
 
@@ -454,17 +469,28 @@ const POLICY_STATUS: &str = "powercappingpolicies/status";
 const BUDGET_STATUS: &str = "powerbudgets/status";
 
 /// Applies `status.allocatedWatts` of `policy` as the budget controller;
-/// `None` gives the field up, which removes it.
+/// `None` gives the field up, which removes it. What else this manager
+/// applied before (a `BudgetAssigned` condition) is given up with it.
 async fn write_allocation(
     ctx: &Context,
     policy: &PowerCappingPolicy,
     watts: Option<i64>,
 ) -> Result<()> {
-    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
     let status = match watts {
         Some(w) => json!({ "allocatedWatts": w }),
         None => json!({}),
     };
+    apply_policy_status(ctx, policy, status).await
+}
+
+/// Applies `status` to `policy` as the budget controller: every field it
+/// owns and `status` lacks is removed.
+async fn apply_policy_status(
+    ctx: &Context,
+    policy: &PowerCappingPolicy,
+    status: serde_json::Value,
+) -> Result<()> {
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
     let patch = json!({
         "apiVersion": PowerCappingPolicy::api_version(&()),
         "kind": PowerCappingPolicy::kind(&()),
@@ -481,6 +507,15 @@ async fn write_allocation(
         .api_write(POLICY_STATUS, "apply", written.is_ok());
     written?;
     Ok(())
+}
+
+/// The policy's `BudgetAssigned` condition, when it has one.
+fn budget_assigned(policy: &PowerCappingPolicy) -> Option<&Condition> {
+    policy
+        .status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.type_ == conditions::BUDGET_ASSIGNED)
 }
 
 /// Applies the budget's status when it differs from what it holds (the
@@ -522,9 +557,9 @@ async fn write_budget_status(
     Ok(())
 }
 
-async fn announce(
+async fn announce<K: Resource<DynamicType = ()>>(
     ctx: &Context,
-    policy: &PowerCappingPolicy,
+    object: &K,
     type_: EventType,
     reason: &str,
     note: String,
@@ -536,14 +571,74 @@ async fn announce(
         action: "Arbitrate".to_string(),
         secondary: None,
     };
-    if let Err(error) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
-        tracing::warn!(%error, policy = %policy.name_any(), "could not publish an event");
+    if let Err(error) = ctx.recorder.publish(&event, &object.object_ref(&())).await {
+        tracing::warn!(%error, object = %object.name_any(), "could not publish an event");
     }
 }
 
-/// Warns a policy once that its nodes lie in budgets not nested in each
-/// other, so none of them lowers its cap.
+/// One Warning event on the budget when `capUnmanaged` finds the
+/// unmanaged GPUs drawing more than their lowest-priority share, as the
+/// condition turns False.
+async fn announce_unmanaged_over_share(ctx: &Context, budget: &PowerBudget, decided: &[Decided]) {
+    let Some(over) = decided
+        .iter()
+        .find(|d| d.type_ == conditions::UNMANAGED_WITHIN_SHARE && !d.status)
+    else {
+        return;
+    };
+    let was_over = budget
+        .status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .any(|c| c.type_ == conditions::UNMANAGED_WITHIN_SHARE && c.status == "False");
+    if !was_over {
+        announce(
+            ctx,
+            budget,
+            EventType::Warning,
+            "UnmanagedOverShare",
+            over.message.clone(),
+        )
+        .await;
+    }
+}
+
+/// Tells a policy that its nodes lie in budgets not nested in each other,
+/// so none of them lowers its cap: the condition `BudgetAssigned=False`
+/// (reason `SpansBudgets`) on the policy, which also gives up any
+/// allocation, and one Warning event.
 async fn tell_spanning(ctx: &Context, policy: &PowerCappingPolicy, budgets: &[String]) {
+    let message = format!(
+        "the policy's nodes lie in PowerBudgets {}, which are not nested in each other; none of them arbitrates it",
+        budgets.join(", ")
+    );
+    let decided = Decided::new(conditions::BUDGET_ASSIGNED, false, "SpansBudgets", &message);
+    let previous: Vec<Condition> = budget_assigned(policy).cloned().into_iter().collect();
+    let condition = render(
+        &previous,
+        &decided,
+        policy.meta().generation,
+        &Time(Timestamp::now()),
+    );
+    let allocated = policy
+        .status
+        .as_ref()
+        .is_some_and(|s| s.allocated_watts.is_some());
+    let same = previous.first().is_some_and(|c| {
+        (&c.status, &c.reason, &c.message, c.observed_generation)
+            == (
+                &condition.status,
+                &condition.reason,
+                &condition.message,
+                condition.observed_generation,
+            )
+    });
+    if allocated || !same {
+        let status = json!({ "conditions": [condition] });
+        if let Err(error) = apply_policy_status(ctx, policy, status).await {
+            tracing::warn!(%error, policy = %policy.name_any(), "could not mark a policy spanning budgets");
+        }
+    }
     let key = (policy.namespace().unwrap_or_default(), policy.name_any());
     let first = ctx
         .told_spanning
@@ -551,17 +646,7 @@ async fn tell_spanning(ctx: &Context, policy: &PowerCappingPolicy, budgets: &[St
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .insert(key);
     if first {
-        announce(
-            ctx,
-            policy,
-            EventType::Warning,
-            "SpansBudgets",
-            format!(
-                "the policy's nodes lie in PowerBudgets {}, which are not nested in each other; none of them arbitrates it",
-                budgets.join(", ")
-            ),
-        )
-        .await;
+        announce(ctx, policy, EventType::Warning, "SpansBudgets", message).await;
     }
 }
 
@@ -586,19 +671,18 @@ async fn sweep_each_period(ctx: Arc<Context>, shutdown: impl Future<Output = ()>
             }
             let valid = valid(&shapes(&ctx));
             for policy in ctx.policies.state() {
-                let allocated = policy
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.allocated_watts)
-                    .is_some();
-                let arbitrated = matches!(
-                    budget_status::coverage(&policy_nodes(&policy), &valid),
-                    Coverage::One(_)
-                );
-                if allocated
-                    && !arbitrated
-                    && let Err(error) = write_allocation(&ctx, &policy, None).await
-                {
+                let allocated = policy.status.as_ref().and_then(|s| s.allocated_watts);
+                let coverage = budget_status::coverage(&policy_nodes(&policy), &valid);
+                // Spanning policies are told by the budgets' reconciles;
+                // one that no longer spans gives its condition up here,
+                // keeping an allocation a budget now arbitrates.
+                let keep = match coverage {
+                    Coverage::Spans(_) => continue,
+                    Coverage::One(_) => allocated,
+                    Coverage::None => None,
+                };
+                let stale = budget_assigned(&policy).is_some() || allocated != keep;
+                if stale && let Err(error) = write_allocation(&ctx, &policy, keep).await {
                     tracing::warn!(%error, policy = %policy.name_any(), "could not give up an allocation");
                 }
             }

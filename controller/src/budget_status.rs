@@ -137,6 +137,9 @@ pub struct Member {
     pub measured_watts: Option<f64>,
     /// `status.allocatedWatts` as this controller last wrote it.
     pub allocated_watts: Option<i64>,
+    /// The demand the budget's status last recorded for it, so an unused
+    /// probe is remembered ([`arbitration::estimate_demand`]).
+    pub previous_demand_watts: Option<f64>,
 }
 
 /// What one period of a budget starts from.
@@ -156,6 +159,9 @@ pub struct Inputs {
     pub floor_watts: f64,
     /// Share of an allocation a policy held at it is assumed to want more.
     pub probe_fraction: f64,
+    /// `spec.capUnmanaged`: report the share the unmanaged GPUs would get
+    /// as the lowest priority ([`unmanaged_share`]).
+    pub cap_unmanaged: bool,
     pub members: Vec<Member>,
 }
 
@@ -266,6 +272,7 @@ pub fn decide(inputs: &Inputs) -> Decision {
             arbitration::estimate_demand(
                 m.measured_watts.unwrap_or(0.0),
                 m.allocated_watts.map(|w| w as f64),
+                m.previous_demand_watts,
                 inputs.probe_fraction,
             )
         })
@@ -280,6 +287,10 @@ pub fn decide(inputs: &Inputs) -> Decision {
             demand_watts: *demand,
         })
         .collect();
+    if inputs.cap_unmanaged {
+        let room = inputs.watts - inputs.reserved_watts - inputs.children_watts;
+        decided.push(unmanaged_share(room, &claims, unmanaged));
+    }
     let arbitration = arbitration::allocate(available, &claims);
     let allocations = stage(available, members, &arbitration.watts);
     let allocated: i64 = allocations.iter().flatten().sum();
@@ -311,6 +322,40 @@ pub fn decide(inputs: &Inputs) -> Decision {
         allocations,
         overcommitted: arbitration.overcommitted,
     }
+}
+
+/// What `capUnmanaged` reports: `room` (the budget less reserved power and
+/// its children) arbitrated among the members' `claims` and one more claim
+/// of the lowest priority for the unmanaged GPUs (their draw as demand and
+/// cap), and whether that claim's share covers their draw.
+///
+/// Only reported: nothing caps the unmanaged GPUs yet (that needs entries
+/// for GPUs without a policy), so the members' allocations still come out
+/// of what is left after their measured draw.
+pub fn unmanaged_share(room: f64, claims: &[Claim], unmanaged_watts: f64) -> Decided {
+    let mut all = claims.to_vec();
+    all.push(Claim {
+        // Below every policy: spec.priority is bounded well above it.
+        priority: i32::MIN,
+        min_watts: 0.0,
+        cap_watts: unmanaged_watts,
+        demand_watts: unmanaged_watts,
+    });
+    let share = arbitration::allocate(room, &all)
+        .watts
+        .last()
+        .copied()
+        .unwrap_or(0.0);
+    // Rounding to whole watts keeps a share equal to the draw within.
+    let within = unmanaged_watts.round() <= share.round();
+    Decided::new(
+        conditions::UNMANAGED_WITHIN_SHARE,
+        within,
+        if within { "WithinShare" } else { "OverShare" },
+        format!(
+            "the covered GPUs no policy selects draw {unmanaged_watts:.0} W; as the lowest priority they would be allotted {share:.0} W (reported only: capUnmanaged does not cap them yet)"
+        ),
+    )
 }
 
 /// This period's allocations on the way to `target`: cuts at once, raises
@@ -457,6 +502,7 @@ mod tests {
             cap_watts: 1000.0,
             measured_watts: Some(measured),
             allocated_watts: allocated,
+            previous_demand_watts: None,
         }
     }
 
@@ -468,8 +514,43 @@ mod tests {
             unmanaged_watts: Some(0.0),
             floor_watts: 0.0,
             probe_fraction: 0.1,
+            cap_unmanaged: false,
             members,
         }
+    }
+
+    #[test]
+    fn cap_unmanaged_reports_unmanaged_gpus_over_their_lowest_priority_share() {
+        // 1000 W; serving draws 600 W, the unmanaged GPUs 500 W: as the
+        // lowest priority they would get only 400 W.
+        let mut over = inputs(1000.0, vec![member("serving", 10, 600.0, None)]);
+        over.unmanaged_watts = Some(500.0);
+        let without = decide(&over);
+        assert!(
+            !without
+                .conditions
+                .iter()
+                .any(|d| d.type_ == conditions::UNMANAGED_WITHIN_SHARE),
+            "only with capUnmanaged: {without:?}"
+        );
+        over.cap_unmanaged = true;
+        let decision = decide(&over);
+        assert_eq!(
+            condition(&decision, conditions::UNMANAGED_WITHIN_SHARE),
+            (false, "OverShare".to_string())
+        );
+        // Reported only: serving's allocation still leaves their draw.
+        assert!(
+            decision.allocations[0].is_some_and(|w| w <= 500),
+            "{decision:?}"
+        );
+        // With room for both they are within their share.
+        let mut within = over.clone();
+        within.watts = 1200.0;
+        assert_eq!(
+            condition(&decide(&within), conditions::UNMANAGED_WITHIN_SHARE),
+            (true, "WithinShare".to_string())
+        );
     }
 
     fn condition(decision: &Decision, type_: &str) -> (bool, String) {
