@@ -36,8 +36,8 @@ pub const BUDGET_WATTS: i64 = 2000;
 /// Serving's load between bursts, and in a burst.
 const QUIET_LOAD: &str = "0.3";
 const BURST_LOAD: &str = "full";
-/// How far training's allocation must fall before the burst ends: enough
-/// to see in `kubectl get pcp`.
+/// How far the allocations must move (training's down, serving's up)
+/// before the burst ends: enough to see in `kubectl get pcp`.
 const SHIFT_WATTS: i64 = 300;
 
 /// Where and how the scene runs.
@@ -83,7 +83,7 @@ pub struct BudgetRecord {
     pub looks: Vec<Look>,
     /// Both allocated and steady, serving quiet.
     pub before: Option<Look>,
-    /// In the burst, once training's allocation fell by [`SHIFT_WATTS`].
+    /// In the burst, once [`SHIFT_WATTS`] moved from training to serving.
     pub burst: Option<Look>,
     /// After the burst, once training's allocation was back.
     pub after: Option<Look>,
@@ -122,7 +122,7 @@ impl BudgetScene {
         // Generous deadlines: a slow machine must not end a phase early.
         let deadline = self.interval * 20;
 
-        // Quiet: both allocated, the same two looks one period apart.
+        // Quiet: both allocated, the same allocations in two looks in a row.
         let mut previous: Option<Look> = None;
         record.before = self
             .watch(cluster, start, &mut record.looks, deadline, print, |look| {
@@ -147,11 +147,18 @@ impl BudgetScene {
         ));
         self.serving_load(cluster, BURST_LOAD).await?;
         let before_training = before.training.allocated_watts.unwrap_or(0);
+        let before_serving = before.serving.allocated_watts.unwrap_or(0);
+        // A cut lands at once, the raise it frees a period later: wait for
+        // both.
         record.burst = self
             .watch(cluster, start, &mut record.looks, deadline, print, |look| {
                 look.training
                     .allocated_watts
                     .is_some_and(|t| t <= before_training - SHIFT_WATTS)
+                    && look
+                        .serving
+                        .allocated_watts
+                        .is_some_and(|s| s >= before_serving + SHIFT_WATTS)
             })
             .await?;
         self.show(cluster, "burst", print).await;
