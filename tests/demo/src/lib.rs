@@ -2,6 +2,7 @@
 //! control plane, with simulated GPU nodes, every component as a local
 //! process running with its chart ServiceAccount.
 
+pub mod budget;
 pub mod dashboard;
 pub mod plot;
 pub mod samples;

@@ -1,13 +1,15 @@
 //! `make demo`: starts the whole loop on the local control plane with
 //! simulated GPU nodes, applies annotated workloads, changes a cap mid-run,
-//! adds a second workload on a shared node, and shows it all live; writes
-//! samples, a summary and a plot under `target/demo/`.
+//! adds a second workload on a shared node, and shows it all live; then
+//! shares a PowerBudget between a serving and a training workload
+//! (`budget.rs`); writes samples, summaries and a plot under `target/demo/`.
 
 use std::{io::IsTerminal, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
 use climatik_demo::{
+    budget::BudgetScene,
     dashboard, plot,
     samples::Recording,
     scenario::Sampler,
@@ -40,6 +42,9 @@ struct Args {
 }
 
 const NAMESPACE: &str = "demo-inference";
+/// The shared-budget scene's namespace and PowerBudget.
+const BUDGET_NAMESPACE: &str = "demo-budget";
+const BUDGET: &str = "demo-shared";
 const SERVING: &str = "vllm";
 const TRAINING: &str = "trainer";
 /// The serving workload's cap, as in `manifests/demo/vllm-sim.yaml`, and
@@ -184,6 +189,46 @@ async fn run(
         dashboard::DASHBOARD_PATH,
         dashboard_url(cluster)?
     );
+
+    budget_scene(cluster, stack, args, out).await
+}
+
+/// The second act: the first act's workloads make way, and a PowerBudget
+/// over one node is shared by a serving and a training workload.
+async fn budget_scene(
+    cluster: &climatik_test_support::TestCluster,
+    stack: &mut Stack,
+    args: &Args,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    println!("\n== a shared PowerBudget: serving's burst takes watts from training");
+    // The budget counts every GPU on its node: nothing else may run there.
+    // Foreground: done once their pods are gone.
+    cluster
+        .kubectl([
+            "delete",
+            "deployments",
+            "--all",
+            "-n",
+            NAMESPACE,
+            "--cascade=foreground",
+        ])
+        .await
+        .context("removing the first act's workloads")?;
+    stack.namespace(BUDGET_NAMESPACE).await?;
+    let scene = BudgetScene {
+        namespace: BUDGET_NAMESPACE.to_string(),
+        node: (stack.freqtuners.keys().next())
+            .context("the demo runs no simulated node")?
+            .clone(),
+        budget: BUDGET.to_string(),
+        interval: Duration::from_secs(args.interval),
+    };
+    let record = scene.run(cluster, &mut |line| println!("{line}")).await?;
+    stack.check_alive()?;
+    record.write(out)?;
+    println!("\n{}", record.summary_table());
+    println!("budget looks: {}", out.join("budget.json").display());
     Ok(())
 }
 

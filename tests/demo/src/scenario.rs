@@ -143,10 +143,27 @@ pub fn sim_deployment(
     gpus: u32,
     cap: Option<&str>,
 ) -> String {
-    let annotations = match cap {
-        Some(cap) => serde_json::json!({ names::ANNOTATION_POWER_CAP: cap }),
-        None => serde_json::json!({}),
-    };
+    let annotations: Vec<(&str, &str)> = cap
+        .map(|cap| vec![(names::ANNOTATION_POWER_CAP, cap)])
+        .unwrap_or_default();
+    sim_deployment_annotated(namespace, name, node, gpus, &annotations, "full")
+}
+
+/// [`sim_deployment`] with the workload's own `annotations` (what a user
+/// writes: cap, algorithm, priority) and its pods' simulated `load` (a
+/// `climatik.io/sim-load` profile such as `"0.3"` or `"full"`).
+pub fn sim_deployment_annotated(
+    namespace: &str,
+    name: &str,
+    node: &str,
+    gpus: u32,
+    annotations: &[(&str, &str)],
+    load: &str,
+) -> String {
+    let annotations: serde_json::Map<String, serde_json::Value> = annotations
+        .iter()
+        .map(|(key, value)| (key.to_string(), serde_json::Value::from(*value)))
+        .collect();
     serde_json::json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -158,7 +175,7 @@ pub fn sim_deployment(
             "template": {
                 "metadata": {
                     "labels": {"app": name},
-                    "annotations": {"climatik.io/sim-load": "full"}
+                    "annotations": {SIM_LOAD: load}
                 },
                 "spec": {
                     "nodeSelector": {"kubernetes.io/hostname": node},
@@ -173,3 +190,7 @@ pub fn sim_deployment(
     })
     .to_string()
 }
+
+/// The annotation the simulated agents read a pod's load from; changing it
+/// on a running pod changes its GPUs' load at once, without a restart.
+pub const SIM_LOAD: &str = "climatik.io/sim-load";
