@@ -14,9 +14,12 @@
 //! and the series of budgets that are gone.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -88,6 +91,41 @@ struct Context {
     node_frequencies: Store<NodeFrequencies>,
     /// Policies already told they span budgets, so each hears it once.
     told_spanning: Mutex<HashSet<(String, String)>>,
+    /// Counts policy spec and node label changes, so a budget is arbitrated
+    /// again at once when what it covers changed.
+    changes: Arc<AtomicU64>,
+    /// Each budget's last arbitration: its generation, [`Context::changes`]
+    /// then, and when.
+    last: Mutex<HashMap<String, Arbitrated>>,
+}
+
+/// A budget's generation, the count of changes, and when it was arbitrated.
+type Arbitrated = (Option<i64>, u64, Instant);
+
+impl Context {
+    /// How long to wait before arbitrating `budget` again, or `None` to do
+    /// it now. A budget's own status write wakes its reconcile too; without
+    /// this, the allocations would be decided again within a second, on
+    /// power measured before the last raise could take effect, and undone.
+    /// Its spec, a policy's spec or a node's labels changing still act at
+    /// once.
+    fn pace(&self, budget: &PowerBudget) -> Option<Duration> {
+        let changes = self.changes.load(Ordering::Relaxed);
+        let generation = budget.metadata.generation;
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((g, c, at)) = last.get(&budget.name_any())
+            && *g == generation
+            && *c == changes
+        {
+            let due = *at + self.config.interval;
+            if due > now {
+                return Some(due - now);
+            }
+        }
+        last.insert(budget.name_any(), (generation, changes, now));
+        None
+    }
 }
 
 /// What [`run`] shares with the monitor it runs beside.
@@ -100,9 +138,18 @@ pub(crate) struct Shared {
     pub node_frequencies: Store<NodeFrequencies>,
 }
 
+/// Counts each item of a change stream in `changes` ([`Context::pace`]).
+fn counted<T>(changes: &Arc<AtomicU64>) -> impl FnMut(T) + use<T> {
+    let changes = changes.clone();
+    move |_| {
+        changes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Arbitrates every PowerBudget until `shutdown`.
 pub(crate) async fn run(shared: Shared, config: BudgetConfig, shutdown: Shutdown) {
     let client = shared.client.clone();
+    let changes = Arc::new(AtomicU64::new(0));
     let (policies, policy_writer) = reflector::store();
     let policy_changes = watcher(
         driver::policies_api(client.clone(), config.namespace.as_deref()),
@@ -112,7 +159,7 @@ pub(crate) async fn run(shared: Shared, config: BudgetConfig, shutdown: Shutdown
     .reflect(policy_writer)
     .applied_objects()
     .predicate_filter(predicates::generation, Default::default())
-    .map(|_| ());
+    .map(counted(&changes));
     let (nodes, node_writer) = reflector::store();
     let node_changes = watcher(
         Api::<PartialObjectMeta<Node>>::all(client.clone()),
@@ -122,7 +169,7 @@ pub(crate) async fn run(shared: Shared, config: BudgetConfig, shutdown: Shutdown
     .reflect(node_writer)
     .applied_objects()
     .predicate_filter(predicates::labels, Default::default())
-    .map(|_| ());
+    .map(counted(&changes));
     let controller = Controller::new(
         Api::<PowerBudget>::all(client.clone()),
         watcher::Config::default().any_semantic(),
@@ -143,6 +190,8 @@ pub(crate) async fn run(shared: Shared, config: BudgetConfig, shutdown: Shutdown
         nodes,
         node_frequencies: shared.node_frequencies,
         told_spanning: Mutex::default(),
+        changes,
+        last: Mutex::default(),
         config,
     });
     let sweep = tokio::spawn(sweep_each_period(ctx.clone(), shutdown.wait()));
@@ -240,6 +289,9 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
     // Until every watch has listed, a missing node or policy says nothing.
     if !(driver::synced(&ctx.policies).await && driver::synced(&ctx.nodes).await) {
         return Ok(requeue);
+    }
+    if let Some(wait) = ctx.pace(&budget) {
+        return Ok(Action::requeue(wait));
     }
     let _timer = ctx.metrics.reconcile_timer();
     let name = budget.name_any();
@@ -430,6 +482,7 @@ fn member(policy: &PowerCappingPolicy, budget: &PowerBudget) -> Member {
         measured_watts: status.and_then(|s| s.current_power),
         allocated_watts: status.and_then(|s| s.allocated_watts),
         previous_demand_watts,
+        held_share: f64::from(policy.spec.capping_threshold) / 100.0,
     }
 }
 
@@ -666,6 +719,11 @@ async fn sweep_each_period(ctx: Arc<Context>, shutdown: impl Future<Output = ()>
             ctx.metrics
                 .budgets
                 .retain(|b| leading && budgets.get(&ObjectRef::new(b)).is_some());
+            // A new leader, or a budget made again, is arbitrated at once.
+            ctx.last
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|b, _| leading && budgets.get(&ObjectRef::new(b)).is_some());
             if !leading {
                 continue;
             }

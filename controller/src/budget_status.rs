@@ -140,6 +140,10 @@ pub struct Member {
     /// The demand the budget's status last recorded for it, so an unused
     /// probe is remembered ([`arbitration::estimate_demand`]).
     pub previous_demand_watts: Option<f64>,
+    /// `spec.cappingThreshold` as a fraction: the algorithms hold a
+    /// capped policy near this share of its effective cap, not at the cap
+    /// itself, so its demand is its measured power over this share.
+    pub held_share: f64,
 }
 
 /// What one period of a budget starts from.
@@ -269,8 +273,12 @@ pub fn decide(inputs: &Inputs) -> Decision {
     let demands: Vec<f64> = members
         .iter()
         .map(|m| {
+            // In allocation terms: the algorithms hold a capped policy near
+            // its capping threshold's share of its effective cap, so a
+            // policy drawing P needs P / share allocated to run unthrottled,
+            // and one held by its allocation measures about that share of it.
             arbitration::estimate_demand(
-                m.measured_watts.unwrap_or(0.0),
+                m.measured_watts.unwrap_or(0.0) / m.held_share.max(0.01),
                 m.allocated_watts.map(|w| w as f64),
                 m.previous_demand_watts,
                 inputs.probe_fraction,
@@ -503,6 +511,7 @@ mod tests {
             measured_watts: Some(measured),
             allocated_watts: allocated,
             previous_demand_watts: None,
+            held_share: 1.0,
         }
     }
 

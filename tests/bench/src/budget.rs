@@ -493,6 +493,9 @@ fn arbitrated(scenario: &RackScenario) -> RackTraces {
     let own_caps: Vec<f64> = rack.policies.iter().map(|p| p.cap[0]).collect();
     let mut caps = own_caps.clone();
     let mut allocated: Option<Vec<f64>> = None;
+    // The demands of the last arbitration, as the controller reads them back
+    // from the budget's status (an unused probe is remembered).
+    let mut demands: Option<Vec<f64>> = None;
     let mut power: Vec<Vec<f64>> = vec![Vec::with_capacity(rack.seconds); loops.len()];
     let mut tokens: Vec<Vec<f64>> = vec![Vec::with_capacity(rack.seconds); loops.len()];
     let mut overcommitted_periods = 0;
@@ -517,12 +520,14 @@ fn arbitrated(scenario: &RackScenario) -> RackTraces {
                         demand_watts: arbitration::estimate_demand(
                             measured,
                             allocated.as_ref().map(|a| a[p] * HELD_SHARE_OF_CAP),
+                            demands.as_ref().map(|d| d[p]),
                             PROBE_FRACTION,
                         ),
                     }
                 })
                 .collect();
             let arbitration = arbitration::allocate(scenario.budget[t], &claims);
+            demands = Some(claims.iter().map(|c| c.demand_watts).collect());
             if arbitration.overcommitted {
                 overcommitted_periods += 1;
             }
