@@ -518,7 +518,6 @@ async fn unmanaged_power(ctx: &Context, gpus: &[String]) -> Option<f64> {
     }
 }
 
-const POLICY_STATUS: &str = "powercappingpolicies/status";
 const BUDGET_STATUS: &str = "powerbudgets/status";
 
 /// Applies `status.allocatedWatts` of `policy` as the budget controller;
@@ -543,23 +542,7 @@ async fn apply_policy_status(
     policy: &PowerCappingPolicy,
     status: serde_json::Value,
 ) -> Result<()> {
-    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
-    let patch = json!({
-        "apiVersion": PowerCappingPolicy::api_version(&()),
-        "kind": PowerCappingPolicy::kind(&()),
-        "status": status,
-    });
-    let written = Api::<PowerCappingPolicy>::namespaced(ctx.client.clone(), &namespace)
-        .patch_status(
-            &policy.name_any(),
-            &PatchParams::apply(MANAGER_BUDGET).force(),
-            &Patch::Apply(patch),
-        )
-        .await;
-    ctx.metrics
-        .api_write(POLICY_STATUS, "apply", written.is_ok());
-    written?;
-    Ok(())
+    driver::apply_policy_status(&ctx.client, &ctx.metrics, policy, MANAGER_BUDGET, status).await
 }
 
 /// The policy's `BudgetAssigned` condition, when it has one.

@@ -258,6 +258,42 @@ pub(crate) async fn stop_election(election: Option<tokio::task::JoinHandle<()>>)
     }
 }
 
+/// The resource a policy's status write is counted under.
+pub(crate) const POLICY_STATUS: &str = "powercappingpolicies/status";
+
+/// Server-side applies `status` to `policy`'s status as `manager` (every
+/// field that manager owns and `status` lacks is removed), counted in
+/// `climatik_api_writes_total`. The monitor and the budget controller each
+/// own their fields of the same status.
+pub(crate) async fn apply_policy_status(
+    client: &kube::Client,
+    metrics: &Metrics,
+    policy: &PowerCappingPolicy,
+    manager: &str,
+    status: impl serde::Serialize,
+) -> crate::Result<()> {
+    use kube::{
+        Resource, ResourceExt,
+        api::{Patch, PatchParams},
+    };
+    let namespace = policy.namespace().ok_or(crate::Error::MissingNamespace)?;
+    let patch = serde_json::json!({
+        "apiVersion": PowerCappingPolicy::api_version(&()),
+        "kind": PowerCappingPolicy::kind(&()),
+        "status": status,
+    });
+    let written = Api::<PowerCappingPolicy>::namespaced(client.clone(), &namespace)
+        .patch_status(
+            &policy.name_any(),
+            &PatchParams::apply(manager).force(),
+            &Patch::Apply(patch),
+        )
+        .await;
+    metrics.api_write(POLICY_STATUS, "apply", written.is_ok());
+    written?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,15 +25,13 @@ use k8s_openapi::{
     jiff::Timestamp,
 };
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    Resource, ResourceExt,
     runtime::{
         controller::Action,
         events::{Event, EventType, Recorder, Reporter},
         reflector::{ObjectRef, Store},
     },
 };
-use serde_json::json;
 
 use crate::{
     Error, Result,
@@ -346,16 +344,16 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
     let rules = ctx.config.status_writes.rules(ctx.config.interval);
     match due::status_due(&previous, &status, now.0, &rules) {
         Some(reason) => {
-            write_status(&ctx, &namespace, &policy, &status).await?;
+            write_status(&ctx, &policy, &status).await?;
             ctx.metrics
-                .write_decision(POLICY_STATUS, true, reason.metric_label());
+                .write_decision(driver::POLICY_STATUS, true, reason.metric_label());
             // A condition that changes is always written, so each
             // transition is seen (and announced) once.
             publish_transitions(&ctx, &policy, &previous.conditions, &decided).await;
         }
         None => ctx
             .metrics
-            .write_decision(POLICY_STATUS, false, "unchanged"),
+            .write_decision(driver::POLICY_STATUS, false, "unchanged"),
     }
     let measured = Instant::now();
     ctx.metrics.policies.record(
@@ -369,33 +367,20 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
     Ok(requeue)
 }
 
-/// The resource a policy's status write is counted under.
-const POLICY_STATUS: &str = "powercappingpolicies/status";
-
 /// Server-side applies `status` as the monitor's field manager.
 async fn write_status(
     ctx: &Context,
-    namespace: &str,
     policy: &PowerCappingPolicy,
     status: &PowerCappingPolicyStatus,
 ) -> Result<()> {
-    let api = Api::<PowerCappingPolicy>::namespaced(ctx.client.clone(), namespace);
-    let patch = json!({
-        "apiVersion": PowerCappingPolicy::api_version(&()),
-        "kind": PowerCappingPolicy::kind(&()),
-        "status": status,
-    });
-    let written = api
-        .patch_status(
-            &policy.name_any(),
-            &PatchParams::apply(MANAGER_CONTROLLER).force(),
-            &Patch::Apply(patch),
-        )
-        .await;
-    ctx.metrics
-        .api_write(POLICY_STATUS, "apply", written.is_ok());
-    written?;
-    Ok(())
+    driver::apply_policy_status(
+        &ctx.client,
+        &ctx.metrics,
+        policy,
+        MANAGER_CONTROLLER,
+        status,
+    )
+    .await
 }
 
 /// The per-policy series' figures from the status just measured for
