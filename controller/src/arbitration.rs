@@ -265,6 +265,210 @@ fn water_fill(floor: &[f64], ceiling: &[f64], extra: f64) -> Vec<f64> {
         .collect()
 }
 
+/// One budget of a tree, as [`allocate_tree`] reads it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TreeBudget {
+    /// Index of the budget it draws from; `None` for the root. A parent
+    /// index out of range or on a cycle counts as none.
+    pub parent: Option<usize>,
+    /// What the claims in its subtree (its own and its descendants') may
+    /// take together, in watts: its `spec.watts` less the reserved and
+    /// unmanaged power of its subtree.
+    pub room_watts: f64,
+}
+
+/// The shares decided by [`allocate_tree`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct TreeArbitration {
+    /// One share per claim, in watts, in the order of the claims.
+    pub watts: Vec<f64>,
+    /// Per budget: the guarantees in its subtree alone exceed the watts it
+    /// may give them (its own room, or an ancestor's when that is smaller).
+    pub overcommitted: Vec<bool>,
+}
+
+/// Divides a tree of budgets among `claims`, where `owners[i]` is the
+/// index in `budgets` of the budget claim `i` belongs to (one out of range
+/// gets nothing).
+///
+/// A tree is arbitrated as one, so priorities hold across it, and no
+/// budget's subtree takes more than its `room_watts`:
+///
+/// 1. The claims of the whole tree are arbitrated flat, by [`allocate`],
+///    within the root's room.
+/// 2. A budget whose subtree's claims then take more than its own room
+///    (the outermost such budgets, where they nest) is *bound*: its
+///    claims are arbitrated within its room alone, by these same rules
+///    (so a binding grandchild is bound inside it), and fixed there.
+/// 3. The fixed shares are taken out of the root's room and the other
+///    claims arbitrated again flat in what is left, which only gives them
+///    more; repeat from 2 until no budget is over its room.
+///
+/// Each round binds a budget not bound before, so it ends after at most
+/// as many rounds as there are budgets. A tree of one budget gives exactly
+/// what [`allocate`] gives; so does a tree whose children never bind.
+pub fn allocate_tree(
+    budgets: &[TreeBudget],
+    owners: &[usize],
+    claims: &[Claim],
+) -> TreeArbitration {
+    let parents = sane_parents(budgets);
+    let mut watts = vec![0.0; claims.len()];
+    let mut overcommitted = vec![false; budgets.len()];
+    for root in (0..budgets.len()).filter(|&b| parents[b].is_none()) {
+        let tree = Tree {
+            parents: &parents,
+            budgets,
+            owners,
+            claims,
+        };
+        let members: Vec<usize> = (0..claims.len())
+            .filter(|&i| tree.within(tree.owner(i), root))
+            .collect();
+        for (i, share) in tree.fill(root, watts_of(budgets[root].room_watts), &members) {
+            watts[i] = share;
+        }
+        tree.mark_overcommitted(root, f64::MAX, &mut overcommitted);
+    }
+    TreeArbitration {
+        watts,
+        overcommitted,
+    }
+}
+
+/// Each budget's parent, with those out of range or on a cycle dropped.
+fn sane_parents(budgets: &[TreeBudget]) -> Vec<Option<usize>> {
+    let mut parents: Vec<Option<usize>> = budgets
+        .iter()
+        .map(|b| b.parent.filter(|&p| p < budgets.len()))
+        .collect();
+    for b in 0..budgets.len() {
+        // A chain longer than the number of budgets repeats one.
+        let mut at = parents[b];
+        let mut steps = 0;
+        while let Some(p) = at {
+            steps += 1;
+            if p == b || steps > budgets.len() {
+                parents[b] = None;
+                break;
+            }
+            at = parents[p];
+        }
+    }
+    parents
+}
+
+/// A room as [`allocate`] reads its available watts: NaN and negative
+/// values count as zero.
+fn watts_of(room: f64) -> f64 {
+    if room.is_nan() { 0.0 } else { room.max(0.0) }
+}
+
+/// What [`allocate_tree`] works on, its parents made acyclic.
+struct Tree<'a> {
+    parents: &'a [Option<usize>],
+    budgets: &'a [TreeBudget],
+    owners: &'a [usize],
+    claims: &'a [Claim],
+}
+
+impl Tree<'_> {
+    /// The budget claim `i` belongs to; one out of range lies in no tree.
+    fn owner(&self, i: usize) -> usize {
+        self.owners.get(i).copied().unwrap_or(usize::MAX)
+    }
+
+    /// Budget `b` is `top` or lies below it.
+    fn within(&self, b: usize, top: usize) -> bool {
+        let mut at = Some(b);
+        while let Some(x) = at {
+            if x == top {
+                return true;
+            }
+            at = self.parents.get(x).copied().flatten();
+        }
+        false
+    }
+
+    /// Shares of the claims `members` (all in `top`'s subtree) within
+    /// `room`, binding the budgets below `top` that would exceed theirs.
+    fn fill(&self, top: usize, room: f64, members: &[usize]) -> Vec<(usize, f64)> {
+        let below: Vec<usize> = (0..self.budgets.len())
+            .filter(|&b| b != top && self.within(b, top))
+            .collect();
+        // Bound budgets and their members' fixed shares.
+        let mut bound: Vec<(usize, Vec<(usize, f64)>)> = Vec::new();
+        loop {
+            let is_bound = |i: usize| bound.iter().any(|(b, _)| self.within(self.owner(i), *b));
+            let free: Vec<usize> = members.iter().copied().filter(|&i| !is_bound(i)).collect();
+            let fixed: f64 = bound.iter().flat_map(|(_, s)| s).map(|(_, w)| w).sum();
+            let flat: Vec<Claim> = free.iter().map(|&i| self.claims[i]).collect();
+            let mut shares: Vec<(usize, f64)> = free
+                .iter()
+                .copied()
+                .zip(allocate((room - fixed).max(0.0), &flat).watts)
+                .collect();
+            shares.extend(bound.iter().flat_map(|(_, s)| s.iter().copied()));
+            let taken = |b: usize| -> f64 {
+                shares
+                    .iter()
+                    .filter(|(i, _)| self.within(self.owner(*i), b))
+                    .map(|(_, w)| w)
+                    .sum()
+            };
+            let over: Vec<usize> = below
+                .iter()
+                .copied()
+                .filter(|&b| exceeds(taken(b), watts_of(self.budgets[b].room_watts)))
+                .collect();
+            // The outermost: none of their ancestors below `top` is over.
+            let outermost: Vec<usize> = over
+                .iter()
+                .copied()
+                .filter(|&b| !over.iter().any(|&a| a != b && self.within(b, a)))
+                .collect();
+            if outermost.is_empty() {
+                return shares;
+            }
+            for b in outermost {
+                // Binding `b` replaces whatever was bound inside it.
+                bound.retain(|(inner, _)| !self.within(*inner, b));
+                let inside: Vec<usize> = members
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.within(self.owner(i), b))
+                    .collect();
+                bound.push((
+                    b,
+                    self.fill(b, watts_of(self.budgets[b].room_watts), &inside),
+                ));
+            }
+        }
+    }
+
+    /// Marks the budgets in `b`'s subtree whose guarantees exceed the
+    /// smaller of their room and `limit` (what their ancestors allow).
+    fn mark_overcommitted(&self, b: usize, limit: f64, marks: &mut [bool]) {
+        let limit = limit.min(watts_of(self.budgets[b].room_watts));
+        let guaranteed: f64 = (0..self.claims.len())
+            .filter(|&i| self.within(self.owner(i), b))
+            .map(|i| {
+                let c = &self.claims[i];
+                watts(c.min_watts).min(watts(c.cap_watts))
+            })
+            .sum();
+        marks[b] = guaranteed > limit;
+        for child in (0..self.budgets.len()).filter(|&c| self.parents[c] == Some(b)) {
+            self.mark_overcommitted(child, limit, marks);
+        }
+    }
+}
+
+/// `taken` is above `room` by more than the rounding of a sum of shares.
+fn exceeds(taken: f64, room: f64) -> bool {
+    taken > room + room.abs() * 1e-12 + 1e-9
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -655,6 +859,292 @@ mod tests {
                 // above what it measures only by an earlier demand.
                 prop_assert!(demand >= measured && demand <= probed + 1e-9);
                 prop_assert!(demand == measured || previous.is_some_and(|p| (demand - p.min(probed)).abs() < 1e-9));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tree_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn claim(priority: i32, min: f64, cap: f64, demand: f64) -> Claim {
+        Claim {
+            priority,
+            min_watts: min,
+            cap_watts: cap,
+            demand_watts: demand,
+        }
+    }
+
+    fn budget(parent: Option<usize>, room: f64) -> TreeBudget {
+        TreeBudget {
+            parent,
+            room_watts: room,
+        }
+    }
+
+    fn close(a: &[f64], b: &[f64]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-6)
+    }
+
+    /// A row of 1000 W over two racks, each with a high- and a
+    /// low-priority claim of 500 W demand.
+    fn row(rack_a: f64, rack_b: f64) -> (Vec<TreeBudget>, Vec<usize>, Vec<Claim>) {
+        (
+            vec![
+                budget(None, 1000.0),
+                budget(Some(0), rack_a),
+                budget(Some(0), rack_b),
+            ],
+            vec![1, 1, 2, 2],
+            vec![
+                claim(10, 0.0, 500.0, 500.0),
+                claim(0, 0.0, 500.0, 500.0),
+                claim(5, 0.0, 500.0, 500.0),
+                claim(1, 0.0, 500.0, 500.0),
+            ],
+        )
+    }
+
+    #[test]
+    fn a_row_cut_reaches_the_lowest_priority_of_every_rack_first() {
+        let (budgets, owners, claims) = row(2000.0, 2000.0);
+        // 1000 W: the two high tiers of both racks are met, nothing left.
+        let result = allocate_tree(&budgets, &owners, &claims);
+        assert!(
+            close(&result.watts, &[500.0, 0.0, 500.0, 0.0]),
+            "{result:?}"
+        );
+        let mut larger = budgets.clone();
+        larger[0].room_watts = 1300.0;
+        // 300 W more go to rack B's priority 1 before rack A's priority 0.
+        let result = allocate_tree(&larger, &owners, &claims);
+        assert!(
+            close(&result.watts, &[500.0, 0.0, 500.0, 300.0]),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn a_binding_rack_is_arbitrated_within_its_watts_and_the_rest_goes_elsewhere() {
+        // Rack A may take 300 W: its high-priority claim gets them, and
+        // the 700 W left serve rack B, its low priority included.
+        let (budgets, owners, claims) = row(300.0, 2000.0);
+        let result = allocate_tree(&budgets, &owners, &claims);
+        assert!(
+            close(&result.watts, &[300.0, 0.0, 500.0, 200.0]),
+            "{result:?}"
+        );
+        assert_eq!(result.overcommitted, [false, false, false]);
+    }
+
+    #[test]
+    fn a_child_larger_than_its_parent_gets_only_what_the_parent_has() {
+        let budgets = [budget(None, 400.0), budget(Some(0), 5000.0)];
+        let result = allocate_tree(
+            &budgets,
+            &[1, 1],
+            &[claim(1, 0.0, 1000.0, 1000.0), claim(0, 0.0, 1000.0, 1000.0)],
+        );
+        assert!(close(&result.watts, &[400.0, 0.0]), "{result:?}");
+    }
+
+    #[test]
+    fn a_binding_grandchild_inside_a_free_child_is_bound_too() {
+        // Row 1000, rack 900, shelf 100: the shelf's claim is cut to 100
+        // although the rack and row have room for it.
+        let budgets = [
+            budget(None, 1000.0),
+            budget(Some(0), 900.0),
+            budget(Some(1), 100.0),
+        ];
+        let result = allocate_tree(
+            &budgets,
+            &[2, 1, 0],
+            &[
+                claim(9, 0.0, 500.0, 500.0),
+                claim(5, 0.0, 500.0, 500.0),
+                claim(0, 0.0, 500.0, 500.0),
+            ],
+        );
+        assert!(close(&result.watts, &[100.0, 500.0, 400.0]), "{result:?}");
+    }
+
+    #[test]
+    fn overcommitted_is_told_per_budget() {
+        let budgets = [budget(None, 1000.0), budget(Some(0), 200.0)];
+        let result = allocate_tree(
+            &budgets,
+            &[1, 0],
+            &[claim(0, 300.0, 500.0, 500.0), claim(0, 100.0, 500.0, 500.0)],
+        );
+        assert_eq!(result.overcommitted, [false, true]);
+        assert!(close(&result.watts, &[200.0, 500.0]), "{result:?}");
+    }
+
+    #[test]
+    fn bad_parents_and_owners_never_panic_or_loop() {
+        // A cycle and an out-of-range parent count as roots; an owner out
+        // of range gets nothing.
+        let budgets = [
+            budget(Some(1), 100.0),
+            budget(Some(0), 100.0),
+            budget(Some(7), f64::NAN),
+        ];
+        let result = allocate_tree(
+            &budgets,
+            &[0, 1, 2, 9],
+            &[
+                claim(0, 0.0, 500.0, 500.0),
+                claim(0, 0.0, 500.0, 500.0),
+                claim(0, 0.0, 500.0, 500.0),
+                claim(0, 0.0, 500.0, 500.0),
+            ],
+        );
+        assert!(
+            result.watts.iter().all(|w| w.is_finite() && *w >= 0.0),
+            "{result:?}"
+        );
+        assert_eq!(result.watts[2], 0.0);
+        assert_eq!(result.watts[3], 0.0);
+        assert_eq!(allocate_tree(&[], &[], &[]).watts, Vec::<f64>::new());
+    }
+
+    const SLACK: f64 = 1e-6;
+
+    /// Up to five budgets, each drawing from one before it.
+    fn trees() -> impl Strategy<Value = Vec<TreeBudget>> {
+        prop::collection::vec((any::<prop::sample::Index>(), 0.0..4000.0f64), 1..6).prop_map(
+            |budgets| {
+                budgets
+                    .into_iter()
+                    .enumerate()
+                    .map(|(b, (parent, room))| budget((b > 0).then(|| parent.index(b)), room))
+                    .collect()
+            },
+        )
+    }
+
+    fn owned_claims() -> impl Strategy<Value = Vec<(prop::sample::Index, Claim)>> {
+        let one = (
+            any::<prop::sample::Index>(),
+            0i32..4,
+            prop_oneof![Just(0.0), 0.0..800.0f64],
+            1.0..1000.0f64,
+            0.0..1200.0f64,
+        )
+            .prop_map(|(owner, priority, min, cap, demand)| {
+                (owner, claim(priority, min, cap, demand))
+            });
+        prop::collection::vec(one, 0..12)
+    }
+
+    fn split(
+        budgets: &[TreeBudget],
+        owned: &[(prop::sample::Index, Claim)],
+    ) -> (Vec<usize>, Vec<Claim>) {
+        owned
+            .iter()
+            .map(|(owner, c)| (owner.index(budgets.len()), *c))
+            .unzip()
+    }
+
+    fn within(budgets: &[TreeBudget], b: usize, top: usize) -> bool {
+        let mut at = Some(b);
+        while let Some(x) = at {
+            if x == top {
+                return true;
+            }
+            at = budgets[x].parent;
+        }
+        false
+    }
+
+    fn guarantee(c: &Claim) -> f64 {
+        c.min_watts.min(c.cap_watts)
+    }
+
+    fn target(c: &Claim) -> f64 {
+        c.demand_watts.min(c.cap_watts).max(guarantee(c))
+    }
+
+    proptest! {
+        #[test]
+        fn every_budget_of_the_tree_conserves_its_watts(
+            budgets in trees(),
+            owned in owned_claims(),
+        ) {
+            let (owners, claims) = split(&budgets, &owned);
+            let result = allocate_tree(&budgets, &owners, &claims);
+            prop_assert_eq!(result.watts.len(), claims.len());
+            for (w, c) in result.watts.iter().zip(&claims) {
+                prop_assert!(w.is_finite() && *w >= 0.0 && *w <= c.cap_watts, "{:?}", result);
+            }
+            for (b, tb) in budgets.iter().enumerate() {
+                let taken: f64 = owners
+                    .iter()
+                    .zip(&result.watts)
+                    .filter(|(o, _)| within(&budgets, **o, b))
+                    .map(|(_, w)| w)
+                    .sum();
+                prop_assert!(taken <= tb.room_watts + SLACK, "budget {} takes {}: {:?}", b, taken, result);
+            }
+        }
+
+        #[test]
+        fn a_single_budget_is_allocate(available in -100.0..8000.0f64, owned in owned_claims()) {
+            let budgets = [budget(None, available)];
+            let (owners, claims) = split(&budgets, &owned);
+            let tree = allocate_tree(&budgets, &owners, &claims);
+            let flat = allocate(available, &claims);
+            prop_assert_eq!(&tree.watts, &flat.watts);
+            prop_assert_eq!(tree.overcommitted, vec![flat.overcommitted]);
+        }
+
+        /// With no child's watts binding, the tree is one flat budget:
+        /// priorities hold across the children, a claim short of its
+        /// demand only when every lower priority in the whole tree is at
+        /// its guarantee.
+        #[test]
+        fn priorities_hold_across_children_that_do_not_bind(
+            budgets in trees(),
+            owned in owned_claims(),
+        ) {
+            let mut budgets = budgets;
+            let root = budgets[0].room_watts;
+            for b in budgets.iter_mut().skip(1) {
+                b.room_watts += root;
+            }
+            let (owners, claims) = split(&budgets, &owned);
+            let result = allocate_tree(&budgets, &owners, &claims);
+            prop_assert_eq!(&result.watts, &allocate(root, &claims).watts);
+            for (i, ci) in claims.iter().enumerate() {
+                if result.watts[i] >= target(ci) - SLACK {
+                    continue;
+                }
+                for (j, cj) in claims.iter().enumerate() {
+                    if cj.priority < ci.priority {
+                        prop_assert!(result.watts[j] <= guarantee(cj) + SLACK, "{:?}", result);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn more_watts_at_the_root_never_give_anyone_less(
+            budgets in trees(),
+            more in 0.0..4000.0f64,
+            owned in owned_claims(),
+        ) {
+            let (owners, claims) = split(&budgets, &owned);
+            let less = allocate_tree(&budgets, &owners, &claims);
+            let mut richer = budgets.clone();
+            richer[0].room_watts += more;
+            let plenty = allocate_tree(&richer, &owners, &claims);
+            for (a, b) in less.watts.iter().zip(&plenty.watts) {
+                prop_assert!(*b >= a - SLACK, "{:?} then {:?}", less, plenty);
             }
         }
     }
