@@ -110,6 +110,10 @@ pub const MAX_PRIORITY: i32 = 1_000_000_000;
 /// entry this keeps the object far below the API server's size limit.
 pub const MAX_BUDGET_ALLOCATIONS: usize = 1000;
 
+/// Most child budgets one PowerBudget's status lists: a row of racks or a
+/// room of rows, with room to spare, at about 300 bytes per entry.
+pub const MAX_BUDGET_CHILDREN: usize = 1000;
+
 /// Longest namespace name (a DNS label).
 pub const MAX_NAMESPACE_LENGTH: usize = 63;
 

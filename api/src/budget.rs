@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use crate::{
     MAX_POWER_WATTS,
     bounds::{
-        self, MAX_BUDGET_ALLOCATIONS, MAX_MEASURED_WATTS, MAX_NAME_LENGTH, MAX_NAMESPACE_LENGTH,
-        MAX_PRIORITY, MIN_PRIORITY,
+        self, MAX_BUDGET_ALLOCATIONS, MAX_BUDGET_CHILDREN, MAX_MEASURED_WATTS, MAX_NAME_LENGTH,
+        MAX_NAMESPACE_LENGTH, MAX_PRIORITY, MIN_PRIORITY,
     },
 };
 
@@ -37,6 +37,7 @@ use crate::{
     printcolumn = r#"{"name":"Headroom","type":"number","description":"Watts of the budget not allocated","jsonPath":".status.headroomWatts"}"#,
     printcolumn = r#"{"name":"WithinBudget","type":"string","description":"Measured power is within the budget","jsonPath":".status.conditions[?(@.type==\"WithinBudget\")].status"}"#,
     printcolumn = r#"{"name":"Parent","type":"string","priority":1,"jsonPath":".spec.parent"}"#,
+    printcolumn = r#"{"name":"Granted","type":"number","priority":1,"description":"Watts its parent grants it","jsonPath":".status.grantedWatts"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -51,7 +52,10 @@ pub struct PowerBudgetSpec {
 
     /// Name of a larger budget this one draws from. Its nodes must be
     /// inside the parent's; a cycle or an unknown parent makes the budget
-    /// invalid (condition `Valid`).
+    /// invalid (condition `Valid`). The budget then has the smaller of its
+    /// `watts` and what the parent grants it, and the parent's tree is
+    /// arbitrated as one: a cut of the parent reaches the policies of
+    /// every child, lowest priority first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = MAX_NAME_LENGTH))]
     pub parent: Option<String>,
@@ -79,8 +83,16 @@ pub struct PowerBudgetStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Measured power of every GPU on the covered nodes, plus
-    /// `reservedWatts`, in watts.
+    /// The watts its parent grants it: the smaller of `spec.watts` and
+    /// what its subtree is allocated plus what the parent leaves
+    /// unallocated. Absent on a budget without a parent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = MAX_MEASURED_WATTS))]
+    pub granted_watts: Option<f64>,
+
+    /// Measured power of every GPU on the covered nodes (its children's
+    /// included), plus the `reservedWatts` of it and its children, in
+    /// watts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = MAX_MEASURED_WATTS))]
     pub measured_watts: Option<f64>,
@@ -90,8 +102,9 @@ pub struct PowerBudgetStatus {
     #[schemars(range(min = 0.0, max = MAX_MEASURED_WATTS))]
     pub unmanaged_watts: Option<f64>,
 
-    /// Watts the policies share: the budget less reserved and unmanaged
-    /// power.
+    /// Watts its own policies share: the budget (or the watts granted to
+    /// it, when fewer) less its reserved and unmanaged power and what its
+    /// children take.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = MAX_MEASURED_WATTS))]
     pub available_watts: Option<f64>,
@@ -105,6 +118,11 @@ pub struct PowerBudgetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = MAX_BUDGET_ALLOCATIONS))]
     pub allocations: Vec<BudgetAllocation>,
+
+    /// Each child budget's share of this one, by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_BUDGET_CHILDREN))]
+    pub children: Vec<BudgetChild>,
 
     /// WithinBudget, Overcommitted, MetricsAvailable, Valid.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -135,4 +153,24 @@ pub struct BudgetAllocation {
     /// The watts allocated to the policy.
     #[schemars(range(min = 0, max = MAX_POWER_WATTS))]
     pub allocated_watts: i64,
+}
+
+/// One child budget's share of its parent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BudgetChild {
+    /// The child budget's name.
+    #[schemars(length(min = 1, max = MAX_NAME_LENGTH))]
+    pub name: String,
+    /// The child's `spec.watts`.
+    #[schemars(range(min = 0, max = MAX_POWER_WATTS))]
+    pub watts: i64,
+    /// What its subtree asks for, in watts: its policies' estimated demand
+    /// plus its reserved and unmanaged power.
+    #[schemars(range(min = 0.0, max = MAX_MEASURED_WATTS))]
+    pub demand_watts: f64,
+    /// What its subtree takes of this budget, in watts: its policies'
+    /// allocations plus its reserved and unmanaged power.
+    #[schemars(range(min = 0.0, max = MAX_MEASURED_WATTS))]
+    pub allocated_watts: f64,
 }

@@ -17,7 +17,7 @@ pub mod policy;
 pub mod power;
 pub mod workload;
 
-pub use budget::{BudgetAllocation, PowerBudget, PowerBudgetSpec, PowerBudgetStatus};
+pub use budget::{BudgetAllocation, BudgetChild, PowerBudget, PowerBudgetSpec, PowerBudgetStatus};
 pub use nodefrequencies::{
     CpuFrequency, CpuFrequencyStatus, DeviceState, GpuFrequency, GpuFrequencyStatus, GpuInventory,
     NodeFrequencies, NodeFrequenciesSpec, NodeFrequenciesStatus, NodeFrequenciesSummary,

@@ -1,9 +1,11 @@
 //! The budget controller: runs in the power usage monitor's process, under
-//! its leadership. One reconcile per PowerBudget, each period and at once
-//! when a budget, a policy's spec or a node's labels change: the nodes its
-//! selector covers, the policies it arbitrates, the power of the covered
-//! GPUs no policy measures (one Prometheus query), then
-//! [`budget_status::decide`]. It writes each policy's `status.allocatedWatts`
+//! its leadership. Each period, and at once when a budget, a policy's spec
+//! or a node's labels change, a budget's reconcile arbitrates the whole
+//! tree of budgets it lies in (`spec.parent`), once per tree: for each
+//! budget of it the nodes its selector covers, the policies it
+//! arbitrates, the power of the GPUs on its own nodes no policy measures
+//! (one Prometheus query), then [`budget_status::decide_tree`] for the
+//! tree. It writes each policy's `status.allocatedWatts`
 //! and the budget's status, both by server-side apply under its own field
 //! manager, so the monitor's status writes never touch them. The monitor
 //! and the recommender act on the effective cap ([`crate::cap`]).
@@ -99,22 +101,26 @@ struct Context {
     last: Mutex<HashMap<String, Arbitrated>>,
 }
 
-/// A budget's generation, the count of changes, and when it was arbitrated.
-type Arbitrated = (Option<i64>, u64, Instant);
+/// The generations of a tree's budgets, the count of changes, and when
+/// the tree was arbitrated.
+type Arbitrated = (Vec<(String, Option<i64>)>, u64, Instant);
 
 impl Context {
-    /// How long to wait before arbitrating `budget` again, or `None` to do
-    /// it now. A budget's own status write wakes its reconcile too; without
-    /// this, the allocations would be decided again within a second, on
-    /// power measured before the last raise could take effect, and undone.
-    /// Its spec, a policy's spec or a node's labels changing still act at
-    /// once.
-    fn pace(&self, budget: &PowerBudget) -> Option<Duration> {
+    /// How long to wait before arbitrating the tree of budgets rooted at
+    /// `root` again, or `None` to do it now. A budget's own status write
+    /// wakes its reconcile too; without this, the allocations would be
+    /// decided again within a second, on power measured before the last
+    /// raise could take effect, and undone. A spec of any budget in the
+    /// tree, a policy's spec or a node's labels changing still act at once.
+    fn pace(&self, root: &str, tree: &[Arc<PowerBudget>]) -> Option<Duration> {
         let changes = self.changes.load(Ordering::Relaxed);
-        let generation = budget.metadata.generation;
+        let generation: Vec<(String, Option<i64>)> = tree
+            .iter()
+            .map(|b| (b.name_any(), b.metadata.generation))
+            .collect();
         let now = Instant::now();
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((g, c, at)) = last.get(&budget.name_any())
+        if let Some((g, c, at)) = last.get(root)
             && *g == generation
             && *c == changes
         {
@@ -123,7 +129,7 @@ impl Context {
                 return Some(due - now);
             }
         }
-        last.insert(budget.name_any(), (generation, changes, now));
+        last.insert(root.to_string(), (generation, changes, now));
         None
     }
 }
@@ -229,30 +235,28 @@ fn error_policy(budget: Arc<PowerBudget>, error: &Error, ctx: Arc<Context>) -> A
     Action::requeue(Duration::from_secs(5).min(ctx.config.interval))
 }
 
-/// Where every budget is: its parent and the nodes its selector covers; a
-/// budget whose selector cannot be read covers nothing.
+/// Where every budget is: its parent and the nodes its selector covers.
+/// A budget whose selector cannot be read is left out: it is invalid, so
+/// no tree may arbitrate it, and a budget under it has an unknown parent.
 fn shapes(ctx: &Context) -> BTreeMap<String, Shape> {
     let nodes = ctx.nodes.state();
     ctx.budgets
         .state()
         .iter()
-        .map(|budget| {
-            let covered = Selector::try_from(budget.spec.node_selector.clone())
-                .map(|selector| {
-                    nodes
-                        .iter()
-                        .filter(|n| selector.matches(n.labels()))
-                        .map(|n| n.name_any())
-                        .collect()
-                })
-                .unwrap_or_default();
-            (
+        .filter_map(|budget| {
+            let selector = Selector::try_from(budget.spec.node_selector.clone()).ok()?;
+            let covered = nodes
+                .iter()
+                .filter(|n| selector.matches(n.labels()))
+                .map(|n| n.name_any())
+                .collect();
+            Some((
                 budget.name_any(),
                 Shape {
                     parent: budget.spec.parent.clone(),
                     nodes: covered,
                 },
-            )
+            ))
         })
         .collect()
 }
@@ -290,13 +294,8 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
     if !(driver::synced(&ctx.policies).await && driver::synced(&ctx.nodes).await) {
         return Ok(requeue);
     }
-    if let Some(wait) = ctx.pace(&budget) {
-        return Ok(Action::requeue(wait));
-    }
-    let _timer = ctx.metrics.reconcile_timer();
     let name = budget.name_any();
     let shapes = shapes(&ctx);
-    let now = Time(Timestamp::now());
     let selector_error = Selector::try_from(budget.spec.node_selector.clone()).err();
     let invalid = match selector_error {
         Some(e) => Some(budget_status::Invalid {
@@ -305,37 +304,117 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
         }),
         None => budget_status::validity(&name, &shapes).err(),
     };
-    if let Some(invalid) = invalid {
-        let decided = budget_status::invalid_conditions(&invalid);
-        let status = PowerBudgetStatus::default();
-        write_budget_status(&ctx, &budget, status, &decided, &now).await?;
-        ctx.metrics.budgets.record(
-            &name,
-            &BudgetReading {
-                watts: budget.spec.watts as f64,
-                measured_watts: None,
-                allocations: vec![],
-                overcommitted: false,
-            },
-        );
-        ctx.metrics.reconciled();
+    let Some(invalid) = invalid else {
+        // One decision per tree and period: whichever budget of a tree is
+        // reconciled arbitrates the whole tree, paced under its root's
+        // name, so the budgets of a tree never act on two decisions at
+        // once and a child's own status write does not re-arbitrate it.
+        let valid = valid(&shapes);
+        let tree = tree_of(&ctx, &name, &valid);
+        let root = tree.first().map(|b| b.name_any()).unwrap_or(name);
+        if let Some(wait) = ctx.pace(&root, &tree) {
+            return Ok(Action::requeue(wait));
+        }
+        arbitrate(&ctx, &tree, &valid).await?;
         return Ok(requeue);
+    };
+    if let Some(wait) = ctx.pace(&name, std::slice::from_ref(&budget)) {
+        return Ok(Action::requeue(wait));
     }
-    let valid = valid(&shapes);
+    let _timer = ctx.metrics.reconcile_timer();
+    let decided = budget_status::invalid_conditions(&invalid);
+    let status = PowerBudgetStatus::default();
+    write_budget_status(&ctx, &budget, status, &decided, &Time(Timestamp::now())).await?;
+    ctx.metrics.budgets.record(
+        &name,
+        &BudgetReading {
+            watts: budget.spec.watts as f64,
+            measured_watts: None,
+            allocations: vec![],
+            overcommitted: false,
+        },
+    );
+    ctx.metrics.reconciled();
+    Ok(requeue)
+}
+
+/// The valid budgets of the tree `name` lies in, its root first, then the
+/// rest by name.
+fn tree_of(ctx: &Context, name: &str, valid: &BTreeMap<String, Shape>) -> Vec<Arc<PowerBudget>> {
+    let root_of = |name: &str| {
+        let mut at = name.to_string();
+        // Valid budgets form no cycle; the bound only guards the loop.
+        for _ in 0..valid.len() {
+            match valid.get(&at).and_then(|s| s.parent.clone()) {
+                Some(parent) => at = parent,
+                None => break,
+            }
+        }
+        at
+    };
+    let root = root_of(name);
+    let mut tree: Vec<Arc<PowerBudget>> = ctx
+        .budgets
+        .state()
+        .into_iter()
+        .filter(|b| valid.contains_key(&b.name_any()) && root_of(&b.name_any()) == root)
+        .collect();
+    tree.sort_by_key(|b| (b.name_any() != root, b.name_any()));
+    tree
+}
+
+/// One budget's part of its tree's arbitration: what it decides from and
+/// whom it writes to.
+struct Gathered {
+    inputs: Inputs,
+    member_policies: Vec<Arc<PowerCappingPolicy>>,
+    spanning: Vec<(Arc<PowerCappingPolicy>, Vec<String>)>,
+}
+
+/// Arbitrates a tree of valid budgets (root first) as one and writes every
+/// budget's status and its members' allocations.
+async fn arbitrate(
+    ctx: &Context,
+    tree: &[Arc<PowerBudget>],
+    valid: &BTreeMap<String, Shape>,
+) -> Result<()> {
+    let _timer = ctx.metrics.reconcile_timer();
+    let now = Time(Timestamp::now());
+    let mut gathered = Vec::with_capacity(tree.len());
+    for budget in tree {
+        gathered.push(gather(ctx, budget, valid).await);
+    }
+    let index: HashMap<String, usize> = tree
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (b.name_any(), i))
+        .collect();
+    for (g, budget) in gathered.iter_mut().zip(tree) {
+        g.inputs.parent = budget
+            .spec
+            .parent
+            .as_ref()
+            .and_then(|p| index.get(p).copied());
+    }
+    let inputs: Vec<Inputs> = gathered.iter().map(|g| g.inputs.clone()).collect();
+    let decisions = budget_status::decide_tree(&inputs);
+    for ((budget, g), decision) in tree.iter().zip(&gathered).zip(decisions) {
+        apply(ctx, budget, g, decision, &now).await?;
+    }
+    ctx.metrics.reconciled();
+    Ok(())
+}
+
+/// What `budget` arbitrates: its members, the policies spanning it and
+/// other budgets, and the power on its own nodes (outside its children)
+/// that no member holds.
+async fn gather(ctx: &Context, budget: &PowerBudget, valid: &BTreeMap<String, Shape>) -> Gathered {
+    let name = budget.name_any();
     let own = valid.get(&name).cloned().unwrap_or_default();
     let children: Vec<&Shape> = valid
         .values()
         .filter(|s| s.parent.as_deref() == Some(name.as_str()))
         .collect();
-    let children_watts: f64 = ctx
-        .budgets
-        .state()
-        .iter()
-        .filter(|b| {
-            b.spec.parent.as_deref() == Some(name.as_str()) && valid.contains_key(&b.name_any())
-        })
-        .map(|b| b.spec.watts as f64)
-        .sum();
     let own_nodes: BTreeSet<String> = own
         .nodes
         .iter()
@@ -347,9 +426,9 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
     let mut member_policies = Vec::new();
     let mut spanning = Vec::new();
     for policy in ctx.policies.state() {
-        match budget_status::coverage(&policy_nodes(&policy), &valid) {
+        match budget_status::coverage(&policy_nodes(&policy), valid) {
             Coverage::One(owner) if owner == name => {
-                members.push(member(&policy, &budget));
+                members.push(member(&policy, budget));
                 member_policies.push(policy);
             }
             Coverage::Spans(budgets) if budgets.contains(&name) => {
@@ -383,32 +462,54 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
             }
         }
     }
-    let unmanaged_watts = unmanaged_power(&ctx, &unmanaged_gpus).await;
-    let decision = budget_status::decide(&Inputs {
-        watts: budget.spec.watts as f64,
-        reserved_watts: budget.spec.reserved_watts as f64,
-        children_watts,
-        unmanaged_watts,
-        floor_watts,
-        probe_fraction: PROBE_FRACTION,
-        cap_unmanaged: budget.spec.cap_unmanaged,
-        members: members.clone(),
-    });
+    let unmanaged_watts = unmanaged_power(ctx, &unmanaged_gpus).await;
+    Gathered {
+        inputs: Inputs {
+            name,
+            parent: None,
+            watts: budget.spec.watts as f64,
+            reserved_watts: budget.spec.reserved_watts as f64,
+            unmanaged_watts,
+            floor_watts,
+            probe_fraction: PROBE_FRACTION,
+            cap_unmanaged: budget.spec.cap_unmanaged,
+            members,
+        },
+        member_policies,
+        spanning,
+    }
+}
 
+/// Writes one budget's decision: its members' allocations (with an event
+/// for a cut the workload feels), the spanning policies' conditions, its
+/// series and its status.
+async fn apply(
+    ctx: &Context,
+    budget: &PowerBudget,
+    gathered: &Gathered,
+    decision: budget_status::Decision,
+    now: &Time,
+) -> Result<()> {
+    let name = budget.name_any();
+    let Gathered {
+        inputs,
+        member_policies,
+        spanning,
+    } = gathered;
     for ((policy, member), allocation) in member_policies
         .iter()
-        .zip(&members)
+        .zip(&inputs.members)
         .zip(&decision.allocations)
     {
         if *allocation != member.allocated_watts {
-            write_allocation(&ctx, policy, *allocation).await?;
+            write_allocation(ctx, policy, *allocation).await?;
             // A cut the workload feels: below what it draws.
             if let (Some(before), Some(after)) = (member.allocated_watts, *allocation)
                 && after < before
                 && member.measured_watts.is_some_and(|w| w > after as f64)
             {
                 announce(
-                    &ctx,
+                    ctx,
                     policy.as_ref(),
                     EventType::Normal,
                     "BudgetCut",
@@ -418,11 +519,11 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
             }
         }
     }
-    for (policy, budgets) in &spanning {
-        tell_spanning(&ctx, policy, budgets).await;
+    for (policy, budgets) in spanning {
+        tell_spanning(ctx, policy, budgets).await;
     }
 
-    announce_unmanaged_over_share(&ctx, &budget, &decision.conditions).await;
+    announce_unmanaged_over_share(ctx, budget, &decision.conditions).await;
     let mut decided = decision.conditions.clone();
     if !spanning.is_empty()
         && let Some(valid) = decided.iter_mut().find(|d| d.type_ == conditions::VALID)
@@ -457,9 +558,7 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
             overcommitted: decision.overcommitted,
         },
     );
-    write_budget_status(&ctx, &budget, decision.status, &decided, &now).await?;
-    ctx.metrics.reconciled();
-    Ok(requeue)
+    write_budget_status(ctx, budget, decision.status, &decided, now).await
 }
 
 /// A policy as the arbitration sees it; its last demand is what the

@@ -4,18 +4,19 @@
 //! writes to the budget. [`crate::budget`] reads the cluster and writes
 //! the results; everything here is unit-tested without one.
 //!
-//! Budgets may nest (`spec.parent`): a valid child draws its whole
-//! `spec.watts` from its parent, which arbitrates what is left among the
-//! policies outside its children. A policy belongs to the deepest budget
-//! that covers its nodes; a policy whose nodes lie in budgets that are not
-//! nested in each other belongs to none, and no budget lowers its cap.
+//! Budgets may nest (`spec.parent`): a tree of valid budgets is decided
+//! as one ([`decide_tree`]), so a cut of the parent reaches the policies
+//! of every child lowest priority first, and no budget's subtree takes
+//! more than its watts. A policy belongs to the deepest budget that covers
+//! its nodes; a policy whose nodes lie in budgets that are not nested in
+//! each other belongs to none, and no budget lowers its cap.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use climatik_api::{BudgetAllocation, PowerBudgetStatus, names::conditions};
+use climatik_api::{BudgetAllocation, BudgetChild, PowerBudgetStatus, names::conditions};
 
 use crate::{
-    arbitration::{self, Claim},
+    arbitration::{self, Claim, TreeBudget},
     conditions::Decided,
 };
 
@@ -149,14 +150,18 @@ pub struct Member {
 /// What one period of a budget starts from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Inputs {
+    /// The budget's name, as its parent's `status.children` lists it.
+    pub name: String,
+    /// Index of the budget it draws from among those decided with it
+    /// ([`decide_tree`]); `None` for the root.
+    pub parent: Option<usize>,
     /// `spec.watts`.
     pub watts: f64,
     /// `spec.reservedWatts`.
     pub reserved_watts: f64,
-    /// The `spec.watts` of its valid children, drawn in full.
-    pub children_watts: f64,
-    /// Measured power of the covered GPUs none of its members holds;
-    /// `None` when Prometheus could not be asked.
+    /// Measured power of the GPUs on its own nodes (outside its children)
+    /// none of its members holds; `None` when Prometheus could not be
+    /// asked.
     pub unmanaged_watts: Option<f64>,
     /// The lowest power limits of the members' GPUs on its own nodes
     /// (outside its children), as the node agents report them.
@@ -181,155 +186,381 @@ pub struct Decision {
     pub overcommitted: bool,
 }
 
-/// Decides a valid budget's period: the watts to share, each member's
-/// allocation and the status.
+/// Decides one period of a tree of budgets (its root first or not, each
+/// `parent` an index into `budgets`), one [`Decision`] per budget in
+/// `budgets`' order.
+///
+/// The tree is arbitrated as one ([`arbitration::allocate_tree`]): each
+/// budget's policies, and its children's, may take together its
+/// `spec.watts` less the reserved and unmanaged power of its subtree, and
+/// priorities hold across the tree. A budget has the smaller of its
+/// `spec.watts` and what its parent grants it: what its subtree is
+/// allocated plus what the parent leaves unallocated.
+///
+/// A budget whose watts to share are below the lowest power limits of the
+/// members' GPUs in its subtree is not arbitrated, nor is anything below
+/// it (`Valid` False); its parent counts its whole `spec.watts` as taken.
+/// Without the unmanaged power of every budget the room is unknown, and
+/// every member holds the allocation it has.
 ///
 /// Allocations move so the sum of what the node agents may hold never
-/// exceeds the budget, whether they run on this period's targets or the
-/// last one's: cuts apply at once, raises only out of what the members'
-/// previous allocations and this period's cuts leave free. Watts a cut
-/// frees reach the others one period later. A member never allocated
-/// before counts at its own cap until it is.
-pub fn decide(inputs: &Inputs) -> Decision {
-    let members = &inputs.members;
-    let Some(unmanaged) = inputs.unmanaged_watts else {
-        // Without the unmanaged power the room to share is unknown: hold
-        // the allocations the members have.
-        let allocations: Vec<Option<i64>> = members.iter().map(|m| m.allocated_watts).collect();
-        let allocated: i64 = allocations.iter().flatten().sum();
-        return Decision {
-            status: PowerBudgetStatus {
-                allocations: allocation_list(members, &allocations, &[]),
-                headroom_watts: None,
-                ..Default::default()
-            },
-            conditions: vec![Decided::new(
-                conditions::METRICS_AVAILABLE,
-                false,
-                "PrometheusUnavailable",
-                format!(
-                    "the power of the covered GPUs no policy selects is unknown; {allocated} W of allocations held"
-                ),
-            )],
-            allocations,
-            overcommitted: false,
-        };
+/// exceeds any budget of the tree, whether they run on this period's
+/// targets or the last one's: cuts apply at once, raises only out of what
+/// the members' previous allocations and this period's cuts leave free in
+/// every budget above them. Watts a cut frees reach the others one period
+/// later. A member never allocated before counts at its own cap until it
+/// is.
+pub fn decide_tree(budgets: &[Inputs]) -> Vec<Decision> {
+    let unmanaged: Option<Vec<f64>> = budgets.iter().map(|b| b.unmanaged_watts).collect();
+    let Some(unmanaged) = unmanaged else {
+        return budgets.iter().map(hold).collect();
     };
-    let available =
-        (inputs.watts - inputs.reserved_watts - inputs.children_watts - unmanaged).max(0.0);
-    let measured_policies: f64 = members.iter().filter_map(|m| m.measured_watts).sum();
-    let measured = measured_policies + unmanaged + inputs.reserved_watts;
-    let mut decided = vec![Decided::new(
-        conditions::METRICS_AVAILABLE,
-        true,
-        "MetricsFound",
-        format!("{unmanaged:.0} W drawn by covered GPUs no policy selects"),
-    )];
-    let within = measured <= inputs.watts;
-    decided.push(Decided::new(
+    let shape = TreeShape::new(budgets);
+    let n = budgets.len();
+    let off: Vec<f64> = (0..n)
+        .map(|b| budgets[b].reserved_watts + unmanaged[b])
+        .collect();
+    // Bottom-up: what each subtree takes off its parent's top before any
+    // policy, its floor, and whether it can be arbitrated at all.
+    let mut off_below = off.clone();
+    let mut floor = vec![0.0; n];
+    let mut failed = vec![false; n];
+    for &b in shape.order.iter().rev() {
+        floor[b] += budgets[b].floor_watts;
+        failed[b] = budgets[b].watts - off_below[b] < floor[b];
+        if let Some(p) = shape.parents[b] {
+            off_below[p] += if failed[b] {
+                budgets[b].watts
+            } else {
+                off_below[b]
+            };
+            if !failed[b] {
+                floor[p] += floor[b];
+            }
+        }
+    }
+    let room: Vec<f64> = (0..n)
+        .map(|b| (budgets[b].watts - off_below[b]).max(0.0))
+        .collect();
+    // Top-down: below a budget that is not arbitrated, nothing is.
+    let mut skipped_by: Vec<Option<usize>> = vec![None; n];
+    for &b in &shape.order {
+        skipped_by[b] = match shape.parents[b] {
+            Some(p) if skipped_by[p].is_some() => skipped_by[p],
+            _ => failed[b].then_some(b),
+        };
+    }
+
+    let demands: Vec<Vec<f64>> = budgets.iter().map(demands).collect();
+    let mut owners = Vec::new();
+    let mut claims = Vec::new();
+    let mut claimed = Vec::new();
+    for (b, budget) in budgets.iter().enumerate() {
+        if skipped_by[b].is_some() {
+            continue;
+        }
+        for (m, member) in budget.members.iter().enumerate() {
+            owners.push(b);
+            claims.push(claim(member, demands[b][m]));
+            claimed.push((b, m));
+        }
+    }
+    let tree: Vec<TreeBudget> = (0..n)
+        .map(|b| TreeBudget {
+            parent: shape.parents[b],
+            room_watts: room[b],
+        })
+        .collect();
+    let arbitration = arbitration::allocate_tree(&tree, &owners, &claims);
+    let staged = stage(&shape, &room, budgets, &claimed, &arbitration.watts);
+    let mut allocations: Vec<Vec<Option<i64>>> = budgets
+        .iter()
+        .map(|b| vec![None; b.members.len()])
+        .collect();
+    for ((b, m), watts) in claimed.iter().zip(staged) {
+        allocations[*b][*m] = Some(watts);
+    }
+
+    // Bottom-up again: what each subtree asks for, takes and measures.
+    let own_allocated: Vec<f64> = allocations
+        .iter()
+        .map(|a| a.iter().flatten().sum::<i64>() as f64)
+        .collect();
+    let mut taken: Vec<f64> = (0..n).map(|b| off[b] + own_allocated[b]).collect();
+    let mut demanded: Vec<f64> = (0..n)
+        .map(|b| off[b] + demands[b].iter().sum::<f64>())
+        .collect();
+    let mut measured: Vec<f64> = (0..n)
+        .map(|b| {
+            let policies: f64 = budgets[b]
+                .members
+                .iter()
+                .filter_map(|m| m.measured_watts)
+                .sum();
+            policies + off[b]
+        })
+        .collect();
+    let mut children_taken = vec![0.0; n];
+    for &b in shape.order.iter().rev() {
+        if failed[b] {
+            taken[b] = budgets[b].watts;
+        }
+        if let Some(p) = shape.parents[b] {
+            taken[p] += taken[b];
+            children_taken[p] += taken[b];
+            demanded[p] += demanded[b];
+            measured[p] += measured[b];
+        }
+    }
+    // Top-down: what each parent grants each child.
+    let mut granted: Vec<Option<f64>> = vec![None; n];
+    let mut watts: Vec<f64> = budgets.iter().map(|b| b.watts).collect();
+    for &b in &shape.order {
+        if let Some(p) = shape.parents[b] {
+            let left = watts[p] - taken[p] + taken[b];
+            let grant = budgets[b].watts.min(left).max(0.0);
+            granted[b] = Some(grant);
+            watts[b] = grant;
+        }
+    }
+
+    (0..n)
+        .map(|b| {
+            let budget = &budgets[b];
+            let available = (watts[b] - off[b] - children_taken[b]).max(0.0);
+            let mut status = PowerBudgetStatus {
+                granted_watts: granted[b].map(round),
+                measured_watts: Some(round(measured[b])),
+                unmanaged_watts: Some(round(unmanaged[b])),
+                available_watts: Some(round(available)),
+                children: children_list(&shape, budgets, b, &demanded, &taken),
+                ..Default::default()
+            };
+            let mut decided = vec![
+                Decided::new(
+                    conditions::METRICS_AVAILABLE,
+                    true,
+                    "MetricsFound",
+                    format!(
+                        "{:.0} W drawn by covered GPUs no policy selects",
+                        unmanaged[b]
+                    ),
+                ),
+                within_budget(measured[b], watts[b]),
+            ];
+            if let Some(at) = skipped_by[b] {
+                let message = if at == b {
+                    format!(
+                        "{:.0} W to share is below the {:.0} W the covered GPUs' lowest power limits add up to; policies keep their own caps",
+                        room[b], floor[b]
+                    )
+                } else {
+                    format!(
+                        "budget {} above it is below its GPUs' lowest power limits; policies keep their own caps",
+                        budgets[at].name
+                    )
+                };
+                let reason = if at == b {
+                    "BelowMinimumPowerLimits"
+                } else {
+                    "InvalidAncestor"
+                };
+                decided.push(Decided::new(conditions::VALID, false, reason, &message));
+                decided.push(Decided::new(
+                    conditions::OVERCOMMITTED,
+                    false,
+                    "NotArbitrated",
+                    message,
+                ));
+                status.children.clear();
+                return Decision {
+                    status,
+                    conditions: decided,
+                    allocations: allocations[b].clone(),
+                    overcommitted: false,
+                };
+            }
+            decided.push(Decided::new(
+                conditions::VALID,
+                true,
+                "Arbitrated",
+                format!(
+                    "{} policies share {available:.0} W",
+                    budget.members.len()
+                ),
+            ));
+            let own_claims: Vec<Claim> = budget
+                .members
+                .iter()
+                .zip(&demands[b])
+                .map(|(m, d)| claim(m, *d))
+                .collect();
+            if budget.cap_unmanaged {
+                let room = watts[b] - budget.reserved_watts - children_taken[b];
+                decided.push(unmanaged_share(room, &own_claims, unmanaged[b]));
+            }
+            let overcommitted = arbitration.overcommitted.get(b).copied().unwrap_or(false);
+            decided.push(if overcommitted {
+                Decided::new(
+                    conditions::OVERCOMMITTED,
+                    true,
+                    "GuaranteesExceedBudget",
+                    format!(
+                        "the policies' minWatts add up to more than the {:.0} W to share",
+                        room[b]
+                    ),
+                )
+            } else {
+                Decided::new(
+                    conditions::OVERCOMMITTED,
+                    false,
+                    "GuaranteesMet",
+                    format!("every policy's minWatts fits in {:.0} W", room[b]),
+                )
+            });
+            status.headroom_watts = Some(round((available - own_allocated[b]).max(0.0)));
+            status.allocations = allocation_list(&budget.members, &allocations[b], &demands[b]);
+            Decision {
+                status,
+                conditions: decided,
+                allocations: allocations[b].clone(),
+                overcommitted,
+            }
+        })
+        .collect()
+}
+
+/// Without the unmanaged power the room to share is unknown: the members
+/// hold the allocations they have.
+fn hold(budget: &Inputs) -> Decision {
+    let members = &budget.members;
+    let allocations: Vec<Option<i64>> = members.iter().map(|m| m.allocated_watts).collect();
+    let allocated: i64 = allocations.iter().flatten().sum();
+    Decision {
+        status: PowerBudgetStatus {
+            allocations: allocation_list(members, &allocations, &[]),
+            headroom_watts: None,
+            ..Default::default()
+        },
+        conditions: vec![Decided::new(
+            conditions::METRICS_AVAILABLE,
+            false,
+            "PrometheusUnavailable",
+            format!(
+                "the power of the covered GPUs no policy selects (in this budget or another of its tree) is unknown; {allocated} W of allocations held"
+            ),
+        )],
+        allocations,
+        overcommitted: false,
+    }
+}
+
+fn within_budget(measured: f64, watts: f64) -> Decided {
+    let within = measured <= watts;
+    Decided::new(
         conditions::WITHIN_BUDGET,
         within,
         if within { "WithinBudget" } else { "OverBudget" },
-        format!(
-            "{measured:.0} W measured (policies, unmanaged GPUs, reserved) of {:.0} W",
-            inputs.watts
-        ),
-    ));
-    if available < inputs.floor_watts {
-        let message = format!(
-            "{available:.0} W to share is below the {:.0} W the covered GPUs' lowest power limits add up to; policies keep their own caps",
-            inputs.floor_watts
-        );
-        decided.push(Decided::new(
-            conditions::VALID,
-            false,
-            "BelowMinimumPowerLimits",
-            message.clone(),
-        ));
-        decided.push(Decided::new(
-            conditions::OVERCOMMITTED,
-            false,
-            "NotArbitrated",
-            message,
-        ));
-        return Decision {
-            status: PowerBudgetStatus {
-                measured_watts: Some(round(measured)),
-                unmanaged_watts: Some(round(unmanaged)),
-                available_watts: Some(round(available)),
-                ..Default::default()
-            },
-            conditions: decided,
-            allocations: vec![None; members.len()],
-            overcommitted: false,
-        };
-    }
-    decided.push(Decided::new(
-        conditions::VALID,
-        true,
-        "Arbitrated",
-        format!("{} policies share {available:.0} W", members.len()),
-    ));
-    let demands: Vec<f64> = members
+        format!("{measured:.0} W measured (policies, unmanaged GPUs, reserved) of {watts:.0} W"),
+    )
+}
+
+/// Each member's demand in allocation terms: the algorithms hold a capped
+/// policy near its capping threshold's share of its effective cap, so a
+/// policy drawing P needs P / share allocated to run unthrottled, and one
+/// held by its allocation measures about that share of it.
+fn demands(budget: &Inputs) -> Vec<f64> {
+    budget
+        .members
         .iter()
         .map(|m| {
-            // In allocation terms: the algorithms hold a capped policy near
-            // its capping threshold's share of its effective cap, so a
-            // policy drawing P needs P / share allocated to run unthrottled,
-            // and one held by its allocation measures about that share of it.
             arbitration::estimate_demand(
                 m.measured_watts.unwrap_or(0.0) / m.held_share.max(0.01),
                 m.allocated_watts.map(|w| w as f64),
                 m.previous_demand_watts,
-                inputs.probe_fraction,
+                budget.probe_fraction,
             )
         })
-        .collect();
-    let claims: Vec<Claim> = members
-        .iter()
-        .zip(&demands)
-        .map(|(m, demand)| Claim {
-            priority: m.priority,
-            min_watts: m.min_watts,
-            cap_watts: m.cap_watts,
-            demand_watts: *demand,
+        .collect()
+}
+
+fn claim(member: &Member, demand: f64) -> Claim {
+    Claim {
+        priority: member.priority,
+        min_watts: member.min_watts,
+        cap_watts: member.cap_watts,
+        demand_watts: demand,
+    }
+}
+
+/// The parents of the budgets decided together, and an order that lists
+/// every parent before its children. A parent out of range, or on a cycle,
+/// counts as none.
+struct TreeShape {
+    parents: Vec<Option<usize>>,
+    order: Vec<usize>,
+}
+
+impl TreeShape {
+    fn new(budgets: &[Inputs]) -> Self {
+        let n = budgets.len();
+        let mut parents: Vec<Option<usize>> = budgets
+            .iter()
+            .enumerate()
+            .map(|(b, i)| i.parent.filter(|&p| p < n && p != b))
+            .collect();
+        let mut order: Vec<usize> = (0..n).filter(|&b| parents[b].is_none()).collect();
+        let mut next = 0;
+        while order.len() < n {
+            if next == order.len() {
+                // The rest hang off a cycle: the first of them becomes a root.
+                if let Some(b) = (0..n).find(|b| !order.contains(b)) {
+                    parents[b] = None;
+                    order.push(b);
+                }
+                continue;
+            }
+            let at = order[next];
+            order.extend((0..n).filter(|&c| parents[c] == Some(at)));
+            next += 1;
+        }
+        Self { parents, order }
+    }
+
+    /// Budget `b` is `top` or lies below it.
+    fn within(&self, b: usize, top: usize) -> bool {
+        let mut at = Some(b);
+        while let Some(x) = at {
+            if x == top {
+                return true;
+            }
+            at = self.parents[x];
+        }
+        false
+    }
+}
+
+/// `status.children` of budget `b`: each child's `spec.watts`, what its
+/// subtree asks for and takes, by name, at most what the schema holds.
+fn children_list(
+    shape: &TreeShape,
+    budgets: &[Inputs],
+    b: usize,
+    demanded: &[f64],
+    taken: &[f64],
+) -> Vec<BudgetChild> {
+    let mut list: Vec<BudgetChild> = (0..budgets.len())
+        .filter(|&c| shape.parents[c] == Some(b))
+        .map(|c| BudgetChild {
+            name: budgets[c].name.clone(),
+            watts: budgets[c].watts.max(0.0).round() as i64,
+            demand_watts: round(demanded[c]),
+            allocated_watts: round(taken[c]),
         })
         .collect();
-    if inputs.cap_unmanaged {
-        let room = inputs.watts - inputs.reserved_watts - inputs.children_watts;
-        decided.push(unmanaged_share(room, &claims, unmanaged));
-    }
-    let arbitration = arbitration::allocate(available, &claims);
-    let allocations = stage(available, members, &arbitration.watts);
-    let allocated: i64 = allocations.iter().flatten().sum();
-    decided.push(if arbitration.overcommitted {
-        Decided::new(
-            conditions::OVERCOMMITTED,
-            true,
-            "GuaranteesExceedBudget",
-            format!("the policies' minWatts add up to more than the {available:.0} W to share"),
-        )
-    } else {
-        Decided::new(
-            conditions::OVERCOMMITTED,
-            false,
-            "GuaranteesMet",
-            format!("every policy's minWatts fits in {available:.0} W"),
-        )
-    });
-    Decision {
-        status: PowerBudgetStatus {
-            measured_watts: Some(round(measured)),
-            unmanaged_watts: Some(round(unmanaged)),
-            available_watts: Some(round(available)),
-            headroom_watts: Some(round((available - allocated as f64).max(0.0))),
-            allocations: allocation_list(members, &allocations, &demands),
-            ..Default::default()
-        },
-        conditions: decided,
-        allocations,
-        overcommitted: arbitration.overcommitted,
-    }
+    list.sort_by(|x, y| x.name.cmp(&y.name));
+    list.truncate(climatik_api::bounds::MAX_BUDGET_CHILDREN);
+    list
 }
 
 /// What `capUnmanaged` reports: `room` (the budget less reserved power and
@@ -366,35 +597,57 @@ pub fn unmanaged_share(room: f64, claims: &[Claim], unmanaged_watts: f64) -> Dec
     )
 }
 
-/// This period's allocations on the way to `target`: cuts at once, raises
-/// highest priority first out of what `available` has left beside what
-/// every member may still hold (the larger of its previous and new
+/// This period's allocations on the way to `target` (one per claimed
+/// `(budget, member)`): cuts at once, raises highest priority first out of
+/// what every budget above the member has left of its `room` beside what
+/// each of its members may still hold (the larger of its previous and new
 /// allocation; its own cap when it had none).
-fn stage(available: f64, members: &[Member], target: &[f64]) -> Vec<Option<i64>> {
+fn stage(
+    shape: &TreeShape,
+    room: &[f64],
+    budgets: &[Inputs],
+    claimed: &[(usize, usize)],
+    target: &[f64],
+) -> Vec<i64> {
+    let member = |k: usize| &budgets[claimed[k].0].members[claimed[k].1];
     let target: Vec<i64> = target.iter().map(|w| w.max(0.0).floor() as i64).collect();
-    let held: Vec<i64> = members
-        .iter()
-        .map(|m| {
+    let held: Vec<i64> = (0..claimed.len())
+        .map(|k| {
+            let m = member(k);
             m.allocated_watts
                 .unwrap_or_else(|| m.cap_watts.max(0.0).ceil() as i64)
         })
         .collect();
-    let mut free = available.floor() as i64 - held.iter().sum::<i64>();
+    let mut free: Vec<i64> = (0..budgets.len())
+        .map(|b| {
+            let below: i64 = (0..claimed.len())
+                .filter(|&k| shape.within(claimed[k].0, b))
+                .map(|k| held[k])
+                .sum();
+            room[b].floor() as i64 - below
+        })
+        .collect();
     let mut staged: Vec<i64> = target
         .iter()
         .zip(&held)
         .map(|(t, h)| (*t).min(*h))
         .collect();
-    let mut raising: Vec<usize> = (0..members.len())
-        .filter(|&i| target[i] > held[i])
+    let mut raising: Vec<usize> = (0..claimed.len())
+        .filter(|&k| target[k] > held[k])
         .collect();
-    raising.sort_by_key(|&i| std::cmp::Reverse(members[i].priority));
-    for i in raising {
-        let step = (target[i] - held[i]).min(free.max(0));
-        staged[i] = held[i] + step;
-        free -= step;
+    raising.sort_by_key(|&k| std::cmp::Reverse(member(k).priority));
+    for k in raising {
+        let above: Vec<usize> = (0..budgets.len())
+            .filter(|&b| shape.within(claimed[k].0, b))
+            .collect();
+        let left = above.iter().map(|&b| free[b]).min().unwrap_or(0).max(0);
+        let step = (target[k] - held[k]).min(left);
+        staged[k] = held[k] + step;
+        for b in above {
+            free[b] -= step;
+        }
     }
-    staged.into_iter().map(Some).collect()
+    staged
 }
 
 /// `status.allocations`, highest priority first, at most what the schema
@@ -517,15 +770,21 @@ mod tests {
 
     fn inputs(watts: f64, members: Vec<Member>) -> Inputs {
         Inputs {
+            name: "rack".into(),
+            parent: None,
             watts,
             reserved_watts: 0.0,
-            children_watts: 0.0,
             unmanaged_watts: Some(0.0),
             floor_watts: 0.0,
             probe_fraction: 0.1,
             cap_unmanaged: false,
             members,
         }
+    }
+
+    /// A budget on its own: a tree of one.
+    fn decide(inputs: &Inputs) -> Decision {
+        decide_tree(std::slice::from_ref(inputs)).remove(0)
     }
 
     #[test]
@@ -658,15 +917,114 @@ mod tests {
     }
 
     #[test]
-    fn unmanaged_reserved_and_children_come_off_the_top() {
+    fn unmanaged_and_reserved_come_off_the_top() {
         let mut i = inputs(1000.0, vec![member("serving", 10, 100.0, Some(100))]);
         i.unmanaged_watts = Some(150.0);
         i.reserved_watts = 50.0;
-        i.children_watts = 300.0;
         let decision = decide(&i);
-        assert_eq!(decision.status.available_watts, Some(500.0));
+        assert_eq!(decision.status.available_watts, Some(800.0));
         assert_eq!(decision.status.measured_watts, Some(300.0));
+        assert_eq!(decision.status.granted_watts, None);
         let total: i64 = decision.allocations.iter().flatten().sum();
-        assert!(total <= 500, "{decision:?}");
+        assert!(total <= 800, "{decision:?}");
+    }
+
+    /// A row of 1000 W (50 W reserved) over two racks of 600 W, each
+    /// with a high- and a low-priority policy that want 400 W, every
+    /// policy held where the last period left it.
+    fn row(held: [i64; 4]) -> Vec<Inputs> {
+        let mut row = inputs(1000.0, vec![]);
+        row.name = "row".into();
+        row.reserved_watts = 50.0;
+        let rack = |name: &str, high: i64, low: i64| {
+            let mut rack = inputs(
+                600.0,
+                vec![
+                    member(&format!("{name}-serving"), 10, 400.0, Some(high)),
+                    member(&format!("{name}-batch"), 0, 400.0, Some(low)),
+                ],
+            );
+            rack.name = name.into();
+            rack.parent = Some(0);
+            rack.unmanaged_watts = Some(20.0);
+            rack
+        };
+        vec![
+            row,
+            rack("a", held[0], held[1]),
+            rack("b", held[2], held[3]),
+        ]
+    }
+
+    fn allocated(decisions: &[Decision]) -> Vec<i64> {
+        decisions
+            .iter()
+            .flat_map(|d| d.allocations.iter().flatten().copied())
+            .collect()
+    }
+
+    #[test]
+    fn a_row_cut_reaches_the_batch_of_both_racks_before_any_serving() {
+        // 1000 W less 50 reserved and 2 x 20 unmanaged: 910 W for four
+        // policies wanting 440 W each (their probe): both serving get
+        // theirs, the batch of both racks share the 30 W left.
+        let decisions = decide_tree(&row([200, 200, 200, 200]));
+        let watts = allocated(&decisions);
+        assert_eq!(watts.len(), 4, "{decisions:?}");
+        assert!(watts[0] > watts[1] && watts[2] > watts[3], "{watts:?}");
+        assert!(watts.iter().sum::<i64>() <= 910, "{watts:?}");
+        // The next period, from what was staged: serving at its demand.
+        let next = row([watts[0], watts[1], watts[2], watts[3]]);
+        let decisions = decide_tree(&next);
+        let watts = allocated(&decisions);
+        assert_eq!((watts[0], watts[2]), (440, 440), "{decisions:?}");
+        assert!(watts[1] + watts[3] <= 30, "{watts:?}");
+        // The row lists both racks; each rack's status says what it got.
+        let children = &decisions[0].status.children;
+        let names: Vec<&str> = children.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        for (rack, child) in decisions[1..].iter().zip(children) {
+            assert_eq!(child.watts, 600);
+            let policies: i64 = rack.allocations.iter().flatten().sum();
+            assert_eq!(child.allocated_watts, policies as f64 + 20.0);
+            let granted = rack.status.granted_watts.unwrap_or_default();
+            assert!(
+                granted <= 600.0 && granted >= child.allocated_watts,
+                "{rack:?}"
+            );
+            assert_eq!(
+                rack.status.available_watts,
+                Some(granted - 20.0),
+                "{rack:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_rack_never_gets_more_than_its_own_watts() {
+        // Rack a may take only 300 W: its serving gets what is left of them,
+        // its batch nothing, while rack b's batch takes the row's rest.
+        let mut tree = row([0, 0, 0, 0]);
+        tree[1].watts = 300.0;
+        let watts = allocated(&decide_tree(&tree));
+        assert!(watts[0] + watts[1] <= 280, "{watts:?}");
+        assert_eq!(watts[1], 0, "{watts:?}");
+    }
+
+    #[test]
+    fn a_child_below_its_lowest_power_limits_is_not_arbitrated_and_takes_its_watts() {
+        let mut tree = row([200, 200, 200, 200]);
+        tree[1].floor_watts = 700.0;
+        let decisions = decide_tree(&tree);
+        assert_eq!(decisions[1].allocations, vec![None, None]);
+        assert_eq!(
+            condition(&decisions[1], conditions::VALID),
+            (false, "BelowMinimumPowerLimits".into())
+        );
+        // The row counts rack a at its whole 600 W: 1000 - 50 - 600 - 20
+        // leaves 330 W for rack b.
+        let b: i64 = decisions[2].allocations.iter().flatten().sum();
+        assert!(b <= 330, "{decisions:?}");
+        assert!(condition(&decisions[2], conditions::VALID).0);
     }
 }
