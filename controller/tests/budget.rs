@@ -182,7 +182,14 @@ impl Rack {
     /// `(serving, training)`: the sum of each policy's entries'
     /// `powerBudgetWatts` on the rack's nodes.
     async fn entry_watts(&self) -> anyhow::Result<(f64, f64)> {
-        let mut sums = (0.0, 0.0);
+        let sums = self.entry_watts_of(&["serving", "training"]).await?;
+        Ok((sums[0], sums[1]))
+    }
+
+    /// The sum of each named policy's entries' `powerBudgetWatts` on the
+    /// rack's nodes, in `names`' order.
+    async fn entry_watts_of(&self, names: &[&str]) -> anyhow::Result<Vec<f64>> {
+        let mut sums = vec![0.0; names.len()];
         for node in &self.nodes {
             let Some(nf) = Api::<NodeFrequencies>::all(self.admin.clone())
                 .get_opt(node)
@@ -192,10 +199,11 @@ impl Rack {
             };
             for entry in nf.spec.gpu_frequencies {
                 let watts = entry.power_budget_watts.unwrap_or(0.0);
-                if entry.policy == format!("{}/serving", self.ns) {
-                    sums.0 += watts;
-                } else if entry.policy == format!("{}/training", self.ns) {
-                    sums.1 += watts;
+                if let Some(i) = names
+                    .iter()
+                    .position(|n| entry.policy == format!("{}/{n}", self.ns))
+                {
+                    sums[i] += watts;
                 }
             }
         }
@@ -210,13 +218,32 @@ impl Rack {
         budget: f64,
         check: impl Fn((f64, f64)) -> bool,
     ) -> anyhow::Result<(f64, f64)> {
+        let sums = self
+            .entries_of_until(&["serving", "training"], what, budget, |s| {
+                check((s[0], s[1]))
+            })
+            .await?;
+        Ok((sums[0], sums[1]))
+    }
+
+    /// Waits until `check` holds for the named policies' entries
+    /// ([`Rack::entry_watts_of`]), asserting on every look that they add
+    /// up to no more than `budget` watts.
+    async fn entries_of_until(
+        &self,
+        names: &[&str],
+        what: &str,
+        budget: f64,
+        check: impl Fn(&[f64]) -> bool,
+    ) -> anyhow::Result<Vec<f64>> {
         wait_for(what, TIMEOUT, || async {
-            let entries = self.entry_watts().await?;
+            let entries = self.entry_watts_of(names).await?;
+            let sum: f64 = entries.iter().sum();
             anyhow::ensure!(
-                entries.0 + entries.1 <= budget,
+                sum <= budget,
                 "the entries {entries:?} add up to more than the {budget} W budget"
             );
-            Ok(check(entries).then_some(entries))
+            Ok(check(&entries).then_some(entries))
         })
         .await
     }
@@ -511,6 +538,171 @@ async fn a_policy_spanning_two_budgets_says_so_on_itself() -> anyhow::Result<()>
             Ok((assigned.is_none() && allocated.is_some()).then_some(()))
         })
         .await?;
+        Ok(())
+    })
+    .await
+}
+
+/// A row budget over two racks (a child budget per node), each rack with
+/// a high- and a low-priority policy: a cut of the row reaches the
+/// low-priority policies of both racks first, each rack gets no more than
+/// its parent grants it, and the row lists both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_cut_reaches_every_rack_lowest_priority_first() -> anyhow::Result<()> {
+    with_rack("budget-tree", async |rack| {
+        const HALF: &str = "climatik.io/test-half";
+        // Rack 0 holds serving-a (priority 10) and batch-a (0), rack 1
+        // serving-b (5) and batch-b (1): one GPU each, all drawing 300 W.
+        let placed = [
+            ("serving-a", 10, 0, "GPU-SA"),
+            ("batch-a", 0, 0, "GPU-BA"),
+            ("serving-b", 5, 1, "GPU-SB"),
+            ("batch-b", 1, 1, "GPU-BB"),
+        ];
+        let names: Vec<&str> = placed.iter().map(|p| p.0).collect();
+        for (i, node) in rack.nodes.iter().enumerate() {
+            Api::<Node>::all(rack.admin.clone())
+                .patch(
+                    node,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "metadata": { "labels": { HALF: i.to_string() } } })),
+                )
+                .await?;
+            let gpus: Vec<&str> = placed.iter().filter(|p| p.2 == i).map(|p| p.3).collect();
+            report_gpus(&rack.admin, node, &gpus, None).await?;
+        }
+        let mut series = Vec::new();
+        for (name, priority, node, uuid) in placed {
+            let node = &rack.nodes[node];
+            create_pod(&rack.admin, &rack.ns, name, node, name).await?;
+            series.push(gpu(uuid, "pod", name, &rack.ns, node, 300.0));
+            rack.policies()
+                .create(
+                    &PostParams::default(),
+                    &policy(
+                        name,
+                        name,
+                        1000,
+                        json!({
+                            "priority": priority,
+                            "customAlgorithms": [{ "name": "budget-allocator" }],
+                        }),
+                    )?,
+                )
+                .await?;
+        }
+        rack.dcgm.set(series);
+        let row = format!("{}-row", rack.ns);
+        rack.create_budget(&row, json!({ "watts": 3000 })).await?;
+        let racks: Vec<String> = (0..2).map(|i| format!("{}-rack-{i}", rack.ns)).collect();
+        for (i, name) in racks.iter().enumerate() {
+            // Each rack alone could feed all its policies: only the row binds.
+            rack.create_budget(
+                name,
+                json!({
+                    "watts": 1500,
+                    "parent": row,
+                    "nodeSelector": { "matchLabels": { HALF: i.to_string() } },
+                }),
+            )
+            .await?;
+        }
+        let budgets = Api::<PowerBudget>::all(rack.admin.clone());
+        let allocations = async || -> anyhow::Result<Vec<Option<i64>>> {
+            let mut all = Vec::new();
+            for name in &names {
+                let policy = rack.policies().get(name).await?;
+                all.push(policy.status.and_then(|s| s.allocated_watts));
+            }
+            Ok(all)
+        };
+        wait_for("all four allocated", TIMEOUT, || async {
+            Ok(allocations()
+                .await?
+                .iter()
+                .all(Option::is_some)
+                .then_some(()))
+        })
+        .await?;
+        rack.entries_of_until(&names, "entries for all four", 3000.0, |e| {
+            e.iter().all(|w| *w > 0.0)
+        })
+        .await?;
+
+        // Demand response on the row: 1000 W for four policies that want
+        // about 330 W each. The racks' own 1500 W no longer bind.
+        budgets
+            .patch(
+                &row,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "watts": 1000 } })),
+            )
+            .await?;
+        rack.entries_of_until(
+            &names,
+            "the entries cut to fit 1000 W",
+            f64::INFINITY,
+            |e| e.iter().sum::<f64>() <= 1000.0,
+        )
+        .await?;
+        // From here on every look stays within the row, and the cut lands
+        // on the lowest priorities of both racks: both serving policies
+        // at their demand, batch-b (1) above batch-a (0).
+        wait_for("serving kept, batch cut lowest first", TIMEOUT, || async {
+            let entries = rack.entry_watts_of(&names).await?;
+            anyhow::ensure!(
+                entries.iter().sum::<f64>() <= 1000.0,
+                "the entries {entries:?} add up to more than the row's 1000 W"
+            );
+            let mut statuses = Vec::new();
+            for name in &racks {
+                statuses.push(budgets.get(name).await?.status.unwrap_or_default());
+            }
+            let mut shares = Vec::new();
+            for status in &statuses {
+                let allocated: i64 = status.allocations.iter().map(|a| a.allocated_watts).sum();
+                let granted = status.granted_watts.unwrap_or(f64::INFINITY);
+                anyhow::ensure!(
+                    allocated as f64 <= granted && granted <= 1000.0,
+                    "a rack holds more than its parent grants it: {status:?}"
+                );
+                shares.extend(status.allocations.iter().cloned());
+            }
+            let total: i64 = shares.iter().map(|a| a.allocated_watts).sum();
+            anyhow::ensure!(total <= 1000, "{shares:?}");
+            let share = |name: &str| shares.iter().find(|a| a.name == name).cloned();
+            let (Some(sa), Some(ba), Some(sb), Some(bb)) = (
+                share("serving-a"),
+                share("batch-a"),
+                share("serving-b"),
+                share("batch-b"),
+            ) else {
+                return Ok(None);
+            };
+            let at_demand = |a: &climatik_api::BudgetAllocation| {
+                a.allocated_watts as f64 >= a.demand_watts.floor()
+            };
+            Ok((at_demand(&sa)
+                && at_demand(&sb)
+                && (ba.allocated_watts as f64) < ba.demand_watts
+                && ba.allocated_watts < bb.allocated_watts)
+                .then_some(()))
+        })
+        .await?;
+        // The row lists both racks and what each takes of it.
+        let status = budgets.get(&row).await?.status.unwrap_or_default();
+        let children: Vec<(&str, i64)> = status
+            .children
+            .iter()
+            .map(|c| (c.name.as_str(), c.watts))
+            .collect();
+        assert_eq!(
+            children,
+            [(racks[0].as_str(), 1500), (racks[1].as_str(), 1500)],
+            "{status:?}"
+        );
+        let taken: f64 = status.children.iter().map(|c| c.allocated_watts).sum();
+        assert!(taken <= 1000.0, "{status:?}");
         Ok(())
     })
     .await
