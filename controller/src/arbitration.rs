@@ -30,6 +30,10 @@
 //! (an infinite `available` counts as the largest finite number, and any
 //! watt value above 10^15 as that), so no share is ever NaN.
 //!
+//! [`allocate_tree`] divides a tree of budgets (a row over its racks) as
+//! one by the same rules, so priorities hold across the tree while no
+//! budget's subtree gets more than its own watts; its doc gives the rule.
+//!
 //! [`estimate_demand`] turns a policy's measured power into its demand: a
 //! policy held at its allocation may need more than it is allowed to draw,
 //! so it asks for a little more than it measures (a probe). When the
@@ -312,7 +316,7 @@ pub fn allocate_tree(
     owners: &[usize],
     claims: &[Claim],
 ) -> TreeArbitration {
-    let parents = sane_parents(budgets);
+    let parents = tree_parents(&budgets.iter().map(|b| b.parent).collect::<Vec<_>>());
     let mut watts = vec![0.0; claims.len()];
     let mut overcommitted = vec![false; budgets.len()];
     for root in (0..budgets.len()).filter(|&b| parents[b].is_none()) {
@@ -336,19 +340,18 @@ pub fn allocate_tree(
     }
 }
 
-/// Each budget's parent, with those out of range or on a cycle dropped.
-fn sane_parents(budgets: &[TreeBudget]) -> Vec<Option<usize>> {
-    let mut parents: Vec<Option<usize>> = budgets
-        .iter()
-        .map(|b| b.parent.filter(|&p| p < budgets.len()))
-        .collect();
-    for b in 0..budgets.len() {
+/// Each budget's parent index, with those out of range or on a cycle
+/// dropped (the budget becomes a root), so every chain of parents ends.
+pub fn tree_parents(parents: &[Option<usize>]) -> Vec<Option<usize>> {
+    let n = parents.len();
+    let mut parents: Vec<Option<usize>> = parents.iter().map(|p| p.filter(|&p| p < n)).collect();
+    for b in 0..n {
         // A chain longer than the number of budgets repeats one.
         let mut at = parents[b];
         let mut steps = 0;
         while let Some(p) = at {
             steps += 1;
-            if p == b || steps > budgets.len() {
+            if p == b || steps > n {
                 parents[b] = None;
                 break;
             }
@@ -362,6 +365,19 @@ fn sane_parents(budgets: &[TreeBudget]) -> Vec<Option<usize>> {
 /// values count as zero.
 fn watts_of(room: f64) -> f64 {
     if room.is_nan() { 0.0 } else { room.max(0.0) }
+}
+
+/// Budget `b` is `top` or lies below it, in `parents` as [`tree_parents`]
+/// makes them.
+pub fn within(parents: &[Option<usize>], b: usize, top: usize) -> bool {
+    let mut at = Some(b);
+    while let Some(x) = at {
+        if x == top {
+            return true;
+        }
+        at = parents.get(x).copied().flatten();
+    }
+    false
 }
 
 /// What [`allocate_tree`] works on, its parents made acyclic.
@@ -378,16 +394,8 @@ impl Tree<'_> {
         self.owners.get(i).copied().unwrap_or(usize::MAX)
     }
 
-    /// Budget `b` is `top` or lies below it.
     fn within(&self, b: usize, top: usize) -> bool {
-        let mut at = Some(b);
-        while let Some(x) = at {
-            if x == top {
-                return true;
-            }
-            at = self.parents.get(x).copied().flatten();
-        }
-        false
+        within(self.parents, b, top)
     }
 
     /// Shares of the claims `members` (all in `top`'s subtree) within

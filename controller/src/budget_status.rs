@@ -495,7 +495,7 @@ fn claim(member: &Member, demand: f64) -> Claim {
 
 /// The parents of the budgets decided together, and an order that lists
 /// every parent before its children. A parent out of range, or on a cycle,
-/// counts as none.
+/// counts as none ([`arbitration::tree_parents`]).
 struct TreeShape {
     parents: Vec<Option<usize>>,
     order: Vec<usize>,
@@ -503,25 +503,16 @@ struct TreeShape {
 
 impl TreeShape {
     fn new(budgets: &[Inputs]) -> Self {
-        let n = budgets.len();
-        let mut parents: Vec<Option<usize>> = budgets
-            .iter()
-            .enumerate()
-            .map(|(b, i)| i.parent.filter(|&p| p < n && p != b))
+        let parents =
+            arbitration::tree_parents(&budgets.iter().map(|b| b.parent).collect::<Vec<_>>());
+        // Breadth first from the roots: with no cycle left, every budget
+        // is reached once.
+        let mut order: Vec<usize> = (0..parents.len())
+            .filter(|&b| parents[b].is_none())
             .collect();
-        let mut order: Vec<usize> = (0..n).filter(|&b| parents[b].is_none()).collect();
         let mut next = 0;
-        while order.len() < n {
-            if next == order.len() {
-                // The rest hang off a cycle: the first of them becomes a root.
-                if let Some(b) = (0..n).find(|b| !order.contains(b)) {
-                    parents[b] = None;
-                    order.push(b);
-                }
-                continue;
-            }
-            let at = order[next];
-            order.extend((0..n).filter(|&c| parents[c] == Some(at)));
+        while let Some(&at) = order.get(next) {
+            order.extend((0..parents.len()).filter(|&c| parents[c] == Some(at)));
             next += 1;
         }
         Self { parents, order }
@@ -529,14 +520,7 @@ impl TreeShape {
 
     /// Budget `b` is `top` or lies below it.
     fn within(&self, b: usize, top: usize) -> bool {
-        let mut at = Some(b);
-        while let Some(x) = at {
-            if x == top {
-                return true;
-            }
-            at = self.parents[x];
-        }
-        false
+        arbitration::within(&self.parents, b, top)
     }
 }
 
