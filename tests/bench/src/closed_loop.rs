@@ -9,7 +9,8 @@
 //! a `powerBudgetWatts` is held under it by the node agent's 1 Hz loop,
 //! which reacts to the previous second's load. Prometheus outages freeze the
 //! observations (targets are held), and a recommender restart loses the
-//! algorithm's state and one period. A cap change reaches the recommender
+//! algorithm's state and one period; the new one continues from what the
+//! entries on the nodes hold (clock targets and budgets). A cap change reaches the recommender
 //! at once (the monitor reconciles on the spec change and writes a fresh
 //! status), so it triggers a decision outside the period.
 //!
@@ -596,6 +597,10 @@ pub struct PolicyLoop<'a> {
     /// next command lands.
     commanded: Vec<Command>,
     pending: Option<(usize, Vec<Command>)>,
+    /// What the GPUs' entries hold: the targets last planned (written at
+    /// once, in force after the actuation delay), none before the first
+    /// decision. A restarted recommender continues from them.
+    entries: Option<Vec<Command>>,
     applied_clock: Vec<i32>,
     per_gpu_power: Vec<Vec<f64>>,
     trace: Trace,
@@ -619,6 +624,7 @@ impl<'a> PolicyLoop<'a> {
             algorithm: build(strategy),
             commanded: vec![(clocks.max(), None); n],
             pending: None,
+            entries: None,
             applied_clock: vec![clocks.max(); n],
             per_gpu_power: vec![Vec::with_capacity(seconds); n],
             trace: Trace {
@@ -643,7 +649,9 @@ impl<'a> PolicyLoop<'a> {
             self.pending = None;
         }
         if self.restart_at == Some(t) {
-            // A new process: fresh algorithm state, no decision this period.
+            // A new process: fresh algorithm state, no decision this period;
+            // it continues from the entries (`entries`), as the recommender
+            // does.
             self.algorithm = build(strategy);
         }
         let budgets: Vec<Option<f64>> = match strategy {
@@ -727,7 +735,8 @@ impl<'a> PolicyLoop<'a> {
                             clock_mhz: Some(f64::from(self.applied_clock[i])),
                             clocks: self.clocks.clone(),
                             min_power_limit_watts: Some(model.min_power_limit_watts()),
-                            entry_mhz: None,
+                            entry_mhz: self.entries.as_ref().map(|e| e[i].0),
+                            entry_budget_watts: self.entries.as_ref().and_then(|e| e[i].1),
                         })
                         .collect(),
                 };
@@ -746,6 +755,7 @@ impl<'a> PolicyLoop<'a> {
                 targets
             }
         };
+        self.entries = Some(targets.clone());
         self.pending = Some((t + ACTUATION_S, targets));
         (power_now, tokens_now)
     }
