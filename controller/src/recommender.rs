@@ -497,19 +497,21 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
             .and_then(|nf| nf.status.clone())
             .map(|s| s.gpus)
             .unwrap_or_default();
-        // What this policy's entries hold on the node now.
-        let entry_of = |device_id: &str| {
+        // What this policy's entries hold on the node now: the clock
+        // target and the power budget (a GPU's own, also where the agent
+        // re-splits its group's sum), which a new algorithm continues from.
+        let entry_of = |device_id: &str| -> Option<(i32, Option<f64>)> {
             let spec = &node_frequencies.as_ref()?.spec;
             if device_id == CPU_DEVICE {
                 spec.cpu_frequencies
                     .iter()
                     .find(|e| e.policy == key)
-                    .map(|e| e.target_frequency)
+                    .map(|e| (e.target_frequency, None))
             } else {
                 spec.gpu_frequencies
                     .iter()
                     .find(|e| e.policy == key && e.gpu_id == device_id)
-                    .map(|e| e.target_frequency)
+                    .map(|e| (e.target_frequency, e.power_budget_watts))
             }
         };
         for device in &node.devices {
@@ -545,6 +547,7 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
             if !policy.acts_on(kind) {
                 continue;
             }
+            let entry = entry_of(&device.device_id);
             devices.push(Device {
                 id: device.device_id.clone(),
                 node: node.node_name.clone(),
@@ -553,7 +556,8 @@ fn observe(ctx: &Context, policy: &PowerCappingPolicy) -> Observation {
                 clock_mhz: device.frequency_mhz,
                 clocks,
                 min_power_limit_watts: reported.and_then(|g| g.min_power_limit_watts),
-                entry_mhz: entry_of(&device.device_id),
+                entry_mhz: entry.map(|(mhz, _)| mhz),
+                entry_budget_watts: entry.and_then(|(_, budget)| budget),
             });
         }
     }

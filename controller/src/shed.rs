@@ -98,6 +98,7 @@ mod tests {
             clocks: Clocks::range(500, 2000, 100).expect("clocks"),
             min_power_limit_watts: None,
             entry_mhz: None,
+            entry_budget_watts: None,
         }
     }
 

@@ -555,3 +555,125 @@ async fn invalid_algorithm_changes_no_frequencies_and_annotated_workloads_get_th
     }
     result
 }
+
+/// A restarted recommender (or a new leader) continues from the budgets
+/// its entries hold: a GPU drawing at its budget still counts as held back
+/// by it, so the new process writes the budgets the old one would have,
+/// instead of reading the GPU as wanting only what it draws and handing
+/// its watts to the idle GPU for a period. Here with `node-resplit`, where
+/// the entries' sum is the node budget the agent re-splits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_recommender_continues_from_the_budgets_of_its_entries() -> anyhow::Result<()> {
+    with_one_node("ctrl-warm", warm_start).await
+}
+
+async fn warm_start(
+    cluster: &climatik_test_support::TestCluster,
+    ns: &str,
+    node: &str,
+    _exporter: &str,
+) -> anyhow::Result<()> {
+    use climatik_api::{CustomAlgorithm, DeviceKind};
+    use climatik_controller::algorithm::{self, Clocks, Device, Observation};
+
+    let admin = cluster.client.clone();
+    let gpus = ["GPU-W0", "GPU-W1"];
+    report_inventory(&admin, node, &gpus).await?;
+    let spec = CustomAlgorithm {
+        name: "feedback-budget".into(),
+        parameters: [("node-resplit".to_string(), "true".to_string())].into(),
+    };
+    Api::<PowerCappingPolicy>::namespaced(admin.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &policy(
+                "warm",
+                "warm",
+                1000,
+                json!({ "customAlgorithms": [serde_json::to_value(&spec)?] }),
+            )?,
+        )
+        .await?;
+    let key = format!("{ns}/warm");
+    // The budgets of the policy's entries on the node, once both have one.
+    let budgets = || async {
+        let nf = Api::<NodeFrequencies>::all(admin.clone()).get(node).await?;
+        let of = |gpu: &str| {
+            nf.spec
+                .gpu_frequencies
+                .iter()
+                .find(|e| e.gpu_id == gpu && e.policy == key)
+                .filter(|e| e.budget_group.as_deref() == Some(key.as_str()))
+                .and_then(|e| e.power_budget_watts)
+        };
+        anyhow::Ok(of(gpus[0]).zip(of(gpus[1])))
+    };
+
+    // What the monitor would write: the busy GPU at 500 W, the idle one at
+    // 100 W, then the busy one drawing all of the budget it was handed.
+    let first = [(gpus[0], 500.0), (gpus[1], 100.0)];
+    write_status(&admin, ns, "warm", measured_gpus(node, &first)).await?;
+    let recommender = InProcessRecommender::start(&admin, Duration::from_secs(60), ns);
+    let handed = wait_for("budgets of the first period", TIMEOUT, || async {
+        budgets().await
+    })
+    .await;
+    recommender.stop().await?;
+    let handed = handed?;
+    let second = [(gpus[0], handed.0), (gpus[1], 100.0)];
+    // A new `lastUpdated` (whole seconds): a measurement of its own.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    write_status(&admin, ns, "warm", measured_gpus(node, &second)).await?;
+
+    // The recommender that was not restarted, fed the same two periods.
+    let mut kept = algorithm::from_spec(Some(&spec))?;
+    let Some(clocks) = Clocks::range(210, 2100, 15) else {
+        anyhow::bail!("the fallback clock range");
+    };
+    let observe = |readings: &[(&str, f64)]| Observation {
+        cap_watts: 1000.0,
+        threshold_percent: 90.0,
+        devices: readings
+            .iter()
+            .map(|(gpu, watts)| Device {
+                id: gpu.to_string(),
+                node: node.to_string(),
+                kind: DeviceKind::Gpu,
+                power_watts: *watts,
+                clock_mhz: Some(1380.0),
+                clocks: clocks.clone(),
+                min_power_limit_watts: None,
+                entry_mhz: None,
+                entry_budget_watts: None,
+            })
+            .collect(),
+    };
+    let planned = |observation: &Observation, kept: &mut Box<dyn algorithm::Algorithm>| {
+        let budgets: Vec<Option<f64>> = kept
+            .plan(observation)
+            .iter()
+            .map(|t| t.power_budget_watts)
+            .collect();
+        budgets
+    };
+    assert_eq!(
+        planned(&observe(&first), &mut kept),
+        vec![Some(handed.0), Some(handed.1)],
+        "the test's observation is the recommender's"
+    );
+    let expected = planned(&observe(&second), &mut kept);
+
+    let recommender = InProcessRecommender::start(&admin, Duration::from_secs(60), ns);
+    let after = wait_for("budgets after the restart", TIMEOUT, || async {
+        Ok(budgets().await?.filter(|b| *b != handed))
+    })
+    .await;
+    recommender.stop().await?;
+    let after = after?;
+    assert_eq!(
+        vec![Some(after.0), Some(after.1)],
+        expected,
+        "after the restart (before it: {handed:?})"
+    );
+    Ok(())
+}

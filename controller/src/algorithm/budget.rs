@@ -62,8 +62,18 @@ impl BudgetAllocator {
         })
     }
 
+    /// What a GPU wants: a GPU at its budget may be held back by it. The
+    /// budget is the one last planned, else the one its entry holds (set
+    /// before this algorithm existed: after a restart or a change of
+    /// leader, a GPU held at its budget must not read as wanting only what
+    /// it draws, which would hand its watts to idle GPUs for a period).
     fn demand(&self, device: &Device) -> f64 {
-        match self.budgets.get(&device.key()) {
+        let budget = self
+            .budgets
+            .get(&device.key())
+            .copied()
+            .or(device.entry_budget_watts.filter(|w| w.is_finite()));
+        match budget {
             Some(budget) if device.power_watts >= budget * AT_BUDGET => {
                 budget * (1.0 + self.headroom)
             }
@@ -230,6 +240,7 @@ mod tests {
                 clocks: clocks.clone(),
                 min_power_limit_watts: floor,
                 entry_mhz: None,
+                entry_budget_watts: None,
             })
             .collect();
         let observation = Observation {
@@ -276,6 +287,30 @@ mod tests {
             assert!(rig.power() > cap);
             assert_settles(&rig.run(8), cap);
         }
+    }
+
+    /// A new instance (a restarted recommender, a new leader) reads the
+    /// budgets the entries hold: a GPU held at its budget still counts as
+    /// held back, so it plans what the old instance would have.
+    #[test]
+    fn a_new_instance_continues_from_the_entries_budgets() {
+        let loads = [1.0, 1.0, 0.3, 0.2];
+        let (mut kept, mut restarted) = (rig(&loads, 500.0), rig(&loads, 500.0));
+        kept.run(4);
+        restarted.run(4);
+        assert!(
+            kept.budgets
+                .iter()
+                .zip(&kept.gpus)
+                .zip(&kept.clocks)
+                .any(|((b, g), c)| b.is_some_and(|b| g.power(f64::from(*c)) >= 0.95 * b)),
+            "some GPU must be held at its budget: {:?}",
+            kept.budgets
+        );
+        restarted.restart_algorithm(BUDGET_ALLOCATOR);
+        kept.step();
+        restarted.step();
+        assert_eq!(restarted.budgets, kept.budgets);
     }
 
     #[test]
@@ -333,6 +368,7 @@ mod tests {
             power_watts,
             clock_mhz: None,
             entry_mhz: None,
+            entry_budget_watts: None,
             clocks: clocks.clone(),
             min_power_limit_watts,
         };

@@ -166,6 +166,11 @@ pub struct Device {
     /// it has one: what an earlier recommender (before a restart or a
     /// change of leader) commanded, so a new algorithm continues from it.
     pub entry_mhz: Option<i32>,
+    /// The power budget this policy's entry holds on the device now, when
+    /// it has one: what an earlier recommender handed it, so a new
+    /// algorithm judges whether the GPU is held back by it as the old one
+    /// would have.
+    pub entry_budget_watts: Option<f64>,
 }
 
 impl Device {

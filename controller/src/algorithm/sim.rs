@@ -87,6 +87,7 @@ impl Rig {
                     clocks: self.supported.clone(),
                     min_power_limit_watts: None,
                     entry_mhz: self.entries[i],
+                    entry_budget_watts: self.budgets[i],
                 })
                 .collect(),
         };

@@ -491,6 +491,11 @@ pub async fn delete_all_pods(client: &kube::Client, ns: &str) {
 /// available, `watts` on one GPU `gpu` of `node`. For tests of the
 /// recommender alone.
 pub fn measured_status(node: &str, gpu: &str, watts: f64) -> serde_json::Value {
+    measured_gpus(node, &[(gpu, watts)])
+}
+
+/// [`measured_status`] with several GPUs of `node`, each `(id, watts)`.
+pub fn measured_gpus(node: &str, gpus: &[(&str, f64)]) -> serde_json::Value {
     // As the API server stores it: whole seconds.
     let now = json!(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         k8s_openapi::jiff::Timestamp::now()
@@ -499,11 +504,15 @@ pub fn measured_status(node: &str, gpu: &str, watts: f64) -> serde_json::Value {
         json!({ "type": type_, "status": "True", "reason": reason, "message": "",
                 "lastTransitionTime": now })
     };
+    let watts: f64 = gpus.iter().map(|(_, w)| w).sum();
+    let devices: Vec<serde_json::Value> = gpus
+        .iter()
+        .map(|(gpu, watts)| json!({ "deviceId": gpu, "powerWatts": watts, "frequencyMhz": 1380.0 }))
+        .collect();
     json!({
         "currentPower": watts,
         "gpuPower": watts,
-        "nodes": [{ "nodeName": node, "powerWatts": watts,
-                    "devices": [{ "deviceId": gpu, "powerWatts": watts, "frequencyMhz": 1380.0 }] }],
+        "nodes": [{ "nodeName": node, "powerWatts": watts, "devices": devices }],
         "matchedPodCount": 1,
         "lastUpdated": now,
         "conditions": [condition("Ready", "Observed"), condition("MetricsAvailable", "MetricsFound")],

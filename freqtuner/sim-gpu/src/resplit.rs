@@ -45,6 +45,49 @@ impl Demand {
     }
 }
 
+/// What the agent read of a GPU in the last second: its power and the
+/// clock it ran at then.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Reading {
+    pub power_watts: f64,
+    pub clock_mhz: u32,
+}
+
+impl Demand {
+    /// The demand the node agent estimates for a GPU from its last
+    /// `reading` alone (the agent knows no load or curve): what it would
+    /// draw at `ceiling_mhz`, its entry's clock ceiling, within its power
+    /// limit range `lowest_watts..=highest_watts`.
+    ///
+    /// Below the ceiling the GPU is held back by its budget, so its draw is
+    /// scaled up with the clock: power above idle grows at least as fast as
+    /// the clock, so this errs low for a loaded GPU, and an idle GPU sits at
+    /// its ceiling (its budget loop climbs there) where its reading is its
+    /// demand. With no reading yet, a GPU counts as wanting its highest
+    /// limit, so a new group starts even. The idle draw is unknown to the
+    /// agent: it is part of the reading.
+    pub fn estimate(
+        reading: Option<Reading>,
+        ceiling_mhz: u32,
+        lowest_watts: f64,
+        highest_watts: f64,
+    ) -> Self {
+        let full_watts = match reading {
+            Some(r) if r.clock_mhz > 0 && r.clock_mhz < ceiling_mhz => {
+                r.power_watts * f64::from(ceiling_mhz) / f64::from(r.clock_mhz)
+            }
+            Some(r) => r.power_watts,
+            None => highest_watts,
+        };
+        Demand {
+            full_watts,
+            idle_watts: 0.0,
+            lowest_watts,
+            highest_watts,
+        }
+    }
+}
+
 /// Limits for `gpus` summing to at most `budget_watts`, each within its
 /// range. When even every GPU at its lowest limit exceeds the budget (or
 /// the budget is not a number), every GPU gets its lowest limit:
@@ -117,6 +160,31 @@ mod tests {
         let share = |i: usize| (limits[i] - 78.0) / (gpus[i].full_watts - 78.0);
         assert!((share(0) - share(2)).abs() < 1e-6, "{limits:?}");
         assert!(limits[0] > limits[2]);
+    }
+
+    #[test]
+    fn the_agent_estimates_demand_at_the_ceiling_from_its_reading() {
+        let read = |power_watts, clock_mhz| {
+            Some(Reading {
+                power_watts,
+                clock_mhz,
+            })
+        };
+        // Held at half its ceiling: its draw scaled up with the clock.
+        let held = Demand::estimate(read(300.0, 900), 1800, 200.0, 700.0);
+        assert_eq!(held.full_watts, 600.0);
+        assert_eq!((held.lowest_watts, held.highest_watts), (200.0, 700.0));
+        // At (or above) its ceiling, and a clock of 0: the reading itself.
+        assert_eq!(
+            Demand::estimate(read(150.0, 1800), 1800, 200.0, 700.0).full_watts,
+            150.0
+        );
+        assert_eq!(
+            Demand::estimate(read(150.0, 0), 1800, 200.0, 700.0).full_watts,
+            150.0
+        );
+        // Nothing read yet: its highest limit.
+        assert_eq!(Demand::estimate(None, 1800, 200.0, 700.0).full_watts, 700.0);
     }
 
     #[test]

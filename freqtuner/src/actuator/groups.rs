@@ -1,46 +1,16 @@
 //! Budget groups: each second, a group's total split across its GPUs by
-//! the demand their last readings show, with the rule the loop bench
-//! measures ([`climatik_sim_gpu::resplit`]). Pure: the readings come in,
+//! the demand their last readings show, estimated and split by the rules
+//! the loop bench measures ([`climatik_sim_gpu::resplit`]). Pure: the readings come in,
 //! each GPU's share of its groups goes out.
 
 use std::collections::BTreeMap;
 
-use climatik_sim_gpu::resplit::{self, Demand};
+use climatik_sim_gpu::resplit::{self, Demand, Reading};
 
 use crate::{
     gpu::GpuInfo,
     merge::{BudgetGroup, GroupKey, Want},
 };
-
-/// A grouped GPU's last reading: its power and the clock it ran at then.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Seen {
-    pub power_watts: f64,
-    pub clock_mhz: u32,
-}
-
-/// What a GPU would draw at its ceiling clock. Below the ceiling the GPU
-/// is held back by its budget, so its draw is scaled up with the clock:
-/// power above idle grows at least as fast as the clock, so this errs low
-/// for a loaded GPU, and an idle GPU sits at its ceiling (its budget loop
-/// climbs there) where its reading is its demand. With no reading yet, a
-/// GPU counts as wanting its highest limit, so a new group starts even.
-fn demand(seen: Option<&Seen>, ceiling_mhz: u32, lowest: f64, highest: f64) -> Demand {
-    let full_watts = match seen {
-        Some(s) if s.clock_mhz > 0 && s.clock_mhz < ceiling_mhz => {
-            s.power_watts * f64::from(ceiling_mhz) / f64::from(s.clock_mhz)
-        }
-        Some(s) => s.power_watts,
-        None => highest,
-    };
-    Demand {
-        full_watts,
-        // Unknown to the agent; what a GPU draws idle is in its reading.
-        idle_watts: 0.0,
-        lowest_watts: lowest,
-        highest_watts: highest,
-    }
-}
 
 /// Each grouped GPU's budget for this second: its share of every group it
 /// is in (the smallest, when two policies group it). Only GPUs the node
@@ -50,7 +20,7 @@ pub fn shares(
     groups: &BTreeMap<GroupKey, BudgetGroup>,
     wants: &BTreeMap<String, Want>,
     device: impl Fn(&str) -> Option<GpuInfo>,
-    seen: &BTreeMap<String, Seen>,
+    seen: &BTreeMap<String, Reading>,
 ) -> BTreeMap<String, f64> {
     let mut out: BTreeMap<String, f64> = BTreeMap::new();
     for group in groups.values() {
@@ -66,7 +36,10 @@ pub fn shares(
                 let (lowest, highest) = info
                     .power_limits
                     .map_or((0.0, group.total_watts), |l| (l.min_watts, l.max_watts));
-                Some((uuid, demand(seen.get(uuid), ceiling, lowest, highest)))
+                Some((
+                    uuid,
+                    Demand::estimate(seen.get(uuid).copied(), ceiling, lowest, highest),
+                ))
             })
             .collect();
         let demands: Vec<Demand> = members.iter().map(|(_, d)| *d).collect();
@@ -128,14 +101,14 @@ mod tests {
         let seen = BTreeMap::from([
             (
                 "a".to_string(),
-                Seen {
+                Reading {
                     power_watts: 300.0,
                     clock_mhz: 900,
                 },
             ),
             (
                 "b".to_string(),
-                Seen {
+                Reading {
                     power_watts: 150.0,
                     clock_mhz: 1800,
                 },

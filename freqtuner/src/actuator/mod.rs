@@ -26,6 +26,7 @@ use climatik_api::{
     CpuFrequencyStatus, DeviceState, GpuFrequencyStatus, GpuInventory, NodeFrequenciesSpec,
     NodeFrequenciesSummary,
 };
+use climatik_sim_gpu::resplit;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::{
@@ -114,7 +115,7 @@ pub struct Actuator {
     /// lapsed now) from an entry that was already over when first read.
     live: BTreeSet<EntryKey>,
     /// The last reading of each grouped GPU, its demand for the next split.
-    seen: BTreeMap<String, groups::Seen>,
+    seen: BTreeMap<String, resplit::Reading>,
 }
 
 impl Actuator {
@@ -390,7 +391,7 @@ impl Actuator {
         {
             self.seen.insert(
                 uuid.to_string(),
-                groups::Seen {
+                resplit::Reading {
                     power_watts,
                     clock_mhz,
                 },

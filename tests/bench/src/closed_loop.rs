@@ -9,7 +9,8 @@
 //! a `powerBudgetWatts` is held under it by the node agent's 1 Hz loop,
 //! which reacts to the previous second's load. Prometheus outages freeze the
 //! observations (targets are held), and a recommender restart loses the
-//! algorithm's state and one period. A cap change reaches the recommender
+//! algorithm's state and one period; the new one continues from what the
+//! entries on the nodes hold (clock targets and budgets). A cap change reaches the recommender
 //! at once (the monitor reconciles on the spec change and writes a fresh
 //! status), so it triggers a decision outside the period.
 //!
@@ -80,10 +81,11 @@ pub enum Strategy {
     /// (`--gpu-power-limit`): each GPU's `powerBudgetWatts` becomes its
     /// NVML power limit, which the GPU enforces within milliseconds.
     OursPowerLimit(&'static str),
-    /// A model, not what the agent does: [`OursPowerLimit`](Self::OursPowerLimit)
-    /// with each node's budgets for the policy's GPUs there summed and
-    /// re-split every second by measured demand: the node agent's own rule
-    /// ([`climatik_sim_gpu::resplit`]).
+    /// [`OursPowerLimit`](Self::OursPowerLimit) with the policy's
+    /// `node-resplit`: each node's budgets for the policy's GPUs there
+    /// summed and re-split every second by the demand the node agent
+    /// estimates from its last readings, with the agent's own estimator and
+    /// split ([`climatik_sim_gpu::resplit`]).
     OursNodeResplit(&'static str),
     /// Not a controller: the most any controller could serve, knowing each
     /// second's load ([`crate::bound`]). Every strategy is measured against it.
@@ -100,7 +102,7 @@ impl Strategy {
             Strategy::Ours(name) => format!("climatik {name}"),
             Strategy::OursPowerLimit(name) => format!("climatik {name} + power limit"),
             Strategy::OursNodeResplit(name) => {
-                format!("climatik {name} + node re-split (model)")
+                format!("climatik {name} + node re-split")
             }
             Strategy::ClairvoyantBound => "clairvoyant bound".into(),
         }
@@ -595,6 +597,10 @@ pub struct PolicyLoop<'a> {
     /// next command lands.
     commanded: Vec<Command>,
     pending: Option<(usize, Vec<Command>)>,
+    /// What the GPUs' entries hold: the targets last planned (written at
+    /// once, in force after the actuation delay), none before the first
+    /// decision. A restarted recommender continues from them.
+    entries: Option<Vec<Command>>,
     applied_clock: Vec<i32>,
     per_gpu_power: Vec<Vec<f64>>,
     trace: Trace,
@@ -618,6 +624,7 @@ impl<'a> PolicyLoop<'a> {
             algorithm: build(strategy),
             commanded: vec![(clocks.max(), None); n],
             pending: None,
+            entries: None,
             applied_clock: vec![clocks.max(); n],
             per_gpu_power: vec![Vec::with_capacity(seconds); n],
             trace: Trace {
@@ -642,11 +649,24 @@ impl<'a> PolicyLoop<'a> {
             self.pending = None;
         }
         if self.restart_at == Some(t) {
-            // A new process: fresh algorithm state, no decision this period.
+            // A new process: fresh algorithm state, no decision this period;
+            // it continues from the entries (`entries`), as the recommender
+            // does.
             self.algorithm = build(strategy);
         }
         let budgets: Vec<Option<f64>> = match strategy {
-            Strategy::OursNodeResplit(_) => node_resplit(model, policy, &self.commanded, t),
+            Strategy::OursNodeResplit(_) => {
+                // What the agent read of each GPU in the second before.
+                let readings: Vec<Option<resplit::Reading>> = (0..n)
+                    .map(|i| {
+                        Some(resplit::Reading {
+                            power_watts: *self.per_gpu_power[i].last()?,
+                            clock_mhz: u32::try_from(self.applied_clock[i]).ok()?,
+                        })
+                    })
+                    .collect();
+                node_resplit(model, policy, &self.commanded, &readings)
+            }
             _ => self.commanded.iter().map(|c| c.1).collect(),
         };
         let (mut power_now, mut tokens_now) = (0.0, 0.0);
@@ -715,7 +735,8 @@ impl<'a> PolicyLoop<'a> {
                             clock_mhz: Some(f64::from(self.applied_clock[i])),
                             clocks: self.clocks.clone(),
                             min_power_limit_watts: Some(model.min_power_limit_watts()),
-                            entry_mhz: None,
+                            entry_mhz: self.entries.as_ref().map(|e| e[i].0),
+                            entry_budget_watts: self.entries.as_ref().and_then(|e| e[i].1),
                         })
                         .collect(),
                 };
@@ -734,6 +755,7 @@ impl<'a> PolicyLoop<'a> {
                 targets
             }
         };
+        self.entries = Some(targets.clone());
         self.pending = Some((t + ACTUATION_S, targets));
         (power_now, tokens_now)
     }
@@ -759,15 +781,18 @@ struct BoundTokens {
     upper_tokens: f64,
 }
 
-/// Each GPU's budget in second `t` under the modelled node re-split: per
+/// Each GPU's budget in the coming second under the node re-split: per
 /// node, when every GPU of the policy there has a budget, their sum split
-/// by the demand of the previous second (the agent's 1 Hz loop reads its
-/// GPUs' last second); otherwise the budgets as commanded.
+/// as the node agent splits it, by the demand it estimates from what it
+/// read of each GPU in the second before (`readings`: power and applied
+/// clock, none before the first second), under the ceiling of the GPU's
+/// entry and within its power-limit range; otherwise the budgets as
+/// commanded.
 fn node_resplit(
     model: MeasuredCurve,
     policy: &PolicyLoad,
     commanded: &[Command],
-    t: usize,
+    readings: &[Option<resplit::Reading>],
 ) -> Vec<Option<f64>> {
     let mut budgets: Vec<Option<f64>> = commanded.iter().map(|c| c.1).collect();
     let mut nodes: Vec<&str> = Vec::new();
@@ -776,6 +801,7 @@ fn node_resplit(
             nodes.push(node);
         }
     }
+    let mhz = |clock: i32| u32::try_from(clock).unwrap_or(0);
     for node in nodes {
         let on_node: Vec<usize> = (0..policy.loads.len())
             .filter(|i| policy.nodes[*i] == node)
@@ -786,13 +812,12 @@ fn node_resplit(
         let demands: Vec<resplit::Demand> = on_node
             .iter()
             .map(|i| {
-                let seen = model.plant(policy.loads[*i][t.saturating_sub(1)]);
-                resplit::Demand {
-                    full_watts: seen.power(f64::from(model.max_clock())),
-                    idle_watts: seen.idle_watts,
-                    lowest_watts: model.min_power_limit_watts(),
-                    highest_watts: model.peak_watts(),
-                }
+                resplit::Demand::estimate(
+                    readings[*i],
+                    mhz(commanded[*i].0.min(model.max_clock())),
+                    model.min_power_limit_watts(),
+                    model.peak_watts(),
+                )
             })
             .collect();
         let limits = resplit::split(total, &demands);
@@ -977,6 +1002,43 @@ mod tests {
                 "{resplit:?} vs {per_gpu:?}"
             );
         }
+    }
+
+    /// The re-split knows only what the agent reads: two GPUs that read
+    /// the same get the same budget whatever their load, and one held below
+    /// its ceiling counts as wanting more than it draws.
+    #[test]
+    fn the_node_resplit_splits_by_the_agents_readings_not_the_load() {
+        let gpu = MeasuredCurve::H200Compute;
+        let policy = policy("p", vec![vec![1.0], vec![0.2], vec![0.2]], vec![1200.0]);
+        let commanded = vec![(gpu.max_clock(), Some(400.0)); 3];
+        let read = |power_watts, clock_mhz| {
+            Some(resplit::Reading {
+                power_watts,
+                clock_mhz,
+            })
+        };
+        let max = u32::try_from(gpu.max_clock()).unwrap_or(0);
+        let budgets = node_resplit(
+            gpu,
+            &policy,
+            &commanded,
+            &[read(300.0, max), read(300.0, max), read(300.0, max / 2)],
+        );
+        let [Some(a), Some(b), Some(c)] = budgets[..] else {
+            panic!("every GPU budgeted: {budgets:?}");
+        };
+        assert!((a - b).abs() < 1e-9, "{budgets:?}");
+        assert!(c > a, "{budgets:?}");
+        assert!(a + b + c <= 1200.0 + 1e-6, "{budgets:?}");
+        // Before any reading, an even split.
+        let first = node_resplit(gpu, &policy, &commanded, &[None; 3]);
+        assert!(
+            first
+                .iter()
+                .all(|b| b.is_some_and(|b| (b - 400.0).abs() < 1e-6)),
+            "{first:?}"
+        );
     }
 
     /// The bound never goes over a cap, and no strategy that stays under

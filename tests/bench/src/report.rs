@@ -128,7 +128,7 @@ pub fn markdown(results: &[RunResult]) -> String {
 /// The strategies the README's compact tables follow over seeds.
 pub const HEADLINE_STRATEGIES: [&str; 2] = [
     "climatik feedback-budget + power limit",
-    "climatik feedback-budget + node re-split (model)",
+    "climatik feedback-budget + node re-split",
 ];
 
 /// The summary over `seeds`: per model, every scenario and strategy's
