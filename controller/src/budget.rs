@@ -57,11 +57,11 @@ use crate::{
     metrics::Metrics,
     observe,
     prom::Prometheus,
+    unmanaged::{self, Unmanaged, UnmanagedGpu},
 };
 use climatik_runtime::Shutdown;
 
-/// Field manager of the allocations and budget statuses it writes.
-pub const MANAGER_BUDGET: &str = "climatik-budget-controller";
+pub use climatik_api::names::MANAGER_BUDGET;
 
 /// Share of its allocation a policy held at it is assumed to want more,
 /// so a workload that needs more finds out within a period or two.
@@ -367,8 +367,20 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
         .flat_map(|n| &n.devices)
         .map(|d| d.device_id.as_str())
         .collect();
+    // Only GPUs no policy at all measures are capped as unmanaged (one
+    // under a policy spanning budgets is its policy's).
+    let managed: BTreeSet<String> = ctx
+        .policies
+        .state()
+        .iter()
+        .filter_map(|p| p.status.clone())
+        .flat_map(|s| s.nodes)
+        .flat_map(|n| n.devices)
+        .map(|d| d.device_id)
+        .collect();
     let mut floor_watts = 0.0;
     let mut unmanaged_gpus = Vec::new();
+    let mut capped = Vec::new();
     for node in &own_nodes {
         let Some(nf) = ctx.node_frequencies.get(&ObjectRef::new(node)) else {
             continue;
@@ -380,6 +392,12 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
                 floor_watts += gpu.min_power_limit_watts.unwrap_or(0.0);
             } else {
                 unmanaged_gpus.push(gpu.gpu_id.clone());
+                if !managed.contains(&gpu.gpu_id) {
+                    capped.push(UnmanagedGpu {
+                        node: node.clone(),
+                        gpu: gpu.clone(),
+                    });
+                }
             }
         }
     }
@@ -392,8 +410,34 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
         floor_watts,
         probe_fraction: PROBE_FRACTION,
         cap_unmanaged: budget.spec.cap_unmanaged,
+        unmanaged: Unmanaged::of(
+            &capped,
+            &ctx.node_frequencies
+                .state()
+                .iter()
+                .flat_map(|nf| unmanaged::held(nf, &name))
+                .collect::<Vec<_>>(),
+        ),
         members: members.clone(),
     });
+    // capUnmanaged: the unmanaged GPUs held to their share; without it,
+    // none. With nothing to go on (no share decided, or a policy not
+    // measured yet), the entries are held as they are.
+    let unknown =
+        decision.unmanaged_share_watts.is_none() || !unmanaged::known(&ctx.policies.state());
+    if !(budget.spec.cap_unmanaged && unknown) {
+        unmanaged::apply(
+            &ctx.client,
+            &ctx.metrics,
+            &ctx.node_frequencies,
+            &name,
+            decision.unmanaged_share_watts,
+            &capped,
+            &own_nodes,
+            ctx.config.interval,
+        )
+        .await?;
+    }
 
     for ((policy, member), allocation) in member_policies
         .iter()
@@ -476,7 +520,7 @@ fn member(policy: &PowerCappingPolicy, budget: &PowerBudget) -> Member {
     Member {
         namespace,
         name: policy.name_any(),
-        priority: policy.spec.priority.unwrap_or(0),
+        priority: policy.effective_priority(),
         min_watts: policy.spec.min_watts.unwrap_or(0) as f64,
         cap_watts: policy.spec.power_cap_limit as f64,
         measured_watts: status.and_then(|s| s.current_power),
@@ -711,6 +755,24 @@ async fn sweep_each_period(ctx: Arc<Context>, shutdown: impl Future<Output = ()>
                 continue;
             }
             let valid = valid(&shapes(&ctx));
+            // Entries of budgets gone, invalid or no longer capping.
+            let capping: BTreeSet<String> = ctx
+                .budgets
+                .state()
+                .iter()
+                .filter(|b| b.spec.cap_unmanaged && valid.contains_key(&b.name_any()))
+                .map(|b| b.name_any())
+                .collect();
+            for (budget, node) in unmanaged::stale(&ctx.node_frequencies.state(), &capping) {
+                let none = BTreeMap::from([(node, Vec::new())]);
+                let ttl = unmanaged::entry_ttl(ctx.config.interval);
+                let store = &ctx.node_frequencies;
+                if let Err(error) =
+                    unmanaged::write(&ctx.client, &ctx.metrics, store, &budget, &none, ttl).await
+                {
+                    tracing::warn!(%error, %budget, "could not remove a budget's entries");
+                }
+            }
             for policy in ctx.policies.state() {
                 let allocated = policy.status.as_ref().and_then(|s| s.allocated_watts);
                 let coverage = budget_status::coverage(&policy_nodes(&policy), &valid);

@@ -17,6 +17,7 @@ use climatik_api::{BudgetAllocation, PowerBudgetStatus, names::conditions};
 use crate::{
     arbitration::{self, Claim},
     conditions::Decided,
+    unmanaged::Unmanaged,
 };
 
 /// What decides a budget's place in the tree: its parent and the nodes its
@@ -163,9 +164,12 @@ pub struct Inputs {
     pub floor_watts: f64,
     /// Share of an allocation a policy held at it is assumed to want more.
     pub probe_fraction: f64,
-    /// `spec.capUnmanaged`: report the share the unmanaged GPUs would get
-    /// as the lowest priority ([`unmanaged_share`]).
+    /// `spec.capUnmanaged`: arbitrate the unmanaged GPUs as one claim of
+    /// the lowest priority ([`unmanaged_share`]) and hold them to its share.
     pub cap_unmanaged: bool,
+    /// What holds the unmanaged GPUs now and their power limits; read only
+    /// with `cap_unmanaged`.
+    pub unmanaged: Unmanaged,
     pub members: Vec<Member>,
 }
 
@@ -178,6 +182,10 @@ pub struct Decision {
     /// `status.allocatedWatts` of each member, in `members`' order; `None`
     /// leaves the member to its own cap.
     pub allocations: Vec<Option<i64>>,
+    /// With `capUnmanaged`, the watts the unmanaged GPUs' entries add up to
+    /// this period; `None` holds the entries as they are (nothing to go
+    /// on) or, without `capUnmanaged`, wants none.
+    pub unmanaged_share_watts: Option<f64>,
     pub overcommitted: bool,
 }
 
@@ -212,11 +220,20 @@ pub fn decide(inputs: &Inputs) -> Decision {
                 ),
             )],
             allocations,
+            unmanaged_share_watts: None,
             overcommitted: false,
         };
     };
-    let available =
-        (inputs.watts - inputs.reserved_watts - inputs.children_watts - unmanaged).max(0.0);
+    let room = inputs.watts - inputs.reserved_watts - inputs.children_watts;
+    // Held by entries, the unmanaged GPUs may draw up to what the entries
+    // allow even while they draw less: that much is not the members' to
+    // share until the entries are cut.
+    let unmanaged_counted = if inputs.cap_unmanaged {
+        unmanaged.max(inputs.unmanaged.held_watts.unwrap_or(0.0))
+    } else {
+        unmanaged
+    };
+    let mut available = (room - unmanaged_counted).max(0.0);
     let measured_policies: f64 = members.iter().filter_map(|m| m.measured_watts).sum();
     let measured = measured_policies + unmanaged + inputs.reserved_watts;
     let mut decided = vec![Decided::new(
@@ -235,9 +252,16 @@ pub fn decide(inputs: &Inputs) -> Decision {
             inputs.watts
         ),
     ));
-    if available < inputs.floor_watts {
+    // Capped, the unmanaged GPUs can be held down to their lowest limits
+    // but no further: the policies' GPUs must fit beside those.
+    let shareable = if inputs.cap_unmanaged {
+        (room - inputs.unmanaged.floor_watts).max(0.0)
+    } else {
+        available
+    };
+    if shareable < inputs.floor_watts {
         let message = format!(
-            "{available:.0} W to share is below the {:.0} W the covered GPUs' lowest power limits add up to; policies keep their own caps",
+            "{shareable:.0} W to share is below the {:.0} W the covered GPUs' lowest power limits add up to; policies keep their own caps",
             inputs.floor_watts
         );
         decided.push(Decided::new(
@@ -261,6 +285,7 @@ pub fn decide(inputs: &Inputs) -> Decision {
             },
             conditions: decided,
             allocations: vec![None; members.len()],
+            unmanaged_share_watts: None,
             overcommitted: false,
         };
     }
@@ -295,13 +320,27 @@ pub fn decide(inputs: &Inputs) -> Decision {
             demand_watts: *demand,
         })
         .collect();
-    if inputs.cap_unmanaged {
-        let room = inputs.watts - inputs.reserved_watts - inputs.children_watts;
-        decided.push(unmanaged_share(room, &claims, unmanaged));
+    // The unmanaged claim's target first: where it is to grow, the members
+    // share only what it leaves, or their headroom would hold it down.
+    let unmanaged_target = inputs.cap_unmanaged.then(|| {
+        let demand = arbitration::estimate_demand(
+            unmanaged,
+            inputs.unmanaged.held_watts,
+            None,
+            inputs.probe_fraction,
+        );
+        let (condition, share) = unmanaged_share(room, &claims, demand, &inputs.unmanaged);
+        decided.push(condition);
+        share
+    });
+    if let Some(target) = unmanaged_target {
+        available = available.min((room - target).max(0.0));
     }
     let arbitration = arbitration::allocate(available, &claims);
     let allocations = stage(available, members, &arbitration.watts);
     let allocated: i64 = allocations.iter().flatten().sum();
+    let unmanaged_share_watts = unmanaged_target
+        .map(|target| stage_unmanaged(room, members, &allocations, target, unmanaged_counted));
     decided.push(if arbitration.overcommitted {
         Decided::new(
             conditions::OVERCOMMITTED,
@@ -328,42 +367,79 @@ pub fn decide(inputs: &Inputs) -> Decision {
         },
         conditions: decided,
         allocations,
+        unmanaged_share_watts,
         overcommitted: arbitration.overcommitted,
     }
 }
 
-/// What `capUnmanaged` reports: `room` (the budget less reserved power and
-/// its children) arbitrated among the members' `claims` and one more claim
-/// of the lowest priority for the unmanaged GPUs (their draw as demand and
-/// cap), and whether that claim's share covers their draw.
-///
-/// Only reported: nothing caps the unmanaged GPUs yet (that needs entries
-/// for GPUs without a policy), so the members' allocations still come out
-/// of what is left after their measured draw.
-pub fn unmanaged_share(room: f64, claims: &[Claim], unmanaged_watts: f64) -> Decided {
+/// The unmanaged GPUs' share under `capUnmanaged`: `room` (the budget less
+/// reserved power and its children) arbitrated among the members' `claims`
+/// and one more claim of the lowest priority for the unmanaged GPUs: their
+/// estimated `demand_watts` within their power limits, guaranteed their
+/// lowest limits. Capped at the demand, the claim leaves headroom to the
+/// members; held at its share, its demand probes above it, so the GPUs
+/// get watts back as the members free them. Also the condition that says
+/// whether the share covers the demand.
+pub fn unmanaged_share(
+    room: f64,
+    claims: &[Claim],
+    demand_watts: f64,
+    unmanaged: &Unmanaged,
+) -> (Decided, f64) {
     let mut all = claims.to_vec();
     all.push(Claim {
         // Below every policy: spec.priority is bounded well above it.
         priority: i32::MIN,
-        min_watts: 0.0,
-        cap_watts: unmanaged_watts,
-        demand_watts: unmanaged_watts,
+        min_watts: unmanaged.floor_watts,
+        cap_watts: demand_watts
+            .min(unmanaged.limit_watts)
+            .max(unmanaged.floor_watts),
+        demand_watts,
     });
     let share = arbitration::allocate(room, &all)
         .watts
         .last()
         .copied()
         .unwrap_or(0.0);
-    // Rounding to whole watts keeps a share equal to the draw within.
-    let within = unmanaged_watts.round() <= share.round();
-    Decided::new(
+    // Rounding to whole watts keeps a share equal to the demand within.
+    let within = demand_watts.round() <= share.round();
+    let condition = Decided::new(
         conditions::UNMANAGED_WITHIN_SHARE,
         within,
         if within { "WithinShare" } else { "OverShare" },
         format!(
-            "the covered GPUs no policy selects draw {unmanaged_watts:.0} W; as the lowest priority they would be allotted {share:.0} W (reported only: capUnmanaged does not cap them yet)"
+            "the covered GPUs no policy selects want {demand_watts:.0} W; as the lowest priority they are allotted {share:.0} W, which their NodeFrequencies entries hold them to"
         ),
-    )
+    );
+    (condition, share)
+}
+
+/// This period's unmanaged share on the way to `target`, like [`stage`]:
+/// `held` is what the GPUs may draw now (the larger of their draw and
+/// their entries' sum). A cut applies at once; a raise only into what the
+/// members may still hold leaves of `room` (each
+/// member the larger of its previous and new allocation, its own cap when
+/// it has none), so the entries and the allocations never add up to more
+/// than the budget, whether the agents run on this period's or the last.
+fn stage_unmanaged(
+    room: f64,
+    members: &[Member],
+    allocations: &[Option<i64>],
+    target: f64,
+    held: f64,
+) -> f64 {
+    if target <= held {
+        return target;
+    }
+    let members_hold: f64 = members
+        .iter()
+        .zip(allocations)
+        .map(|(m, new)| {
+            let cap = m.cap_watts.max(0.0).ceil() as i64;
+            m.allocated_watts.unwrap_or(cap).max(new.unwrap_or(cap)) as f64
+        })
+        .sum();
+    target.min(held.max(room - members_hold))
 }
 
 /// This period's allocations on the way to `target`: cuts at once, raises
@@ -524,16 +600,18 @@ mod tests {
             floor_watts: 0.0,
             probe_fraction: 0.1,
             cap_unmanaged: false,
+            unmanaged: Unmanaged::default(),
             members,
         }
     }
 
     #[test]
-    fn cap_unmanaged_reports_unmanaged_gpus_over_their_lowest_priority_share() {
+    fn cap_unmanaged_holds_unmanaged_gpus_to_their_lowest_priority_share() {
         // 1000 W; serving draws 600 W, the unmanaged GPUs 500 W: as the
         // lowest priority they would get only 400 W.
         let mut over = inputs(1000.0, vec![member("serving", 10, 600.0, None)]);
         over.unmanaged_watts = Some(500.0);
+        over.unmanaged.limit_watts = 1400.0;
         let without = decide(&over);
         assert!(
             !without
@@ -548,17 +626,88 @@ mod tests {
             condition(&decision, conditions::UNMANAGED_WITHIN_SHARE),
             (false, "OverShare".to_string())
         );
-        // Reported only: serving's allocation still leaves their draw.
-        assert!(
-            decision.allocations[0].is_some_and(|w| w <= 500),
-            "{decision:?}"
-        );
+        // Their draw still comes off the top until their entries cut it;
+        // the entries get what serving leaves, so both fit the budget.
+        assert_eq!(without.unmanaged_share_watts, None);
+        let serving = decision.allocations[0].unwrap_or(0);
+        assert!(serving <= 500, "{decision:?}");
+        let share = decision.unmanaged_share_watts.unwrap_or(f64::NAN);
+        assert!(share < 500.0, "{decision:?}");
+        assert!(serving as f64 + share <= 1000.0, "{decision:?}");
+
+        // Next period the entries hold them at that share and they draw
+        // it: serving, at its 500 W allocation, is raised into what the
+        // entries no longer allow; the entries stay as they are, and the
+        // two still fit.
+        let mut held = over.clone();
+        held.members = vec![member("serving", 10, 600.0, Some(serving))];
+        held.unmanaged_watts = Some(share);
+        held.unmanaged.held_watts = Some(share);
+        let next = decide(&held);
+        let serving_next = next.allocations[0].unwrap_or(0);
+        let share_next = next.unmanaged_share_watts.unwrap_or(f64::NAN);
+        assert!(serving_next > serving, "{next:?}");
+        assert!(share_next <= share, "{next:?}");
+        assert!(serving_next as f64 + share_next <= 1000.0, "{next:?}");
         // With room for both they are within their share.
         let mut within = over.clone();
         within.watts = 1200.0;
         assert_eq!(
             condition(&decide(&within), conditions::UNMANAGED_WITHIN_SHARE),
             (true, "WithinShare".to_string())
+        );
+    }
+
+    #[test]
+    fn capped_unmanaged_gpus_keep_their_lowest_limits_beside_the_policies() {
+        // The policies' GPUs need 600 W; the unmanaged ones draw 100 W but
+        // cannot be held below 500 W: capping them leaves too little.
+        let mut inputs = inputs(1000.0, vec![member("serving", 10, 300.0, None)]);
+        inputs.floor_watts = 600.0;
+        inputs.unmanaged_watts = Some(100.0);
+        inputs.unmanaged.floor_watts = 500.0;
+        assert_eq!(
+            condition(&decide(&inputs), conditions::VALID),
+            (true, "Arbitrated".to_string())
+        );
+        inputs.cap_unmanaged = true;
+        let decision = decide(&inputs);
+        assert_eq!(
+            condition(&decision, conditions::VALID),
+            (false, "BelowMinimumPowerLimits".to_string())
+        );
+        assert_eq!(decision.unmanaged_share_watts, None);
+    }
+
+    #[test]
+    fn unmanaged_entries_rise_only_into_what_the_members_leave() {
+        // Held at 200 W and drawing it, the unmanaged GPUs probe for more;
+        // serving holds 850 W of 1000 W and now draws 300 W. Its cut
+        // applies at once, making room for the probe, but the entries rise
+        // only a period later, once serving's agents run on the cut.
+        let mut inputs = inputs(1000.0, vec![member("serving", 10, 300.0, Some(850))]);
+        inputs.cap_unmanaged = true;
+        inputs.unmanaged_watts = Some(200.0);
+        inputs.unmanaged.held_watts = Some(200.0);
+        inputs.unmanaged.limit_watts = 2000.0;
+        let decision = decide(&inputs);
+        let serving = decision.allocations[0].unwrap_or(0);
+        assert_eq!(serving, 780, "{decision:?}");
+        assert_eq!(decision.unmanaged_share_watts, Some(200.0), "{decision:?}");
+        // With the room there a period later, they get their probe.
+        inputs.members = vec![member("serving", 10, 300.0, Some(serving))];
+        let later = decide(&inputs);
+        assert_eq!(later.unmanaged_share_watts, Some(220.0), "{later:?}");
+        assert!(later.allocations[0].is_some_and(|w| w as f64 + 220.0 <= 1000.0));
+        // Guaranteed their lowest power limits (a period to make room).
+        inputs.unmanaged.floor_watts = 400.0;
+        let first = decide(&inputs);
+        inputs.members = vec![member("serving", 10, 300.0, first.allocations[0])];
+        inputs.unmanaged.held_watts = first.unmanaged_share_watts;
+        let floored = decide(&inputs);
+        assert!(
+            floored.unmanaged_share_watts.is_some_and(|w| w >= 400.0),
+            "{floored:?}"
         );
     }
 
