@@ -367,17 +367,7 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
         .flat_map(|n| &n.devices)
         .map(|d| d.device_id.as_str())
         .collect();
-    // Only GPUs no policy at all measures are capped as unmanaged (one
-    // under a policy spanning budgets is its policy's).
-    let managed: BTreeSet<String> = ctx
-        .policies
-        .state()
-        .iter()
-        .filter_map(|p| p.status.clone())
-        .flat_map(|s| s.nodes)
-        .flat_map(|n| n.devices)
-        .map(|d| d.device_id)
-        .collect();
+    let managed = unmanaged::measured_gpus(&ctx.policies.state());
     let mut floor_watts = 0.0;
     let mut unmanaged_gpus = Vec::new();
     let mut capped = Vec::new();
@@ -412,11 +402,7 @@ async fn reconcile(budget: Arc<PowerBudget>, ctx: Arc<Context>) -> Result<Action
         cap_unmanaged: budget.spec.cap_unmanaged,
         unmanaged: Unmanaged::of(
             &capped,
-            &ctx.node_frequencies
-                .state()
-                .iter()
-                .flat_map(|nf| unmanaged::held(nf, &name))
-                .collect::<Vec<_>>(),
+            &unmanaged::held_anywhere(&ctx.node_frequencies.state(), &name),
         ),
         members: members.clone(),
     });
@@ -763,16 +749,14 @@ async fn sweep_each_period(ctx: Arc<Context>, shutdown: impl Future<Output = ()>
                 .filter(|b| b.spec.cap_unmanaged && valid.contains_key(&b.name_any()))
                 .map(|b| b.name_any())
                 .collect();
-            for (budget, node) in unmanaged::stale(&ctx.node_frequencies.state(), &capping) {
-                let none = BTreeMap::from([(node, Vec::new())]);
-                let ttl = unmanaged::entry_ttl(ctx.config.interval);
-                let store = &ctx.node_frequencies;
-                if let Err(error) =
-                    unmanaged::write(&ctx.client, &ctx.metrics, store, &budget, &none, ttl).await
-                {
-                    tracing::warn!(%error, %budget, "could not remove a budget's entries");
-                }
-            }
+            unmanaged::remove_stale(
+                &ctx.client,
+                &ctx.metrics,
+                &ctx.node_frequencies,
+                &capping,
+                ctx.config.interval,
+            )
+            .await;
             for policy in ctx.policies.state() {
                 let allocated = policy.status.as_ref().and_then(|s| s.allocated_watts);
                 let coverage = budget_status::coverage(&policy_nodes(&policy), &valid);

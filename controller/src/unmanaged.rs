@@ -29,9 +29,9 @@ use std::{
 };
 
 use climatik_api::{
-    GpuFrequency, GpuInventory, NodeFrequencies, PowerCappingPolicy,
+    DeviceKind, GpuFrequency, GpuInventory, NodeFrequencies, PowerCappingPolicy,
     bounds::MAX_DEVICE_WATTS,
-    names::{budget_entries_manager, budget_key, parse_budget_key},
+    names::{budget_entries_manager, budget_key, conditions, parse_budget_key},
 };
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Time,
@@ -169,15 +169,23 @@ pub fn wanted(
     by_node
 }
 
-/// Whether the monitor has measured every policy as its spec now stands,
-/// so the GPUs none of them measures are known. Before that a policy's
-/// GPUs would look unmanaged (a new policy, a controller just started),
-/// and capping them would hold a workload to the lowest priority's share.
+/// Whether the monitor has measured the GPUs of every GPU policy as its
+/// spec now stands (or found it has no pods), so the GPUs none of them
+/// measures are known. Before that a policy's GPUs would look unmanaged (a
+/// new policy, a controller just started, series not scraped yet), and
+/// capping them would hold a workload to the lowest priority's share. A
+/// policy whose pods have no GPU series (pending pods) holds the entries
+/// as they are until it is measured.
 pub fn known(policies: &[Arc<PowerCappingPolicy>]) -> bool {
     policies.iter().all(|p| {
-        p.status
-            .as_ref()
-            .is_some_and(|s| s.observed_generation == p.metadata.generation)
+        p.status.as_ref().is_some_and(|s| {
+            let measured = s.conditions.iter().any(|c| {
+                c.type_ == conditions::METRICS_AVAILABLE
+                    && matches!(c.reason.as_str(), "MetricsFound" | "NoMatchingPods")
+            });
+            s.observed_generation == p.metadata.generation
+                && (measured || !p.acts_on(DeviceKind::Gpu))
+        })
     })
 }
 
@@ -189,6 +197,26 @@ pub fn held(nf: &NodeFrequencies, budget: &str) -> Vec<GpuFrequency> {
         .iter()
         .filter(|e| e.policy == key)
         .cloned()
+        .collect()
+}
+
+/// The entries of budget `budget` on every node.
+pub fn held_anywhere(node_frequencies: &[Arc<NodeFrequencies>], budget: &str) -> Vec<GpuFrequency> {
+    node_frequencies
+        .iter()
+        .flat_map(|nf| held(nf, budget))
+        .collect()
+}
+
+/// The GPUs some policy measures: never capped as unmanaged, whichever
+/// budget the policy belongs to (one spanning budgets belongs to none).
+pub fn measured_gpus(policies: &[Arc<PowerCappingPolicy>]) -> BTreeSet<String> {
+    policies
+        .iter()
+        .filter_map(|p| p.status.as_ref())
+        .flat_map(|s| &s.nodes)
+        .flat_map(|n| &n.devices)
+        .map(|d| d.device_id.clone())
         .collect()
 }
 
@@ -303,6 +331,25 @@ pub async fn apply(
         &expires_at(ttl),
     );
     write(client, metrics, store, budget, &wanted, ttl).await
+}
+
+/// Removes the entries of every budget not in `capping` (gone, invalid or
+/// not capping) from the nodes that hold them; a failure is logged and
+/// tried again next period.
+pub async fn remove_stale(
+    client: &kube::Client,
+    metrics: &Metrics,
+    store: &Store<NodeFrequencies>,
+    capping: &BTreeSet<String>,
+    interval: Duration,
+) {
+    for (budget, node) in stale(&store.state(), capping) {
+        let none = BTreeMap::from([(node, Vec::new())]);
+        if let Err(error) = write(client, metrics, store, &budget, &none, entry_ttl(interval)).await
+        {
+            tracing::warn!(%error, %budget, "could not remove a budget's entries");
+        }
+    }
 }
 
 /// When entries written now expire.
@@ -426,7 +473,7 @@ mod tests {
 
     #[test]
     fn unmanaged_gpus_are_known_once_every_policy_is_measured_as_it_stands() {
-        let policy = |generation: i64, observed: Option<i64>| {
+        let policy = |generation: i64, observed: Option<i64>, reason: &str| {
             let mut p: PowerCappingPolicy = match serde_json::from_value(serde_json::json!({
                 "apiVersion": "climatik.io/v1alpha1",
                 "kind": "PowerCappingPolicy",
@@ -438,14 +485,28 @@ mod tests {
             };
             p.status = observed.map(|g| climatik_api::PowerCappingPolicyStatus {
                 observed_generation: Some(g),
+                conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                    type_: conditions::METRICS_AVAILABLE.into(),
+                    status: "True".into(),
+                    reason: reason.into(),
+                    message: String::new(),
+                    observed_generation: None,
+                    last_transition_time: time(),
+                }],
                 ..Default::default()
             });
             Arc::new(p)
         };
         assert!(known(&[]));
-        assert!(known(&[policy(2, Some(2))]));
-        assert!(!known(&[policy(2, Some(2)), policy(1, None)]));
-        assert!(!known(&[policy(3, Some(2))]));
+        assert!(known(&[policy(2, Some(2), "MetricsFound")]));
+        assert!(known(&[policy(2, Some(2), "NoMatchingPods")]));
+        // Pods whose GPU series are not there (yet).
+        assert!(!known(&[policy(2, Some(2), "NoData")]));
+        assert!(!known(&[
+            policy(2, Some(2), "MetricsFound"),
+            policy(1, None, "")
+        ]));
+        assert!(!known(&[policy(3, Some(2), "MetricsFound")]));
     }
 
     #[test]

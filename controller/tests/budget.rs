@@ -638,6 +638,19 @@ async fn cap_unmanaged_holds_the_gpus_no_policy_selects_to_their_share() -> anyh
         // is allotted what the policies leave, at least its 100 W floor.
         rack.draw(200.0, 300.0, 400.0);
         rack.start_workloads(Some(100.0)).await?;
+        // Measured first: a policy the budget controller has not seen yet
+        // cannot keep its GPUs out of the unmanaged claim (its entries go
+        // a period after it is measured).
+        wait_for("both policies measured", TIMEOUT, || async {
+            let measured = |p: PowerCappingPolicy| {
+                p.status
+                    .is_some_and(|s| s.nodes.iter().any(|n| !n.devices.is_empty()))
+            };
+            Ok((measured(rack.policies().get("serving").await?)
+                && measured(rack.policies().get("training").await?))
+            .then_some(()))
+        })
+        .await?;
         let name = format!("{}-rack", rack.ns);
         rack.create_budget(&name, json!({ "watts": 700, "capUnmanaged": true }))
             .await?;
