@@ -66,11 +66,12 @@ pub struct PowerBudgetSpec {
     #[schemars(range(min = 0, max = MAX_POWER_WATTS))]
     pub reserved_watts: i64,
 
-    /// Also count the GPUs on covered nodes that no policy selects as one
-    /// claim of the lowest priority. Reported only for now: the condition
-    /// `UnmanagedWithinShare` says whether they draw more than that claim
-    /// would be allotted; nothing caps them yet, and their measured draw
-    /// still comes off the top of the budget.
+    /// Also cap the GPUs on covered nodes that no policy selects, as one
+    /// claim of the lowest priority: NodeFrequencies entries (policy key
+    /// `powerbudget:NAME`) hold them to that claim's share, at their
+    /// highest clock. The condition `UnmanagedWithinShare` says whether
+    /// the share covers what they want. Off: their measured draw comes off
+    /// the top of the budget and nothing caps them.
     #[serde(default)]
     pub cap_unmanaged: bool,
 }

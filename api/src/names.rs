@@ -55,6 +55,10 @@ pub const MANAGER_WEBHOOK: &str = "climatik-webhook";
 pub const MANAGER_CONTROLLER: &str = "climatik-powercapping-controller";
 /// Field manager of the node agent's status writes.
 pub const MANAGER_FREQTUNER: &str = "climatik-freqtuner";
+/// Field manager of the budget controller's allocations and budget
+/// statuses, and prefix of its per-budget entry managers
+/// ([`budget_entries_manager`]).
+pub const MANAGER_BUDGET: &str = "climatik-budget-controller";
 /// Prefix of the per-policy field managers of the recommender.
 pub const MANAGER_RECOMMENDER_PREFIX: &str = "climatik-recommender";
 
@@ -144,6 +148,35 @@ pub fn parse_policy_key(key: &str) -> Option<(&str, &str)> {
     })
 }
 
+/// Prefix of the `policy` key of the NodeFrequencies entries a PowerBudget
+/// with `capUnmanaged` writes for the GPUs no policy selects. A policy's
+/// key is `namespace/name`, and neither part may hold a `:`, so no policy
+/// key starts with it; [`parse_policy_key`] rejects it (no slash), so the
+/// recommender never takes such entries for a deleted policy's.
+pub const BUDGET_KEY_PREFIX: &str = "powerbudget:";
+
+/// The `policy` key of the entries PowerBudget `budget` writes.
+pub fn budget_key(budget: &str) -> String {
+    format!("{BUDGET_KEY_PREFIX}{budget}")
+}
+
+/// The PowerBudget a [`budget_key`] belongs to; `None` for other keys.
+pub fn parse_budget_key(key: &str) -> Option<&str> {
+    key.strip_prefix(BUDGET_KEY_PREFIX)
+        .filter(|name| !name.is_empty())
+}
+
+/// Field manager of PowerBudget `budget`'s entries: one per budget, so
+/// applying one budget's entries never removes another's, nor a policy's.
+pub fn budget_entries_manager(budget: &str) -> String {
+    let full = format!("{MANAGER_BUDGET}/{budget}");
+    if full.len() <= 128 {
+        full
+    } else {
+        format!("{MANAGER_BUDGET}/{:08x}", fnv1a32(full.as_bytes()))
+    }
+}
+
 fn fnv1a32(bytes: &[u8]) -> u32 {
     bytes.iter().fold(0x811c_9dc5_u32, |hash, byte| {
         (hash ^ u32::from(*byte)).wrapping_mul(0x0100_0193)
@@ -181,6 +214,17 @@ mod tests {
         for key in ["manual", "", "/x", "ns/", "a/b/c"] {
             assert_eq!(parse_policy_key(key), None, "{key}");
         }
+    }
+
+    #[test]
+    fn budget_keys_round_trip_and_are_no_policy_keys() {
+        assert_eq!(parse_budget_key(&budget_key("rack-1")), Some("rack-1"));
+        assert_eq!(parse_policy_key(&budget_key("rack-1")), None);
+        for key in ["ns/p", "manual", "powerbudget:"] {
+            assert_eq!(parse_budget_key(key), None, "{key}");
+        }
+        assert!(budget_entries_manager(&"b".repeat(253)).len() <= 128);
+        assert_ne!(budget_entries_manager("a"), budget_entries_manager("b"));
     }
 
     #[test]

@@ -37,7 +37,7 @@ use crate::{
     printcolumn = r#"{"name":"Power","type":"number","description":"Measured power in watts","jsonPath":".status.currentPower"}"#,
     printcolumn = r#"{"name":"Capping","type":"boolean","description":"Power is above the threshold","jsonPath":".status.cappingActionRequired"}"#,
     printcolumn = r#"{"name":"Allocated","type":"integer","priority":1,"description":"The watts a PowerBudget allocates to the policy","jsonPath":".status.allocatedWatts"}"#,
-    printcolumn = r#"{"name":"Priority","type":"integer","priority":1,"description":"Priority in a shared PowerBudget","jsonPath":".spec.priority"}"#,
+    printcolumn = r#"{"name":"Priority","type":"integer","priority":1,"description":"Priority in a shared PowerBudget: spec.priority, else the pods' PriorityClass value, else 0","jsonPath":".status.effectivePriority"}"#,
     printcolumn = r#"{"name":"DryRun","type":"boolean","priority":1,"jsonPath":".spec.dryRun"}"#,
     printcolumn = r#"{"name":"Pods","type":"integer","priority":1,"jsonPath":".status.matchedPodCount"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
@@ -77,7 +77,9 @@ pub struct PowerCappingPolicySpec {
     pub devices: Vec<DeviceKind>,
 
     /// Priority among the policies sharing a PowerBudget: higher is served
-    /// first and cut last. Absent means 0.
+    /// first and cut last. Absent means the highest priority of the pods
+    /// the selector matches (their PriorityClass value, `status.podPriority`),
+    /// else 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = MIN_PRIORITY, max = MAX_PRIORITY))]
     pub priority: Option<i32>,
@@ -165,6 +167,19 @@ pub struct PowerCappingPolicyStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = MAX_POWER_WATTS))]
     pub allocated_watts: Option<i64>,
+
+    /// The highest `spec.priority` of the matched pods (the value of their
+    /// PriorityClass, which the API server fills in), within the policy
+    /// priority range; absent when no matched pod has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = MIN_PRIORITY, max = MAX_PRIORITY))]
+    pub pod_priority: Option<i32>,
+
+    /// The priority a shared PowerBudget arbitrates the policy at:
+    /// `spec.priority`, else `podPriority`, else 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = MIN_PRIORITY, max = MAX_PRIORITY))]
+    pub effective_priority: Option<i32>,
 
     /// Energy the selected devices used and time the policy was capping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -276,7 +291,24 @@ impl PowerCappingPolicyStatus {
     }
 }
 
+/// The priority a policy with `spec` is arbitrated at in a shared
+/// PowerBudget when its pods' highest priority is `pod_priority`: its own
+/// `spec.priority`, else its pods', else 0.
+pub fn effective_priority(spec: &PowerCappingPolicySpec, pod_priority: Option<i32>) -> i32 {
+    spec.priority.or(pod_priority).unwrap_or(0)
+}
+
 impl PowerCappingPolicy {
+    /// The priority a shared PowerBudget arbitrates the policy at, from its
+    /// spec and the pod priority its status last recorded
+    /// ([`effective_priority`]).
+    pub fn effective_priority(&self) -> i32 {
+        effective_priority(
+            &self.spec,
+            self.status.as_ref().and_then(|s| s.pod_priority),
+        )
+    }
+
     /// The first configured algorithm, if any.
     pub fn algorithm(&self) -> Option<&CustomAlgorithm> {
         self.spec.custom_algorithms.first()

@@ -59,11 +59,11 @@ use crate::{
     metrics::Metrics,
     observe,
     prom::Prometheus,
+    unmanaged::{self, Unmanaged, UnmanagedGpu},
 };
 use climatik_runtime::Shutdown;
 
-/// Field manager of the allocations and budget statuses it writes.
-pub const MANAGER_BUDGET: &str = "climatik-budget-controller";
+pub use climatik_api::names::MANAGER_BUDGET;
 
 /// Share of its allocation a policy held at it is assumed to want more,
 /// so a workload that needs more finds out within a period or two.
@@ -369,6 +369,11 @@ struct Gathered {
     inputs: Inputs,
     member_policies: Vec<Arc<PowerCappingPolicy>>,
     spanning: Vec<(Arc<PowerCappingPolicy>, Vec<String>)>,
+    /// The GPUs on its own nodes no policy measures, which `capUnmanaged`
+    /// holds to their share.
+    capped: Vec<UnmanagedGpu>,
+    /// Its nodes outside its children.
+    own_nodes: BTreeSet<String>,
 }
 
 /// Arbitrates a tree of valid budgets (root first) as one and writes every
@@ -446,8 +451,10 @@ async fn gather(ctx: &Context, budget: &PowerBudget, valid: &BTreeMap<String, Sh
         .flat_map(|n| &n.devices)
         .map(|d| d.device_id.as_str())
         .collect();
+    let managed = unmanaged::measured_gpus(&ctx.policies.state());
     let mut floor_watts = 0.0;
     let mut unmanaged_gpus = Vec::new();
+    let mut capped = Vec::new();
     for node in &own_nodes {
         let Some(nf) = ctx.node_frequencies.get(&ObjectRef::new(node)) else {
             continue;
@@ -459,10 +466,20 @@ async fn gather(ctx: &Context, budget: &PowerBudget, valid: &BTreeMap<String, Sh
                 floor_watts += gpu.min_power_limit_watts.unwrap_or(0.0);
             } else {
                 unmanaged_gpus.push(gpu.gpu_id.clone());
+                if !managed.contains(&gpu.gpu_id) {
+                    capped.push(UnmanagedGpu {
+                        node: node.clone(),
+                        gpu: gpu.clone(),
+                    });
+                }
             }
         }
     }
     let unmanaged_watts = unmanaged_power(ctx, &unmanaged_gpus).await;
+    let unmanaged = Unmanaged::of(
+        &capped,
+        &unmanaged::held_anywhere(&ctx.node_frequencies.state(), &name),
+    );
     Gathered {
         inputs: Inputs {
             name,
@@ -473,10 +490,13 @@ async fn gather(ctx: &Context, budget: &PowerBudget, valid: &BTreeMap<String, Sh
             floor_watts,
             probe_fraction: PROBE_FRACTION,
             cap_unmanaged: budget.spec.cap_unmanaged,
+            unmanaged,
             members,
         },
         member_policies,
         spanning,
+        capped,
+        own_nodes,
     }
 }
 
@@ -495,7 +515,27 @@ async fn apply(
         inputs,
         member_policies,
         spanning,
+        capped,
+        own_nodes,
     } = gathered;
+    // capUnmanaged: the unmanaged GPUs held to their share; without it,
+    // none. With nothing to go on (no share decided, or a policy not
+    // measured yet), the entries are held as they are.
+    let unknown =
+        decision.unmanaged_share_watts.is_none() || !unmanaged::known(&ctx.policies.state());
+    if !(budget.spec.cap_unmanaged && unknown) {
+        unmanaged::apply(
+            &ctx.client,
+            &ctx.metrics,
+            &ctx.node_frequencies,
+            &name,
+            decision.unmanaged_share_watts,
+            capped,
+            own_nodes,
+            ctx.config.interval,
+        )
+        .await?;
+    }
     for ((policy, member), allocation) in member_policies
         .iter()
         .zip(&inputs.members)
@@ -575,7 +615,7 @@ fn member(policy: &PowerCappingPolicy, budget: &PowerBudget) -> Member {
     Member {
         namespace,
         name: policy.name_any(),
-        priority: policy.spec.priority.unwrap_or(0),
+        priority: policy.effective_priority(),
         min_watts: policy.spec.min_watts.unwrap_or(0) as f64,
         cap_watts: policy.spec.power_cap_limit as f64,
         measured_watts: status.and_then(|s| s.current_power),
@@ -810,6 +850,22 @@ async fn sweep_each_period(ctx: Arc<Context>, shutdown: impl Future<Output = ()>
                 continue;
             }
             let valid = valid(&shapes(&ctx));
+            // Entries of budgets gone, invalid or no longer capping.
+            let capping: BTreeSet<String> = ctx
+                .budgets
+                .state()
+                .iter()
+                .filter(|b| b.spec.cap_unmanaged && valid.contains_key(&b.name_any()))
+                .map(|b| b.name_any())
+                .collect();
+            unmanaged::remove_stale(
+                &ctx.client,
+                &ctx.metrics,
+                &ctx.node_frequencies,
+                &capping,
+                ctx.config.interval,
+            )
+            .await;
             for policy in ctx.policies.state() {
                 let allocated = policy.status.as_ref().and_then(|s| s.allocated_watts);
                 let coverage = budget_status::coverage(&policy_nodes(&policy), &valid);

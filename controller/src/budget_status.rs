@@ -18,6 +18,7 @@ use climatik_api::{BudgetAllocation, BudgetChild, PowerBudgetStatus, names::cond
 use crate::{
     arbitration::{self, Claim, TreeBudget},
     conditions::Decided,
+    unmanaged::Unmanaged,
 };
 
 /// What decides a budget's place in the tree: its parent and the nodes its
@@ -168,9 +169,12 @@ pub struct Inputs {
     pub floor_watts: f64,
     /// Share of an allocation a policy held at it is assumed to want more.
     pub probe_fraction: f64,
-    /// `spec.capUnmanaged`: report the share the unmanaged GPUs would get
-    /// as the lowest priority ([`unmanaged_share`]).
+    /// `spec.capUnmanaged`: arbitrate the unmanaged GPUs as one claim of
+    /// the lowest priority ([`unmanaged_share`]) and hold them to its share.
     pub cap_unmanaged: bool,
+    /// What holds the unmanaged GPUs now and their power limits; read only
+    /// with `cap_unmanaged`.
+    pub unmanaged: Unmanaged,
     pub members: Vec<Member>,
 }
 
@@ -183,6 +187,10 @@ pub struct Decision {
     /// `status.allocatedWatts` of each member, in `members`' order; `None`
     /// leaves the member to its own cap.
     pub allocations: Vec<Option<i64>>,
+    /// With `capUnmanaged`, the watts the unmanaged GPUs' entries add up to
+    /// this period; `None` holds the entries as they are (nothing to go
+    /// on) or, without `capUnmanaged`, wants none.
+    pub unmanaged_share_watts: Option<f64>,
     pub overcommitted: bool,
 }
 
@@ -217,22 +225,90 @@ pub fn decide_tree(budgets: &[Inputs]) -> Vec<Decision> {
     };
     let shape = TreeShape::new(budgets);
     let n = budgets.len();
-    let off: Vec<f64> = (0..n)
+    let demands: Vec<Vec<f64>> = budgets.iter().map(demands).collect();
+    // What the reserved power and the unmanaged GPUs draw, and under
+    // capUnmanaged what they are held to: its own room
+    // ([`unmanaged_room`]) arbitrated with the unmanaged GPUs as the
+    // lowest priority, decided before the members share what it leaves.
+    let drawn: Vec<f64> = (0..n)
         .map(|b| budgets[b].reserved_watts + unmanaged[b])
+        .collect();
+    let unmanaged_targets: Vec<Option<(Decided, f64)>> = (0..n)
+        .map(|b| {
+            let budget = &budgets[b];
+            budget.cap_unmanaged.then(|| {
+                let demand = arbitration::estimate_demand(
+                    unmanaged[b],
+                    budget.unmanaged.held_watts,
+                    None,
+                    budget.probe_fraction,
+                );
+                let own_claims: Vec<Claim> = budget
+                    .members
+                    .iter()
+                    .zip(&demands[b])
+                    .map(|(m, d)| claim(m, *d))
+                    .collect();
+                unmanaged_share(
+                    unmanaged_room(&shape, budgets, b),
+                    &own_claims,
+                    demand,
+                    &budget.unmanaged,
+                )
+            })
+        })
+        .collect();
+    // Held by entries, the unmanaged GPUs may draw up to what the entries
+    // allow even while they draw less: that much, or the share they are
+    // to grow to, is not the members' to share.
+    let counted: Vec<f64> = (0..n)
+        .map(|b| {
+            let budget = &budgets[b];
+            if budget.cap_unmanaged {
+                unmanaged[b].max(budget.unmanaged.held_watts.unwrap_or(0.0))
+            } else {
+                unmanaged[b]
+            }
+        })
+        .collect();
+    let off: Vec<f64> = (0..n)
+        .map(|b| {
+            let target = unmanaged_targets[b].as_ref().map_or(0.0, |(_, t)| *t);
+            budgets[b].reserved_watts + counted[b].max(target)
+        })
+        .collect();
+    // Capped, the unmanaged GPUs can be held down to their lowest limits
+    // but no further: the policies' GPUs must fit beside those.
+    let off_at_floor: Vec<f64> = (0..n)
+        .map(|b| {
+            let budget = &budgets[b];
+            let unmanaged = if budget.cap_unmanaged {
+                budget.unmanaged.floor_watts
+            } else {
+                unmanaged[b]
+            };
+            budget.reserved_watts + unmanaged
+        })
         .collect();
     // Bottom-up: what each subtree takes off its parent's top before any
     // policy, its floor, and whether it can be arbitrated at all.
     let mut off_below = off.clone();
+    let mut floor_off_below = off_at_floor;
     let mut floor = vec![0.0; n];
     let mut failed = vec![false; n];
     for &b in shape.order.iter().rev() {
         floor[b] += budgets[b].floor_watts;
-        failed[b] = budgets[b].watts - off_below[b] < floor[b];
+        failed[b] = budgets[b].watts - floor_off_below[b] < floor[b];
         if let Some(p) = shape.parents[b] {
             off_below[p] += if failed[b] {
                 budgets[b].watts
             } else {
                 off_below[b]
+            };
+            floor_off_below[p] += if failed[b] {
+                budgets[b].watts
+            } else {
+                floor_off_below[b]
             };
             if !failed[b] {
                 floor[p] += floor[b];
@@ -251,7 +327,6 @@ pub fn decide_tree(budgets: &[Inputs]) -> Vec<Decision> {
         };
     }
 
-    let demands: Vec<Vec<f64>> = budgets.iter().map(demands).collect();
     let mut owners = Vec::new();
     let mut claims = Vec::new();
     let mut claimed = Vec::new();
@@ -288,7 +363,7 @@ pub fn decide_tree(budgets: &[Inputs]) -> Vec<Decision> {
         .collect();
     let mut taken: Vec<f64> = (0..n).map(|b| off[b] + own_allocated[b]).collect();
     let mut demanded: Vec<f64> = (0..n)
-        .map(|b| off[b] + demands[b].iter().sum::<f64>())
+        .map(|b| drawn[b] + demands[b].iter().sum::<f64>())
         .collect();
     let mut measured: Vec<f64> = (0..n)
         .map(|b| {
@@ -297,7 +372,7 @@ pub fn decide_tree(budgets: &[Inputs]) -> Vec<Decision> {
                 .iter()
                 .filter_map(|m| m.measured_watts)
                 .sum();
-            policies + off[b]
+            policies + drawn[b]
         })
         .collect();
     let mut children_taken = vec![0.0; n];
@@ -352,7 +427,8 @@ pub fn decide_tree(budgets: &[Inputs]) -> Vec<Decision> {
                 let message = if at == b {
                     format!(
                         "{:.0} W to share is below the {:.0} W the covered GPUs' lowest power limits add up to; policies keep their own caps",
-                        room[b], floor[b]
+                        (budgets[b].watts - floor_off_below[b]).max(0.0),
+                        floor[b]
                     )
                 } else {
                     format!(
@@ -377,6 +453,7 @@ pub fn decide_tree(budgets: &[Inputs]) -> Vec<Decision> {
                     status,
                     conditions: decided,
                     allocations: allocations[b].clone(),
+                    unmanaged_share_watts: None,
                     overcommitted: false,
                 };
             }
@@ -389,16 +466,16 @@ pub fn decide_tree(budgets: &[Inputs]) -> Vec<Decision> {
                     budget.members.len()
                 ),
             ));
-            let own_claims: Vec<Claim> = budget
-                .members
-                .iter()
-                .zip(&demands[b])
-                .map(|(m, d)| claim(m, *d))
-                .collect();
-            if budget.cap_unmanaged {
-                let room = watts[b] - budget.reserved_watts - children_taken[b];
-                decided.push(unmanaged_share(room, &own_claims, unmanaged[b]));
-            }
+            let unmanaged_share_watts = unmanaged_targets[b].as_ref().map(|(condition, target)| {
+                decided.push(condition.clone());
+                stage_unmanaged(
+                    unmanaged_room(&shape, budgets, b),
+                    &budget.members,
+                    &allocations[b],
+                    *target,
+                    counted[b],
+                )
+            });
             let overcommitted = arbitration.overcommitted.get(b).copied().unwrap_or(false);
             decided.push(if overcommitted {
                 Decided::new(
@@ -424,6 +501,7 @@ pub fn decide_tree(budgets: &[Inputs]) -> Vec<Decision> {
                 status,
                 conditions: decided,
                 allocations: allocations[b].clone(),
+                unmanaged_share_watts,
                 overcommitted,
             }
         })
@@ -451,6 +529,7 @@ fn hold(budget: &Inputs) -> Decision {
             ),
         )],
         allocations,
+        unmanaged_share_watts: None,
         overcommitted: false,
     }
 }
@@ -547,38 +626,87 @@ fn children_list(
     list
 }
 
-/// What `capUnmanaged` reports: `room` (the budget less reserved power and
-/// its children) arbitrated among the members' `claims` and one more claim
-/// of the lowest priority for the unmanaged GPUs (their draw as demand and
-/// cap), and whether that claim's share covers their draw.
-///
-/// Only reported: nothing caps the unmanaged GPUs yet (that needs entries
-/// for GPUs without a policy), so the members' allocations still come out
-/// of what is left after their measured draw.
-pub fn unmanaged_share(room: f64, claims: &[Claim], unmanaged_watts: f64) -> Decided {
+/// The unmanaged GPUs' share under `capUnmanaged`: `room`
+/// ([`unmanaged_room`]) arbitrated among the members' `claims`
+/// and one more claim of the lowest priority for the unmanaged GPUs: their
+/// estimated `demand_watts` within their power limits, guaranteed their
+/// lowest limits. Capped at the demand, the claim leaves headroom to the
+/// members; held at its share, its demand probes above it, so the GPUs
+/// get watts back as the members free them. Also the condition that says
+/// whether the share covers the demand.
+pub fn unmanaged_share(
+    room: f64,
+    claims: &[Claim],
+    demand_watts: f64,
+    unmanaged: &Unmanaged,
+) -> (Decided, f64) {
     let mut all = claims.to_vec();
     all.push(Claim {
         // Below every policy: spec.priority is bounded well above it.
         priority: i32::MIN,
-        min_watts: 0.0,
-        cap_watts: unmanaged_watts,
-        demand_watts: unmanaged_watts,
+        min_watts: unmanaged.floor_watts,
+        cap_watts: demand_watts
+            .min(unmanaged.limit_watts)
+            .max(unmanaged.floor_watts),
+        demand_watts,
     });
     let share = arbitration::allocate(room, &all)
         .watts
         .last()
         .copied()
         .unwrap_or(0.0);
-    // Rounding to whole watts keeps a share equal to the draw within.
-    let within = unmanaged_watts.round() <= share.round();
-    Decided::new(
+    // Rounding to whole watts keeps a share equal to the demand within.
+    let within = demand_watts.round() <= share.round();
+    let condition = Decided::new(
         conditions::UNMANAGED_WITHIN_SHARE,
         within,
         if within { "WithinShare" } else { "OverShare" },
         format!(
-            "the covered GPUs no policy selects draw {unmanaged_watts:.0} W; as the lowest priority they would be allotted {share:.0} W (reported only: capUnmanaged does not cap them yet)"
+            "the covered GPUs no policy selects want {demand_watts:.0} W; as the lowest priority they are allotted {share:.0} W, which their NodeFrequencies entries hold them to"
         ),
-    )
+    );
+    (condition, share)
+}
+
+/// This period's unmanaged share on the way to `target`, like [`stage`]:
+/// `held` is what the GPUs may draw now (the larger of their draw and
+/// their entries' sum). A cut applies at once; a raise only into what the
+/// members may still hold leaves of `room` (each
+/// member the larger of its previous and new allocation, its own cap when
+/// it has none), so the entries and the allocations never add up to more
+/// than the budget, whether the agents run on this period's or the last.
+fn stage_unmanaged(
+    room: f64,
+    members: &[Member],
+    allocations: &[Option<i64>],
+    target: f64,
+    held: f64,
+) -> f64 {
+    if target <= held {
+        return target;
+    }
+    let members_hold: f64 = members
+        .iter()
+        .zip(allocations)
+        .map(|(m, new)| {
+            let cap = m.cap_watts.max(0.0).ceil() as i64;
+            m.allocated_watts.unwrap_or(cap).max(new.unwrap_or(cap)) as f64
+        })
+        .sum();
+    target.min(held.max(room - members_hold))
+}
+
+/// The room the unmanaged GPUs of budget `b` are arbitrated in: its
+/// `spec.watts` less its reserved power and its children's `spec.watts`.
+/// What its parent grants it is decided only with its members' shares, so
+/// the unmanaged claim is sized within its own watts; the members then
+/// share the granted watts less that claim.
+fn unmanaged_room(shape: &TreeShape, budgets: &[Inputs], b: usize) -> f64 {
+    let children: f64 = (0..budgets.len())
+        .filter(|&c| shape.parents[c] == Some(b))
+        .map(|c| budgets[c].watts)
+        .sum();
+    budgets[b].watts - budgets[b].reserved_watts - children
 }
 
 /// This period's allocations on the way to `target` (one per claimed
@@ -762,6 +890,7 @@ mod tests {
             floor_watts: 0.0,
             probe_fraction: 0.1,
             cap_unmanaged: false,
+            unmanaged: Unmanaged::default(),
             members,
         }
     }
@@ -772,11 +901,12 @@ mod tests {
     }
 
     #[test]
-    fn cap_unmanaged_reports_unmanaged_gpus_over_their_lowest_priority_share() {
+    fn cap_unmanaged_holds_unmanaged_gpus_to_their_lowest_priority_share() {
         // 1000 W; serving draws 600 W, the unmanaged GPUs 500 W: as the
         // lowest priority they would get only 400 W.
         let mut over = inputs(1000.0, vec![member("serving", 10, 600.0, None)]);
         over.unmanaged_watts = Some(500.0);
+        over.unmanaged.limit_watts = 1400.0;
         let without = decide(&over);
         assert!(
             !without
@@ -791,17 +921,88 @@ mod tests {
             condition(&decision, conditions::UNMANAGED_WITHIN_SHARE),
             (false, "OverShare".to_string())
         );
-        // Reported only: serving's allocation still leaves their draw.
-        assert!(
-            decision.allocations[0].is_some_and(|w| w <= 500),
-            "{decision:?}"
-        );
+        // Their draw still comes off the top until their entries cut it;
+        // the entries get what serving leaves, so both fit the budget.
+        assert_eq!(without.unmanaged_share_watts, None);
+        let serving = decision.allocations[0].unwrap_or(0);
+        assert!(serving <= 500, "{decision:?}");
+        let share = decision.unmanaged_share_watts.unwrap_or(f64::NAN);
+        assert!(share < 500.0, "{decision:?}");
+        assert!(serving as f64 + share <= 1000.0, "{decision:?}");
+
+        // Next period the entries hold them at that share and they draw
+        // it: serving, at its 500 W allocation, is raised into what the
+        // entries no longer allow; the entries stay as they are, and the
+        // two still fit.
+        let mut held = over.clone();
+        held.members = vec![member("serving", 10, 600.0, Some(serving))];
+        held.unmanaged_watts = Some(share);
+        held.unmanaged.held_watts = Some(share);
+        let next = decide(&held);
+        let serving_next = next.allocations[0].unwrap_or(0);
+        let share_next = next.unmanaged_share_watts.unwrap_or(f64::NAN);
+        assert!(serving_next > serving, "{next:?}");
+        assert!(share_next <= share, "{next:?}");
+        assert!(serving_next as f64 + share_next <= 1000.0, "{next:?}");
         // With room for both they are within their share.
         let mut within = over.clone();
         within.watts = 1200.0;
         assert_eq!(
             condition(&decide(&within), conditions::UNMANAGED_WITHIN_SHARE),
             (true, "WithinShare".to_string())
+        );
+    }
+
+    #[test]
+    fn capped_unmanaged_gpus_keep_their_lowest_limits_beside_the_policies() {
+        // The policies' GPUs need 600 W; the unmanaged ones draw 100 W but
+        // cannot be held below 500 W: capping them leaves too little.
+        let mut inputs = inputs(1000.0, vec![member("serving", 10, 300.0, None)]);
+        inputs.floor_watts = 600.0;
+        inputs.unmanaged_watts = Some(100.0);
+        inputs.unmanaged.floor_watts = 500.0;
+        assert_eq!(
+            condition(&decide(&inputs), conditions::VALID),
+            (true, "Arbitrated".to_string())
+        );
+        inputs.cap_unmanaged = true;
+        let decision = decide(&inputs);
+        assert_eq!(
+            condition(&decision, conditions::VALID),
+            (false, "BelowMinimumPowerLimits".to_string())
+        );
+        assert_eq!(decision.unmanaged_share_watts, None);
+    }
+
+    #[test]
+    fn unmanaged_entries_rise_only_into_what_the_members_leave() {
+        // Held at 200 W and drawing it, the unmanaged GPUs probe for more;
+        // serving holds 850 W of 1000 W and now draws 300 W. Its cut
+        // applies at once, making room for the probe, but the entries rise
+        // only a period later, once serving's agents run on the cut.
+        let mut inputs = inputs(1000.0, vec![member("serving", 10, 300.0, Some(850))]);
+        inputs.cap_unmanaged = true;
+        inputs.unmanaged_watts = Some(200.0);
+        inputs.unmanaged.held_watts = Some(200.0);
+        inputs.unmanaged.limit_watts = 2000.0;
+        let decision = decide(&inputs);
+        let serving = decision.allocations[0].unwrap_or(0);
+        assert_eq!(serving, 780, "{decision:?}");
+        assert_eq!(decision.unmanaged_share_watts, Some(200.0), "{decision:?}");
+        // With the room there a period later, they get their probe.
+        inputs.members = vec![member("serving", 10, 300.0, Some(serving))];
+        let later = decide(&inputs);
+        assert_eq!(later.unmanaged_share_watts, Some(220.0), "{later:?}");
+        assert!(later.allocations[0].is_some_and(|w| w as f64 + 220.0 <= 1000.0));
+        // Guaranteed their lowest power limits (a period to make room).
+        inputs.unmanaged.floor_watts = 400.0;
+        let first = decide(&inputs);
+        inputs.members = vec![member("serving", 10, 300.0, first.allocations[0])];
+        inputs.unmanaged.held_watts = first.unmanaged_share_watts;
+        let floored = decide(&inputs);
+        assert!(
+            floored.unmanaged_share_watts.is_some_and(|w| w >= 400.0),
+            "{floored:?}"
         );
     }
 

@@ -111,6 +111,7 @@ pub fn status_due(
     if previous.observed_generation != next.observed_generation
         || previous.power_cap_limit != next.power_cap_limit
         || previous.effective_cap_watts != next.effective_cap_watts
+        || previous.effective_priority != next.effective_priority
     {
         return Some(StatusReason::Spec);
     }
@@ -127,6 +128,7 @@ pub fn status_due(
     }
     if previous.matched_pod_count != next.matched_pod_count
         || previous.matched_pods != next.matched_pods
+        || previous.pod_priority != next.pod_priority
         || ids(previous) != ids(next)
     {
         return Some(StatusReason::Pods);

@@ -18,7 +18,9 @@ use std::{
 
 use climatik_api::{
     DeviceKind, NodeFrequencies, PowerCappingPolicy, PowerCappingPolicyStatus,
+    bounds::{MAX_PRIORITY, MIN_PRIORITY},
     names::{MANAGER_CONTROLLER, conditions},
+    policy::effective_priority,
 };
 use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
@@ -564,6 +566,12 @@ pub(crate) fn build_status(
     let effective_cap = effective_cap_watts(policy);
     let cap = effective_cap as f64;
     let threshold = cap * f64::from(policy.spec.capping_threshold) / 100.0;
+    // System classes sit above the range a policy's priority may take.
+    let pod_priority = pods
+        .iter()
+        .filter_map(|p| p.priority)
+        .max()
+        .map(|p| p.clamp(MIN_PRIORITY, MAX_PRIORITY));
     let mut status = PowerCappingPolicyStatus {
         power_cap_limit: Some(policy.spec.power_cap_limit),
         effective_cap_watts: Some(effective_cap),
@@ -573,6 +581,8 @@ pub(crate) fn build_status(
             .map(|p| p.name.clone())
             .collect(),
         matched_pod_count: i32::try_from(pods.len()).unwrap_or(i32::MAX),
+        pod_priority,
+        effective_priority: Some(effective_priority(&policy.spec, pod_priority)),
         observed_generation: policy.meta().generation,
         last_updated: Some(now.clone()),
         ..Default::default()
@@ -858,6 +868,7 @@ mod tests {
         vec![PodOnNode {
             name: "a".into(),
             node: Some("n1".into()),
+            priority: None,
         }]
     }
 

@@ -302,11 +302,14 @@ impl Ignored {
     }
 }
 
-/// A matched pod: its name and the node it is bound to.
+/// A matched pod: its name, the node it is bound to, and its priority.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodOnNode {
     pub name: String,
     pub node: Option<String>,
+    /// `spec.priority`: the API server resolves `priorityClassName` into
+    /// it at admission.
+    pub priority: Option<i32>,
 }
 
 /// One GPU of the workload.
@@ -479,6 +482,7 @@ mod tests {
         PodOnNode {
             name: name.to_string(),
             node: node.map(str::to_string),
+            priority: None,
         }
     }
 

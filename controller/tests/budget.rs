@@ -2,7 +2,9 @@
 //! monitor (with its budget controller) and the recommender run in-process
 //! on two fake GPU nodes whose DCGM series the test sets. A PowerBudget is
 //! shared by a high-priority serving policy and a low-priority training
-//! policy, with an idle GPU no policy selects drawing power beside them.
+//! policy, with an idle GPU no policy selects drawing power beside them;
+//! a policy without a priority takes its pods' PriorityClass value, and
+//! `capUnmanaged` holds the GPU no policy selects to its share.
 
 mod common;
 
@@ -14,7 +16,7 @@ use climatik_controller::{
     monitor::{self, MonitorConfig},
 };
 use common::*;
-use k8s_openapi::api::{core::v1::Node, events::v1::Event};
+use k8s_openapi::api::{core::v1::Node, events::v1::Event, scheduling::v1::PriorityClass};
 use kube::{
     Api,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -703,6 +705,196 @@ async fn a_row_cut_reaches_every_rack_lowest_priority_first() -> anyhow::Result<
         );
         let taken: f64 = status.children.iter().map(|c| c.allocated_watts).sum();
         assert!(taken <= 1000.0, "{status:?}");
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_policy_without_a_priority_takes_its_pods_priority_class() -> anyhow::Result<()> {
+    with_rack("budget-class", async |rack| {
+        rack.draw(200.0, 300.0, 100.0);
+        let class = format!("{}-high", rack.ns);
+        let classes = Api::<PriorityClass>::all(rack.admin.clone());
+        classes
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "scheduling.k8s.io/v1",
+                    "kind": "PriorityClass",
+                    "metadata": { "name": class },
+                    "value": 500,
+                }))?,
+            )
+            .await?;
+        let result = async {
+            // Both workloads' pods run at the class's 500; serving's policy
+            // has no priority of its own, training's says 7.
+            let [node0, node1] = [&rack.nodes[0], &rack.nodes[1]];
+            let in_class = json!({ "priorityClassName": class });
+            create_pod_with(
+                &rack.admin,
+                &rack.ns,
+                "s0",
+                node0,
+                "serving",
+                in_class.clone(),
+            )
+            .await?;
+            create_pod_with(&rack.admin, &rack.ns, "t0", node1, "training", in_class).await?;
+            report_gpus(&rack.admin, node0, &["GPU-S"], None).await?;
+            report_gpus(&rack.admin, node1, &["GPU-T", "GPU-U"], None).await?;
+            for (name, extra) in [
+                ("serving", json!({})),
+                ("training", json!({ "priority": 7 })),
+            ] {
+                rack.policies()
+                    .create(&PostParams::default(), &policy(name, name, 1000, extra)?)
+                    .await?;
+            }
+            let name = format!("{}-rack", rack.ns);
+            rack.create_budget(&name, json!({ "watts": 1000 })).await?;
+            let priorities = wait_for("both arbitrated", TIMEOUT, || async {
+                let status = Api::<PowerBudget>::all(rack.admin.clone())
+                    .get(&name)
+                    .await?
+                    .status
+                    .unwrap_or_default();
+                let of = |policy: &str| {
+                    status
+                        .allocations
+                        .iter()
+                        .find(|a| a.name == policy)
+                        .map(|a| a.priority)
+                };
+                Ok(match (of("serving"), of("training")) {
+                    (Some(s), Some(t)) if s != 0 => Some((s, t)),
+                    _ => None,
+                })
+            })
+            .await?;
+            assert_eq!(priorities, (500, 7));
+            let serving = rack
+                .policies()
+                .get("serving")
+                .await?
+                .status
+                .unwrap_or_default();
+            assert_eq!(serving.pod_priority, Some(500), "{serving:?}");
+            assert_eq!(serving.effective_priority, Some(500), "{serving:?}");
+            let training = rack
+                .policies()
+                .get("training")
+                .await?
+                .status
+                .unwrap_or_default();
+            assert_eq!(training.effective_priority, Some(7), "{training:?}");
+            anyhow::Ok(())
+        }
+        .await;
+        classes.delete(&class, &DeleteParams::default()).await?;
+        result
+    })
+    .await
+}
+
+/// The `powerBudgetWatts` of budget `budget`'s entries on the rack's nodes,
+/// by GPU.
+async fn unmanaged_entries(
+    rack: &Rack,
+    budget: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, f64>> {
+    let mut entries = std::collections::BTreeMap::new();
+    for node in &rack.nodes {
+        let Some(nf) = Api::<NodeFrequencies>::all(rack.admin.clone())
+            .get_opt(node)
+            .await?
+        else {
+            continue;
+        };
+        for entry in nf.spec.gpu_frequencies {
+            if entry.policy == format!("powerbudget:{budget}") {
+                anyhow::ensure!(entry.target_frequency == 2100, "{entry:?}");
+                entries.insert(entry.gpu_id, entry.power_budget_watts.unwrap_or(0.0));
+            }
+        }
+    }
+    Ok(entries)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cap_unmanaged_holds_the_gpus_no_policy_selects_to_their_share() -> anyhow::Result<()> {
+    with_rack("budget-unmanaged", async |rack| {
+        // 700 W; serving and training want about 550 W between them, and
+        // GPU-U, under no policy, draws 400 W: as the lowest priority it
+        // is allotted what the policies leave, at least its 100 W floor.
+        rack.draw(200.0, 300.0, 400.0);
+        rack.start_workloads(Some(100.0)).await?;
+        // Measured first: a policy the budget controller has not seen yet
+        // cannot keep its GPUs out of the unmanaged claim (its entries go
+        // a period after it is measured).
+        wait_for("both policies measured", TIMEOUT, || async {
+            let measured = |p: PowerCappingPolicy| {
+                p.status
+                    .is_some_and(|s| s.nodes.iter().any(|n| !n.devices.is_empty()))
+            };
+            Ok((measured(rack.policies().get("serving").await?)
+                && measured(rack.policies().get("training").await?))
+            .then_some(()))
+        })
+        .await?;
+        let name = format!("{}-rack", rack.ns);
+        rack.create_budget(&name, json!({ "watts": 700, "capUnmanaged": true }))
+            .await?;
+        let entries = wait_for("an entry holding GPU-U", TIMEOUT, || async {
+            let entries = unmanaged_entries(rack, &name).await?;
+            Ok((!entries.is_empty()).then_some(entries))
+        })
+        .await?;
+        assert_eq!(entries.keys().collect::<Vec<_>>(), ["GPU-U"], "{entries:?}");
+        let share = entries.values().sum::<f64>();
+        assert!((100.0..400.0).contains(&share), "{entries:?}");
+        wait_for("UnmanagedWithinShare False", TIMEOUT, || async {
+            Ok(rack
+                .budget_condition(&name, "UnmanagedWithinShare")
+                .await?
+                .filter(|c| c.0 == "False"))
+        })
+        .await?;
+
+        // The agent holds GPU-U there: with its draw down to the share,
+        // everything the budget covers fits in it, and the entries, the
+        // policies' and GPU-U's, add up to no more than the budget.
+        rack.draw(200.0, 300.0, share);
+        wait_for("the budget within", TIMEOUT, || async {
+            let held = unmanaged_entries(rack, &name).await?.values().sum::<f64>();
+            let (serving, training) = rack.entry_watts().await?;
+            anyhow::ensure!(
+                serving + training + held <= 700.0,
+                "entries {serving} + {training} + {held} W exceed the 700 W budget"
+            );
+            Ok(rack
+                .budget_condition(&name, "WithinBudget")
+                .await?
+                .filter(|c| c.0 == "True" && serving > 0.0 && training > 0.0 && held > 0.0))
+        })
+        .await?;
+
+        // capUnmanaged off: the entries go.
+        Api::<PowerBudget>::all(rack.admin.clone())
+            .patch(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "spec": { "capUnmanaged": false } })),
+            )
+            .await?;
+        wait_for("GPU-U's entry removed", TIMEOUT, || async {
+            Ok(unmanaged_entries(rack, &name)
+                .await?
+                .is_empty()
+                .then_some(()))
+        })
+        .await?;
         Ok(())
     })
     .await

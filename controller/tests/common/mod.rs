@@ -349,16 +349,32 @@ pub async fn create_pod(
     node: &str,
     app: &str,
 ) -> anyhow::Result<()> {
+    create_pod_with(client, ns, name, node, app, json!({})).await
+}
+
+/// [`create_pod`] with `extra` merged into the pod's spec.
+pub async fn create_pod_with(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    node: &str,
+    app: &str,
+    extra: serde_json::Value,
+) -> anyhow::Result<()> {
+    let mut spec = json!({
+        "nodeName": node,
+        "automountServiceAccountToken": false,
+        "tolerations": [{ "operator": "Exists" }],
+        "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10" }],
+    });
+    if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+        spec.extend(extra.clone());
+    }
     let pod: Pod = serde_json::from_value(json!({
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": { "name": name, "labels": { "app": app } },
-        "spec": {
-            "nodeName": node,
-            "automountServiceAccountToken": false,
-            "tolerations": [{ "operator": "Exists" }],
-            "containers": [{ "name": "main", "image": "registry.k8s.io/pause:3.10" }],
-        },
+        "spec": spec,
     }))?;
     let pods = Api::<Pod>::namespaced(client.clone(), ns);
     // The namespace's default ServiceAccount may not exist yet.

@@ -1,7 +1,8 @@
 //! Least privilege, proven on the real API server: every component runs as
 //! its chart ServiceAccount through a workload's whole life (annotated,
 //! capped, re-capped, un-annotated), a CPU policy (CPU targets read the
-//! Node), a PowerBudget over the node (allocated, then deleted), a policy
+//! Node), a PowerBudget over the node (allocated, its unmanaged GPUs
+//! capped, then deleted), a policy
 //! of an older version (its finalizer lifted, its
 //! events repeated) and a hand-written entry the node agent cannot apply
 //! (its Event, then the same Event again). What each component asked of the API server, read
@@ -12,7 +13,8 @@ use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context, bail};
 use climatik_api::{
-    NodeFrequencies, PowerBudget, PowerCappingPolicy, names::LEGACY_FINALIZER_POLICY,
+    NodeFrequencies, PowerBudget, PowerCappingPolicy,
+    names::{self, LEGACY_FINALIZER_POLICY},
 };
 use climatik_demo::{
     scenario::sim_deployment,
@@ -300,15 +302,17 @@ async fn lifecycle(
     .await?;
 
     // A PowerBudget over the node: the controller watches budgets and node
-    // labels, writes the budget's status and the policy's allocation, and
-    // gives the allocation up once the budget is gone.
+    // labels, writes the budget's status, the policy's allocation and
+    // (capUnmanaged) entries for the GPUs the workload does not use, and
+    // gives the allocation and the entries up once the budget is gone.
     let budgets = Api::<PowerBudget>::all(cluster.client.clone());
     let budget_name = format!("{namespace}-rack");
+    let key = names::budget_key(&budget_name);
     let budget = serde_json::json!({
         "apiVersion": "climatik.io/v1alpha1",
         "kind": "PowerBudget",
         "metadata": {"name": budget_name},
-        "spec": {"watts": 600,
+        "spec": {"watts": 1200, "capUnmanaged": true,
                  "nodeSelector": {"matchLabels": {"kubernetes.io/hostname": NODE}}}
     });
     cluster
@@ -328,7 +332,14 @@ async fn lifecycle(
                 .await?
                 .and_then(|p| p.status)
                 .and_then(|s| s.allocated_watts);
-            Ok(allocation.filter(|_| budget_written).map(|_| ()))
+            // capUnmanaged: the node's GPUs outside the workload held too.
+            let unmanaged_held = node_frequencies
+                .get_opt(NODE)
+                .await?
+                .is_some_and(|nf| nf.spec.gpu_frequencies.iter().any(|e| e.policy == key));
+            Ok(allocation
+                .filter(|_| budget_written && unmanaged_held)
+                .map(|_| ()))
         },
     )
     .await;
@@ -337,14 +348,18 @@ async fn lifecycle(
         .await?;
     allocated?;
     eventually(
-        "the allocation given up with the budget",
+        "the allocation and the entries given up with the budget",
         Duration::from_secs(60),
         || async {
+            let entries = node_frequencies
+                .get_opt(NODE)
+                .await?
+                .is_some_and(|nf| nf.spec.gpu_frequencies.iter().any(|e| e.policy == key));
             Ok(policies
                 .get_opt(policy)
                 .await?
                 .and_then(|p| p.status)
-                .is_some_and(|s| s.allocated_watts.is_none())
+                .is_some_and(|s| s.allocated_watts.is_none() && !entries)
                 .then_some(()))
         },
     )
