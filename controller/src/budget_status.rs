@@ -270,16 +270,18 @@ pub fn decide(inputs: &Inputs) -> Decision {
         "Arbitrated",
         format!("{} policies share {available:.0} W", members.len()),
     ));
+    // In allocation terms: the algorithms hold a capped policy near its
+    // capping threshold's share of its effective cap, so a policy drawing P
+    // needs P / share allocated to run unthrottled, and one held by its
+    // allocation measures about that share of it.
+    let drawn = |m: &Member| m.measured_watts.unwrap_or(0.0) / m.held_share.max(0.01);
+    let held_at = |m: &Member| m.allocated_watts.map(|w| w as f64);
     let demands: Vec<f64> = members
         .iter()
         .map(|m| {
-            // In allocation terms: the algorithms hold a capped policy near
-            // its capping threshold's share of its effective cap, so a
-            // policy drawing P needs P / share allocated to run unthrottled,
-            // and one held by its allocation measures about that share of it.
             arbitration::estimate_demand(
-                m.measured_watts.unwrap_or(0.0) / m.held_share.max(0.01),
-                m.allocated_watts.map(|w| w as f64),
+                drawn(m),
+                held_at(m),
                 m.previous_demand_watts,
                 inputs.probe_fraction,
             )
@@ -293,6 +295,7 @@ pub fn decide(inputs: &Inputs) -> Decision {
             min_watts: m.min_watts,
             cap_watts: m.cap_watts,
             demand_watts: *demand,
+            held: arbitration::held(drawn(m), held_at(m)),
         })
         .collect();
     if inputs.cap_unmanaged {
@@ -348,6 +351,7 @@ pub fn unmanaged_share(room: f64, claims: &[Claim], unmanaged_watts: f64) -> Dec
         min_watts: 0.0,
         cap_watts: unmanaged_watts,
         demand_watts: unmanaged_watts,
+        held: false,
     });
     let share = arbitration::allocate(room, &all)
         .watts

@@ -510,6 +510,7 @@ fn arbitrated(scenario: &RackScenario) -> RackTraces {
                     // The policy's power as the monitor last measured it
                     // (its status' current power), Prometheus' age old.
                     let measured = power[p][t.saturating_sub(STALENESS_S)];
+                    let held_at = allocated.as_ref().map(|a| a[p] * HELD_SHARE_OF_CAP);
                     arbitration::Claim {
                         priority: tier.priority(),
                         // The GPUs accept no lower limit: a smaller share
@@ -519,10 +520,11 @@ fn arbitrated(scenario: &RackScenario) -> RackTraces {
                         cap_watts: own_caps[p],
                         demand_watts: arbitration::estimate_demand(
                             measured,
-                            allocated.as_ref().map(|a| a[p] * HELD_SHARE_OF_CAP),
+                            held_at,
                             demands.as_ref().map(|d| d[p]),
                             PROBE_FRACTION,
                         ),
+                        held: arbitration::held(measured, held_at),
                     }
                 })
                 .collect();
