@@ -19,12 +19,15 @@
 //!    claim is raised to one common level, none beyond its demand, so a
 //!    small demand is met in full before a large one gets more than it.
 //! 3. **Headroom, to the held first.** What is left once every demand is
-//!    met goes first to the claims *held* at their allocation (measured
-//!    within [`HELD_FRACTION`] of the level it holds them to: they may need
-//!    more than they can draw), highest priority first and max-min fair
-//!    within a tier, up to each one's cap. Watts a falling workload frees
-//!    so go at once to the workloads its allocation held back, instead of
-//!    waiting for their probes to climb to them a step a period.
+//!    met goes first to the claims *held short*: held at their allocation
+//!    (measured within [`HELD_FRACTION`] of the level it holds them to)
+//!    while that allocation is less than they last asked for, so they may
+//!    need more than they can draw; highest priority first and max-min
+//!    fair within a tier, up to each one's cap. Watts a falling workload
+//!    frees so go at once to the workloads its allocation held back,
+//!    instead of waiting for their probes to climb to them a step a
+//!    period. A policy that got all it asked for and draws it is held too,
+//!    but not short: it probes as usual.
 //! 4. **Headroom, to the rest.** What is still left is spread the same
 //!    way over every claim up to its cap: a workload that bursts, or probes
 //!    above its measured power, finds the watts there.
@@ -55,8 +58,9 @@ pub struct Claim {
     pub cap_watts: f64,
     /// The estimated demand, in watts ([`estimate_demand`]).
     pub demand_watts: f64,
-    /// The policy draws what its allocation holds it to ([`held`]): it
-    /// gets headroom before the others.
+    /// The policy draws what its allocation holds it to, and that
+    /// allocation is less than it last asked for ([`held_short`]): it gets
+    /// headroom before the others.
     pub held: bool,
 }
 
@@ -188,6 +192,21 @@ pub fn held(measured_watts: f64, held_at_watts: Option<f64>) -> bool {
     held_at_watts
         .map(watts)
         .is_some_and(|at| at > 0.0 && watts(measured_watts) >= at * HELD_FRACTION)
+}
+
+/// Whether a policy is held short: [`held`] at `held_at_watts` while its
+/// allocation, `allocated_watts`, is less than it asked for last period,
+/// `previous_demand_watts`. Such a policy gets headroom first.
+pub fn held_short(
+    measured_watts: f64,
+    held_at_watts: Option<f64>,
+    allocated_watts: Option<f64>,
+    previous_demand_watts: Option<f64>,
+) -> bool {
+    held(measured_watts, held_at_watts)
+        && allocated_watts
+            .zip(previous_demand_watts)
+            .is_some_and(|(allocated, asked)| watts(asked) > watts(allocated))
 }
 
 /// Largest watt value the arbitration reads: far above any budget (a
@@ -487,23 +506,29 @@ mod tests {
         claims: &[Claim],
         loads: &[f64],
         allocations: &[f64],
-        demands: &[Option<f64>],
+        previous: &[Option<f64>],
     ) -> (Vec<f64>, Vec<Option<f64>>) {
         let demands: Vec<f64> = loads
             .iter()
             .zip(allocations)
-            .zip(demands)
-            .map(|((load, allocated), previous)| {
-                estimate_demand(load.min(*allocated), Some(*allocated), *previous, 0.1)
+            .zip(previous)
+            .map(|((load, allocated), asked)| {
+                estimate_demand(load.min(*allocated), Some(*allocated), *asked, 0.1)
             })
             .collect();
         let claims: Vec<Claim> = claims
             .iter()
             .zip(&demands)
             .zip(loads.iter().zip(allocations))
-            .map(|((c, d), (load, allocated))| Claim {
+            .zip(previous)
+            .map(|(((c, d), (load, allocated)), asked)| Claim {
                 demand_watts: *d,
-                held: held(load.min(*allocated), Some(*allocated)),
+                held: held_short(
+                    load.min(*allocated),
+                    Some(*allocated),
+                    Some(*allocated),
+                    *asked,
+                ),
                 ..*c
             })
             .collect();
@@ -577,13 +602,13 @@ mod tests {
         let claims = [claim(10, 0.0, 600.0, 0.0), claim(0, 0.0, 600.0, 0.0)];
         let burst = 5..10;
         let loads = |k: usize| vec![if burst.contains(&k) { 500.0 } else { 50.0 }, 500.0];
-        let history = simulate(800.0, &claims, loads, vec![100.0, 100.0], 20);
+        let history = simulate(800.0, &claims, loads, vec![100.0, 500.0], 20);
         assert!(
             history[burst.start - 1][1] >= 500.0,
             "training had its need: {history:?}"
         );
         assert!(
-            history[burst.end - 1][1] < 400.0,
+            history[burst.end - 1][1] < 450.0,
             "the burst took watts from training: {history:?}"
         );
         // The first period that sees the fall measures it (period 10), the

@@ -295,7 +295,12 @@ pub fn decide(inputs: &Inputs) -> Decision {
             min_watts: m.min_watts,
             cap_watts: m.cap_watts,
             demand_watts: *demand,
-            held: arbitration::held(drawn(m), held_at(m)),
+            held: arbitration::held_short(
+                drawn(m),
+                held_at(m),
+                held_at(m),
+                m.previous_demand_watts,
+            ),
         })
         .collect();
     if inputs.cap_unmanaged {
@@ -571,6 +576,44 @@ mod tests {
             Some(d) => (d.status, d.reason.clone()),
             None => panic!("no {type_} in {:?}", decision.conditions),
         }
+    }
+
+    #[test]
+    fn watts_a_falling_policy_frees_go_to_the_one_held_at_its_allocation() {
+        // Serving (priority 10) fell to 100 W of its 600 W; training (0)
+        // draws all of its 400 W and asked for 440. The cut lands at once,
+        // the raise from the room it frees a period later: training then
+        // gets the freed watts up to its cap, not a 10 % probe with the
+        // rest left as serving's headroom.
+        let asked = |mut m: Member, watts: f64| {
+            m.previous_demand_watts = Some(watts);
+            m
+        };
+        let first = decide(&inputs(
+            1000.0,
+            vec![
+                asked(member("serving", 10, 100.0, Some(600)), 600.0),
+                asked(member("training", 0, 400.0, Some(400)), 440.0),
+            ],
+        ));
+        assert_eq!(first.allocations, [Some(100), Some(400)], "{first:?}");
+        let demand = |i: usize| first.status.allocations[i].demand_watts;
+        let second = decide(&inputs(
+            1000.0,
+            vec![
+                asked(
+                    member("serving", 10, 100.0, first.allocations[0]),
+                    demand(0),
+                ),
+                asked(
+                    member("training", 0, 400.0, first.allocations[1]),
+                    demand(1),
+                ),
+            ],
+        ));
+        // Serving, held at the 100 W it asked for and got, probes 10 % as
+        // usual; training, held short, takes the rest.
+        assert_eq!(second.allocations, [Some(110), Some(890)], "{second:?}");
     }
 
     #[test]

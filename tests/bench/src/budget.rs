@@ -537,7 +537,12 @@ fn arbitrated(scenario: &RackScenario) -> RackTraces {
                             demands.as_ref().map(|d| d[p]),
                             PROBE_FRACTION,
                         ),
-                        held: arbitration::held(measured, held_at),
+                        held: arbitration::held_short(
+                            measured,
+                            held_at,
+                            allocated.as_ref().map(|a| a[p]),
+                            demands.as_ref().map(|d| d[p]),
+                        ),
                     }
                 })
                 .collect();
