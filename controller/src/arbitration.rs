@@ -18,10 +18,19 @@
 //!    Within a tier the watts are shared max-min fair (water-filling): every
 //!    claim is raised to one common level, none beyond its demand, so a
 //!    small demand is met in full before a large one gets more than it.
-//! 3. **Headroom.** What is left once every demand is met is spread the
-//!    same way, highest priority first and max-min fair within a tier, up
-//!    to each claim's cap: a workload that bursts, or probes above its
-//!    measured power, finds the watts there.
+//! 3. **Headroom, to the held first.** What is left once every demand is
+//!    met goes first to the claims *held short*: held at their allocation
+//!    (measured within [`HELD_FRACTION`] of the level it holds them to)
+//!    while that allocation is less than they last asked for, so they may
+//!    need more than they can draw; highest priority first and max-min
+//!    fair within a tier, up to each one's cap. Watts a falling workload
+//!    frees so go at once to the workloads its allocation held back,
+//!    instead of waiting for their probes to climb to them a step a
+//!    period. A policy that got all it asked for and draws it is held too,
+//!    but not short: it probes as usual.
+//! 4. **Headroom, to the rest.** What is still left is spread the same
+//!    way over every claim up to its cap: a workload that bursts, or probes
+//!    above its measured power, finds the watts there.
 //!
 //! Invariants: the shares sum to at most `max(available, 0)`, also when
 //! the budget is overcommitted (within floating-point rounding, a few ulps
@@ -53,6 +62,10 @@ pub struct Claim {
     pub cap_watts: f64,
     /// The estimated demand, in watts ([`estimate_demand`]).
     pub demand_watts: f64,
+    /// The policy draws what its allocation holds it to, and that
+    /// allocation is less than it last asked for ([`held_short`]): it gets
+    /// headroom before the others.
+    pub held: bool,
 }
 
 /// The shares decided by [`allocate`].
@@ -89,6 +102,14 @@ pub fn allocate(available_watts: f64, claims: &[Claim]) -> Arbitration {
         .zip(&guarantees)
         .map(|((c, cap), guarantee)| watts(c.demand_watts).min(*cap).max(*guarantee))
         .collect();
+    // The held claims' ceiling in the first headroom pass: their caps; the
+    // others stay at their demand there.
+    let held_caps: Vec<f64> = claims
+        .iter()
+        .zip(&caps)
+        .zip(&targets)
+        .map(|((c, cap), target)| if c.held { *cap } else { *target })
+        .collect();
     let tiers = tiers(claims);
 
     let guaranteed: f64 = guarantees.iter().sum();
@@ -100,9 +121,10 @@ pub fn allocate(available_watts: f64, claims: &[Claim]) -> Arbitration {
     }
     let mut shares = guarantees;
     let mut left = available - guaranteed;
-    // Demand first, then headroom: each pass raises the shares it reaches
-    // towards its ceilings, tier by tier, until nothing is left.
-    for ceilings in [&targets, &caps] {
+    // Demand first, then headroom to the held claims, then to everyone:
+    // each pass raises the shares it reaches towards its ceilings, tier by
+    // tier, until nothing is left.
+    for ceilings in [&targets, &held_caps, &caps] {
         for tier in &tiers {
             if left <= 0.0 {
                 break;
@@ -127,9 +149,9 @@ pub fn allocate(available_watts: f64, claims: &[Claim]) -> Arbitration {
 /// holds it at `allocated_watts` (`None`: no allocation holds it), where
 /// the last period estimated `previous_demand_watts` (`None`: unknown).
 ///
-/// - A policy measured at or within [`HELD_FRACTION`] of the level it is
-///   held to may need more, so its demand is its measured power plus
-///   `probe_fraction` of it (a probe).
+/// - A policy [`held`] at the level its allocation holds it to may need
+///   more, so its demand is its measured power plus `probe_fraction` of it
+///   (a probe).
 /// - A policy not held that still draws about what its last demand was
 ///   probed from (at least [`HELD_FRACTION`] of `previous / (1 + probe)`)
 ///   keeps that demand, at most a probe above what it measures now. This
@@ -154,10 +176,7 @@ pub fn estimate_demand(
     // Read like a watt value: NaN or a negative fraction means no probe.
     let probe = watts(probe_fraction);
     let probed = (measured * (1.0 + probe)).min(MAX_WATTS);
-    let held = allocated_watts
-        .map(watts)
-        .is_some_and(|held| held > 0.0 && measured >= held * HELD_FRACTION);
-    if held {
+    if held(measured, allocated_watts) {
         return probed;
     }
     match previous_demand_watts.map(watts) {
@@ -168,6 +187,30 @@ pub fn estimate_demand(
         }
         _ => measured,
     }
+}
+
+/// Whether a policy measured at `measured_watts` is held at the level its
+/// allocation holds it to, `held_at_watts` (`None`: no allocation holds
+/// it): measured at or within [`HELD_FRACTION`] of it.
+pub fn held(measured_watts: f64, held_at_watts: Option<f64>) -> bool {
+    held_at_watts
+        .map(watts)
+        .is_some_and(|at| at > 0.0 && watts(measured_watts) >= at * HELD_FRACTION)
+}
+
+/// Whether a policy is held short: [`held`] at `held_at_watts` while its
+/// allocation, `allocated_watts`, is less than it asked for last period,
+/// `previous_demand_watts`. Such a policy gets headroom first.
+pub fn held_short(
+    measured_watts: f64,
+    held_at_watts: Option<f64>,
+    allocated_watts: Option<f64>,
+    previous_demand_watts: Option<f64>,
+) -> bool {
+    held(measured_watts, held_at_watts)
+        && allocated_watts
+            .zip(previous_demand_watts)
+            .is_some_and(|(allocated, asked)| watts(asked) > watts(allocated))
 }
 
 /// Largest watt value the arbitration reads: far above any budget (a
@@ -488,6 +531,14 @@ mod tests {
             min_watts: min,
             cap_watts: cap,
             demand_watts: demand,
+            held: false,
+        }
+    }
+
+    fn held_claim(priority: i32, min: f64, cap: f64, demand: f64) -> Claim {
+        Claim {
+            held: true,
+            ..claim(priority, min, cap, demand)
         }
     }
 
@@ -667,21 +718,29 @@ mod tests {
         claims: &[Claim],
         loads: &[f64],
         allocations: &[f64],
-        demands: &[Option<f64>],
+        previous: &[Option<f64>],
     ) -> (Vec<f64>, Vec<Option<f64>>) {
         let demands: Vec<f64> = loads
             .iter()
             .zip(allocations)
-            .zip(demands)
-            .map(|((load, allocated), previous)| {
-                estimate_demand(load.min(*allocated), Some(*allocated), *previous, 0.1)
+            .zip(previous)
+            .map(|((load, allocated), asked)| {
+                estimate_demand(load.min(*allocated), Some(*allocated), *asked, 0.1)
             })
             .collect();
         let claims: Vec<Claim> = claims
             .iter()
             .zip(&demands)
-            .map(|(c, d)| Claim {
+            .zip(loads.iter().zip(allocations))
+            .zip(previous)
+            .map(|(((c, d), (load, allocated)), asked)| Claim {
                 demand_watts: *d,
+                held: held_short(
+                    load.min(*allocated),
+                    Some(*allocated),
+                    Some(*allocated),
+                    *asked,
+                ),
                 ..*c
             })
             .collect();
@@ -697,19 +756,101 @@ mod tests {
         // batch (priority 0) would draw all it gets. 320 W to share.
         let claims = [claim(10, 0.0, 300.0, 0.0), claim(0, 0.0, 300.0, 0.0)];
         let loads = [155.0, 1000.0];
-        let mut allocations = vec![150.0, 170.0];
-        let mut demands = vec![None, None];
-        let mut history = Vec::new();
-        for _ in 0..10 {
-            (allocations, demands) = period(320.0, &claims, &loads, &allocations, &demands);
-            history.push(allocations.clone());
-        }
+        let history = simulate(320.0, &claims, |_| loads.to_vec(), vec![150.0, 170.0], 10);
         // Settled after the first probe: every later period the same.
         for later in &history[2..] {
             assert!(close(later, &history[1]), "{history:?}");
         }
         // And serving is not held below what it draws.
         assert!(history[1][0] >= loads[0], "{history:?}");
+    }
+
+    #[test]
+    fn headroom_goes_to_a_held_claim_before_a_higher_priority_that_is_not() {
+        // 1000 W; demands take 600. The held low-priority claim gets the
+        // 400 W left up to its cap of 450 W, although the high-priority
+        // claim's cap would take them all.
+        let result = allocate(
+            1000.0,
+            &[
+                claim(10, 0.0, 1000.0, 300.0),
+                held_claim(0, 0.0, 450.0, 300.0),
+            ],
+        );
+        assert!(close(&result.watts, &[550.0, 450.0]), "{result:?}");
+        // Held or not, the demands come first and by priority.
+        let result = allocate(
+            500.0,
+            &[
+                claim(10, 0.0, 1000.0, 300.0),
+                held_claim(0, 0.0, 450.0, 300.0),
+            ],
+        );
+        assert!(close(&result.watts, &[300.0, 200.0]), "{result:?}");
+    }
+
+    /// Runs `periods` budget periods of [`period`] from `allocations` at
+    /// the loads `loads(k)` of period `k`; the allocations after each.
+    fn simulate(
+        available: f64,
+        claims: &[Claim],
+        loads: impl Fn(usize) -> Vec<f64>,
+        mut allocations: Vec<f64>,
+        periods: usize,
+    ) -> Vec<Vec<f64>> {
+        let mut demands = vec![None; claims.len()];
+        let mut history = Vec::new();
+        for k in 0..periods {
+            (allocations, demands) = period(available, claims, &loads(k), &allocations, &demands);
+            history.push(allocations.clone());
+        }
+        history
+    }
+
+    #[test]
+    fn watts_a_falling_workload_frees_return_within_two_periods() {
+        // Serving (priority 10) bursts to 500 W for periods 5 to 9, then
+        // falls to 50 W; training (0) wants 500 W all along. 800 W.
+        let claims = [claim(10, 0.0, 600.0, 0.0), claim(0, 0.0, 600.0, 0.0)];
+        let burst = 5..10;
+        let loads = |k: usize| vec![if burst.contains(&k) { 500.0 } else { 50.0 }, 500.0];
+        let history = simulate(800.0, &claims, loads, vec![100.0, 500.0], 20);
+        assert!(
+            history[burst.start - 1][1] >= 500.0,
+            "training had its need: {history:?}"
+        );
+        assert!(
+            history[burst.end - 1][1] < 450.0,
+            "the burst took watts from training: {history:?}"
+        );
+        // The first period that sees the fall measures it (period 10), the
+        // next is the second: from then on training has its need again.
+        for (k, later) in history.iter().enumerate().skip(burst.end + 1) {
+            assert!(
+                later[1] >= 500.0,
+                "period {k}: not back within two periods: {history:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn with_headroom_to_spare_the_allocations_settle_without_flipping() {
+        // Serving draws 100 W; training needs 450 W of a 600 W cap and
+        // starts held at 300 W; 1000 W leave headroom. Training is held,
+        // gets the headroom, draws less than it, and must not flip between
+        // its need and its cap from then on.
+        let claims = [claim(10, 0.0, 1000.0, 0.0), claim(0, 0.0, 600.0, 0.0)];
+        let history = simulate(
+            1000.0,
+            &claims,
+            |_| vec![100.0, 450.0],
+            vec![100.0, 300.0],
+            16,
+        );
+        for later in &history[6..] {
+            assert!(close(later, &history[5]), "{history:?}");
+        }
+        assert!(history[5][1] >= 450.0, "training has its need: {history:?}");
     }
 
     /// Sum of the shares may exceed the available watts by rounding only.
@@ -721,8 +862,12 @@ mod tests {
             prop_oneof![Just(0.0), 0.0..800.0f64],
             1.0..1000.0f64,
             0.0..1200.0f64,
+            any::<bool>(),
         )
-            .prop_map(|(priority, min, cap, demand)| claim(priority, min, cap, demand));
+            .prop_map(|(priority, min, cap, demand, held)| Claim {
+                held,
+                ..claim(priority, min, cap, demand)
+            });
         prop::collection::vec(one, 0..12)
     }
 
@@ -805,7 +950,8 @@ mod tests {
 
         /// Within a tier, one claim gets less than another only if it
         /// cannot take more: it is at its demand while the other is within
-        /// its own, or at its cap, or the other is held at its guarantee.
+        /// its own (or held, where it is not: headroom goes to the held
+        /// first), or at its cap, or the other is held at its guarantee.
         #[test]
         fn equal_priorities_are_max_min_fair(available in 0.0..8000.0f64, claims in claims()) {
             let result = allocate(available, &claims);
@@ -820,8 +966,9 @@ mod tests {
                     let j_within_demand = wj <= target(cj) + SLACK;
                     let i_at_cap = wi >= ci.cap_watts - SLACK;
                     let j_at_guarantee = wj <= guarantee(cj) + SLACK;
+                    let j_held_first = cj.held && !ci.held;
                     prop_assert!(
-                        (i_at_demand && j_within_demand) || i_at_cap || j_at_guarantee,
+                        (i_at_demand && (j_within_demand || j_held_first)) || i_at_cap || j_at_guarantee,
                         "claims {} and {} unfair: {:?}", i, j, result
                     );
                 }
@@ -838,6 +985,24 @@ mod tests {
             let plenty = allocate(available + more, &claims);
             for (a, b) in less.watts.iter().zip(&plenty.watts) {
                 prop_assert!(*b >= a - SLACK, "{:?} then {:?}", less, plenty);
+            }
+        }
+
+        /// Headroom goes to the held claims first: a claim not held gets
+        /// more than its demand only once every held claim is at its cap.
+        #[test]
+        fn headroom_goes_to_the_held_first(available in 0.0..8000.0f64, claims in claims()) {
+            let result = allocate(available, &claims);
+            prop_assume!(!result.overcommitted);
+            for (i, ci) in claims.iter().enumerate() {
+                if ci.held || result.watts[i] <= target(ci) + SLACK {
+                    continue;
+                }
+                for (j, cj) in claims.iter().enumerate() {
+                    if cj.held {
+                        prop_assert!(result.watts[j] >= cj.cap_watts - SLACK, "{:?}", result);
+                    }
+                }
             }
         }
 
@@ -883,6 +1048,7 @@ mod tree_tests {
             min_watts: min,
             cap_watts: cap,
             demand_watts: demand,
+            held: false,
         }
     }
 

@@ -554,13 +554,23 @@ fn demands(budget: &Inputs) -> Vec<f64> {
         .iter()
         .map(|m| {
             arbitration::estimate_demand(
-                m.measured_watts.unwrap_or(0.0) / m.held_share.max(0.01),
-                m.allocated_watts.map(|w| w as f64),
+                drawn(m),
+                held_at(m),
                 m.previous_demand_watts,
                 budget.probe_fraction,
             )
         })
         .collect()
+}
+
+/// What a member draws, in allocation terms.
+fn drawn(member: &Member) -> f64 {
+    member.measured_watts.unwrap_or(0.0) / member.held_share.max(0.01)
+}
+
+/// The allocation a member is held at, if any.
+fn held_at(member: &Member) -> Option<f64> {
+    member.allocated_watts.map(|w| w as f64)
 }
 
 fn claim(member: &Member, demand: f64) -> Claim {
@@ -569,6 +579,12 @@ fn claim(member: &Member, demand: f64) -> Claim {
         min_watts: member.min_watts,
         cap_watts: member.cap_watts,
         demand_watts: demand,
+        held: arbitration::held_short(
+            drawn(member),
+            held_at(member),
+            held_at(member),
+            member.previous_demand_watts,
+        ),
     }
 }
 
@@ -649,6 +665,7 @@ pub fn unmanaged_share(
             .min(unmanaged.limit_watts)
             .max(unmanaged.floor_watts),
         demand_watts,
+        held: false,
     });
     let share = arbitration::allocate(room, &all)
         .watts
@@ -1011,6 +1028,44 @@ mod tests {
             Some(d) => (d.status, d.reason.clone()),
             None => panic!("no {type_} in {:?}", decision.conditions),
         }
+    }
+
+    #[test]
+    fn watts_a_falling_policy_frees_go_to_the_one_held_at_its_allocation() {
+        // Serving (priority 10) fell to 100 W of its 600 W; training (0)
+        // draws all of its 400 W and asked for 440. The cut lands at once,
+        // the raise from the room it frees a period later: training then
+        // gets the freed watts up to its cap, not a 10 % probe with the
+        // rest left as serving's headroom.
+        let asked = |mut m: Member, watts: f64| {
+            m.previous_demand_watts = Some(watts);
+            m
+        };
+        let first = decide(&inputs(
+            1000.0,
+            vec![
+                asked(member("serving", 10, 100.0, Some(600)), 600.0),
+                asked(member("training", 0, 400.0, Some(400)), 440.0),
+            ],
+        ));
+        assert_eq!(first.allocations, [Some(100), Some(400)], "{first:?}");
+        let demand = |i: usize| first.status.allocations[i].demand_watts;
+        let second = decide(&inputs(
+            1000.0,
+            vec![
+                asked(
+                    member("serving", 10, 100.0, first.allocations[0]),
+                    demand(0),
+                ),
+                asked(
+                    member("training", 0, 400.0, first.allocations[1]),
+                    demand(1),
+                ),
+            ],
+        ));
+        // Serving, held at the 100 W it asked for and got, probes 10 % as
+        // usual; training, held short, takes the rest.
+        assert_eq!(second.allocations, [Some(110), Some(890)], "{second:?}");
     }
 
     #[test]

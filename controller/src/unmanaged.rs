@@ -123,6 +123,7 @@ pub fn split(share_watts: f64, gpus: &[UnmanagedGpu]) -> Vec<f64> {
             min_watts: g.lowest_watts(),
             cap_watts: g.highest_watts(),
             demand_watts: g.highest_watts(),
+            held: false,
         })
         .collect();
     arbitration::allocate(share_watts, &claims)

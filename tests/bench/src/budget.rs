@@ -22,6 +22,7 @@ use climatik_sim_gpu::plant::MeasuredCurve;
 use serde::Serialize;
 
 use crate::bound::{self, Point};
+use crate::budget_reaction;
 use crate::closed_loop::{
     self, ACTUATION_S, PERIOD_S, PolicyLoad, PolicyLoop, Rng, STALENESS_S, Scenario, Strategy,
 };
@@ -117,6 +118,7 @@ pub struct RackScenario {
     pub rack: Scenario,
     /// Per second: the rack's budget in watts.
     pub budget: Vec<f64>,
+    pub situation: Situation,
 }
 
 impl RackScenario {
@@ -241,6 +243,7 @@ pub fn rack(situation: Situation, gpu: MeasuredCurve, gpus: usize, seed: u64) ->
             gpu,
         },
         budget,
+        situation,
     }
 }
 
@@ -363,6 +366,16 @@ pub struct RackResult {
     pub throughput_percent_of_bound: Option<f64>,
     /// Periods in which the guarantees alone exceeded the budget (ours).
     pub overcommitted_periods: usize,
+    /// Ours: the longest time freed watts waited for a taker after the
+    /// first actuation ([`budget_reaction::return_periods`]), in periods.
+    pub return_periods: Option<f64>,
+    /// The budget cut only: how long it took to reach the devices
+    /// ([`budget_reaction::cut_periods`]), in periods.
+    pub cut_periods: Option<f64>,
+    /// Ours in the high-priority arrival only: how long serving waited for
+    /// an allocation covering what it draws uncapped
+    /// ([`budget_reaction::covered_periods`]), in periods.
+    pub arrival_periods: Option<f64>,
 }
 
 /// Per policy (the bound: one series for the rack), per second: power and
@@ -375,6 +388,9 @@ struct RackTraces {
     /// GPUs hosted (all but under nameplate provisioning).
     hosted: usize,
     overcommitted_periods: usize,
+    /// Ours: per policy, per second, the allocation in force (empty for
+    /// the others).
+    allocations: Vec<Vec<f64>>,
 }
 
 /// Runs every one of `strategies` on `scenario`.
@@ -415,6 +431,7 @@ fn run(scenario: &RackScenario, strategy: RackStrategy) -> RackTraces {
             upper_tokens: 0.0,
             hosted: scenario.gpus(),
             overcommitted_periods: 0,
+            allocations: Vec::new(),
         }
         .with_policies(rack.policies.iter().enumerate().map(|(p, policy)| {
             let capped = PolicyLoad {
@@ -484,7 +501,6 @@ impl RackTraces {
 /// effective cap, which its loop acts on at once (as on any cap change).
 fn arbitrated(scenario: &RackScenario) -> RackTraces {
     let rack = &scenario.rack;
-    let model = rack.gpu;
     let mut loops: Vec<PolicyLoop> = rack
         .policies
         .iter()
@@ -498,6 +514,7 @@ fn arbitrated(scenario: &RackScenario) -> RackTraces {
     let mut demands: Option<Vec<f64>> = None;
     let mut power: Vec<Vec<f64>> = vec![Vec::with_capacity(rack.seconds); loops.len()];
     let mut tokens: Vec<Vec<f64>> = vec![Vec::with_capacity(rack.seconds); loops.len()];
+    let mut allocations: Vec<Vec<f64>> = vec![Vec::with_capacity(rack.seconds); loops.len()];
     let mut overcommitted_periods = 0;
     for t in 0..rack.seconds {
         let budget_changed = t > 0 && scenario.budget[t] != scenario.budget[t - 1];
@@ -506,22 +523,25 @@ fn arbitrated(scenario: &RackScenario) -> RackTraces {
                 .iter()
                 .enumerate()
                 .map(|(p, tier)| {
-                    let gpus = rack.policies[p].loads.len() as f64;
                     // The policy's power as the monitor last measured it
                     // (its status' current power), Prometheus' age old.
                     let measured = power[p][t.saturating_sub(STALENESS_S)];
+                    let held_at = allocated.as_ref().map(|a| a[p] * HELD_SHARE_OF_CAP);
                     arbitration::Claim {
                         priority: tier.priority(),
-                        // The GPUs accept no lower limit: a smaller share
-                        // would not be kept anyway.
-                        min_watts: (gpus * model.min_power_limit_watts())
-                            .max(tier.guarantee_share_of_nameplate() * own_caps[p]),
+                        min_watts: guarantee_watts(scenario, p),
                         cap_watts: own_caps[p],
                         demand_watts: arbitration::estimate_demand(
                             measured,
-                            allocated.as_ref().map(|a| a[p] * HELD_SHARE_OF_CAP),
+                            held_at,
                             demands.as_ref().map(|d| d[p]),
                             PROBE_FRACTION,
+                        ),
+                        held: arbitration::held_short(
+                            measured,
+                            held_at,
+                            allocated.as_ref().map(|a| a[p]),
+                            demands.as_ref().map(|d| d[p]),
                         ),
                     }
                 })
@@ -543,6 +563,7 @@ fn arbitrated(scenario: &RackScenario) -> RackTraces {
             let (watts, served) = control.step(caps[p]);
             power[p].push(watts);
             tokens[p].push(served);
+            allocations[p].push(caps[p]);
         }
     }
     RackTraces {
@@ -551,7 +572,18 @@ fn arbitrated(scenario: &RackScenario) -> RackTraces {
         upper_tokens: 0.0,
         hosted: scenario.gpus(),
         overcommitted_periods,
+        allocations,
     }
+}
+
+/// Policy `p`'s `minWatts`: its tier's guarantee, and at least its GPUs'
+/// minimum power limits (the GPUs accept no lower limit: a smaller share
+/// would not be kept anyway).
+fn guarantee_watts(scenario: &RackScenario, p: usize) -> f64 {
+    let rack = &scenario.rack;
+    let policy = &rack.policies[p];
+    (policy.loads.len() as f64 * rack.gpu.min_power_limit_watts())
+        .max(Tier::ALL[p].guarantee_share_of_nameplate() * policy.cap[0])
 }
 
 /// The clairvoyant bound over the whole rack: each second, the allocation
@@ -601,6 +633,7 @@ fn clairvoyant(scenario: &RackScenario) -> RackTraces {
         upper_tokens: upper,
         hosted: scenario.gpus(),
         overcommitted_periods: 0,
+        allocations: Vec::new(),
     }
 }
 
@@ -663,6 +696,29 @@ fn summarise(
             .map(|b| percent(b.upper_tokens, uncapped_tokens)),
         throughput_percent_of_bound: bound.map(|b| percent(tokens, sum(&b.tokens))),
         overcommitted_periods: traces.overcommitted_periods,
+        return_periods: (!traces.allocations.is_empty()).then(|| {
+            let guarantees: Vec<f64> = (0..traces.power.len())
+                .map(|p| guarantee_watts(scenario, p))
+                .collect();
+            let stranded = budget_reaction::stranded_watts(
+                &scenario.budget,
+                &traces.power,
+                &uncapped.power,
+                &traces.allocations,
+                &guarantees,
+            );
+            budget_reaction::return_periods(&stranded, counted.start)
+        }),
+        cut_periods: (scenario.situation == Situation::BudgetCut)
+            .then(|| budget_reaction::cut_periods(&scenario.budget, &rack_power, CUT_SECONDS)),
+        arrival_periods: traces
+            .allocations
+            .first()
+            .zip(uncapped.power.first())
+            .filter(|_| scenario.situation == Situation::HighPriorityArrival)
+            .map(|(allocation, uncapped)| {
+                budget_reaction::covered_periods(allocation, uncapped, ARRIVAL_S)
+            }),
     }
 }
 

@@ -27,6 +27,9 @@ pub const OVER_BUDGET_PERCENT: f64 = 0.5;
 pub const GAIN_OVER_STATIC_PERCENT: f64 = 10.0;
 /// Share of the clairvoyant bound, percent, at least.
 pub const BOUND_PERCENT: f64 = 95.0;
+/// Freed watts taken again, and a budget cut on the devices, within this
+/// many control periods.
+pub const REACTION_PERIODS: f64 = 2.0;
 
 /// One target on one model (and scenario), on the worst seed.
 #[derive(Debug, Clone, Serialize)]
@@ -34,8 +37,10 @@ pub struct TargetCheck {
     pub gpu: MeasuredCurve,
     pub scenario: String,
     pub target: String,
-    /// The worst seed's figure, percent.
+    /// The worst seed's figure, in `unit`.
     pub worst: f64,
+    /// `%` or `periods`.
+    pub unit: String,
     pub met: bool,
 }
 
@@ -91,6 +96,7 @@ pub fn targets(runs: &[SeedRun]) -> Vec<TargetCheck> {
             scenario: crate::budget::Situation::Oversubscribed.label().into(),
             target: format!("GPUs hosted: >= {MORE_GPUS_PERCENT:.0} % more than nameplate"),
             worst: more,
+            unit: "%".into(),
             met: more >= MORE_GPUS_PERCENT,
         });
         for scenario in scenarios(runs, gpu) {
@@ -141,8 +147,31 @@ pub fn targets(runs: &[SeedRun]) -> Vec<TargetCheck> {
                     scenario: scenario.clone(),
                     target,
                     worst,
+                    unit: "%".into(),
                     met,
                 });
+            }
+            let slowest = |f: fn(&RackResult) -> Option<f64>| ours().filter_map(f).reduce(f64::max);
+            for (target, worst) in [
+                (
+                    format!("freed watts taken within {REACTION_PERIODS:.0} periods"),
+                    slowest(|r| r.return_periods),
+                ),
+                (
+                    format!("cut on the devices within {REACTION_PERIODS:.0} periods"),
+                    slowest(|r| r.cut_periods),
+                ),
+            ] {
+                if let Some(worst) = worst {
+                    out.push(TargetCheck {
+                        gpu,
+                        scenario: scenario.clone(),
+                        target,
+                        worst,
+                        unit: "periods".into(),
+                        met: worst <= REACTION_PERIODS,
+                    });
+                }
             }
         }
     }
@@ -153,6 +182,19 @@ pub fn targets(runs: &[SeedRun]) -> Vec<TargetCheck> {
 /// nothing to measure (no rack hosted, no bound).
 fn percent(value: Option<f64>) -> String {
     crate::report::percent(value.filter(|v| v.is_finite()))
+}
+
+/// Periods to one decimal; a dash where the figure does not apply.
+fn periods(value: Option<f64>) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+}
+
+/// A target's worst figure in its unit.
+fn figure(check: &TargetCheck) -> String {
+    match check.unit.as_str() {
+        "%" => percent(Some(check.worst)),
+        _ => periods(Some(check.worst)),
+    }
 }
 
 /// The report: per model the first seed's runs, then the GPUs hosted on
@@ -227,6 +269,29 @@ pub fn markdown(runs: &[SeedRun]) -> String {
     }
     let _ = write!(
         out,
+        "\n#### How fast ours reacts, in {}-s periods, worst of seeds {seeds}\n\n| model | scenario | freed watts taken | cut on the devices | serving covered after arriving |\n|---|---|---|---|---|\n",
+        crate::closed_loop::PERIOD_S
+    );
+    for gpu in models(runs) {
+        for scenario in scenarios(runs, gpu) {
+            let slowest = |f: fn(&RackResult) -> Option<f64>| {
+                each_seed(runs, gpu, &scenario, RackStrategy::Arbitration)
+                    .filter_map(f)
+                    .reduce(f64::max)
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} |",
+                gpu.label(),
+                scenario,
+                periods(slowest(|r| r.return_periods)),
+                periods(slowest(|r| r.cut_periods)),
+                periods(slowest(|r| r.arrival_periods)),
+            );
+        }
+    }
+    let _ = write!(
+        out,
         "\n#### Targets, worst of seeds {seeds}\n\n| model | scenario | target | worst | met |\n|---|---|---|---|---|\n"
     );
     for t in targets(runs) {
@@ -236,7 +301,7 @@ pub fn markdown(runs: &[SeedRun]) -> String {
             t.gpu.label(),
             t.scenario,
             t.target,
-            percent(Some(t.worst)),
+            figure(&t),
             if t.met { "yes" } else { "**no**" }
         );
     }
@@ -247,7 +312,13 @@ pub fn markdown(runs: &[SeedRun]) -> String {
 mod tests {
     use super::*;
 
-    fn result(strategy: RackStrategy, hp: f64, total: f64, over: f64) -> RackResult {
+    fn result(
+        strategy: RackStrategy,
+        hp: f64,
+        total: f64,
+        over: f64,
+        return_periods: f64,
+    ) -> RackResult {
         RackResult {
             scenario: "oversubscribed rack".into(),
             gpu: MeasuredCurve::H200Compute,
@@ -266,6 +337,9 @@ mod tests {
             bound_upper_throughput_percent_of_uncapped: Some(90.1),
             throughput_percent_of_bound: Some(100.0 * total / 90.0),
             overcommitted_periods: 0,
+            return_periods: Some(return_periods),
+            cut_periods: None,
+            arrival_periods: None,
         }
     }
 
@@ -288,16 +362,16 @@ mod tests {
             SeedRun {
                 seed: 1,
                 results: vec![
-                    result(RackStrategy::Arbitration, 99.0, 88.0, 0.0),
-                    result(RackStrategy::StaticPerGpuLimit, 90.0, 80.0, 0.0),
+                    result(RackStrategy::Arbitration, 99.0, 88.0, 0.0, 1.5),
+                    result(RackStrategy::StaticPerGpuLimit, 90.0, 80.0, 0.0, 9.0),
                 ],
                 hosted: vec![hosted(1, Some(48))],
             },
             SeedRun {
                 seed: 2,
                 results: vec![
-                    result(RackStrategy::Arbitration, 96.0, 86.4, 0.6),
-                    result(RackStrategy::StaticPerGpuLimit, 90.0, 80.0, 0.0),
+                    result(RackStrategy::Arbitration, 96.0, 86.4, 0.6, 2.4),
+                    result(RackStrategy::StaticPerGpuLimit, 90.0, 80.0, 0.0, 9.0),
                 ],
                 hosted: vec![hosted(2, Some(36))],
             },
@@ -317,7 +391,15 @@ mod tests {
         assert!(close(check("samples over"), 0.6, false), "{checks:?}");
         assert!(close(check("total"), 8.0, false), "{checks:?}");
         assert!(close(check(">= 95"), 96.0, true), "{checks:?}");
+        // The slowest return of ours (not the static limit's), in periods.
+        assert!(close(check("freed watts"), 2.4, false), "{checks:?}");
+        // No run has a cut: no target for it.
+        assert!(check("cut").is_none(), "{checks:?}");
         let table = markdown(&runs);
         assert!(table.contains("| 48, 36 | 20.0% |"), "{table}");
+        assert!(
+            table.contains("| oversubscribed rack | 2.4 | - | - |"),
+            "{table}"
+        );
     }
 }

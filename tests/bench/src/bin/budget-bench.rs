@@ -1,7 +1,7 @@
 //! `make bench` (budget part): a rack's power budget shared by serving,
 //! training and batch, every situation under every strategy on each
 //! simulated GPU model for several seeds, and the headline: GPUs hosted per
-//! budget. Writes `target/bench/budget.json` and `budget.md`.
+//! budget, and how fast the shared budget reacts. Writes `target/bench/budget.json` and `budget.md`.
 
 use std::path::PathBuf;
 
@@ -74,6 +74,8 @@ fn main() -> anyhow::Result<()> {
         "control_period_s": climatik_bench::closed_loop::PERIOD_S,
         "staleness_s": climatik_bench::closed_loop::STALENESS_S,
         "actuation_delay_s": climatik_bench::closed_loop::ACTUATION_S,
+        "freed_slack_share": climatik_bench::budget_reaction::FREED_SLACK_SHARE,
+        "kept_share_of_draw": climatik_bench::budget_reaction::KEPT_SHARE_OF_DRAW,
         "runs": runs,
         "targets": budget_report::targets(&runs),
     });
