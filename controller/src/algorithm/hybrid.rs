@@ -41,6 +41,15 @@ impl Algorithm for FeedbackBudget {
 
     fn plan(&mut self, observation: &Observation) -> Vec<Target> {
         let budgets = self.budgets.plan(observation);
+        if self.budgets.pools_node_budgets() {
+            // The node agents re-split the budgets every second, which
+            // already sets equal clocks where the watts buy the most. Clock
+            // ceilings stepped each period to hold the total at `target`
+            // (below `budget-target`) would only fight that: while the
+            // budgets hold the GPUs below their ceilings, feedback keeps
+            // lowering them until they bind, a few percent under the cap.
+            return budgets;
+        }
         let mut targets = self.clocks.plan(observation);
         // Both plan one target per observed device, in the same order.
         for (target, budgeted) in targets.iter_mut().zip(budgets) {
@@ -57,6 +66,29 @@ mod tests {
 
     fn rig(loads: &[f64], cap: f64) -> Rig {
         Rig::for_algorithm(FEEDBACK_BUDGET, &[], loads, cap)
+    }
+
+    /// With `node-resplit` the budgets alone hold the cap: the clocks
+    /// stay at the maximum instead of being stepped under the budgets
+    /// until they bind below the cap.
+    #[test]
+    fn pooled_budgets_leave_the_clocks_at_the_maximum() {
+        let mut rig = Rig::for_algorithm(
+            FEEDBACK_BUDGET,
+            &[("node-resplit", "true")],
+            &[1.0, 0.9, 0.5, 0.2],
+            500.0,
+        );
+        let trace = rig.run(10);
+        let max = climatik_sim_gpu::plant::MAX_CLOCK_MHZ;
+        assert!(
+            rig.entries.iter().all(|e| *e == Some(max)),
+            "{:?}",
+            rig.entries
+        );
+        let budgets: f64 = rig.budgets.iter().flatten().sum();
+        assert!(budgets <= 500.0 + 1e-6, "{:?}", rig.budgets);
+        assert!(trace.iter().all(|p| *p <= 500.0), "{trace:?}");
     }
 
     #[test]

@@ -560,17 +560,22 @@ fn run_equal_split(model: MeasuredCurve, policy: &PolicyLoad) -> Trace {
     trace
 }
 
+/// The algorithm a strategy runs, with the parameters a policy would
+/// give it (`node-resplit: "true"` for the node re-split).
 fn build(strategy: Strategy) -> Option<Box<dyn Algorithm>> {
-    match strategy {
-        Strategy::Ours(name) | Strategy::OursPowerLimit(name) | Strategy::OursNodeResplit(name) => {
-            algorithm::from_spec(Some(&CustomAlgorithm {
-                name: name.to_string(),
-                parameters: Default::default(),
-            }))
-            .ok()
-        }
-        _ => None,
-    }
+    let (name, parameters) = match strategy {
+        Strategy::Ours(name) | Strategy::OursPowerLimit(name) => (name, Default::default()),
+        Strategy::OursNodeResplit(name) => (
+            name,
+            [("node-resplit".to_string(), "true".to_string())].into(),
+        ),
+        _ => return None,
+    };
+    algorithm::from_spec(Some(&CustomAlgorithm {
+        name: name.to_string(),
+        parameters,
+    }))
+    .ok()
 }
 
 fn run_loop(scenario: &Scenario, policy: &PolicyLoad, strategy: Strategy) -> Trace {
