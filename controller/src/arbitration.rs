@@ -525,7 +525,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn claim(priority: i32, min: f64, cap: f64, demand: f64) -> Claim {
+    pub(super) fn claim(priority: i32, min: f64, cap: f64, demand: f64) -> Claim {
         Claim {
             priority,
             min_watts: min,
@@ -871,11 +871,11 @@ mod tests {
         prop::collection::vec(one, 0..12)
     }
 
-    fn guarantee(c: &Claim) -> f64 {
+    pub(super) fn guarantee(c: &Claim) -> f64 {
         c.min_watts.min(c.cap_watts)
     }
 
-    fn target(c: &Claim) -> f64 {
+    pub(super) fn target(c: &Claim) -> f64 {
         c.demand_watts.min(c.cap_watts).max(guarantee(c))
     }
 
@@ -1039,18 +1039,9 @@ mod tests {
 
 #[cfg(test)]
 mod tree_tests {
+    use super::tests::{claim, guarantee, target};
     use super::*;
     use proptest::prelude::*;
-
-    fn claim(priority: i32, min: f64, cap: f64, demand: f64) -> Claim {
-        Claim {
-            priority,
-            min_watts: min,
-            cap_watts: cap,
-            demand_watts: demand,
-            held: false,
-        }
-    }
 
     fn budget(parent: Option<usize>, room: f64) -> TreeBudget {
         TreeBudget {
@@ -1234,14 +1225,6 @@ mod tree_tests {
             at = budgets[x].parent;
         }
         false
-    }
-
-    fn guarantee(c: &Claim) -> f64 {
-        c.min_watts.min(c.cap_watts)
-    }
-
-    fn target(c: &Claim) -> f64 {
-        c.demand_watts.min(c.cap_watts).max(guarantee(c))
     }
 
     proptest! {

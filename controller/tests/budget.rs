@@ -125,21 +125,29 @@ impl Rack {
         report_gpus(&self.admin, node0, &["GPU-S"], min_power_limit).await?;
         report_gpus(&self.admin, node1, &["GPU-T", "GPU-U"], min_power_limit).await?;
         for (name, priority) in [("serving", 10), ("training", 0)] {
-            self.policies()
-                .create(
-                    &PostParams::default(),
-                    &policy(
-                        name,
-                        name,
-                        1000,
-                        json!({
-                            "priority": priority,
-                            "customAlgorithms": [{ "name": "budget-allocator" }],
-                        }),
-                    )?,
-                )
-                .await?;
+            self.create_policy(name, priority).await?;
         }
+        Ok(())
+    }
+
+    /// A 1000 W policy of `priority` over the pods labelled `app=name`,
+    /// planned by the budget allocator, so its entries carry
+    /// `powerBudgetWatts`.
+    async fn create_policy(&self, name: &str, priority: i32) -> anyhow::Result<()> {
+        self.policies()
+            .create(
+                &PostParams::default(),
+                &policy(
+                    name,
+                    name,
+                    1000,
+                    json!({
+                        "priority": priority,
+                        "customAlgorithms": [{ "name": "budget-allocator" }],
+                    }),
+                )?,
+            )
+            .await?;
         Ok(())
     }
 
@@ -578,20 +586,7 @@ async fn a_row_cut_reaches_every_rack_lowest_priority_first() -> anyhow::Result<
             let node = &rack.nodes[node];
             create_pod(&rack.admin, &rack.ns, name, node, name).await?;
             series.push(gpu(uuid, "pod", name, &rack.ns, node, 300.0));
-            rack.policies()
-                .create(
-                    &PostParams::default(),
-                    &policy(
-                        name,
-                        name,
-                        1000,
-                        json!({
-                            "priority": priority,
-                            "customAlgorithms": [{ "name": "budget-allocator" }],
-                        }),
-                    )?,
-                )
-                .await?;
+            rack.create_policy(name, priority).await?;
         }
         rack.dcgm.set(series);
         let row = format!("{}-row", rack.ns);
