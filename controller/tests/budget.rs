@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use climatik_api::{NodeFrequencies, PowerBudget, PowerCappingPolicy};
+use climatik_api::{NodeFrequencies, PowerBudget, PowerBudgetStatus, PowerCappingPolicy};
 use climatik_controller::{
     metrics::Metrics,
     monitor::{self, MonitorConfig},
@@ -114,6 +114,15 @@ impl Rack {
         Api::namespaced(self.admin.clone(), &self.ns)
     }
 
+    fn budgets(&self) -> Api<PowerBudget> {
+        Api::all(self.admin.clone())
+    }
+
+    /// The budget's status as the API server has it now.
+    async fn budget_status(&self, name: &str) -> anyhow::Result<PowerBudgetStatus> {
+        Ok(self.budgets().get(name).await?.status.unwrap_or_default())
+    }
+
     /// Serving (priority 10) on node 0's GPU-S, training (0) on node 1's
     /// GPU-T, GPU-U idle beside it under no policy; both policies plan
     /// with the budget allocator, so their entries carry
@@ -174,7 +183,7 @@ impl Rack {
             "metadata": { "name": name },
             "spec": spec,
         }))?;
-        Api::<PowerBudget>::all(self.admin.clone())
+        self.budgets()
             .create(&PostParams::default(), &budget)
             .await?;
         Ok(())
@@ -278,9 +287,7 @@ impl Rack {
         name: &str,
         type_: &str,
     ) -> anyhow::Result<Option<(String, String)>> {
-        let budget = Api::<PowerBudget>::all(self.admin.clone())
-            .get(name)
-            .await?;
+        let budget = self.budgets().get(name).await?;
         Ok(budget.status.and_then(|s| {
             s.conditions
                 .into_iter()
@@ -307,9 +314,7 @@ async fn a_shared_budget_moves_watts_by_priority_and_cuts_the_lowest_first() -> 
             })
         })
         .await?;
-        let budget = Api::<PowerBudget>::all(rack.admin.clone())
-            .get(&name)
-            .await?;
+        let budget = rack.budgets().get(&name).await?;
         let status = budget.status.unwrap_or_default();
         assert_eq!(status.unmanaged_watts, Some(100.0), "{status:?}");
         assert_eq!(status.available_watts, Some(900.0), "{status:?}");
@@ -381,7 +386,7 @@ async fn a_shared_budget_moves_watts_by_priority_and_cuts_the_lowest_first() -> 
 
         // Demand response: the budget drops to 500 W (400 W to share).
         // Training gives way: serving still gets all it asks for.
-        Api::<PowerBudget>::all(rack.admin.clone())
+        rack.budgets()
             .patch(
                 &name,
                 &PatchParams::default(),
@@ -400,11 +405,7 @@ async fn a_shared_budget_moves_watts_by_priority_and_cuts_the_lowest_first() -> 
             "serving at its demand, training giving way",
             TIMEOUT,
             || async {
-                let status = Api::<PowerBudget>::all(rack.admin.clone())
-                    .get(&name)
-                    .await?
-                    .status
-                    .unwrap_or_default();
+                let status = rack.budget_status(&name).await?;
                 let share = |policy: &str| {
                     status
                         .allocations
@@ -452,7 +453,7 @@ async fn a_bad_budget_says_why_and_caps_nothing() -> anyhow::Result<()> {
                 .filter(|c| c == &("False".to_string(), "UnknownParent".to_string())))
         })
         .await?;
-        Api::<PowerBudget>::all(rack.admin.clone())
+        rack.budgets()
             .delete(&orphan, &DeleteParams::default())
             .await?;
         let small = format!("{}-small", rack.ns);
@@ -539,7 +540,7 @@ async fn a_policy_spanning_two_budgets_says_so_on_itself() -> anyhow::Result<()>
 
         // With one half gone serving lies in the other only: the condition
         // is given up and that budget arbitrates it.
-        Api::<PowerBudget>::all(rack.admin.clone())
+        rack.budgets()
             .delete(&halves[0], &DeleteParams::default())
             .await?;
         wait_for("serving arbitrated by one budget", TIMEOUT, || async {
@@ -604,7 +605,7 @@ async fn a_row_cut_reaches_every_rack_lowest_priority_first() -> anyhow::Result<
             )
             .await?;
         }
-        let budgets = Api::<PowerBudget>::all(rack.admin.clone());
+        let budgets = rack.budgets();
         let allocations = async || -> anyhow::Result<Vec<Option<i64>>> {
             let mut all = Vec::new();
             for name in &names {
@@ -750,11 +751,7 @@ async fn a_policy_without_a_priority_takes_its_pods_priority_class() -> anyhow::
             let name = format!("{}-rack", rack.ns);
             rack.create_budget(&name, json!({ "watts": 1000 })).await?;
             let priorities = wait_for("both arbitrated", TIMEOUT, || async {
-                let status = Api::<PowerBudget>::all(rack.admin.clone())
-                    .get(&name)
-                    .await?
-                    .status
-                    .unwrap_or_default();
+                let status = rack.budget_status(&name).await?;
                 let of = |policy: &str| {
                     status
                         .allocations
@@ -876,7 +873,7 @@ async fn cap_unmanaged_holds_the_gpus_no_policy_selects_to_their_share() -> anyh
         .await?;
 
         // capUnmanaged off: the entries go.
-        Api::<PowerBudget>::all(rack.admin.clone())
+        rack.budgets()
             .patch(
                 &name,
                 &PatchParams::default(),
