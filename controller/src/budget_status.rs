@@ -233,6 +233,7 @@ pub fn decide_tree(budgets: &[Inputs]) -> Vec<Decision> {
     let drawn: Vec<f64> = (0..n)
         .map(|b| budgets[b].reserved_watts + unmanaged[b])
         .collect();
+    let unmanaged_rooms: Vec<f64> = (0..n).map(|b| unmanaged_room(&shape, budgets, b)).collect();
     let unmanaged_targets: Vec<Option<(Decided, f64)>> = (0..n)
         .map(|b| {
             let budget = &budgets[b];
@@ -249,12 +250,7 @@ pub fn decide_tree(budgets: &[Inputs]) -> Vec<Decision> {
                     .zip(&demands[b])
                     .map(|(m, d)| claim(m, *d))
                     .collect();
-                unmanaged_share(
-                    unmanaged_room(&shape, budgets, b),
-                    &own_claims,
-                    demand,
-                    &budget.unmanaged,
-                )
+                unmanaged_share(unmanaged_rooms[b], &own_claims, demand, &budget.unmanaged)
             })
         })
         .collect();
@@ -469,7 +465,7 @@ pub fn decide_tree(budgets: &[Inputs]) -> Vec<Decision> {
             let unmanaged_share_watts = unmanaged_targets[b].as_ref().map(|(condition, target)| {
                 decided.push(condition.clone());
                 stage_unmanaged(
-                    unmanaged_room(&shape, budgets, b),
+                    unmanaged_rooms[b],
                     &budget.members,
                     &allocations[b],
                     *target,
