@@ -59,6 +59,7 @@ use crate::{
     metrics::Metrics,
     observe,
     prom::Prometheus,
+    slim::slim,
     unmanaged::{self, Unmanaged, UnmanagedGpu},
 };
 use climatik_runtime::Shutdown;
@@ -162,6 +163,7 @@ pub(crate) async fn run(shared: Shared, config: BudgetConfig, shutdown: Shutdown
         watcher::Config::default().any_semantic(),
     )
     .backoff(WatchBackoff::default())
+    .modify(slim)
     .reflect(policy_writer)
     .applied_objects()
     .predicate_filter(predicates::generation, Default::default())
@@ -172,6 +174,7 @@ pub(crate) async fn run(shared: Shared, config: BudgetConfig, shutdown: Shutdown
         watcher::Config::default().any_semantic(),
     )
     .backoff(WatchBackoff::default())
+    .modify(slim)
     .reflect(node_writer)
     .applied_objects()
     .predicate_filter(predicates::labels, Default::default())

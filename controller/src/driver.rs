@@ -24,6 +24,7 @@ use crate::{
     fair::Slots,
     lease::{self, Leadership, LeaseConfig},
     metrics::Metrics,
+    slim::slim,
 };
 
 /// How the controllers' watches wait before trying the API server again:
@@ -112,13 +113,18 @@ pub(crate) fn policy_controller(
     namespace: Option<&str>,
     shutdown: &Shutdown,
 ) -> Controller<PowerCappingPolicy> {
-    Controller::new(
+    let (store, writer) = reflector::store();
+    let policies = watcher(
         policies_api(client, namespace),
         watcher::Config::default().any_semantic(),
     )
-    .with_config(crate::controller_config())
-    .trigger_backoff(WatchBackoff::default())
-    .graceful_shutdown_on(shutdown.wait())
+    .backoff(WatchBackoff::default())
+    .modify(slim)
+    .reflect(writer)
+    .applied_objects();
+    Controller::for_stream(policies, store)
+        .with_config(crate::controller_config())
+        .graceful_shutdown_on(shutdown.wait())
 }
 
 /// Reconciles the policies of `controller` (see [`policy_controller`])
@@ -193,7 +199,8 @@ pub(crate) fn node_frequencies(
             Api::<NodeFrequencies>::all(client.clone()),
             watcher::Config::default(),
         )
-        .backoff(WatchBackoff::default()),
+        .backoff(WatchBackoff::default())
+        .modify(slim),
     )
     .for_each(|_| async {});
     let stop = shutdown.wait();

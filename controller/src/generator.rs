@@ -265,6 +265,7 @@ where
     let (reader, writer) = reflector::store();
     let keys = watcher(api, watcher::Config::default().any_semantic())
         .backoff(crate::driver::WatchBackoff::default())
+        .modify(crate::slim::slim)
         .reflect(writer)
         .touched_objects()
         .filter_map(move |event| async move {
@@ -308,6 +309,7 @@ pub async fn run(
             .any_semantic(),
     )
     .backoff(crate::driver::WatchBackoff::default())
+    .modify(crate::slim::slim)
     .reflect(writer)
     .filter_map(|event| async move {
         // A generated policy edited or deleted by hand: put it back.

@@ -36,6 +36,7 @@ pub mod prom;
 mod reachable;
 pub mod recommender;
 pub mod shed;
+mod slim;
 pub mod unmanaged;
 
 pub use error::{Error, Result};
