@@ -77,6 +77,11 @@ impl Backlog {
         survey
     }
 
+    /// How many policies the last survey found.
+    pub(crate) fn policies(&self) -> usize {
+        self.lock().len()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PolicyLabels, Instant>> {
         self.since.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -19,28 +19,40 @@ pub struct StatusWrites {
     pub power_fraction: f64,
     /// The heartbeat, in measuring periods.
     pub heartbeat_periods: u32,
+    /// At most this many heartbeats a second over all policies: with more
+    /// policies than `heartbeat_periods` allows at that rate, the heartbeat
+    /// stretches to `policies / heartbeats_per_second`.
+    pub heartbeats_per_second: f64,
 }
 
 impl Default for StatusWrites {
     /// 5 % of the cap: within the dead band of the `feedback` algorithm
     /// (it holds clocks between 92 % and 99 % of the cap), so a move it
-    /// would act on is written. Three periods: well inside the energy's
-    /// gap (intervals up to three periods apart count) and the entries'
-    /// lifetime.
+    /// would act on is written. Three periods: a status at most 45 s old
+    /// at the default period, and a restart loses at most that much of the
+    /// energy. Two heartbeats a second: a small part of the API server's
+    /// churn budget (about 20 mutating calls a second for a whole cluster),
+    /// reached from about 100 policies at the default period; at 1000 the
+    /// heartbeat is 500 s.
     fn default() -> Self {
         Self {
             power_fraction: 0.05,
             heartbeat_periods: 3,
+            heartbeats_per_second: 2.0,
         }
     }
 }
 
 impl StatusWrites {
-    /// The rules for a monitor measuring every `period`.
-    pub fn rules(&self, period: Duration) -> StatusRules {
+    /// The rules for a monitor measuring `policies` every `period`.
+    pub fn rules(&self, period: Duration, policies: usize) -> StatusRules {
+        let in_periods = period * self.heartbeat_periods.max(1);
+        // A rate of zero or less (or not a number) sets no bound.
+        let spread = Duration::try_from_secs_f64(policies as f64 / self.heartbeats_per_second)
+            .unwrap_or(Duration::ZERO);
         StatusRules {
             power_fraction: self.power_fraction,
-            heartbeat: period * self.heartbeat_periods.max(1),
+            heartbeat: in_periods.max(spread),
             period,
         }
     }
@@ -304,6 +316,31 @@ mod tests {
             ],
             last_updated: Some(Time(at(written))),
             ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_heartbeat_stretches_to_keep_the_fleet_under_its_rate() {
+        let writes = StatusWrites::default();
+        let period = Duration::from_secs(15);
+        // Few policies: three periods.
+        assert_eq!(writes.rules(period, 10).heartbeat, Duration::from_secs(45));
+        assert_eq!(writes.rules(period, 90).heartbeat, Duration::from_secs(45));
+        // 1000 policies at two heartbeats a second: one each 500 s.
+        assert_eq!(
+            writes.rules(period, 1000).heartbeat,
+            Duration::from_secs(500)
+        );
+        // No bound when the rate is not a positive number.
+        for rate in [0.0, -1.0, f64::NAN] {
+            let unbounded = StatusWrites {
+                heartbeats_per_second: rate,
+                ..writes
+            };
+            assert_eq!(
+                unbounded.rules(period, 1000).heartbeat,
+                Duration::from_secs(45)
+            );
         }
     }
 

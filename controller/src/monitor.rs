@@ -343,7 +343,10 @@ async fn reconcile(policy: Arc<PowerCappingPolicy>, ctx: Arc<Context>) -> Result
             .update(&labels, &previous, energy_reading, now.0, max_gap),
     );
 
-    let rules = ctx.config.status_writes.rules(ctx.config.interval);
+    let rules = ctx
+        .config
+        .status_writes
+        .rules(ctx.config.interval, ctx.backlog.policies());
     match due::status_due(&previous, &status, now.0, &rules) {
         Some(reason) => {
             write_status(&ctx, &policy, &status).await?;

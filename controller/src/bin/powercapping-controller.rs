@@ -62,8 +62,23 @@ struct Args {
     /// Write each policy's status at least every this many periods.
     #[arg(long, env = "STATUS_HEARTBEAT_PERIODS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=20))]
     status_heartbeat_periods: u32,
+    /// At most this many heartbeat writes a second over all policies: with
+    /// many policies each one's heartbeat stretches to keep the total under
+    /// it (1000 policies at 2/s: every 500 s). 0: no bound.
+    #[arg(long, env = "STATUS_HEARTBEATS_PER_SECOND", default_value_t = 2.0, value_parser = non_negative)]
+    status_heartbeats_per_second: f64,
     #[command(flatten)]
     common: ControllerArgs,
+}
+
+/// A finite number of zero or more.
+fn non_negative(value: &str) -> Result<f64, String> {
+    let n: f64 = value.parse().map_err(|e| format!("{e}"))?;
+    if n.is_finite() && n >= 0.0 {
+        Ok(n)
+    } else {
+        Err(format!("{n} is not a finite number of zero or more"))
+    }
 }
 
 /// A percentage from 0 to 100.
@@ -104,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
             status_writes: StatusWrites {
                 power_fraction: args.status_power_change_percent / 100.0,
                 heartbeat_periods: args.status_heartbeat_periods,
+                heartbeats_per_second: args.status_heartbeats_per_second,
             },
             power_budgets: args.power_budgets,
         };
