@@ -77,7 +77,8 @@ impl Backlog {
         survey
     }
 
-    /// How many policies the last survey found.
+    /// How many policies are known: those the last survey found, and any
+    /// measured since.
     pub(crate) fn policies(&self) -> usize {
         self.lock().len()
     }
