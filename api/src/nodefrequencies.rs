@@ -90,6 +90,14 @@ pub struct GpuFrequency {
     /// required, so no entry holds a device forever. The agent also caps
     /// the lifetime it grants at its `--max-entry-ttl`.
     pub expires_at: Time,
+    /// The entry also counts past `expiresAt` while the Lease the agent
+    /// names in `status.entryLease` is renewed, and for the agent's
+    /// `--entry-lease-grace` after it last saw a renewal. The recommender
+    /// sets it only on nodes whose agent announces its own Lease there, so
+    /// one renewed Lease keeps all its entries alive instead of a write per
+    /// entry. Ignored by an agent that announces no Lease.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept_by_lease: bool,
 }
 
 /// Ceiling for one CPU.
@@ -109,6 +117,10 @@ pub struct CpuFrequency {
     /// When the agent restores defaults unless the entry was renewed;
     /// required, as for GPU entries.
     pub expires_at: Time,
+    /// As for GPU entries: also counts while the agent's `entryLease` is
+    /// renewed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub kept_by_lease: bool,
 }
 
 /// What the node agent did.
@@ -135,6 +147,12 @@ pub struct NodeFrequenciesStatus {
     /// `kubectl get nodefrequencies`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<NodeFrequenciesSummary>,
+    /// `namespace/name` of the Lease whose renewals keep this node's
+    /// `keptByLease` entries alive: the agent watches it and says so here
+    /// once it has read it. Absent: only `expiresAt` counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = MAX_POLICY_KEY_LENGTH))]
+    pub entry_lease: Option<String>,
     /// Backend in use: `nvml`, `cpufreq`, `sim`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = MAX_LABEL_LENGTH))]

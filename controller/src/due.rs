@@ -216,6 +216,9 @@ impl EntriesReason {
 /// three quarters of a lifetime left. (Renewing at half the lifetime lifted
 /// the caps in the chaos suite: a 29 s API server restart plus the
 /// recommender's re-election outlasted the 30 s left of a 60 s entry.)
+/// Entries `keptByLease` are never renewed (their agent keeps them alive
+/// while the recommender's Lease is renewed); a change of that flag is a
+/// change like any other.
 pub fn entries_due(
     held: (&[GpuFrequency], &[CpuFrequency]),
     wanted: (&[GpuFrequency], &[CpuFrequency]),
@@ -223,7 +226,7 @@ pub fn entries_due(
     ttl: Duration,
 ) -> Option<EntriesReason> {
     let gpus = |entries: &[GpuFrequency]| {
-        let mut v: Vec<(String, i32, Option<u64>, Option<String>)> = entries
+        let mut v: Vec<(String, i32, Option<u64>, Option<String>, bool)> = entries
             .iter()
             .map(|e| {
                 (
@@ -231,6 +234,7 @@ pub fn entries_due(
                     e.target_frequency,
                     e.power_budget_watts.map(f64::to_bits),
                     e.budget_group.clone(),
+                    e.kept_by_lease,
                 )
             })
             .collect();
@@ -238,9 +242,9 @@ pub fn entries_due(
         v
     };
     let cpus = |entries: &[CpuFrequency]| {
-        let mut v: Vec<(i32, i32)> = entries
+        let mut v: Vec<(i32, i32, bool)> = entries
             .iter()
-            .map(|e| (e.cpu_id, e.target_frequency))
+            .map(|e| (e.cpu_id, e.target_frequency, e.kept_by_lease))
             .collect();
         v.sort();
         v
@@ -251,8 +255,14 @@ pub fn entries_due(
     let earliest = held
         .0
         .iter()
+        .filter(|e| !e.kept_by_lease)
         .map(|e| &e.expires_at)
-        .chain(held.1.iter().map(|e| &e.expires_at))
+        .chain(
+            held.1
+                .iter()
+                .filter(|e| !e.kept_by_lease)
+                .map(|e| &e.expires_at),
+        )
         .map(|t| t.0.as_millisecond())
         .min()?;
     let left_ms = earliest - now.as_millisecond();
@@ -456,6 +466,7 @@ mod tests {
             budget_group: None,
             policy: "ns/p".into(),
             expires_at: Time(at(expires)),
+            kept_by_lease: false,
         }
     }
 
@@ -465,6 +476,7 @@ mod tests {
             target_frequency: mhz,
             policy: "ns/p".into(),
             expires_at: Time(at(expires)),
+            kept_by_lease: false,
         }
     }
 
@@ -519,5 +531,56 @@ mod tests {
         );
         // Nothing held and nothing wanted: nothing to write.
         assert_eq!(entries_due((&[], &[]), (&[], &[]), at(115), ttl), None);
+    }
+
+    fn kept<T: Clone>(entries: &[T], set: impl Fn(&mut T)) -> Vec<T> {
+        entries
+            .iter()
+            .cloned()
+            .map(|mut e| {
+                set(&mut e);
+                e
+            })
+            .collect()
+    }
+
+    #[test]
+    fn entries_kept_by_the_lease_are_written_on_change_only() {
+        let ttl = Duration::from_secs(120);
+        let keep_gpu = |e: &mut GpuFrequency| e.kept_by_lease = true;
+        let keep_cpu = |e: &mut CpuFrequency| e.kept_by_lease = true;
+        // Written at 100, long expired by 1000: still not due.
+        let held = kept(&[gpu("GPU-0", 1400, 220)], keep_gpu);
+        let held_cpus = kept(&[cpu(0, 2000, 220)], keep_cpu);
+        let same = kept(&[gpu("GPU-0", 1400, 1120)], keep_gpu);
+        let same_cpus = kept(&[cpu(0, 2000, 1120)], keep_cpu);
+        assert_eq!(
+            entries_due((&held, &held_cpus), (&same, &same_cpus), at(1000), ttl),
+            None
+        );
+        // A new target is written at once, kept or not.
+        let lower = kept(&[gpu("GPU-0", 1300, 1120)], keep_gpu);
+        assert_eq!(
+            entries_due((&held, &held_cpus), (&lower, &same_cpus), at(1000), ttl),
+            Some(EntriesReason::Changed)
+        );
+        // The agent stopped announcing the Lease: written unkept at once.
+        let unkept = [gpu("GPU-0", 1400, 1120)];
+        let unkept_cpus = [cpu(0, 2000, 1120)];
+        assert_eq!(
+            entries_due((&held, &held_cpus), (&unkept, &unkept_cpus), at(1000), ttl),
+            Some(EntriesReason::Changed)
+        );
+        // And kept again once it announces it: no renewal in between.
+        assert_eq!(
+            entries_due((&unkept, &unkept_cpus), (&same, &same_cpus), at(1000), ttl),
+            Some(EntriesReason::Changed)
+        );
+        // One unkept entry among kept ones is renewed as before.
+        let mixed_cpus = [cpu(0, 2000, 220)];
+        assert_eq!(
+            entries_due((&held, &mixed_cpus), (&same, &mixed_cpus), at(130), ttl),
+            Some(EntriesReason::Renew)
+        );
     }
 }

@@ -58,6 +58,14 @@ pub struct LeaseConfig {
     pub timing: Timing,
 }
 
+impl LeaseConfig {
+    /// `namespace/name`, as node agents name the Lease in
+    /// `NodeFrequencies.status.entryLease`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
 /// Lease duration, renew deadline and retry period, in the order
 /// `retry period < renew deadline < lease duration` ([`Timing::new`]
 /// checks it).

@@ -10,6 +10,16 @@
 //! written only when they change, see [`crate::due`]): if the recommender
 //! stops, the node returns to defaults.
 //!
+//! Renewing every entry costs a write per (policy, node) pair every
+//! quarter lifetime: 50 writes a second at 1500 pairs and a 120 s lifetime.
+//! So where a node's agent announces that it watches this recommender's
+//! leader-election Lease (`status.entryLease`), the entries are written
+//! `keptByLease` and never renewed: the Lease the leader renews anyway
+//! keeps them all alive, and when no replica renews it any more the agent
+//! lets them lapse after its grace (the entry lifetime by default). A
+//! policy whose targets are held (metrics unavailable) gives its kept
+//! entries back their own lifetime, so they lapse as before.
+//!
 //! Policies carry no finalizer, so deleting one (or its namespace, or the
 //! CRD) never waits for the recommender. Instead the leader collects
 //! garbage each period: entries whose policy is no longer in the synced
@@ -352,6 +362,7 @@ async fn apply(ctx: &Context, policy: &PowerCappingPolicy) -> Result<Action> {
         }
         Decision::Hold(why) => {
             tracing::debug!(policy = %policy.name_any(), why, "holding targets");
+            unkeep_entries(ctx, policy).await?;
             return Ok(requeue);
         }
         Decision::Act => {}
@@ -580,11 +591,7 @@ async fn write_targets(
 ) -> Result<()> {
     let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
     let key = policy_key(&namespace, &policy.name_any());
-    let expires_at = Time(
-        Timestamp::now()
-            + SignedDuration::try_from(ctx.config.entry_ttl)
-                .unwrap_or(SignedDuration::from_secs(120)),
-    );
+    let expires_at = expiry_from_now(ctx);
     let mut by_node: BTreeMap<&str, (Vec<GpuFrequency>, Vec<CpuFrequency>)> = BTreeMap::new();
     for target in targets {
         let entries = by_node.entry(target.node.as_str()).or_default();
@@ -599,6 +606,7 @@ async fn write_targets(
                     .map(|_| key.clone()),
                 policy: key.clone(),
                 expires_at: expires_at.clone(),
+                kept_by_lease: false,
             }),
             DeviceKind::Cpu => {
                 for cpu_id in 0..node_cpus(ctx, &target.node).await {
@@ -607,6 +615,7 @@ async fn write_targets(
                         target_frequency: target.frequency_mhz,
                         policy: key.clone(),
                         expires_at: expires_at.clone(),
+                        kept_by_lease: false,
                     });
                 }
             }
@@ -614,7 +623,7 @@ async fn write_targets(
     }
     let manager = recommender_manager(&namespace, &policy.name_any());
     let now = Timestamp::now();
-    for (node, (gpus, cpus)) in &by_node {
+    for (node, (gpus, cpus)) in &mut by_node {
         // The node's agent creates its NodeFrequencies; the recommender
         // only adds entries to one that exists (it has no right to create
         // one: a node without an agent would apply nothing anyway).
@@ -625,6 +634,9 @@ async fn write_targets(
             );
             continue;
         };
+        let kept = kept_by_our_lease(ctx, &held);
+        gpus.iter_mut().for_each(|e| e.kept_by_lease = kept);
+        cpus.iter_mut().for_each(|e| e.kept_by_lease = kept);
         let held_gpus: Vec<GpuFrequency> = held
             .spec
             .gpu_frequencies
@@ -657,6 +669,83 @@ async fn write_targets(
     }
     let keep: BTreeSet<String> = by_node.keys().map(|n| n.to_string()).collect();
     remove_entries(ctx, policy, &keep, "node no longer hosts the workload").await
+}
+
+/// Whether the node's agent keeps entries alive while this recommender's
+/// Lease is renewed (it names that Lease in `status.entryLease`). Never
+/// without leader election: then no Lease is renewed.
+fn kept_by_our_lease(ctx: &Context, node_frequencies: &NodeFrequencies) -> bool {
+    let announced = node_frequencies
+        .status
+        .as_ref()
+        .and_then(|s| s.entry_lease.as_deref());
+    ctx.config
+        .lease
+        .as_ref()
+        .is_some_and(|lease| announced == Some(lease.key().as_str()))
+}
+
+/// Gives the policy's `keptByLease` entries their own lifetime again
+/// (`expiresAt` one entry lifetime from now, not kept): a policy whose
+/// targets are held must not keep its devices capped for as long as the
+/// recommender lives. One write per node, when the hold begins.
+async fn unkeep_entries(ctx: &Context, policy: &PowerCappingPolicy) -> Result<()> {
+    let namespace = policy.namespace().ok_or(Error::MissingNamespace)?;
+    let key = policy_key(&namespace, &policy.name_any());
+    let manager = recommender_manager(&namespace, &policy.name_any());
+    let expires_at = expiry_from_now(ctx);
+    for held in ctx.node_frequencies.state() {
+        let ours_kept = |policy: &str, kept: bool| policy == key && kept;
+        if !held
+            .spec
+            .gpu_frequencies
+            .iter()
+            .any(|e| ours_kept(&e.policy, e.kept_by_lease))
+            && !held
+                .spec
+                .cpu_frequencies
+                .iter()
+                .any(|e| ours_kept(&e.policy, e.kept_by_lease))
+        {
+            continue;
+        }
+        let gpus: Vec<GpuFrequency> = held
+            .spec
+            .gpu_frequencies
+            .iter()
+            .filter(|e| e.policy == key)
+            .map(|e| GpuFrequency {
+                expires_at: expires_at.clone(),
+                kept_by_lease: false,
+                ..e.clone()
+            })
+            .collect();
+        let cpus: Vec<CpuFrequency> = held
+            .spec
+            .cpu_frequencies
+            .iter()
+            .filter(|e| e.policy == key)
+            .map(|e| CpuFrequency {
+                expires_at: expires_at.clone(),
+                kept_by_lease: false,
+                ..e.clone()
+            })
+            .collect();
+        let node = held.name_any();
+        apply_entries(ctx, &manager, &node, &gpus, &cpus).await?;
+        ctx.metrics.write_decision(NODE_FREQUENCIES, true, "unkept");
+        tracing::info!(policy = %key, node, "targets held: entries no longer kept by the Lease, they lapse unless renewed");
+    }
+    Ok(())
+}
+
+/// `expiresAt` for an entry written now: one entry lifetime ahead.
+fn expiry_from_now(ctx: &Context) -> Time {
+    Time(
+        Timestamp::now()
+            + SignedDuration::try_from(ctx.config.entry_ttl)
+                .unwrap_or(SignedDuration::from_secs(120)),
+    )
 }
 
 /// Logical CPUs of a node (its `cpu` capacity); 0 if it cannot be read.
@@ -949,6 +1038,7 @@ mod tests {
                     budget_group: None,
                     policy: p.to_string(),
                     expires_at: Time(Timestamp::UNIX_EPOCH),
+                    kept_by_lease: false,
                 })
                 .collect(),
             cpu_frequencies: cpu_policies
@@ -958,6 +1048,7 @@ mod tests {
                     target_frequency: 2000,
                     policy: p.to_string(),
                     expires_at: Time(Timestamp::UNIX_EPOCH),
+                    kept_by_lease: false,
                 })
                 .collect(),
         };

@@ -165,6 +165,7 @@ pub fn wanted(
                 budget_group: Some(key.clone()),
                 policy: key.clone(),
                 expires_at: expires_at.clone(),
+                kept_by_lease: false,
             });
     }
     by_node
@@ -396,6 +397,7 @@ mod tests {
                         budget_group: None,
                         policy: (*key).into(),
                         expires_at: time(),
+                        kept_by_lease: false,
                     })
                     .collect(),
                 cpu_frequencies: vec![],

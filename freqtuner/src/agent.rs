@@ -3,6 +3,8 @@
 //! budgets are time-driven, not event-driven), hands the status (or the
 //! missing object) to the status writer and the device failures that are
 //! news to the Event publisher, and restores everything on the way out.
+//! With `--entry-lease` it also watches the recommender's Lease, which
+//! keeps `keptByLease` entries alive ([`crate::keepalive`]).
 //! The loop never waits on the API server: the writer
 //! ([`crate::status_writer`]) and the publisher ([`crate::events`]) do,
 //! with a timeout, so a slow or unreachable API server cannot hold back
@@ -19,8 +21,8 @@ use std::{
 
 use climatik_api::{NodeFrequencies, NodeFrequenciesSpec};
 use climatik_runtime::ReadyFlag;
-use futures::StreamExt;
-use k8s_openapi::jiff::Timestamp;
+use futures::{StreamExt, stream::BoxStream};
+use k8s_openapi::{api::coordination::v1::Lease, jiff::Timestamp};
 use kube::{
     Api, Resource,
     runtime::{WatchStreamExt, watcher},
@@ -31,6 +33,7 @@ use crate::{
     actuator::Actuator,
     error::Result,
     events::EventHandle,
+    keepalive::{EntryLease, Liveness},
     metrics::Metrics,
     status_writer::{Draft, Intent, KubeStatusApi, StatusHandle, StatusWriter},
 };
@@ -39,6 +42,13 @@ use crate::{
 /// last status to be written: short, as an unreachable API server must not
 /// use up the pod's termination grace period.
 const FINAL_WRITE_GRACE: Duration = Duration::from_secs(2);
+
+/// How long the first pass waits for the entry Lease to be read: without
+/// it, kept entries past their `expiresAt` would be restored and set again
+/// a moment later. An agent that cannot read the Lease (no RBAC, no such
+/// namespace) goes on without it and announces none, so the recommender
+/// renews its entries instead.
+const ENTRY_LEASE_WAIT: Duration = Duration::from_secs(10);
 
 /// How the loop runs.
 #[derive(Debug, Clone)]
@@ -49,6 +59,9 @@ pub struct AgentConfig {
     /// The bound on each status write (and on creating the object), and
     /// on each Event.
     pub status_write_timeout: Duration,
+    /// The Lease that keeps `keptByLease` entries alive; `None`: only
+    /// `expiresAt` counts.
+    pub entry_lease: Option<EntryLease>,
 }
 
 /// Liveness of the loop, for `/healthz`: the time of the last pass.
@@ -83,6 +96,11 @@ pub struct Agent {
     synced: bool,
     /// `/readyz`: set with `synced`.
     ready: ReadyFlag,
+    /// What the agent saw of the entry Lease.
+    liveness: Liveness,
+    /// Whether the entry Lease's watch has listed once: from then on the
+    /// agent announces the Lease in its status.
+    lease_synced: bool,
 }
 
 impl Agent {
@@ -93,6 +111,10 @@ impl Agent {
         metrics: Arc<Metrics>,
         heartbeat: Arc<Heartbeat>,
     ) -> Self {
+        let grace = config
+            .entry_lease
+            .as_ref()
+            .map_or(Duration::ZERO, |l| l.grace);
         Self {
             api: Api::all(client.clone()),
             client,
@@ -100,6 +122,8 @@ impl Agent {
             actuator,
             metrics,
             heartbeat,
+            liveness: Liveness::new(grace),
+            lease_synced: false,
             current: None,
             synced: false,
             ready: ReadyFlag::default(),
@@ -131,6 +155,8 @@ impl Agent {
         let mut events = watcher(self.api.clone(), watch_config)
             .default_backoff()
             .boxed();
+        let mut lease_events = self.lease_events();
+        let lease_wait = tokio::time::Instant::now() + ENTRY_LEASE_WAIT;
         let mut tick = tokio::time::interval(self.config.fast_loop_interval);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut pending: Option<Option<NodeFrequencies>> = None;
@@ -162,8 +188,19 @@ impl Agent {
                         None => break,
                     }
                 }
+                event = lease_events.next() => {
+                    match event {
+                        Some(Ok(event)) => self.on_lease_event(event),
+                        Some(Err(e)) => tracing::warn!(error = %e, "watching the entry Lease"),
+                        // Never ends (the watcher retries with backoff).
+                        None => lease_events = futures::stream::pending().boxed(),
+                    }
+                }
                 _ = tick.tick() => {
-                    if self.synced {
+                    let lease_read = self.lease_synced
+                        || self.config.entry_lease.is_none()
+                        || tokio::time::Instant::now() >= lease_wait;
+                    if self.synced && lease_read {
                         self.pass(&status, &notices, true);
                     } else if held.is_some_and(|until| Timestamp::now() >= until) {
                         tracing::warn!("the entries behind what a previous agent left set have ended before they could be read");
@@ -185,6 +222,43 @@ impl Agent {
             tracing::warn!(grace = ?FINAL_WRITE_GRACE, "the last status was not written in time");
         }
         Ok(())
+    }
+
+    /// The entry Lease's watch; a stream that never yields without one.
+    fn lease_events(&self) -> BoxStream<'static, watcher::Result<watcher::Event<Lease>>> {
+        match &self.config.entry_lease {
+            Some(entry_lease) => {
+                let api: Api<Lease> =
+                    Api::namespaced(self.client.clone(), &entry_lease.lease.namespace);
+                let config = watcher::Config::default()
+                    .fields(&format!("metadata.name={}", entry_lease.lease.name));
+                watcher(api, config).default_backoff().boxed()
+            }
+            None => futures::stream::pending().boxed(),
+        }
+    }
+
+    /// Takes a renewal of the entry Lease in; the next pass uses it.
+    fn on_lease_event(&mut self, event: watcher::Event<Lease>) {
+        match event {
+            watcher::Event::Apply(lease) | watcher::Event::InitApply(lease) => {
+                self.liveness.observe(&lease, Timestamp::now());
+                self.actuator.keep_alive_until(self.liveness.kept_until());
+            }
+            watcher::Event::InitDone => {
+                if !self.lease_synced {
+                    tracing::info!(
+                        lease = %self.config.entry_lease.as_ref().map(|l| l.lease.to_string()).unwrap_or_default(),
+                        kept_until = ?self.liveness.kept_until(),
+                        "watching the entry Lease: entries kept by it count while it is renewed"
+                    );
+                }
+                self.lease_synced = true;
+            }
+            // A deleted Lease renews nothing: what it kept lapses after the
+            // grace, measured from its last renewal.
+            watcher::Event::Init | watcher::Event::Delete(_) => {}
+        }
     }
 
     fn restore_leftovers(&mut self) {
@@ -227,6 +301,17 @@ impl Agent {
         }
     }
 
+    /// The entry Lease as the status announces it: only once its watch
+    /// has listed, so an agent that cannot read it never has the
+    /// recommender stop renewing.
+    fn announced_lease(&self) -> Option<String> {
+        self.config
+            .entry_lease
+            .as_ref()
+            .filter(|_| self.lease_synced)
+            .map(|l| l.lease.to_string())
+    }
+
     /// One actuator pass, then its status (or the missing object) handed
     /// to the writer, which decides whether it is worth a write, and its
     /// news to the Event publisher; one span
@@ -258,13 +343,16 @@ impl Agent {
             }
         }
         let intent = match &self.current {
-            Some(obj) => Intent::Status(Box::new(Draft::new(
-                obj.metadata.uid.clone(),
-                obj.metadata.generation,
-                &report,
-                self.actuator.inventory(),
-                Some(self.actuator.backend_name()).filter(|b| !b.is_empty()),
-            ))),
+            Some(obj) => Intent::Status(Box::new(
+                Draft::new(
+                    obj.metadata.uid.clone(),
+                    obj.metadata.generation,
+                    &report,
+                    self.actuator.inventory(),
+                    Some(self.actuator.backend_name()).filter(|b| !b.is_empty()),
+                )
+                .with_entry_lease(self.announced_lease()),
+            )),
             None => Intent::Create,
         };
         status.publish(intent);

@@ -10,6 +10,8 @@ use climatik_runtime::args::{AdminArgs, RuntimeArgs, admin_default};
 /// simulated load profiles.
 use climatik_runtime::parse_duration;
 
+use crate::keepalive::LeaseName;
+
 /// Climatik node agent: applies the NodeFrequencies of its node.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -103,6 +105,19 @@ pub struct AgentArgs {
     #[arg(long, env = "MAX_ENTRY_TTL", default_value = "10m", value_parser = parse_max_entry_ttl)]
     pub max_entry_ttl: Duration,
 
+    /// `NAMESPACE/NAME` of the recommender's leader-election Lease: while
+    /// it is renewed, the entries the recommender writes `keptByLease`
+    /// count past their `expiresAt`, so it need not renew them one by one.
+    /// Without it only `expiresAt` counts.
+    #[arg(long, env = "ENTRY_LEASE")]
+    pub entry_lease: Option<LeaseName>,
+
+    /// How long kept entries still count after the last renewal of the
+    /// entry Lease this agent saw: how long a node stays capped once no
+    /// recommender runs, or while the API server is unreachable.
+    #[arg(long, env = "ENTRY_LEASE_GRACE", default_value = "120s", value_parser = parse_entry_lease_grace)]
+    pub entry_lease_grace: Duration,
+
     /// Tries to open each device backend (NVML, cpufreq) and read its
     /// restore state before the agent exits non-zero: it never runs
     /// without restoring what a killed predecessor left.
@@ -120,6 +135,15 @@ pub struct AgentArgs {
 fn parse_max_entry_ttl(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         d if d.is_zero() => Err("the maximum entry lifetime must be positive".into()),
+        d => Ok(d),
+    }
+}
+
+/// A positive duration: a grace of zero would end kept entries between
+/// two renewals.
+fn parse_entry_lease_grace(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("the entry Lease grace must be positive".into()),
         d => Ok(d),
     }
 }

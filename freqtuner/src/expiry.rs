@@ -7,6 +7,10 @@
 //! First sightings are kept in memory only: after an agent restart every
 //! entry is seen for the first time again, so the bound is "max TTL after
 //! the agent last (re)started or the entry last changed".
+//!
+//! An entry `keptByLease` also counts until the time the agent's entry
+//! Lease keeps such entries alive ([`crate::keepalive`]), when that is
+//! later.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -41,6 +45,8 @@ pub struct Lifetimes {
     max_ttl: Duration,
     /// Entry -> (its `expiresAt`, when this agent first saw it so).
     seen: BTreeMap<EntryKey, (Timestamp, Timestamp)>,
+    /// Until when the entry Lease keeps `keptByLease` entries alive.
+    kept_until: Option<Timestamp>,
 }
 
 impl Default for Lifetimes {
@@ -54,11 +60,18 @@ impl Lifetimes {
         Self {
             max_ttl,
             seen: BTreeMap::new(),
+            kept_until: None,
         }
     }
 
     pub fn max_ttl(&self) -> Duration {
         self.max_ttl
+    }
+
+    /// Until when `keptByLease` entries count whatever their own deadline;
+    /// `None`: only their own deadline counts.
+    pub fn keep_alive_until(&mut self, until: Option<Timestamp>) {
+        self.kept_until = until;
     }
 
     /// Starts a pass over a spec at `now`. Entries the pass does not look
@@ -81,8 +94,21 @@ pub struct Pass<'a> {
 }
 
 impl Pass<'_> {
-    /// The deadline of the entry `key` that says `expires_at`.
-    pub fn deadline(&mut self, key: EntryKey, expires_at: Timestamp) -> Deadline {
+    /// The deadline of the entry `key` that says `expires_at`; `kept`: it
+    /// is `keptByLease`.
+    pub fn deadline(&mut self, key: EntryKey, expires_at: Timestamp, kept: bool) -> Deadline {
+        let own = self.own_deadline(key, expires_at);
+        match self.lifetimes.kept_until {
+            Some(until) if kept && until > own.at => Deadline {
+                at: until,
+                capped: false,
+            },
+            _ => own,
+        }
+    }
+
+    /// The deadline from the entry's own `expiresAt` and the cap.
+    fn own_deadline(&mut self, key: EntryKey, expires_at: Timestamp) -> Deadline {
         let cap_from = |start: Timestamp| {
             start
                 .checked_add(self.lifetimes.max_ttl)
@@ -127,7 +153,7 @@ mod tests {
 
     fn deadline(lifetimes: &mut Lifetimes, now: i64, expires: i64) -> Deadline {
         let mut pass = lifetimes.pass(at(now));
-        let d = pass.deadline(gpu("manual"), at(expires));
+        let d = pass.deadline(gpu("manual"), at(expires), false);
         pass.finish();
         d
     }
@@ -163,6 +189,24 @@ mod tests {
         deadline(&mut lifetimes, 1_000, 1_000_000);
         lifetimes.pass(at(1_100)).finish();
         assert_eq!(deadline(&mut lifetimes, 1_200, 1_000_000).at, at(1_800));
+    }
+
+    #[test]
+    fn a_kept_entry_counts_while_the_lease_keeps_it_alive() {
+        let mut lifetimes = Lifetimes::new(Duration::from_secs(600));
+        lifetimes.keep_alive_until(Some(at(2_000)));
+        let mut pass = lifetimes.pass(at(1_500));
+        // Long expired, but kept: counts until the Lease stops keeping it.
+        assert_eq!(pass.deadline(gpu("ns/p"), at(1_000), true).at, at(2_000));
+        // Its own later expiresAt still counts when that is later.
+        assert_eq!(pass.deadline(gpu("ns/q"), at(2_100), true).at, at(2_100));
+        // Not kept: only its own expiresAt.
+        assert_eq!(pass.deadline(gpu("ns/r"), at(1_000), false).at, at(1_000));
+        pass.finish();
+        // No Lease seen: a kept entry is an ordinary one.
+        lifetimes.keep_alive_until(None);
+        let mut pass = lifetimes.pass(at(1_500));
+        assert_eq!(pass.deadline(gpu("ns/p"), at(1_000), true).at, at(1_000));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod fastloop;
 pub mod gpu;
 pub mod hold;
 pub mod http;
+pub mod keepalive;
 pub mod kubelet;
 pub mod merge;
 pub mod metrics;
@@ -36,6 +37,7 @@ use crate::{
     cpu::{CpuBackend, cpufreq::Cpufreq, sim::SimCpus},
     gpu::{GpuBackend, nvml::open_real, sim::SimGpus},
     hold::HoldRecord,
+    keepalive::EntryLease,
     kubelet::{device_plugin::PluginConfig, pod_resources::Poller},
     metrics::Metrics,
     sim::{Assignment, Scenario, SharedWorld, SimConfig, SimWorld, model::GpuModel, pods},
@@ -159,6 +161,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             fast_loop_interval: cli.agent.fast_loop_interval,
             status_interval: cli.agent.status_interval,
             status_write_timeout: cli.agent.status_write_timeout,
+            entry_lease: cli.agent.entry_lease.clone().map(|lease| EntryLease {
+                lease,
+                grace: cli.agent.entry_lease_grace,
+            }),
         },
         actuator,
         metrics,

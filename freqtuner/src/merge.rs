@@ -1,8 +1,9 @@
 //! Merging the entries of a NodeFrequencies into one target per device:
 //! entries from different policies for the same device combine so the most
 //! restrictive wins (lowest `targetFrequency`, lowest `powerBudgetWatts`);
-//! entries whose `expiresAt` has passed, or whose lifetime reached the
-//! agent's cap ([`crate::expiry`]), are ignored. Entries of one policy
+//! entries whose `expiresAt` has passed (and that no entry Lease keeps
+//! alive), or whose lifetime reached the agent's cap ([`crate::expiry`]),
+//! are ignored. Entries of one policy
 //! that name the same `budgetGroup` pool their budgets into one
 //! [`BudgetGroup`], which the actuator re-splits by demand each second.
 
@@ -135,7 +136,7 @@ pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp, lifetimes: &mut Lifetim
             continue;
         }
         let key = (Device::Gpu(entry.gpu_id.clone()), entry.policy.clone());
-        let deadline = pass.deadline(key.clone(), entry.expires_at.0);
+        let deadline = pass.deadline(key.clone(), entry.expires_at.0, entry.kept_by_lease);
         if deadline.at <= now {
             desired.lapsed.insert(key);
             continue;
@@ -191,7 +192,7 @@ pub fn merge(spec: &NodeFrequenciesSpec, now: Timestamp, lifetimes: &mut Lifetim
             continue;
         }
         let key = (Device::Cpu(cpu), entry.policy.clone());
-        let deadline = pass.deadline(key.clone(), entry.expires_at.0);
+        let deadline = pass.deadline(key.clone(), entry.expires_at.0, entry.kept_by_lease);
         if deadline.at <= now {
             desired.lapsed.insert(key);
             continue;
@@ -246,6 +247,7 @@ mod tests {
             budget_group: None,
             policy: policy.into(),
             expires_at: at(expires),
+            kept_by_lease: false,
         }
     }
 
@@ -255,6 +257,7 @@ mod tests {
             target_frequency: target,
             policy: policy.into(),
             expires_at: at(expires),
+            kept_by_lease: false,
         }
     }
 
@@ -565,11 +568,13 @@ mod tests {
             with_expired.gpu_frequencies.extend(expired.gpu_frequencies.into_iter().map(|e| GpuFrequency {
                 policy: stale(&e.policy),
                 expires_at: at(1_000),
+                kept_by_lease: false,
                 ..e
             }));
             with_expired.cpu_frequencies.extend(expired.cpu_frequencies.into_iter().map(|e| CpuFrequency {
                 policy: stale(&e.policy),
                 expires_at: at(999),
+                kept_by_lease: false,
                 ..e
             }));
             let plain = merge(&spec, now());

@@ -86,12 +86,20 @@ impl Draft {
                 gpus,
                 summary: Some(report.summary()),
                 backend,
+                entry_lease: None,
                 observed_generation: generation,
                 last_updated: None,
                 conditions: Vec::new(),
             },
             ready,
         }
+    }
+
+    /// Announces the Lease that keeps this node's `keptByLease` entries
+    /// alive (`namespace/name`), once the agent watches it.
+    pub fn with_entry_lease(mut self, lease: Option<String>) -> Self {
+        self.status.entry_lease = lease;
+        self
     }
 }
 

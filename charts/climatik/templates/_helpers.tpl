@@ -331,3 +331,14 @@ spec:
           securityContext:
             {{- include "climatik.restrictedSecurityContext" . | nindent 12 }}
 {{- end }}
+
+{{- /* The recommender's leader-election Lease, which keeps the entries it
+writes alive on nodes whose agent watches it; empty when the agents must
+not watch one (no recommender in this release, leader election off, or
+freqtuner.entryLease.enabled false). Its default name is the binary's. */}}
+{{- define "climatik.entryLease" -}}
+{{- $r := .Values.recommender }}
+{{- if and $r.enabled $r.leaderElection.enabled .Values.freqtuner.entryLease.enabled }}
+{{- $r.leaderElection.leaseName | default "climatik-freqtuning-recommender" }}
+{{- end }}
+{{- end }}

@@ -106,6 +106,7 @@ reject "value must be one of 'cpufreq', 'sim', 'none'" --set freqtuner.cpuBacken
 reject "additional properties 'replica' not allowed" --set webhook.replica=3
 reject "/controller/interval" --set controller.interval=often
 reject "/freqtuner/maxEntryTtl" --set freqtuner.maxEntryTtl=0s
+reject "/freqtuner/entryLease/grace" --set freqtuner.entryLease.grace=0s
 reject "/controller/prometheus/url" --set controller.prometheus.url=prometheus:9090
 # A job name with a comma would split into two in --dcgm-jobs.
 reject "/controller/prometheus/dcgmJobs/0" --set-json 'controller.prometheus.dcgmJobs=["a,b"]'

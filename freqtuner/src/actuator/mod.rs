@@ -165,6 +165,12 @@ impl Actuator {
         self
     }
 
+    /// Until when `keptByLease` entries count ([`crate::keepalive`]);
+    /// takes effect from the next pass.
+    pub fn keep_alive_until(&mut self, until: Option<Timestamp>) {
+        self.lifetimes.keep_alive_until(until);
+    }
+
     /// The GPU backend, for direct reads (the `nvml-probe` check).
     pub fn gpu_backend(&mut self) -> Option<&mut (dyn GpuBackend + 'static)> {
         self.gpu.as_deref_mut()
@@ -603,6 +609,7 @@ mod tests {
             budget_group: None,
             policy: "ns/p".into(),
             expires_at: Time(expires.unwrap_or_else(renewed)),
+            kept_by_lease: false,
         }
     }
 
@@ -617,6 +624,7 @@ mod tests {
             target_frequency: target,
             policy: "ns/p".into(),
             expires_at: Time(expires.unwrap_or_else(renewed)),
+            kept_by_lease: false,
         }
     }
 

@@ -195,6 +195,7 @@ fn spec_for(gpus: &[GpuInfo], mhz: u32, budget: Option<f64>) -> NodeFrequenciesS
                 budget_group: None,
                 policy: "probe/nvml".to_string(),
                 expires_at: expires_at.clone(),
+                kept_by_lease: false,
             })
             .collect(),
         cpu_frequencies: Vec::new(),

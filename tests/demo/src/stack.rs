@@ -74,6 +74,14 @@ pub struct StackConfig {
     pub gpu_power_limit: bool,
 }
 
+impl StackConfig {
+    /// The recommender's leader-election Lease (in [`SYSTEM_NAMESPACE`]),
+    /// which the agents watch to keep its entries alive.
+    pub fn recommender_lease(&self) -> String {
+        format!("{}-recommender", self.scope)
+    }
+}
+
 /// How a component is started, kept so it can be started again.
 struct Launch {
     name: String,
@@ -136,13 +144,16 @@ pub fn free_port() -> anyhow::Result<u16> {
 pub async fn install_chart_rbac(
     cluster: &TestCluster,
     release: &str,
+    recommender_lease: &str,
 ) -> anyhow::Result<(ChartAccounts, String)> {
     // The demo's agents run the sim backend; its RBAC (pods) follows it.
+    // They watch the recommender's Lease by its name in this stack.
+    let lease = format!("recommender.leaderElection.leaseName={recommender_lease}");
     let rendered = cluster
         .render_chart(
             release,
             SYSTEM_NAMESPACE,
-            &["--set", "freqtuner.gpuBackend=sim"],
+            &["--set", "freqtuner.gpuBackend=sim", "--set", &lease],
         )
         .await?;
     let mut keep = Vec::new();
@@ -216,8 +227,12 @@ impl Stack {
             .install_crds()
             .await
             .context("installing the CRDs")?;
-        let (accounts, rbac_manifest) =
-            install_chart_rbac(cluster, &format!("climatik-{}", config.scope)).await?;
+        let (accounts, rbac_manifest) = install_chart_rbac(
+            cluster,
+            &format!("climatik-{}", config.scope),
+            &config.recommender_lease(),
+        )
+        .await?;
         let mut stack = Stack {
             components: Vec::new(),
             prometheus_targets: Vec::new(),
@@ -248,9 +263,17 @@ impl Stack {
             let addr = format!("127.0.0.1:{port}");
             let state_dir = self.config.work_dir.join("state").join(&node);
             std::fs::create_dir_all(&state_dir)?;
+            let entry_lease = format!("{SYSTEM_NAMESPACE}/{}", self.config.recommender_lease());
+            let grace = format!("{}s", self.config.entry_ttl.as_secs().max(1));
             let mut args = vec![
                 "--node-name",
                 &node,
+                // The recommender's Lease keeps its entries alive, as in a
+                // chart install.
+                "--entry-lease",
+                &entry_lease,
+                "--entry-lease-grace",
+                &grace,
                 "--gpu-backend",
                 "sim",
                 "--cpu-backend",
@@ -376,7 +399,7 @@ impl Stack {
                 "--lease-namespace",
                 SYSTEM_NAMESPACE,
                 "--lease-name",
-                &format!("{}-recommender", self.config.scope),
+                &self.config.recommender_lease(),
             ],
             (&recommender_addr, false),
         )?;

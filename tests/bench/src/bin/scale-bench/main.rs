@@ -149,7 +149,16 @@ struct LoadArgs {
     /// Concurrent requests while creating the objects.
     #[arg(long, default_value_t = 16)]
     setup_concurrency: usize,
+    /// The simulated agents announce that the recommender's Lease keeps
+    /// its entries alive (as the chart's agents do), so entries are written
+    /// on change only; false: every entry is renewed each quarter TTL.
+    #[arg(long, env = "SCALE_ENTRY_LEASE", default_value_t = true, action = clap::ArgAction::Set)]
+    entry_lease: bool,
 }
+
+/// The recommender's Lease as the bench starts it (namespace from
+/// `--lease-namespace`, the binary's default name).
+const RECOMMENDER_LEASE: &str = "climatik-system/climatik-freqtuning-recommender";
 
 /// How the controllers run and how long the bench measures.
 #[derive(Debug, Clone, clap::Args)]
@@ -247,7 +256,13 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         "creating objects"
     );
     let setup_started = Instant::now();
-    let created = setup::create_all(&client, &topology, args.load.setup_concurrency).await?;
+    let created = setup::create_all(
+        &client,
+        &topology,
+        args.load.setup_concurrency,
+        args.load.entry_lease.then_some(RECOMMENDER_LEASE),
+    )
+    .await?;
     let setup_s = setup_started.elapsed().as_secs_f64();
     tracing::info!(created, seconds = setup_s, "objects created");
 
@@ -311,6 +326,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             "gpus_in_use": topology.pod_count(),
             "interval_s": args.run.interval.as_secs_f64(),
             "entry_ttl_s": args.run.entry_ttl.as_secs_f64(),
+            "entry_lease": args.load.entry_lease,
             "prometheus_scrape_interval_s": 1,
             "leader_election": true,
             "credentials": "cluster admin kubeconfig",

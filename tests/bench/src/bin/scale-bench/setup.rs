@@ -7,6 +7,7 @@ pub async fn create_all(
     client: &kube::Client,
     topology: &Topology,
     concurrency: usize,
+    entry_lease: Option<&str>,
 ) -> anyhow::Result<usize> {
     install_crds(client).await?;
     let mut namespaces: Vec<String> = topology.namespaces.clone();
@@ -28,7 +29,10 @@ pub async fn create_all(
     .await?;
     all(topology.nodes.iter().map(|n| node(client, n)), concurrency).await?;
     all(
-        topology.nodes.iter().map(|n| node_frequencies(client, n)),
+        topology
+            .nodes
+            .iter()
+            .map(|n| node_frequencies(client, n, entry_lease)),
         concurrency,
     )
     .await?;
@@ -120,7 +124,13 @@ async fn node(client: &kube::Client, name: &str) -> anyhow::Result<()> {
 }
 
 /// The NodeFrequencies a node agent creates and the inventory it reports.
-async fn node_frequencies(client: &kube::Client, node: &str) -> anyhow::Result<()> {
+/// A node's NodeFrequencies with the inventory its agent would report and,
+/// with `entry_lease`, the Lease the agent would say keeps entries alive.
+async fn node_frequencies(
+    client: &kube::Client,
+    node: &str,
+    entry_lease: Option<&str>,
+) -> anyhow::Result<()> {
     let api = Api::<NodeFrequencies>::all(client.clone());
     let params = PatchParams::apply(MANAGER_FREQTUNER).force();
     let spec = json!({
@@ -141,7 +151,7 @@ async fn node_frequencies(client: &kube::Client, node: &str) -> anyhow::Result<(
         .collect();
     let status = json!({
         "apiVersion": "climatik.io/v1alpha1", "kind": "NodeFrequencies",
-        "status": { "gpus": gpus, "backend": "sim" },
+        "status": { "gpus": gpus, "backend": "sim", "entryLease": entry_lease },
     });
     api.patch_status(node, &params, &Patch::Apply(status))
         .await
