@@ -1265,3 +1265,133 @@ async fn a_budget_group_is_resplit_by_load_with_the_clock_loop() -> anyhow::Resu
 async fn a_budget_group_is_resplit_by_load_with_power_limits() -> anyhow::Result<()> {
     a_budget_group_follows_the_load("ft-group-limit", &["--gpu-power-limit"]).await
 }
+
+/// The recommender's Lease as a leader renews it: holder and renewTime.
+fn lease(name: &str, holder: &str) -> k8s_openapi::api::coordination::v1::Lease {
+    use k8s_openapi::{
+        api::coordination::v1::{Lease, LeaseSpec},
+        apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    };
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(15),
+            renew_time: Some(MicroTime(Timestamp::now())),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn entries_kept_by_the_lease_count_while_it_is_renewed_and_lapse_after_the_grace()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::{
+        coordination::v1::Lease,
+        rbac::v1::{Role, RoleBinding},
+    };
+    let fx = Fixture::new("ft-lease").await?;
+    let ns = fx.ns.as_ref().context("namespace")?.name().to_string();
+    let client = fx.cluster.client.clone();
+    let leases = Api::<Lease>::namespaced(client.clone(), &ns);
+    leases
+        .create(&PostParams::default(), &lease("recommender", "rec-a"))
+        .await?;
+    // Read access to that one Lease only, as the chart grants it.
+    let role: Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "entry-lease"},
+        "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                   "resourceNames": ["recommender"], "verbs": ["list", "watch"]}],
+    }))?;
+    Api::<Role>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &role)
+        .await?;
+    let binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "entry-lease"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "entry-lease"},
+        "subjects": [{"kind": "ServiceAccount", "name": "freqtuner", "namespace": ns}],
+    }))?;
+    Api::<RoleBinding>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &binding)
+        .await?;
+
+    let entry_lease = format!("{ns}/recommender");
+    let agent = AgentProcess::spawn(
+        &fx,
+        &fx.kubeconfig,
+        &["--entry-lease", &entry_lease, "--entry-lease-grace", "6s"],
+    )
+    .await?;
+    fx.gpu_uuids().await.with_context(|| agent.logs())?;
+    // The agent announces the Lease once it has read it.
+    eventually(
+        "status.entryLease announced",
+        Duration::from_secs(20),
+        || async {
+            let announced = fx.nf().await?.and_then(|nf| nf.status?.entry_lease);
+            Ok((announced.as_deref() == Some(entry_lease.as_str())).then_some(()))
+        },
+    )
+    .await
+    .with_context(|| agent.logs())?;
+
+    // Two entries that expire in 4 s: CPU 2's kept by the Lease, CPU 3's not.
+    let expires = Timestamp::now() + Duration::from_secs(4);
+    fx.apply(
+        "",
+        &format!(
+            "{{cpuId: 2, targetFrequency: 1500, policy: ns/p, keptByLease: true, expiresAt: \"{expires}\"}}, \
+             {{cpuId: 3, targetFrequency: 1600, policy: ns/p, expiresAt: \"{expires}\"}}"
+        ),
+    )
+    .await?;
+    fx.wait_khz(2, 1_500_000, "CPU 2 capped")
+        .await
+        .with_context(|| agent.logs())?;
+    fx.wait_khz(3, 1_600_000, "CPU 3 capped").await?;
+
+    // Renewed each second, as a leader does: CPU 3 lapses at its expiresAt,
+    // CPU 2 stays capped well past it (beyond the 6 s grace too).
+    let mut holder = 0;
+    let renew_until = expires + Duration::from_secs(10);
+    while Timestamp::now() < renew_until {
+        holder += 1;
+        // A new holder identity each time also covers a failover.
+        leases
+            .replace(
+                "recommender",
+                &PostParams::default(),
+                &Lease {
+                    metadata: leases.get("recommender").await?.metadata,
+                    ..lease("recommender", &format!("rec-{}", holder % 2))
+                },
+            )
+            .await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        fx.sysfs.scaling_max_khz(3)?,
+        DEFAULT_KHZ,
+        "the unkept entry lapses at its expiresAt"
+    );
+    assert_eq!(
+        fx.sysfs.scaling_max_khz(2)?,
+        1_500_000,
+        "the kept entry counts while the Lease is renewed; {}",
+        agent.logs()
+    );
+
+    // Nobody renews it any more: CPU 2 is restored after the grace.
+    let last_renewal = Timestamp::now();
+    fx.wait_khz(2, DEFAULT_KHZ, "CPU 2 restored after the grace")
+        .await
+        .with_context(|| agent.logs())?;
+    assert!(
+        Timestamp::now() >= last_renewal + Duration::from_secs(4),
+        "restored before the grace after the last renewal had passed"
+    );
+    fx.cleanup().await
+}
