@@ -2,8 +2,9 @@
 //! real Prometheus: a policy whose power holds steady is measured every
 //! period but its status is written only for the heartbeat, and a power
 //! move larger than the configured share of the cap is written for what it
-//! is; the recommender leaves targets that did not change alone until half
-//! their lifetime has passed.
+//! is; the recommender leaves targets that did not change alone until a
+//! quarter of their lifetime has passed, and for good on a node whose agent
+//! keeps them alive by the recommender's Lease.
 
 mod common;
 
@@ -57,6 +58,80 @@ async fn renew(
         "the NodeFrequencies went from generation {first} to {later:?} in {WATCHED_PERIODS} periods of unchanged targets"
     );
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn entries_kept_by_the_lease_are_written_on_change_only() -> anyhow::Result<()> {
+    with_one_node("ctrl-quiet-kept", kept).await
+}
+
+async fn kept(
+    cluster: &climatik_test_support::TestCluster,
+    ns: &str,
+    node: &str,
+    _exporter: &str,
+) -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let admin = cluster.client.clone();
+    report_inventory(&admin, node, &["GPU-K1"]).await?;
+    // The node's agent says the recommender's Lease keeps entries alive.
+    let nfs = Api::<NodeFrequencies>::all(admin.clone());
+    nfs.patch_status(
+        node,
+        &PatchParams::apply("climatik-test-agent-lease").force(),
+        &Patch::Apply(json!({
+            "apiVersion": "climatik.io/v1alpha1",
+            "kind": "NodeFrequencies",
+            "status": { "entryLease": format!("{ns}/recommender") },
+        })),
+    )
+    .await?;
+    Api::<PowerCappingPolicy>::namespaced(admin.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &policy("steady", "steady", 1000, json!({}))?,
+        )
+        .await?;
+    write_status(&admin, ns, "steady", measured_status(node, "GPU-K1", 500.0)).await?;
+    // Entries live 4 s: renewed ones would be rewritten every second, and
+    // would have expired long before the watch ends.
+    let recommender =
+        InProcessRecommender::start_leading(&admin, Duration::from_secs(4), ns, "recommender")?;
+    let key = policy_key(ns, "steady");
+    let result = async {
+        let (first, later) = watch_generations(&admin, node, &key).await?;
+        anyhow::ensure!(
+            later.is_empty(),
+            "the NodeFrequencies went from generation {first} to {later:?} in {WATCHED_PERIODS} periods of unchanged, kept targets"
+        );
+        let nf = nfs.get(node).await?;
+        let entry = nf.spec.gpu_frequencies.iter().find(|e| e.policy == key);
+        anyhow::ensure!(
+            entry.is_some_and(|e| e.kept_by_lease),
+            "the entry is not keptByLease: {entry:?}"
+        );
+        // Metrics go away: the targets are held, and the entry gets its own
+        // lifetime back so it lapses like any other.
+        let mut unavailable = measured_status(node, "GPU-K1", 500.0);
+        unavailable["conditions"][1]["status"] = json!("False");
+        unavailable["conditions"][1]["reason"] = json!("NoMetrics");
+        write_status(&admin, ns, "steady", unavailable).await?;
+        wait_for("the held entry no longer kept", TIMEOUT, || async {
+            let nf = nfs.get(node).await?;
+            let now = k8s_openapi::jiff::Timestamp::now();
+            Ok(nf
+                .spec
+                .gpu_frequencies
+                .iter()
+                .find(|e| e.policy == key)
+                .filter(|e| !e.kept_by_lease && e.expires_at.0 > now)
+                .map(|_| ()))
+        })
+        .await
+    }
+    .await;
+    recommender.stop().await?;
+    result
 }
 
 /// The generation of `node`'s NodeFrequencies once it holds an entry of

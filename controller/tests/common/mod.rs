@@ -568,6 +568,38 @@ pub struct InProcessRecommender {
 
 impl InProcessRecommender {
     pub fn start(admin: &kube::Client, entry_ttl: Duration, namespace: &str) -> Self {
+        Self::start_with_lease(admin, entry_ttl, namespace, None)
+    }
+
+    /// [`Self::start`], electing itself leader through Lease `lease` in
+    /// `namespace` (4 s lease duration).
+    pub fn start_leading(
+        admin: &kube::Client,
+        entry_ttl: Duration,
+        namespace: &str,
+        lease: &str,
+    ) -> anyhow::Result<Self> {
+        use climatik_controller::lease::{LeaseConfig, Timing};
+        let lease = LeaseConfig {
+            namespace: namespace.to_string(),
+            name: lease.to_string(),
+            identity: "test".into(),
+            timing: Timing::new(Duration::from_secs(4), None, None)?,
+        };
+        Ok(Self::start_with_lease(
+            admin,
+            entry_ttl,
+            namespace,
+            Some(lease),
+        ))
+    }
+
+    fn start_with_lease(
+        admin: &kube::Client,
+        entry_ttl: Duration,
+        namespace: &str,
+        lease: Option<climatik_controller::lease::LeaseConfig>,
+    ) -> Self {
         use climatik_controller::{
             metrics::Metrics,
             recommender::{self, RecommenderConfig},
@@ -579,7 +611,7 @@ impl InProcessRecommender {
             RecommenderConfig {
                 interval: Duration::from_secs(1),
                 entry_ttl,
-                lease: None,
+                lease,
                 namespace: Some(namespace.to_string()),
                 identity: "test".into(),
             },
