@@ -14,7 +14,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         utils::Backoff,
         watcher,
     },
@@ -156,12 +156,23 @@ pub(crate) async fn run_policies<Ctx, Fut, E>(
         urgent,
     } = reconciler;
     let slots = Arc::new(slots);
+    let store = controller.store();
     let reconcile = move |policy: Arc<PowerCappingPolicy>, context| {
-        let urgent = urgent(&policy);
+        // The policy as the watch holds it now: a reconcile that waited for
+        // a slot works on what changed meanwhile (a cap cut), and asks
+        // about that whether it may skip the queue.
+        let latest = {
+            let (store, key) = (store.clone(), ObjectRef::from_obj(&*policy));
+            move || store.get(&key).unwrap_or_else(|| policy.clone())
+        };
+        let is_urgent = {
+            let latest = latest.clone();
+            move || urgent(&latest())
+        };
         let mut reconcile = reconcile.clone();
         // Made only once a slot is free: a reconcile's state is large, and
         // under overload a thousand wait.
-        let work = move || reconcile(policy, context);
+        let work = move || reconcile(latest(), context);
         let lost = leadership.lost();
         let stepped_down = stepped_down.clone();
         let slots = slots.clone();
@@ -169,7 +180,7 @@ pub(crate) async fn run_policies<Ctx, Fut, E>(
             tokio::select! {
                 biased;
                 _ = lost => Ok(stepped_down),
-                result = slots.run(urgent, work) => result,
+                result = slots.run(is_urgent, work) => result,
             }
         }
     };

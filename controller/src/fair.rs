@@ -15,8 +15,14 @@
 //! for the whole backlog (the scale bench's cap probes waited over 30 s).
 //! Spec changes are rare and made by people or the policy generator, so
 //! letting them past the bound does not flood the API server.
+//!
+//! A waiter is asked again whether its work became urgent every
+//! [`URGENCY_RECHECK`]: kube-runtime counts a reconcile waiting here as
+//! running and starts no second one for the same policy, so a spec change
+//! that arrives while its routine reconcile waits would otherwise wait
+//! behind the whole backlog too.
 
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Semaphore;
@@ -25,6 +31,11 @@ use tokio::sync::Semaphore;
 /// thousands of policies does not flood the API server and Prometheus (the
 /// scale bench saw 504s without a bound).
 pub const RECONCILE_SLOTS: usize = 16;
+
+/// How often a waiter asks whether its work became urgent: a small part of
+/// the 2 s a spec change may take to reach the nodes, and cheap (a look
+/// into the watch cache) even with a thousand waiting.
+pub const URGENCY_RECHECK: Duration = Duration::from_millis(250);
 
 /// A bounded number of reconciles at work, the rest waiting in order.
 #[derive(Debug)]
@@ -44,15 +55,31 @@ impl Slots {
     }
 
     /// Runs the future `work` makes once a slot is free, after every call
-    /// that was waiting before this one; `urgent` work runs at once, beside
-    /// the slots. The future is made only then: a waiter holds little.
-    pub(crate) async fn run<F: Future>(&self, urgent: bool, work: impl FnOnce() -> F) -> F::Output {
-        if urgent {
+    /// that was waiting before this one; work that is `urgent`, or becomes
+    /// so while it waits, runs at once, beside the slots. The future is
+    /// made only then: a waiter holds little.
+    pub(crate) async fn run<F: Future>(
+        &self,
+        urgent: impl Fn() -> bool,
+        work: impl FnOnce() -> F,
+    ) -> F::Output {
+        if urgent() {
             return work().await;
         }
         let permit = {
             let _waiting = Waiting::start(&self.waiting);
-            self.permits.acquire().await
+            // One acquire for the whole wait: a new one would queue last.
+            let acquire = self.permits.acquire();
+            tokio::pin!(acquire);
+            let mut recheck = tokio::time::interval(URGENCY_RECHECK);
+            recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    biased;
+                    permit = &mut acquire => break permit.ok(),
+                    _ = recheck.tick() => if urgent() { break None },
+                }
+            }
         };
         let output = work().await;
         drop(permit);
@@ -93,9 +120,12 @@ mod tests {
             let slots = slots.clone();
             async move {
                 slots
-                    .run(false, || async {
-                        let _ = hold.await;
-                    })
+                    .run(
+                        || false,
+                        || async {
+                            let _ = hold.await;
+                        },
+                    )
                     .await
             }
         });
@@ -107,9 +137,12 @@ mod tests {
             let (slots, served) = (slots.clone(), served.clone());
             queued.push(tokio::spawn(async move {
                 slots
-                    .run(false, || async move {
-                        served.lock().unwrap_or_else(|p| p.into_inner()).push(i);
-                    })
+                    .run(
+                        || false,
+                        || async move {
+                            served.lock().unwrap_or_else(|p| p.into_inner()).push(i);
+                        },
+                    )
                     .await
             }));
             // Each one waits before the next arrives.
@@ -119,7 +152,7 @@ mod tests {
         }
         assert_eq!(waiting.get(), 20);
         // Urgent work does not wait behind them.
-        assert_eq!(slots.run(true, || async { "urgent" }).await, "urgent");
+        assert_eq!(slots.run(|| true, || async { "urgent" }).await, "urgent");
         let _ = release.send(());
         for task in std::iter::once(first).chain(queued) {
             assert!(task.await.is_ok());
@@ -127,5 +160,49 @@ mod tests {
         let order = served.lock().unwrap_or_else(|p| p.into_inner()).clone();
         assert_eq!(order, (0..20).collect::<Vec<_>>());
         assert_eq!(waiting.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_whose_work_becomes_urgent_stops_waiting() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let waiting = Gauge::default();
+        let slots = Arc::new(Slots::new(1, waiting.clone()));
+        let (release, hold) = tokio::sync::oneshot::channel::<()>();
+        let busy = tokio::spawn({
+            let slots = slots.clone();
+            async move {
+                slots
+                    .run(
+                        || false,
+                        || async {
+                            let _ = hold.await;
+                        },
+                    )
+                    .await
+            }
+        });
+        while slots.permits.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let spec_changed = Arc::new(AtomicBool::new(false));
+        let waiter = tokio::spawn({
+            let (slots, spec_changed) = (slots.clone(), spec_changed.clone());
+            async move {
+                slots
+                    .run(|| spec_changed.load(Ordering::Relaxed), || async { "ran" })
+                    .await
+            }
+        });
+        tokio::time::sleep(URGENCY_RECHECK * 4).await;
+        assert_eq!(waiting.get(), 1, "routine work waits for the slot");
+        assert!(!waiter.is_finished());
+        // The spec changes while it waits: it runs although the slot is
+        // still taken (the bound only keeps a broken recheck from hanging).
+        spec_changed.store(true, Ordering::Relaxed);
+        let ran = tokio::time::timeout(Duration::from_secs(30), waiter).await;
+        assert_eq!(ran.ok().and_then(|r| r.ok()), Some("ran"));
+        assert_eq!(waiting.get(), 0);
+        let _ = release.send(());
+        assert!(busy.await.is_ok());
     }
 }
