@@ -99,7 +99,7 @@ pod's load. Prometheus scrapes it every second. The shipped powercapping-control
 freqtuning-recommender binaries (release build, leader election on, JSON logs at info) run as \
 child processes with the cluster's admin kubeconfig (not the chart's RBAC; the bench measures \
 load, tests/loop.rs covers permissions). After every policy is measured and has entries \
-(convergence) and one more interval, a measurement window starts. Reconcile rate and duration \
+(convergence) and one more interval, two measurement windows of --window each follow: a steady one with no probe running (steady.api, steady.reconcile: writes with nothing changing but the measured power), then one with the probes (api, reconcile, reaction_latency). Reconcile rate and duration \
 are deltas of the controllers' own climatik_reconcile_total and \
 climatik_reconcile_duration_seconds over the window; percentiles are interpolated linearly \
 inside the histogram buckets (bounds 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 s), so they \
@@ -177,7 +177,7 @@ struct RunArgs {
     warmup_timeout: Duration,
     /// The whole run (setup, warm-up, window) ends within about this; a
     /// control plane that cannot keep up gives a partial result.
-    #[arg(long, env = "SCALE_DEADLINE", default_value = "360s", value_parser = parse_duration)]
+    #[arg(long, env = "SCALE_DEADLINE", default_value = "480s", value_parser = parse_duration)]
     deadline: Duration,
     /// Reaction-latency probes running at once during the window.
     #[arg(long, default_value_t = 4)]
@@ -338,6 +338,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             "seconds": round3(setup_s),
         },
         "convergence": measured.convergence,
+        "steady": measured.steady,
         "reconcile": measured.reconcile,
         "reaction_latency": measured.reaction,
         "api": measured.api,
@@ -354,6 +355,8 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
 struct Measured {
     window: proc::Window,
     convergence: Value,
+    /// API and reconcile rates of the window without probes.
+    steady: Value,
     reconcile: Value,
     reaction: Value,
     api: Value,
@@ -374,8 +377,8 @@ async fn measure(
     started: Instant,
     deadline: Instant,
 ) -> Measured {
-    // Leave room for the settle interval, the window and two snapshots.
-    let reserve = args.run.interval + args.run.window + Duration::from_secs(45);
+    // Leave room for the settle interval, both windows and three snapshots.
+    let reserve = args.run.interval + 2 * args.run.window + Duration::from_secs(60);
     let warmup_until = (Instant::now() + args.run.warmup_timeout)
         .min(deadline.checked_sub(reserve).unwrap_or(deadline));
     let warmup = warmup_until.saturating_duration_since(started);
@@ -383,11 +386,40 @@ async fn measure(
     tracing::info!(%convergence, "warm-up over; settling for one interval");
     tokio::time::sleep_until((Instant::now() + args.run.interval).min(deadline).into()).await;
 
-    tracing::info!(window = ?args.run.window, "measuring");
     let window_start = started.elapsed().as_secs_f64();
-    let before = tokio::time::timeout_at(deadline.into(), snapshot::take(client, controllers))
-        .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("no metrics snapshot before the deadline")));
+    let take = || async {
+        tokio::time::timeout_at(deadline.into(), snapshot::take(client, controllers))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("no metrics snapshot before the deadline")))
+    };
+    // The steady state first: no probe (each is a spec change, with the
+    // status, entry and Event writes it brings and the clocks' climb back
+    // after it) disturbs this window.
+    tracing::info!(window = ?args.run.window, "measuring the steady state");
+    let steady_before = take().await;
+    let t0 = Instant::now();
+    let steady_end = (t0 + args.run.window).min(
+        deadline
+            .checked_sub(args.run.window + Duration::from_secs(40))
+            .unwrap_or(deadline),
+    );
+    tokio::time::sleep_until(steady_end.into()).await;
+    let before = take().await;
+    let steady_seconds = t0.elapsed().as_secs_f64();
+    let steady = match (&steady_before, &before) {
+        (Ok(b), Ok(a)) => {
+            let (api, reconcile) = rates(args, topology, controllers, b, a, steady_seconds, 0.0);
+            json!({
+                "note": "the same rates as api and reconcile, over a window of the same length just before theirs, with no probe running: what the controllers write with nothing changing but the measured power",
+                "window_s": round3(steady_seconds),
+                "api": api,
+                "reconcile": reconcile,
+            })
+        }
+        (Err(e), _) | (_, Err(e)) => error_value(e),
+    };
+
+    tracing::info!(window = ?args.run.window, "measuring with probes");
     let t0 = Instant::now();
     let window_end = (t0 + args.run.window).min(
         deadline
@@ -403,9 +435,7 @@ async fn measure(
         args.run.probes,
     )
     .await;
-    let after = tokio::time::timeout_at(deadline.into(), snapshot::take(client, controllers))
-        .await
-        .unwrap_or_else(|_| Err(anyhow::anyhow!("no metrics snapshot before the deadline")));
+    let after = take().await;
     let seconds = t0.elapsed().as_secs_f64();
     let window = proc::Window {
         start: window_start,
@@ -423,43 +453,59 @@ async fn measure(
     };
 
     let (api, reconcile) = match (&before, &after) {
-        (Ok(before), Ok(after)) => {
-            let api = snapshot::api_rates(
-                &before.apiserver,
-                &after.apiserver,
-                seconds,
-                probes.patches as f64,
-            );
-            let mut reconcile = serde_json::Map::new();
-            for c in controllers {
-                let (Some(b), Some(a)) = (
-                    before.controllers.get(c.name),
-                    after.controllers.get(c.name),
-                ) else {
-                    continue;
-                };
-                reconcile.insert(
-                    c.name.to_string(),
-                    snapshot::reconcile_rates(
-                        b,
-                        a,
-                        seconds,
-                        topology.policies.len() as f64 / args.run.interval.as_secs_f64(),
-                    ),
-                );
-            }
-            (api, Value::Object(reconcile))
-        }
+        (Ok(before), Ok(after)) => rates(
+            args,
+            topology,
+            controllers,
+            before,
+            after,
+            seconds,
+            probes.patches as f64,
+        ),
         (Err(e), _) | (_, Err(e)) => (error_value(e), error_value(e)),
     };
     Measured {
         window,
         convergence,
+        steady,
         reconcile,
         reaction: probes.summary(),
         api,
         freshness,
     }
+}
+
+/// API server and controller rates between two snapshots `seconds` apart,
+/// less the bench's own `probe_patches`.
+fn rates(
+    args: &Args,
+    topology: &topology::Topology,
+    controllers: &[children::Controller],
+    before: &snapshot::Snapshot,
+    after: &snapshot::Snapshot,
+    seconds: f64,
+    probe_patches: f64,
+) -> (Value, Value) {
+    let api = snapshot::api_rates(&before.apiserver, &after.apiserver, seconds, probe_patches);
+    let mut reconcile = serde_json::Map::new();
+    for c in controllers {
+        let (Some(b), Some(a)) = (
+            before.controllers.get(c.name),
+            after.controllers.get(c.name),
+        ) else {
+            continue;
+        };
+        reconcile.insert(
+            c.name.to_string(),
+            snapshot::reconcile_rates(
+                b,
+                a,
+                seconds,
+                topology.policies.len() as f64 / args.run.interval.as_secs_f64(),
+            ),
+        );
+    }
+    (api, Value::Object(reconcile))
 }
 
 /// Watches every NodeFrequencies into a store: the DCGM endpoint's clocks
