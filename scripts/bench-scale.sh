@@ -60,7 +60,7 @@ for c in kube-apiserver etcd prometheus; do
 done
 
 mkdir -p target/bench
-echo "bench-scale: running (about 6 minutes)" >&2
+echo "bench-scale: running (about 8 minutes)" >&2
 RUST_LOG="${RUST_LOG:-info}" "${nice[@]}" "$CARGO_TARGET_DIR/release/scale-bench" \
   --out target/bench/scale.json --log-dir target/bench/scale-logs "${watch[@]}" >&2
 ok=1

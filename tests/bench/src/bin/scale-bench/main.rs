@@ -99,7 +99,7 @@ pod's load. Prometheus scrapes it every second. The shipped powercapping-control
 freqtuning-recommender binaries (release build, leader election on, JSON logs at info) run as \
 child processes with the cluster's admin kubeconfig (not the chart's RBAC; the bench measures \
 load, tests/loop.rs covers permissions). After every policy is measured and has entries \
-(convergence) and one more interval, two measurement windows of --window each follow: a steady one with no probe running (steady.api, steady.reconcile: writes with nothing changing but the measured power), then one with the probes (api, reconcile, reaction_latency). Reconcile rate and duration \
+(convergence) and --settle (default 150 s, at least an interval: the clocks start at their maximum and take several periods to settle under the caps), two measurement windows of --window each follow: a steady one with no probe running (steady.api, steady.reconcile: writes with nothing changing but the measured power), then one with the probes (api, reconcile, reaction_latency). Reconcile rate and duration \
 are deltas of the controllers' own climatik_reconcile_total and \
 climatik_reconcile_duration_seconds over the window; percentiles are interpolated linearly \
 inside the histogram buckets (bounds 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 s), so they \
@@ -175,9 +175,14 @@ struct RunArgs {
     /// Longest wait for every policy to be measured and have entries.
     #[arg(long, env = "SCALE_WARMUP_TIMEOUT", default_value = "150s", value_parser = parse_duration)]
     warmup_timeout: Duration,
+    /// Wait after convergence before the steady window: the clocks, which
+    /// start at their maximum, take several periods to settle under the
+    /// caps, and every step is a write. At least one interval.
+    #[arg(long, env = "SCALE_SETTLE", default_value = "150s", value_parser = parse_duration)]
+    settle: Duration,
     /// The whole run (setup, warm-up, window) ends within about this; a
     /// control plane that cannot keep up gives a partial result.
-    #[arg(long, env = "SCALE_DEADLINE", default_value = "480s", value_parser = parse_duration)]
+    #[arg(long, env = "SCALE_DEADLINE", default_value = "660s", value_parser = parse_duration)]
     deadline: Duration,
     /// Reaction-latency probes running at once during the window.
     #[arg(long, default_value_t = 4)]
@@ -327,6 +332,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
             "interval_s": args.run.interval.as_secs_f64(),
             "entry_ttl_s": args.run.entry_ttl.as_secs_f64(),
             "entry_lease": args.load.entry_lease,
+            "settle_s": args.run.settle.max(args.run.interval).as_secs_f64(),
             "prometheus_scrape_interval_s": 1,
             "leader_election": true,
             "credentials": "cluster admin kubeconfig",
@@ -377,14 +383,15 @@ async fn measure(
     started: Instant,
     deadline: Instant,
 ) -> Measured {
-    // Leave room for the settle interval, both windows and three snapshots.
-    let reserve = args.run.interval + 2 * args.run.window + Duration::from_secs(60);
+    // Leave room for the settling, both windows and three snapshots.
+    let settle = args.run.settle.max(args.run.interval);
+    let reserve = settle + 2 * args.run.window + Duration::from_secs(60);
     let warmup_until = (Instant::now() + args.run.warmup_timeout)
         .min(deadline.checked_sub(reserve).unwrap_or(deadline));
     let warmup = warmup_until.saturating_duration_since(started);
     let convergence = converge::wait(client, topology, nf_store, started, warmup).await;
-    tracing::info!(%convergence, "warm-up over; settling for one interval");
-    tokio::time::sleep_until((Instant::now() + args.run.interval).min(deadline).into()).await;
+    tracing::info!(%convergence, ?settle, "warm-up over; settling");
+    tokio::time::sleep_until((Instant::now() + settle).min(deadline).into()).await;
 
     let window_start = started.elapsed().as_secs_f64();
     let take = || async {
