@@ -109,14 +109,16 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    #[tokio::test]
-    async fn slots_are_handed_out_in_arrival_order() {
-        let waiting = Gauge::default();
-        let slots = Arc::new(Slots::new(1, waiting.clone()));
-        let served = Arc::new(Mutex::new(Vec::new()));
+    /// Routine work that takes every free slot of `slots` (one, in these
+    /// tests) until `release` is sent.
+    async fn occupy(
+        slots: &Arc<Slots>,
+    ) -> (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (release, hold) = tokio::sync::oneshot::channel::<()>();
-        // The first takes the only slot and keeps it until released.
-        let first = tokio::spawn({
+        let task = tokio::spawn({
             let slots = slots.clone();
             async move {
                 slots
@@ -132,6 +134,16 @@ mod tests {
         while slots.permits.available_permits() > 0 {
             tokio::task::yield_now().await;
         }
+        (release, task)
+    }
+
+    #[tokio::test]
+    async fn slots_are_handed_out_in_arrival_order() {
+        let waiting = Gauge::default();
+        let slots = Arc::new(Slots::new(1, waiting.clone()));
+        let served = Arc::new(Mutex::new(Vec::new()));
+        // The first takes the only slot and keeps it until released.
+        let (release, first) = occupy(&slots).await;
         let mut queued = Vec::new();
         for i in 0..20 {
             let (slots, served) = (slots.clone(), served.clone());
@@ -167,23 +179,7 @@ mod tests {
         use std::sync::atomic::{AtomicBool, Ordering};
         let waiting = Gauge::default();
         let slots = Arc::new(Slots::new(1, waiting.clone()));
-        let (release, hold) = tokio::sync::oneshot::channel::<()>();
-        let busy = tokio::spawn({
-            let slots = slots.clone();
-            async move {
-                slots
-                    .run(
-                        || false,
-                        || async {
-                            let _ = hold.await;
-                        },
-                    )
-                    .await
-            }
-        });
-        while slots.permits.available_permits() > 0 {
-            tokio::task::yield_now().await;
-        }
+        let (release, busy) = occupy(&slots).await;
         let spec_changed = Arc::new(AtomicBool::new(false));
         let waiter = tokio::spawn({
             let (slots, spec_changed) = (slots.clone(), spec_changed.clone());

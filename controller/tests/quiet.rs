@@ -38,16 +38,7 @@ async fn renew(
     _exporter: &str,
 ) -> anyhow::Result<()> {
     let admin = cluster.client.clone();
-    report_inventory(&admin, node, &["GPU-R1"]).await?;
-    Api::<PowerCappingPolicy>::namespaced(admin.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &policy("steady", "steady", 1000, json!({}))?,
-        )
-        .await?;
-    // One measurement, standing for a monitor that saw nothing worth
-    // writing since.
-    write_status(&admin, ns, "steady", measured_status(node, "GPU-R1", 500.0)).await?;
+    measured_policy(&admin, ns, node, "GPU-R1").await?;
     // Entries live 60 s: none is due for renewal while we watch.
     let recommender = InProcessRecommender::start(&admin, Duration::from_secs(60), ns);
     let watched = watch_generations(&admin, node, &policy_key(ns, "steady")).await;
@@ -58,6 +49,25 @@ async fn renew(
         "the NodeFrequencies went from generation {first} to {later:?} in {WATCHED_PERIODS} periods of unchanged targets"
     );
     Ok(())
+}
+
+/// Policy `steady` (1000 W) on `node`'s GPU `gpu`, which the node agent
+/// reports, measured once at 500 W, standing for a monitor that saw
+/// nothing worth writing since.
+async fn measured_policy(
+    admin: &kube::Client,
+    ns: &str,
+    node: &str,
+    gpu: &str,
+) -> anyhow::Result<()> {
+    report_inventory(admin, node, &[gpu]).await?;
+    Api::<PowerCappingPolicy>::namespaced(admin.clone(), ns)
+        .create(
+            &PostParams::default(),
+            &policy("steady", "steady", 1000, json!({}))?,
+        )
+        .await?;
+    write_status(admin, ns, "steady", measured_status(node, gpu, 500.0)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -73,7 +83,7 @@ async fn kept(
 ) -> anyhow::Result<()> {
     use kube::api::{Patch, PatchParams};
     let admin = cluster.client.clone();
-    report_inventory(&admin, node, &["GPU-K1"]).await?;
+    measured_policy(&admin, ns, node, "GPU-K1").await?;
     // The node's agent says the recommender's Lease keeps entries alive.
     let nfs = Api::<NodeFrequencies>::all(admin.clone());
     nfs.patch_status(
@@ -86,13 +96,6 @@ async fn kept(
         })),
     )
     .await?;
-    Api::<PowerCappingPolicy>::namespaced(admin.clone(), ns)
-        .create(
-            &PostParams::default(),
-            &policy("steady", "steady", 1000, json!({}))?,
-        )
-        .await?;
-    write_status(&admin, ns, "steady", measured_status(node, "GPU-K1", 500.0)).await?;
     // Entries live 4 s: renewed ones would be rewritten every second, and
     // would have expired long before the watch ends.
     let recommender =
