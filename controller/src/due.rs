@@ -231,7 +231,7 @@ pub fn entries_due(
     ttl: Duration,
 ) -> Option<EntriesReason> {
     let gpus = |entries: &[GpuFrequency]| {
-        let mut v: Vec<(String, i32, Option<u64>, Option<String>, bool)> = entries
+        let mut v: Vec<_> = entries
             .iter()
             .map(|e| {
                 (

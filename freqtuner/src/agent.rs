@@ -180,7 +180,7 @@ impl Agent {
                 event = events.next() => {
                     match event {
                         Some(Ok(event)) => {
-                            if self.on_event(event, &mut pending) {
+                            if self.on_event(event, &mut pending) && self.lease_read(lease_wait) {
                                 self.pass(&status, &notices, false);
                             }
                         }
@@ -190,17 +190,20 @@ impl Agent {
                 }
                 event = lease_events.next() => {
                     match event {
-                        Some(Ok(event)) => self.on_lease_event(event),
+                        Some(Ok(event)) => {
+                            // The first read of the Lease lets a waiting
+                            // first pass run at once.
+                            if self.on_lease_event(event) && self.synced {
+                                self.pass(&status, &notices, false);
+                            }
+                        }
                         Some(Err(e)) => tracing::warn!(error = %e, "watching the entry Lease"),
                         // Never ends (the watcher retries with backoff).
                         None => lease_events = futures::stream::pending().boxed(),
                     }
                 }
                 _ = tick.tick() => {
-                    let lease_read = self.lease_synced
-                        || self.config.entry_lease.is_none()
-                        || tokio::time::Instant::now() >= lease_wait;
-                    if self.synced && lease_read {
+                    if self.synced && self.lease_read(lease_wait) {
                         self.pass(&status, &notices, true);
                     } else if held.is_some_and(|until| Timestamp::now() >= until) {
                         tracing::warn!("the entries behind what a previous agent left set have ended before they could be read");
@@ -238,15 +241,28 @@ impl Agent {
         }
     }
 
+    /// Whether passes may run as far as the entry Lease goes: it has been
+    /// read, there is none, or the wait for it (until `wait_until`) is over.
+    /// Before that a pass would restore kept entries for a moment (on every
+    /// agent restart, a rolling update included).
+    fn lease_read(&self, wait_until: tokio::time::Instant) -> bool {
+        self.lease_synced
+            || self.config.entry_lease.is_none()
+            || tokio::time::Instant::now() >= wait_until
+    }
+
     /// Takes a renewal of the entry Lease in; the next pass uses it.
-    fn on_lease_event(&mut self, event: watcher::Event<Lease>) {
+    /// True when this is the first time the Lease was read.
+    fn on_lease_event(&mut self, event: watcher::Event<Lease>) -> bool {
         match event {
             watcher::Event::Apply(lease) | watcher::Event::InitApply(lease) => {
                 self.liveness.observe(&lease, Timestamp::now());
                 self.actuator.keep_alive_until(self.liveness.kept_until());
+                false
             }
             watcher::Event::InitDone => {
-                if !self.lease_synced {
+                let first = !self.lease_synced;
+                if first {
                     tracing::info!(
                         lease = %self.config.entry_lease.as_ref().map(|l| l.lease.to_string()).unwrap_or_default(),
                         kept_until = ?self.liveness.kept_until(),
@@ -254,10 +270,11 @@ impl Agent {
                     );
                 }
                 self.lease_synced = true;
+                first
             }
             // A deleted Lease renews nothing: what it kept lapses after the
             // grace, measured from its last renewal.
-            watcher::Event::Init | watcher::Event::Delete(_) => {}
+            watcher::Event::Init | watcher::Event::Delete(_) => false,
         }
     }
 

@@ -1353,25 +1353,37 @@ async fn entries_kept_by_the_lease_count_while_it_is_renewed_and_lapse_after_the
         .with_context(|| agent.logs())?;
     fx.wait_khz(3, 1_600_000, "CPU 3 capped").await?;
 
-    // Renewed each second, as a leader does: CPU 3 lapses at its expiresAt,
-    // CPU 2 stays capped well past it (beyond the 6 s grace too).
-    let mut holder = 0;
-    let renew_until = expires + Duration::from_secs(10);
-    while Timestamp::now() < renew_until {
-        holder += 1;
-        // A new holder identity each time also covers a failover.
-        leases
-            .replace(
-                "recommender",
-                &PostParams::default(),
-                &Lease {
-                    metadata: leases.get("recommender").await?.metadata,
-                    ..lease("recommender", &format!("rec-{}", holder % 2))
-                },
-            )
-            .await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    // Renewed each second, as a leader does, a new holder identity each
+    // time (a failover).
+    let (stop_renewing, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let renewer = tokio::spawn({
+        let leases = leases.clone();
+        async move {
+            let mut holder = 0;
+            loop {
+                holder += 1;
+                let metadata = leases.get("recommender").await?.metadata;
+                leases
+                    .replace(
+                        "recommender",
+                        &PostParams::default(),
+                        &Lease {
+                            metadata,
+                            ..lease("recommender", &format!("rec-{}", holder % 2))
+                        },
+                    )
+                    .await?;
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = &mut stopped => return anyhow::Ok(()),
+                }
+            }
+        }
+    });
+    // CPU 3 lapses at its expiresAt; CPU 2 stays capped well past it
+    // (beyond the 6 s grace too).
+    tokio::time::sleep_until(tokio::time::Instant::now() + Duration::from_secs(14)).await;
+    anyhow::ensure!(Timestamp::now() > expires + Duration::from_secs(8));
     assert_eq!(
         fx.sysfs.scaling_max_khz(3)?,
         DEFAULT_KHZ,
@@ -1384,7 +1396,39 @@ async fn entries_kept_by_the_lease_count_while_it_is_renewed_and_lapse_after_the
         agent.logs()
     );
 
+    // A killed agent's successor keeps the kept entry from its first pass
+    // on: it reads the Lease before it acts, so CPU 2 is never restored.
+    let mut agent = agent;
+    agent.signal("-KILL").await?;
+    agent.wait_exit().await?;
+    let agent = AgentProcess::spawn(
+        &fx,
+        &fx.kubeconfig,
+        &["--entry-lease", &entry_lease, "--entry-lease-grace", "6s"],
+    )
+    .await?;
+    let watched_until = tokio::time::Instant::now() + Duration::from_secs(8);
+    while tokio::time::Instant::now() < watched_until {
+        // An empty read is the agent's write in between, not a restore.
+        if let Ok(khz) = fx.sysfs.scaling_max_khz(2) {
+            assert_eq!(
+                khz,
+                1_500_000,
+                "the successor restored a kept entry; {}",
+                agent.logs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::ensure!(
+        agent.logs().contains("watching the entry Lease"),
+        "the successor never read the Lease: {}",
+        agent.logs()
+    );
+
     // Nobody renews it any more: CPU 2 is restored after the grace.
+    let _ = stop_renewing.send(());
+    renewer.await??;
     let last_renewal = Timestamp::now();
     fx.wait_khz(2, DEFAULT_KHZ, "CPU 2 restored after the grace")
         .await
