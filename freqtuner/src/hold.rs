@@ -15,7 +15,10 @@
 //! The record is written when the deadline moves earlier (at once: a
 //! shorter hold must never be lost) or later by more than [`SLACK`] (so a
 //! renewal every few seconds is not a disk write every few seconds; the
-//! recorded hold is then at most [`SLACK`] shorter than it could be).
+//! recorded hold is then at most [`SLACK`] shorter than it could be), or
+//! later while the recorded one ends within [`SLACK`]: deadlines that stay
+//! close ahead (entries kept by a Lease with a short grace) would otherwise
+//! leave a record that has already passed.
 
 use std::time::Duration;
 
@@ -74,13 +77,17 @@ impl HoldRecord {
     }
 
     /// Records that the settings in force are wanted until `until`
-    /// (`None`: nothing is in force). Writes only when that shortens the
-    /// recorded hold or lengthens it by more than [`SLACK`].
-    pub fn record(&mut self, until: Option<Timestamp>) -> Result<()> {
+    /// (`None`: nothing is in force) at `now`. Writes only when that
+    /// shortens the recorded hold, lengthens it by more than [`SLACK`], or
+    /// lengthens one that ends within [`SLACK`] of `now`.
+    pub fn record(&mut self, until: Option<Timestamp>, now: Timestamp) -> Result<()> {
         let due = match (self.stored, until) {
             (None, None) => false,
             (Some(stored), Some(new)) => {
-                new < stored || new.duration_since(stored).unsigned_abs() > SLACK
+                let ends_soon = now.checked_add(SLACK).is_ok_and(|soon| stored <= soon);
+                new < stored
+                    || new.duration_since(stored).unsigned_abs() > SLACK
+                    || (new > stored && ends_soon)
             }
             _ => true,
         };
@@ -114,19 +121,32 @@ mod tests {
         let mut record = HoldRecord::open(file.clone()).expect("open");
         assert_eq!(record.until(at(0)), None, "no file holds nothing");
 
-        record.record(Some(at(1_000))).expect("record");
+        record.record(Some(at(1_000)), at(900)).expect("record");
         assert_eq!(on_disk(&file), Some(at(1_000)));
         // A renewal a few seconds later: not worth a write.
-        record.record(Some(at(1_010))).expect("record");
+        record.record(Some(at(1_010)), at(900)).expect("record");
         assert_eq!(on_disk(&file), Some(at(1_000)));
         // Past the slack: written.
-        record.record(Some(at(1_031))).expect("record");
+        record.record(Some(at(1_031)), at(900)).expect("record");
         assert_eq!(on_disk(&file), Some(at(1_031)));
         // Earlier, even by a second: written at once.
-        record.record(Some(at(1_030))).expect("record");
+        record.record(Some(at(1_030)), at(900)).expect("record");
         assert_eq!(on_disk(&file), Some(at(1_030)));
-        record.record(None).expect("record");
+        record.record(None, at(900)).expect("record");
         assert_eq!(on_disk(&file), None);
+    }
+
+    #[test]
+    fn a_deadline_close_ahead_is_followed_at_every_step() {
+        // Entries kept alive by a Lease with a 6 s grace: the deadline is
+        // always about 6 s ahead, and the record must keep up with it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = HoldRecord::for_node(dir.path(), "n");
+        let mut record = HoldRecord::open(file.clone()).expect("open");
+        for now in 1_000..1_040 {
+            record.record(Some(at(now + 6)), at(now)).expect("record");
+            assert_eq!(on_disk(&file), Some(at(now + 6)));
+        }
     }
 
     #[test]
@@ -135,7 +155,7 @@ mod tests {
         let file = HoldRecord::for_node(dir.path(), "n");
         HoldRecord::open(file.clone())
             .expect("open")
-            .record(Some(at(1_000)))
+            .record(Some(at(1_000)), at(900))
             .expect("record");
         let successor = HoldRecord::open(file).expect("open");
         assert_eq!(successor.until(at(999)), Some(at(1_000)));

@@ -254,7 +254,7 @@ impl Actuator {
         self.count_expired(&desired);
         // Before any device is set: a successor must never find a record
         // longer than the entries behind the settings it finds.
-        self.record_hold(&desired);
+        self.record_hold(&desired, now);
         let mut report = Report {
             invalid: desired.invalid.clone(),
             gpu_entries: spec.map_or(0, |s| s.gpu_frequencies.len()),
@@ -286,12 +286,12 @@ impl Actuator {
         self.live.clone_from(&desired.live);
     }
 
-    fn record_hold(&mut self, desired: &Desired) {
+    fn record_hold(&mut self, desired: &Desired, now: Timestamp) {
         let Some(hold) = self.hold.as_mut() else {
             return;
         };
         let in_force = !desired.gpus.is_empty() || !desired.cpus.is_empty();
-        if let Err(e) = hold.record(desired.first_deadline.filter(|_| in_force)) {
+        if let Err(e) = hold.record(desired.first_deadline.filter(|_| in_force), now) {
             tracing::warn!(error = %e, "could not record until when the settings in force are wanted");
             self.reporter.metrics.error("hold", &e);
         }
