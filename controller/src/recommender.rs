@@ -695,42 +695,30 @@ async fn unkeep_entries(ctx: &Context, policy: &PowerCappingPolicy) -> Result<()
     let manager = recommender_manager(&namespace, &policy.name_any());
     let expires_at = expiry_from_now(ctx);
     for held in ctx.node_frequencies.state() {
-        let ours_kept = |policy: &str, kept: bool| policy == key && kept;
-        if !held
-            .spec
-            .gpu_frequencies
-            .iter()
-            .any(|e| ours_kept(&e.policy, e.kept_by_lease))
-            && !held
-                .spec
-                .cpu_frequencies
-                .iter()
-                .any(|e| ours_kept(&e.policy, e.kept_by_lease))
-        {
-            continue;
-        }
-        let gpus: Vec<GpuFrequency> = held
+        // Only this policy's entries: on most nodes there are none.
+        let mut gpus: Vec<GpuFrequency> = held
             .spec
             .gpu_frequencies
             .iter()
             .filter(|e| e.policy == key)
-            .map(|e| GpuFrequency {
-                expires_at: expires_at.clone(),
-                kept_by_lease: false,
-                ..e.clone()
-            })
+            .cloned()
             .collect();
-        let cpus: Vec<CpuFrequency> = held
+        let mut cpus: Vec<CpuFrequency> = held
             .spec
             .cpu_frequencies
             .iter()
             .filter(|e| e.policy == key)
-            .map(|e| CpuFrequency {
-                expires_at: expires_at.clone(),
-                kept_by_lease: false,
-                ..e.clone()
-            })
+            .cloned()
             .collect();
+        if !gpus.iter().any(|e| e.kept_by_lease) && !cpus.iter().any(|e| e.kept_by_lease) {
+            continue;
+        }
+        for e in &mut gpus {
+            (e.expires_at, e.kept_by_lease) = (expires_at.clone(), false);
+        }
+        for e in &mut cpus {
+            (e.expires_at, e.kept_by_lease) = (expires_at.clone(), false);
+        }
         let node = held.name_any();
         apply_entries(ctx, &manager, &node, &gpus, &cpus).await?;
         ctx.metrics.write_decision(NODE_FREQUENCIES, true, "unkept");
