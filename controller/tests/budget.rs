@@ -28,6 +28,14 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 /// The label the test's budgets select their nodes by.
 const RACK: &str = "climatik.io/test-rack";
 
+/// One rack at a time. PowerBudgets are cluster-scoped and a budget
+/// controller arbitrates every one in the cluster (one arbiter per
+/// cluster, as installed); each rack's controller sees only its own
+/// namespace's policies, so two racks at once would each arbitrate the
+/// other's budgets as if their policies' GPUs were unmanaged, and write
+/// that into their status.
+static ONE_RACK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Two nodes labelled as the namespace's rack, the DCGM endpoint, and the
 /// monitor (budgets on) with the recommender; runs `body`, then removes
 /// what it made (the namespace only when `body` passed).
@@ -35,6 +43,7 @@ async fn with_rack(
     prefix: &str,
     body: impl AsyncFnOnce(&Rack) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    let _alone = ONE_RACK.lock().await;
     let cluster = climatik_test_support::cluster().await?;
     cluster.install_crds().await?;
     let ns = cluster.namespace(prefix).await?;
@@ -118,6 +127,14 @@ impl Rack {
         Api::all(self.admin.clone())
     }
 
+    /// The UUID of the rack's GPU `name` ("GPU-S", "GPU-T", "GPU-U"):
+    /// unique to the rack, because every test's exporter is scraped by
+    /// the same Prometheus and the unmanaged GPUs' power is read by UUID
+    /// alone (a test running beside this one would add its GPU-U's draw).
+    fn gpu_id(&self, name: &str) -> String {
+        format!("{name}-{}", self.ns)
+    }
+
     /// The budget's status as the API server has it now.
     async fn budget_status(&self, name: &str) -> anyhow::Result<PowerBudgetStatus> {
         Ok(self.budgets().get(name).await?.status.unwrap_or_default())
@@ -131,8 +148,9 @@ impl Rack {
         let [node0, node1] = [&self.nodes[0], &self.nodes[1]];
         create_pod(&self.admin, &self.ns, "s0", node0, "serving").await?;
         create_pod(&self.admin, &self.ns, "t0", node1, "training").await?;
-        report_gpus(&self.admin, node0, &["GPU-S"], min_power_limit).await?;
-        report_gpus(&self.admin, node1, &["GPU-T", "GPU-U"], min_power_limit).await?;
+        let [s, t, u] = ["GPU-S", "GPU-T", "GPU-U"].map(|g| self.gpu_id(g));
+        report_gpus(&self.admin, node0, &[&s], min_power_limit).await?;
+        report_gpus(&self.admin, node1, &[&t, &u], min_power_limit).await?;
         for (name, priority) in [("serving", 10), ("training", 0)] {
             self.create_policy(name, priority).await?;
         }
@@ -163,11 +181,11 @@ impl Rack {
     /// Serving, training and the idle GPU draw these watts.
     fn draw(&self, serving: f64, training: f64, idle: f64) {
         let (ns, nodes) = (&self.ns, &self.nodes);
-        let mut idle_gpu = gpu("GPU-U", "pod", "", ns, &nodes[1], idle);
+        let mut idle_gpu = gpu(&self.gpu_id("GPU-U"), "pod", "", ns, &nodes[1], idle);
         idle_gpu.namespace = String::new();
         self.dcgm.set(vec![
-            gpu("GPU-S", "pod", "s0", ns, &nodes[0], serving),
-            gpu("GPU-T", "pod", "t0", ns, &nodes[1], training),
+            gpu(&self.gpu_id("GPU-S"), "pod", "s0", ns, &nodes[0], serving),
+            gpu(&self.gpu_id("GPU-T"), "pod", "t0", ns, &nodes[1], training),
             idle_gpu,
         ]);
     }
@@ -502,9 +520,9 @@ async fn a_policy_spanning_two_budgets_says_so_on_itself() -> anyhow::Result<()>
         create_pod(&rack.admin, &rack.ns, "s1", &rack.nodes[1], "serving").await?;
         let (ns, nodes) = (&rack.ns, &rack.nodes);
         rack.dcgm.set(vec![
-            gpu("GPU-S", "pod", "s0", ns, &nodes[0], 200.0),
-            gpu("GPU-U", "pod", "s1", ns, &nodes[1], 200.0),
-            gpu("GPU-T", "pod", "t0", ns, &nodes[1], 300.0),
+            gpu(&rack.gpu_id("GPU-S"), "pod", "s0", ns, &nodes[0], 200.0),
+            gpu(&rack.gpu_id("GPU-U"), "pod", "s1", ns, &nodes[1], 200.0),
+            gpu(&rack.gpu_id("GPU-T"), "pod", "t0", ns, &nodes[1], 300.0),
         ]);
         let halves: Vec<String> = (0..2).map(|i| format!("{}-half-{i}", rack.ns)).collect();
         for (i, name) in halves.iter().enumerate() {
@@ -569,7 +587,8 @@ async fn a_row_cut_reaches_every_rack_lowest_priority_first() -> anyhow::Result<
             ("batch-a", 0, 0, "GPU-BA"),
             ("serving-b", 5, 1, "GPU-SB"),
             ("batch-b", 1, 1, "GPU-BB"),
-        ];
+        ]
+        .map(|(name, priority, node, gpu)| (name, priority, node, rack.gpu_id(gpu)));
         let names: Vec<&str> = placed.iter().map(|p| p.0).collect();
         for (i, node) in rack.nodes.iter().enumerate() {
             Api::<Node>::all(rack.admin.clone())
@@ -579,14 +598,18 @@ async fn a_row_cut_reaches_every_rack_lowest_priority_first() -> anyhow::Result<
                     &Patch::Merge(json!({ "metadata": { "labels": { HALF: i.to_string() } } })),
                 )
                 .await?;
-            let gpus: Vec<&str> = placed.iter().filter(|p| p.2 == i).map(|p| p.3).collect();
+            let gpus: Vec<&str> = placed
+                .iter()
+                .filter(|p| p.2 == i)
+                .map(|p| p.3.as_str())
+                .collect();
             report_gpus(&rack.admin, node, &gpus, None).await?;
         }
         let mut series = Vec::new();
         for (name, priority, node, uuid) in placed {
             let node = &rack.nodes[node];
             create_pod(&rack.admin, &rack.ns, name, node, name).await?;
-            series.push(gpu(uuid, "pod", name, &rack.ns, node, 300.0));
+            series.push(gpu(&uuid, "pod", name, &rack.ns, node, 300.0));
             rack.create_policy(name, priority).await?;
         }
         rack.dcgm.set(series);
@@ -738,8 +761,9 @@ async fn a_policy_without_a_priority_takes_its_pods_priority_class() -> anyhow::
             )
             .await?;
             create_pod_with(&rack.admin, &rack.ns, "t0", node1, "training", in_class).await?;
-            report_gpus(&rack.admin, node0, &["GPU-S"], None).await?;
-            report_gpus(&rack.admin, node1, &["GPU-T", "GPU-U"], None).await?;
+            let [s, t, u] = ["GPU-S", "GPU-T", "GPU-U"].map(|g| rack.gpu_id(g));
+            report_gpus(&rack.admin, node0, &[&s], None).await?;
+            report_gpus(&rack.admin, node1, &[&t, &u], None).await?;
             for (name, extra) in [
                 ("serving", json!({})),
                 ("training", json!({ "priority": 7 })),
@@ -851,7 +875,11 @@ async fn cap_unmanaged_holds_the_gpus_no_policy_selects_to_their_share() -> anyh
             },
         )
         .await?;
-        assert_eq!(entries.keys().collect::<Vec<_>>(), ["GPU-U"], "{entries:?}");
+        assert_eq!(
+            entries.keys().collect::<Vec<_>>(),
+            [&rack.gpu_id("GPU-U")],
+            "{entries:?}"
+        );
         let share = entries.values().sum::<f64>();
         wait_for("UnmanagedWithinShare False", TIMEOUT, || async {
             Ok(rack

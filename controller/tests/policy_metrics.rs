@@ -105,13 +105,14 @@ async fn check(admin: &kube::Client, ns: &str, metrics: &Arc<Metrics>) -> anyhow
         (energy - 250.0 * capping).abs() < 1e-6,
         "{energy} J in {capping} s"
     );
-    // The measurements asked Prometheus (one query for both policies),
-    // timed.
+    // The measurements asked Prometheus, timed: one query for both
+    // policies (a reconcile within half a period of it, such as the one
+    // the first status write triggers, reuses its answer).
     let timed = page.find(
         "climatik_prometheus_query_duration_seconds_count",
         &[("query", QUERY_NAME), ("result", "ok")],
     );
-    assert!(timed.first().is_some_and(|s| s.value >= 2.0), "{timed:?}");
+    assert!(timed.first().is_some_and(|s| s.value >= 1.0), "{timed:?}");
     // cool never capped, but used energy.
     assert_eq!(
         value(&page, "climatik_policy_power_watts", "cool"),
