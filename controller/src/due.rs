@@ -180,9 +180,14 @@ fn ids(status: &PowerCappingPolicyStatus) -> Vec<(&str, &str)> {
 
 /// Whether `heartbeat` has passed since `written`, less half a `period`
 /// (the measurement falling due just before it would otherwise wait a whole
-/// period more). A time in our future (clock skew) is due.
+/// period more). A time in our future (clock skew) is due. `lastUpdated`
+/// is stored in whole seconds, so the write may have come up to a second
+/// after the time it shows: counted from its end, so that short periods
+/// (a second in the tests) do not bring the heartbeat forward a period.
 fn heartbeat_due(written: &Time, now: Timestamp, heartbeat: Duration, period: Duration) -> bool {
-    let age_ms = now.as_millisecond() - written.0.as_millisecond();
+    let written_ms = written.0.as_millisecond();
+    let stored_in_seconds = written_ms % 1000 == 0;
+    let age_ms = now.as_millisecond() - written_ms - if stored_in_seconds { 999 } else { 0 };
     let Ok(age) = u64::try_from(age_ms).map(Duration::from_millis) else {
         return true;
     };
@@ -361,10 +366,11 @@ mod tests {
         // time changed: nothing to write.
         let next = status(115, [420.0, 470.0]);
         assert_eq!(status_due(&previous, &next, at(115), &RULES), None);
-        assert_eq!(status_due(&previous, &next, at(137), &RULES), None);
-        // Half a period before the heartbeat: due.
+        assert_eq!(status_due(&previous, &next, at(138), &RULES), None);
+        // Half a period before the heartbeat, counted from the end of the
+        // second lastUpdated shows: due.
         assert_eq!(
-            status_due(&previous, &next, at(138), &RULES),
+            status_due(&previous, &next, at(139), &RULES),
             Some(StatusReason::Heartbeat)
         );
         // A status stamped in our future (clock skew) is rewritten.
