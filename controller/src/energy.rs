@@ -227,9 +227,10 @@ fn round(value: f64, per_unit: f64) -> f64 {
     (value * per_unit).round() / per_unit
 }
 
-/// Every policy's window on this replica.
+/// Every policy's window on this replica. Boxed: a window is 1.5 KiB,
+/// and the table is copied whole each time it grows.
 #[derive(Default)]
-pub struct Windows(Mutex<HashMap<PolicyLabels, HourWindow>>);
+pub struct Windows(Mutex<HashMap<PolicyLabels, Box<HourWindow>>>);
 
 /// One measurement of a policy, as its energy counts it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -257,10 +258,12 @@ impl Windows {
     ) -> PolicyEnergy {
         let mut windows = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let window = windows.entry(policy.clone()).or_insert_with(|| {
-            match (previous.energy.as_ref(), previous.last_updated.as_ref()) {
-                (Some(stored), Some(written)) => HourWindow::seeded(stored, written.0),
-                _ => HourWindow::default(),
-            }
+            Box::new(
+                match (previous.energy.as_ref(), previous.last_updated.as_ref()) {
+                    (Some(stored), Some(written)) => HourWindow::seeded(stored, written.0),
+                    _ => HourWindow::default(),
+                },
+            )
         });
         let counted = interval(
             previous_fresh(window, previous),

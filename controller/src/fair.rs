@@ -64,7 +64,7 @@ impl Slots {
         work: impl FnOnce() -> F,
     ) -> F::Output {
         if urgent() {
-            return work().await;
+            return Box::pin(work()).await;
         }
         let permit = {
             let _waiting = Waiting::start(&self.waiting);
@@ -81,7 +81,10 @@ impl Slots {
                 }
             }
         };
-        let output = work().await;
+        // Boxed: inline, the work's state would make every waiter as
+        // large as a running reconcile (about 4 KiB, a thousand waiting
+        // at a cold start).
+        let output = Box::pin(work()).await;
         drop(permit);
         output
     }

@@ -753,7 +753,15 @@ async fn publish_transitions(
                 (EventType::Normal, "CappingStopped")
             }
             (conditions::METRICS_AVAILABLE, false) => (EventType::Warning, "MetricsUnavailable"),
-            (conditions::METRICS_AVAILABLE, true) => (EventType::Normal, "MetricsAvailable"),
+            // Only when the metrics come back: a policy's first measurement
+            // is no news (and at a cold start would be one Event a policy).
+            (conditions::METRICS_AVAILABLE, true)
+                if previous
+                    .iter()
+                    .any(|c| c.type_ == conditions::METRICS_AVAILABLE) =>
+            {
+                (EventType::Normal, "MetricsAvailable")
+            }
             (conditions::READY, false) if d.reason == "NoMatchingPods" => {
                 (EventType::Warning, "NoMatchingPods")
             }

@@ -29,10 +29,38 @@ pub const KEPLER_CPU: &str = "kepler_pod_cpu_watts";
 /// Device id of a node's CPUs in `status.nodes[].devices`.
 pub const CPU_DEVICE: &str = "cpu";
 
+const METRIC_NAME: &str = "__name__";
 const POD_LABELS: [&str; 2] = ["exported_pod", "pod"];
 const NAMESPACE_LABELS: [&str; 2] = ["exported_namespace", "namespace"];
+const UUID_LABELS: [&str; 2] = ["UUID", "uuid"];
+/// A DCGM series' GPU index, for exporters that leave the UUID out.
+const GPU_INDEX: &str = "gpu";
 /// The namespace label of Kepler's pod series.
 const KEPLER_NAMESPACE: &str = "pod_namespace";
+const KEPLER_POD: &str = "pod_name";
+const KEPLER_NODE: &str = "node_name";
+const KEPLER_ZONE: &str = "zone";
+const KEPLER_STATE: &str = "state";
+
+/// Whether a power series' label `name` is one the monitor reads. The
+/// others (the exporter's instance, driver version, model, PCI bus...)
+/// are dropped from the answer it keeps for a period: at 1500 GPUs they
+/// were most of it.
+fn read_label(name: &str) -> bool {
+    [
+        METRIC_NAME,
+        GPU_INDEX,
+        KEPLER_NAMESPACE,
+        KEPLER_POD,
+        KEPLER_NODE,
+    ]
+    .into_iter()
+    .chain([KEPLER_ZONE, KEPLER_STATE])
+    .chain(POD_LABELS)
+    .chain(NAMESPACE_LABELS)
+    .chain(UUID_LABELS)
+    .any(|read| read == name)
+}
 
 /// The Prometheus jobs of the DCGM exporter in a standard install: the
 /// Service of the GPU Operator's exporter, and of the dcgm-exporter chart
@@ -109,12 +137,14 @@ pub struct PowerSeries {
 
 impl PowerSeries {
     /// Sorts `samples` by metric (`__name__`) and by the namespace of the
-    /// pod they name; series of other metrics or naming no namespace are
-    /// dropped.
+    /// pod they name, keeping only the labels the monitor reads; series of
+    /// other metrics or naming no namespace are dropped.
     pub fn split(samples: Vec<Sample>) -> Self {
         let mut series = Self::default();
-        for sample in samples {
-            let (by_namespace, ns_labels): (_, &[&str]) = match sample.label(&["__name__"]) {
+        for mut sample in samples {
+            sample.labels.retain(|name, _| read_label(name));
+            sample.labels.shrink_to_fit();
+            let (by_namespace, ns_labels): (_, &[&str]) = match sample.label(&[METRIC_NAME]) {
                 Some(GPU_POWER) => (&mut series.gpu_power, &NAMESPACE_LABELS),
                 Some(GPU_CLOCK) => (&mut series.gpu_clock, &NAMESPACE_LABELS),
                 Some(KEPLER_CPU) => (&mut series.cpu, &[KEPLER_NAMESPACE]),
@@ -227,10 +257,12 @@ impl Inventory {
     /// the series' `gpu` index.
     fn resolve(&self, node: &str, sample: &Sample) -> Result<&KnownGpu, IgnoredReason> {
         let gpus = self.nodes.get(node).ok_or(IgnoredReason::NoInventory)?;
-        let found = match sample.label(&["UUID", "uuid"]) {
+        let found = match sample.label(&UUID_LABELS) {
             Some(uuid) => gpus.iter().find(|g| g.uuid == uuid),
             None => {
-                let index = sample.label(&["gpu"]).and_then(|i| i.parse::<i32>().ok());
+                let index = sample
+                    .label(&[GPU_INDEX])
+                    .and_then(|i| i.parse::<i32>().ok());
                 gpus.iter().find(|g| Some(g.index) == index)
             }
         };
@@ -406,18 +438,18 @@ pub fn cpu(pods: &[PodOnNode], kepler: &[Sample]) -> BTreeMap<String, f64> {
     let mut nodes = BTreeMap::new();
     let mut seen = BTreeSet::new();
     for sample in kepler {
-        if sample.label(&["zone"]) != Some("package")
-            || sample.label(&["state"]) == Some("terminated")
+        if sample.label(&[KEPLER_ZONE]) != Some("package")
+            || sample.label(&[KEPLER_STATE]) == Some("terminated")
         {
             continue;
         }
-        let Some(pod) = sample.label(&["pod_name"]).and_then(|p| by_name.get(p)) else {
+        let Some(pod) = sample.label(&[KEPLER_POD]).and_then(|p| by_name.get(p)) else {
             continue;
         };
         let Some(node) = pod
             .node
             .clone()
-            .or_else(|| sample.label(&["node_name"]).map(str::to_string))
+            .or_else(|| sample.label(&[KEPLER_NODE]).map(str::to_string))
         else {
             continue;
         };
@@ -425,7 +457,7 @@ pub fn cpu(pods: &[PodOnNode], kepler: &[Sample]) -> BTreeMap<String, f64> {
         // would repeat otherwise.
         let key = (
             pod.name.clone(),
-            sample.label(&["state"]).unwrap_or("").to_string(),
+            sample.label(&[KEPLER_STATE]).unwrap_or("").to_string(),
         );
         if seen.insert(key) {
             *nodes.entry(node).or_insert(0.0) += sample.value;
@@ -718,5 +750,30 @@ mod tests {
         assert_eq!(values(series.gpu_clock("a")), [3.0]);
         assert_eq!(values(series.cpu("b")), [4.0]);
         assert!(series.cpu("a").is_empty());
+    }
+
+    #[test]
+    fn the_answer_keeps_only_the_labels_the_monitor_reads() {
+        let series = PowerSeries::split(vec![sample(
+            &[
+                ("__name__", GPU_POWER),
+                ("namespace", "a"),
+                ("pod", "p"),
+                ("UUID", "GPU-1"),
+                ("gpu", "0"),
+                ("Hostname", "node-1"),
+                ("instance", "10.0.0.1:9400"),
+                ("modelName", "NVIDIA H200"),
+                ("DCGM_FI_DRIVER_VERSION", "570.1"),
+            ],
+            1.0,
+        )]);
+        let mut kept: Vec<&str> = series.gpu_power("a")[0]
+            .labels
+            .keys()
+            .map(String::as_str)
+            .collect();
+        kept.sort_unstable();
+        assert_eq!(kept, ["UUID", "__name__", "gpu", "namespace", "pod"]);
     }
 }

@@ -51,13 +51,16 @@ impl Prometheus {
             .get()
             .await
             .map_err(|e| Error::Prometheus(error_chain::describe(&e)))?;
-        match result.data() {
+        // Taken apart rather than copied: one answer holds every GPU's
+        // series, thousands at scale.
+        match result.into_inner().0 {
             Data::Vector(series) => Ok(series
-                .iter()
-                .filter(|s| s.sample().value().is_finite())
-                .map(|s| Sample {
-                    labels: s.metric().clone(),
-                    value: s.sample().value(),
+                .into_iter()
+                .map(|s| s.into_inner())
+                .filter(|(_, sample)| sample.value().is_finite())
+                .map(|(labels, sample)| Sample {
+                    labels,
+                    value: sample.value(),
                 })
                 .collect()),
             _ => Err(Error::Prometheus(format!(
