@@ -3,22 +3,6 @@
 
 use super::*;
 
-/// Policies with a current status saying metrics are available.
-async fn measured(client: &kube::Client) -> anyhow::Result<Vec<PowerCappingPolicy>> {
-    let mut out = Vec::new();
-    let api = Api::<PowerCappingPolicy>::all(client.clone());
-    let mut params = ListParams::default().limit(500);
-    loop {
-        let page = api.list(&params).await?;
-        out.extend(page.items);
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => break,
-        }
-    }
-    Ok(out)
-}
-
 fn is_measured(p: &PowerCappingPolicy) -> bool {
     p.status.as_ref().is_some_and(|s| {
         s.observed_generation.is_some()
@@ -45,9 +29,8 @@ fn with_entries(store: &Store<NodeFrequencies>) -> std::collections::HashSet<Str
 }
 
 pub async fn wait(
-    client: &kube::Client,
     topology: &topology::Topology,
-    store: &Store<NodeFrequencies>,
+    watched: Watched<'_>,
     started: Instant,
     timeout: Duration,
 ) -> Value {
@@ -59,43 +42,33 @@ pub async fn wait(
         .collect();
     let mut all_measured: Option<f64> = None;
     let mut all_entries: Option<f64> = None;
-    // None until a list of the policies succeeds.
-    let (mut measured_count, mut entries_count) = (None, 0);
+    let (mut measured_count, mut entries_count) = (0, 0);
     loop {
         let elapsed = started.elapsed().as_secs_f64();
         if all_measured.is_none() {
-            // An overloaded API server times out now and then: count
-            // that as "not yet", not as the end of the bench.
-            match tokio::time::timeout(Duration::from_secs(20), measured(client))
-                .await
-                .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out after 20 s")))
-            {
-                Ok(policies) => {
-                    let done = policies
-                        .iter()
-                        .filter(|p| {
-                            p.namespace()
-                                .is_some_and(|ns| ns.starts_with("scale-bench-"))
-                        })
-                        .filter(|p| is_measured(p))
-                        .count();
-                    measured_count = Some(done);
-                    if done >= total {
-                        all_measured = Some(elapsed);
-                    }
-                }
-                Err(error) => tracing::warn!(%error, "listing the policies failed"),
+            measured_count = watched
+                .policies
+                .state()
+                .iter()
+                .filter(|p| {
+                    p.namespace()
+                        .is_some_and(|ns| ns.starts_with("scale-bench-"))
+                })
+                .filter(|p| is_measured(p))
+                .count();
+            if measured_count >= total {
+                all_measured = Some(elapsed);
             }
         }
         if all_entries.is_none() {
-            let have = with_entries(store);
+            let have = with_entries(watched.nodes);
             entries_count = keys.iter().filter(|k| have.contains(*k)).count();
             if entries_count >= total {
                 all_entries = Some(started.elapsed().as_secs_f64());
             }
         }
         tracing::info!(
-            measured = ?measured_count,
+            measured = measured_count,
             with_entries = entries_count,
             total,
             seconds = round3(elapsed),
@@ -116,18 +89,12 @@ pub async fn wait(
                 "note": "seconds from starting both controllers with every object already created (a cold start or failover); measured = status for the current generation with MetricsAvailable=True",
             });
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
-pub async fn freshness(
-    client: &kube::Client,
-    topology: &topology::Topology,
-    store: &Store<NodeFrequencies>,
-    ttl: Duration,
-) -> anyhow::Result<Value> {
-    let policies = measured(client).await?;
-    // After the list: it may take seconds on a loaded server.
+pub fn freshness(topology: &topology::Topology, watched: Watched<'_>, ttl: Duration) -> Value {
+    let policies = watched.policies.state();
     let now = Timestamp::now();
     let ages: Vec<f64> = policies
         .iter()
@@ -140,7 +107,8 @@ pub async fn freshness(
         .iter()
         .map(|p| policy_key(&p.namespace, &p.name))
         .collect();
-    let renewals: Vec<f64> = store
+    let renewals: Vec<f64> = watched
+        .nodes
         .state()
         .iter()
         .flat_map(|nf| {
@@ -153,9 +121,9 @@ pub async fn freshness(
                 .collect::<Vec<_>>()
         })
         .collect();
-    Ok(json!({
+    json!({
         "status_age": distribution(ages),
         "entry_age": distribution(renewals),
         "note": "age at the end of the window of each policy's status.lastUpdated (its last write: on a material change or the heartbeat, by default every 3 intervals) and of each NodeFrequencies entry's last write (a changed target, or a renewal once a quarter of the entry TTL has passed); with every policy served each interval they stay under the heartbeat and a quarter of the TTL, plus an interval and the reconcile time; whether every policy is measured each interval shows in reconciles_per_s against policies_per_interval_per_s",
-    }))
+    })
 }

@@ -44,7 +44,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams, PostParams},
     runtime::{
         WatchStreamExt,
         reflector::{self, ObjectRef, Store},
@@ -99,7 +99,8 @@ pod's load. Prometheus scrapes it every second. The shipped powercapping-control
 freqtuning-recommender binaries (release build, leader election on, JSON logs at info) run as \
 child processes with the cluster's admin kubeconfig (not the chart's RBAC; the bench measures \
 load, tests/loop.rs covers permissions). After every policy is measured and has entries \
-(convergence) and --settle (default 150 s, at least an interval: the clocks start at their maximum and take several periods to settle under the caps), two measurement windows of --window each follow: a steady one with no probe running (steady.api, steady.reconcile: writes with nothing changing but the measured power), then one with the probes (api, reconcile, reaction_latency). Reconcile rate and duration \
+(convergence, checked every second on the bench's own watches of the policies and \
+NodeFrequencies) and --settle (default 150 s, at least an interval: the clocks start at their maximum and take several periods to settle under the caps), two measurement windows of --window each follow: a steady one with no probe running (steady.api, steady.reconcile: writes with nothing changing but the measured power), then one with the probes (api, reconcile, reaction_latency). Reconcile rate and duration \
 are deltas of the controllers' own climatik_reconcile_total and \
 climatik_reconcile_duration_seconds over the window; percentiles are interpolated linearly \
 inside the histogram buckets (bounds 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 s), so they \
@@ -271,7 +272,12 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     let setup_s = setup_started.elapsed().as_secs_f64();
     tracing::info!(created, seconds = setup_s, "objects created");
 
-    let (nf_store, nf_task) = nodefrequencies_store(client.clone());
+    let (nf_store, nf_task) = watched(Api::<NodeFrequencies>::all(client.clone()));
+    // The policies' progress from a watch: a LIST of a thousand policies
+    // timed out (20 s) while the API server took the cold start's writes,
+    // which hid when they were measured.
+    let (policy_store, policy_task) = watched(Api::<PowerCappingPolicy>::all(client.clone()));
+    policy_store.wait_until_ready().await?;
     let dcgm = dcgm::Endpoint::start(&topology, nf_store.clone()).await?;
     dcgm::register(&args.env.prometheus_sd_dir, &dcgm.addr)?;
     let prometheus = Prometheus::new(&args.env.prometheus_url, Duration::from_secs(5))?;
@@ -298,7 +304,10 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
         args,
         &client,
         &topology,
-        &nf_store,
+        Watched {
+            nodes: &nf_store,
+            policies: &policy_store,
+        },
         &controllers,
         started,
         deadline,
@@ -307,6 +316,7 @@ async fn run(args: &Args) -> anyhow::Result<Value> {
     let stop = children::stop(&mut controllers).await;
     let samples = sampler.finish().await;
     nf_task.abort();
+    policy_task.abort();
     let _ = std::fs::remove_file(args.env.prometheus_sd_dir.join(SD_FILE));
 
     let window = measured.window.clone();
@@ -373,12 +383,19 @@ fn error_value(e: &anyhow::Error) -> Value {
     json!({ "error": format!("{e:#}") })
 }
 
+/// What the bench's own watches hold.
+#[derive(Clone, Copy)]
+struct Watched<'a> {
+    nodes: &'a Store<NodeFrequencies>,
+    policies: &'a Store<PowerCappingPolicy>,
+}
+
 /// Warm-up, then the window; ends by `deadline` whatever the cluster does.
 async fn measure(
     args: &Args,
     client: &kube::Client,
     topology: &topology::Topology,
-    nf_store: &Store<NodeFrequencies>,
+    watched: Watched<'_>,
     controllers: &[children::Controller],
     started: Instant,
     deadline: Instant,
@@ -389,7 +406,7 @@ async fn measure(
     let warmup_until = (Instant::now() + args.run.warmup_timeout)
         .min(deadline.checked_sub(reserve).unwrap_or(deadline));
     let warmup = warmup_until.saturating_duration_since(started);
-    let convergence = converge::wait(client, topology, nf_store, started, warmup).await;
+    let convergence = converge::wait(topology, watched, started, warmup).await;
     tracing::info!(%convergence, ?settle, "warm-up over; settling");
     tokio::time::sleep_until((Instant::now() + settle).min(deadline).into()).await;
 
@@ -436,7 +453,7 @@ async fn measure(
     let probes = probe::run(
         client,
         topology,
-        nf_store,
+        watched.nodes,
         window_end,
         window_end + Duration::from_secs(20),
         args.run.probes,
@@ -448,16 +465,7 @@ async fn measure(
         start: window_start,
         end: started.elapsed().as_secs_f64(),
     };
-    let freshness = match tokio::time::timeout_at(
-        (deadline + Duration::from_secs(10)).into(),
-        converge::freshness(client, topology, nf_store, args.run.entry_ttl),
-    )
-    .await
-    {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => error_value(&e),
-        Err(_) => json!({ "error": "listing the policies did not finish before the deadline" }),
-    };
+    let freshness = converge::freshness(topology, watched, args.run.entry_ttl);
 
     let (api, reconcile) = match (&before, &after) {
         (Ok(before), Ok(after)) => rates(
@@ -515,19 +523,26 @@ fn rates(
     (api, Value::Object(reconcile))
 }
 
-/// Watches every NodeFrequencies into a store: the DCGM endpoint's clocks
-/// and the probes' "entries lowered" both read it.
-fn nodefrequencies_store(
-    client: kube::Client,
-) -> (Store<NodeFrequencies>, tokio::task::JoinHandle<()>) {
-    let (store, writer) = reflector::store::<NodeFrequencies>();
+/// Watches every object of `api` into a store, without `managedFields`:
+/// the NodeFrequencies for the DCGM endpoint's clocks and the probes'
+/// "entries lowered", the policies for convergence and freshness.
+fn watched<K>(api: Api<K>) -> (Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store::<K>();
     let stream = reflector::reflector(
         writer,
-        watcher(
-            Api::<NodeFrequencies>::all(client),
-            watcher::Config::default(),
-        )
-        .default_backoff(),
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(|object| object.meta_mut().managed_fields = None),
     );
     let task = tokio::spawn(async move {
         stream.for_each(|_| async {}).await;
