@@ -40,7 +40,7 @@ use crate::{
     backlog::{self, Backlog},
     budget,
     cap::effective_cap_watts,
-    conditions::{Decided, render, transitions},
+    conditions::{Decided, is_true, render, transitions},
     driver,
     due::{self, StatusWrites},
     energy::{self, Reading},
@@ -744,33 +744,26 @@ async fn publish_transitions(
     previous: &[Condition],
     decided: &[Decided],
 ) {
+    // Whether the status before carried a condition of this type: a
+    // change back is news only after one was announced.
+    let had = |type_: &str| is_true(previous, type_).is_some();
     for d in decided.iter().filter(|d| transitions(previous, d)) {
         let (type_, reason) = match (d.type_, d.status) {
             (conditions::CAPPING, true) => (EventType::Normal, "CappingStarted"),
-            (conditions::CAPPING, false)
-                if previous.iter().any(|c| c.type_ == conditions::CAPPING) =>
-            {
+            (conditions::CAPPING, false) if had(conditions::CAPPING) => {
                 (EventType::Normal, "CappingStopped")
             }
             (conditions::METRICS_AVAILABLE, false) => (EventType::Warning, "MetricsUnavailable"),
             // Only when the metrics come back: a policy's first measurement
             // is no news (and at a cold start would be one Event a policy).
-            (conditions::METRICS_AVAILABLE, true)
-                if previous
-                    .iter()
-                    .any(|c| c.type_ == conditions::METRICS_AVAILABLE) =>
-            {
+            (conditions::METRICS_AVAILABLE, true) if had(conditions::METRICS_AVAILABLE) => {
                 (EventType::Normal, "MetricsAvailable")
             }
             (conditions::READY, false) if d.reason == "NoMatchingPods" => {
                 (EventType::Warning, "NoMatchingPods")
             }
             (conditions::CAP_REACHABLE, false) => (EventType::Warning, d.reason.as_str()),
-            (conditions::CAP_REACHABLE, true)
-                if previous
-                    .iter()
-                    .any(|c| c.type_ == conditions::CAP_REACHABLE) =>
-            {
+            (conditions::CAP_REACHABLE, true) if had(conditions::CAP_REACHABLE) => {
                 (EventType::Normal, "CapReachable")
             }
             _ => continue,
