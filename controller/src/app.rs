@@ -39,9 +39,7 @@ where
         .leader
         .lease(&format!("climatik-{binary}"))
         .context("leader election flags")?;
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let client = climatik_runtime::kube_client::infer().await?;
     let metrics = Metrics::new(binary);
     let shutdown = Shutdown::on_signal();
     let readiness = Readiness::new();

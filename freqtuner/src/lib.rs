@@ -50,9 +50,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.kubelet.device_plugin_dir.is_some() && cli.backends.gpu_backend != GpuBackendKind::Sim {
         anyhow::bail!("--device-plugin-dir serves simulated GPUs: it needs --gpu-backend sim");
     }
-    let client = kube::Client::try_default()
-        .await
-        .context("connecting to the Kubernetes API (in-cluster or KUBECONFIG)")?;
+    let client = climatik_runtime::kube_client::infer().await?;
     let node = cli.node_name.clone();
     let metrics = Arc::new(Metrics::default());
     let heartbeat = Arc::new(Heartbeat::default());

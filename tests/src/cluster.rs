@@ -95,14 +95,15 @@ async fn run_up_script() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A client for any kubeconfig file (admin's, or a ServiceAccount's).
+/// A client for any kubeconfig file (admin's, or a ServiceAccount's), the
+/// same client the binaries use.
 pub(crate) async fn client_for_kubeconfig(path: &Path) -> anyhow::Result<kube::Client> {
     let kubeconfig = Kubeconfig::read_from(path)
         .with_context(|| format!("reading kubeconfig {}", path.display()))?;
     let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
-    kube::Client::try_from(config).context("creating a Kubernetes client")
+    climatik_runtime::kube_client::from_config(config)
 }
 
 impl TestCluster {

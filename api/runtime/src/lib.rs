@@ -8,6 +8,7 @@
 //!   handle the binary flips;
 //! - [`duration`]: the one duration grammar of flags and chart values;
 //! - [`crypto`]: the process-wide rustls provider;
+//! - [`kube_client`]: the Kubernetes client, over one HTTP/2 connection;
 //! - [`fs`]: atomic file writes;
 //! - [`error_chain`]: an error and its causes on one line.
 //!
@@ -20,6 +21,7 @@ pub mod crypto;
 pub mod duration;
 pub mod error_chain;
 pub mod fs;
+pub mod kube_client;
 pub mod logging;
 pub mod shutdown;
 
