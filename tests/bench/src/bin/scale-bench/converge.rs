@@ -11,17 +11,16 @@ fn is_measured(p: &PowerCappingPolicy) -> bool {
     })
 }
 
-/// Policy keys with at least one unexpired entry.
+/// Policy keys with at least one live entry (past `expiresAt` too while
+/// the Lease keeps it: at 5000 policies the first entries are written more
+/// than a TTL before the last).
 fn with_entries(store: &Store<NodeFrequencies>) -> std::collections::HashSet<String> {
     let now = Timestamp::now();
     store
         .state()
         .iter()
         .flat_map(|nf| {
-            nf.spec
-                .gpu_frequencies
-                .iter()
-                .filter(|e| e.expires_at.0 > now)
+            live_gpu_entries(nf, now)
                 .map(|e| e.policy.clone())
                 .collect::<Vec<_>>()
         })

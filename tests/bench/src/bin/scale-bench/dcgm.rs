@@ -63,20 +63,12 @@ impl Endpoint {
 }
 
 /// The clock a GPU runs at: the lowest target of its live entries (or the
-/// clock under the lowest power budget), else the maximum. Live: not
-/// expired, or kept by the Lease the node announces (the recommender runs,
-/// and so renews it, for the whole bench).
+/// clock under the lowest power budget), else the maximum.
 fn clock(store: &Store<NodeFrequencies>, s: &Series, clocks: &[i32], now: Timestamp) -> i32 {
     let Some(nf) = store.get(&ObjectRef::new(&s.node)) else {
         return plant::MAX_CLOCK_MHZ;
     };
-    let lease_kept = nf
-        .status
-        .as_ref()
-        .is_some_and(|st| st.entry_lease.is_some());
-    let live = nf.spec.gpu_frequencies.iter().filter(|e| {
-        e.gpu_id == s.uuid && (e.expires_at.0 > now || (e.kept_by_lease && lease_kept))
-    });
+    let live = live_gpu_entries(&nf, now).filter(|e| e.gpu_id == s.uuid);
     let mut clock = plant::MAX_CLOCK_MHZ;
     for entry in live {
         let mut target = entry.target_frequency;

@@ -550,6 +550,24 @@ where
     (store, task)
 }
 
+/// The GPU entries of a node that an agent would count now: not expired,
+/// or kept by the Lease the node announces (the recommender runs, and so
+/// renews it, for the whole bench). Entries kept by the Lease are written
+/// on change only, so their `expiresAt` passes while they still hold.
+fn live_gpu_entries(
+    nf: &NodeFrequencies,
+    now: Timestamp,
+) -> impl Iterator<Item = &climatik_api::GpuFrequency> {
+    let lease_kept = nf
+        .status
+        .as_ref()
+        .is_some_and(|st| st.entry_lease.is_some());
+    nf.spec
+        .gpu_frequencies
+        .iter()
+        .filter(move |e| e.expires_at.0 > now || (e.kept_by_lease && lease_kept))
+}
+
 fn round3(x: f64) -> f64 {
     // `+ 0.0` turns -0.0 into 0.0.
     (x * 1000.0).round() / 1000.0 + 0.0
